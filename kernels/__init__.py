@@ -1,0 +1,18 @@
+"""Chunked-scan kernels for the Titans neural memory.
+
+naive   per-token reference (the definition)
+chunk   exact chunk-parallel PyTorch path (runs everywhere)
+"""
+
+from .activations import ACTIVATIONS, get_activation
+from .chunk import chunk_neural_memory
+from .naive import naive_neural_memory
+from .state import MemoryState
+
+__all__ = [
+    "ACTIVATIONS",
+    "MemoryState",
+    "chunk_neural_memory",
+    "get_activation",
+    "naive_neural_memory",
+]

@@ -1,0 +1,143 @@
+"""Exact chunk-parallel PyTorch path for the Titans neural memory (paper section 3.2).
+
+The sequence is cut into chunks of `chunk_size` tokens at absolute positions 0, b, 2b, ...
+Inside a chunk every inner gradient is taken at the chunk-start weights W0 (so all of
+them are batched matmuls), momentum is a linear recurrence and the decays are cumulative
+products. Per head, with log-gates lr = log(1 - alpha), le = log(eta):
+
+    A[t, s] = prod_{s<j<=t} (1 - alpha_j)     E[s, i] = prod_{i<j<=s} eta_j     (lower-triangular)
+    G = (A @ E) * theta[None, :]              c_t = prod_{j<=t} (1 - alpha_j)
+    f = A @ prod_{j<=.} eta_j
+
+and with the per-token gradient of layer l written as an outer product a_s^T delta_s,
+
+    W_t = c_t W0 + f_t S0 - sum_{s<=t} G[t, s] a_s^T delta_s.
+
+Retrieval y_t = M_t(q_t) therefore runs layer by layer as a masked linear attention with
+G in place of a plain learning rate (the TTT-MLP dual form), with the activation in
+between. With chunk_size = 1 this is exactly the per-token recurrence in naive.py.
+
+Segment sums are built as masked cumulative sums (never as differences of prefix sums),
+so no large numbers cancel in fp32 and a gate of exactly 0 or 1 is still exact.
+Only the chunk-start weights of each chunk and the in-chunk activations are kept for
+backward; the weights at every token are never materialised.
+"""
+
+import torch
+
+from .activations import get_activation
+from .state import MemoryState, state_dtype
+
+# exp(-60) ~ 1e-26: a log-gate floor that keeps a gate of exactly 0 (alpha = 1 or
+# eta = 0) finite in backward, without any visible change to the forward result.
+LOG_GATE_FLOOR = -60.0
+
+
+def segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """x [..., C] -> out [..., C, C] with out[t, s] = sum_{s<j<=t} x_j, -inf above the diagonal."""
+    C = x.shape[-1]
+    ones = torch.ones(C, C, dtype=torch.bool, device=x.device)
+    xx = x.unsqueeze(-1).expand(*x.shape, C)  # xx[..., j, s] = x_j
+    xx = xx.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)
+    out = torch.cumsum(xx, dim=-2)
+    return out.masked_fill(~torch.tril(ones), float("-inf"))
+
+
+def log_gates(eta: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype):
+    """log(eta) and log(1 - alpha), floored so that exact 0/1 gates stay finite in backward."""
+    log_eta = torch.log(eta.to(dtype)).clamp_min(LOG_GATE_FLOOR)
+    log_retain = torch.log1p(-alpha.to(dtype)).clamp_min(LOG_GATE_FLOOR)
+    return log_eta, log_retain
+
+
+def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act):
+    """One chunk. q, k: [B, H, C, D_k]; v: [B, H, C, D_v]; gates [B, H, C].
+
+    Returns y [B, H, C, D_v] and the state after the chunk's last token.
+    """
+    W0, S0 = state
+    A = torch.exp(segment_sum(log_retain))  # [B, H, C, C]
+    E = torch.exp(segment_sum(log_eta))
+    G = (A @ E) * theta.unsqueeze(-2)  # G[t, i]: weight of token i's gradient in W_t
+    c = torch.exp(torch.cumsum(log_retain, dim=-1))  # decay of W0 up to t
+    f = (A @ torch.exp(torch.cumsum(log_eta, dim=-1)).unsqueeze(-1)).squeeze(-1)  # reach of S0
+
+    # Forward the keys through the chunk-start memory, then backprop the squared error
+    # by hand: deltas[l] is d loss / d (output of layer l) for every token.
+    inputs, pre_acts = [k], []
+    h = k
+    for layer, w in enumerate(W0):
+        z = h @ w
+        pre_acts.append(z)
+        h = act.fn(z) if layer < len(W0) - 1 else z
+        inputs.append(h)
+    inputs.pop()  # inputs[l] is the input of layer l
+    delta = 2.0 * (h - v)  # d ||M(k) - v||^2 / d M(k)
+    deltas = [delta]
+    for layer in range(len(W0) - 1, 0, -1):
+        delta = (delta @ W0[layer].transpose(-1, -2)) * act.grad(pre_acts[layer - 1])
+        deltas.insert(0, delta)
+
+    # Retrieval with the memory after each token's own update.
+    h = q
+    for layer in range(len(W0)):
+        scores = (h @ inputs[layer].transpose(-1, -2)) * G  # G is lower-triangular
+        y = c.unsqueeze(-1) * (h @ W0[layer]) + f.unsqueeze(-1) * (h @ S0[layer])
+        y = y - scores @ deltas[layer]
+        h = act.fn(y) if layer < len(W0) - 1 else y
+
+    # State at the end of the chunk: the last rows of the closed forms.
+    g_last = G[..., -1, :].unsqueeze(-1)  # [B, H, C, 1]
+    n_last = (E[..., -1, :] * theta).unsqueeze(-1)  # theta_i * prod_{i<j<=T} eta_j
+    c_last = c[..., -1, None, None]
+    f_last = f[..., -1, None, None]
+    m_last = torch.exp(log_eta.sum(-1))[..., None, None]
+    new_w, new_s = [], []
+    for layer in range(len(W0)):
+        a_T = inputs[layer].transpose(-1, -2)
+        new_w.append(c_last * W0[layer] + f_last * S0[layer] - a_T @ (g_last * deltas[layer]))
+        new_s.append(m_last * S0[layer] - a_T @ (n_last * deltas[layer]))
+    return h, MemoryState(tuple(new_w), tuple(new_s))
+
+
+def chunk_neural_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    state: MemoryState,
+    chunk_size: int = 64,
+    activation: str = "silu",
+) -> tuple[torch.Tensor, MemoryState]:
+    """Same contract as naive_neural_memory, computed chunk by chunk.
+
+    q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
+    A ragged tail (T not a multiple of chunk_size, or T < chunk_size) is one shorter chunk
+    and still updates the memory.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size}")
+    act = get_activation(activation)
+    dtype = state_dtype(q)
+    T = q.shape[1]
+    # [B, T, H, D] -> [B, H, T, D]: heads become a batch dimension of every matmul.
+    q, k, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
+    theta = theta.transpose(1, 2).to(dtype)
+    log_eta, log_retain = (g.transpose(1, 2) for g in log_gates(eta, alpha, dtype))
+    state = MemoryState(
+        tuple(w.to(dtype) for w in state.weights), tuple(s.to(dtype) for s in state.momentum)
+    )
+    outputs = []
+    for start in range(0, T, chunk_size):
+        sl = slice(start, min(start + chunk_size, T))
+        y, state = chunk_step(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl],
+            theta[..., sl], log_eta[..., sl], log_retain[..., sl], state, act,
+        )
+        outputs.append(y)
+    if not outputs:
+        B, H = q.shape[0], q.shape[1]
+        return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state
+    return torch.cat(outputs, dim=2).transpose(1, 2), state

@@ -1,0 +1,72 @@
+"""Per-token reference for the Titans neural memory. Slow on purpose, obviously correct.
+
+For every token t, per batch element and head (paper, eqs. 9-15):
+    surprise    g_t = grad_W || M_{t-1}(k_t) - v_t ||^2     (autograd, not hand-written)
+    momentum    S_t = eta_t * S_{t-1} - theta_t * g_t
+    forgetting  M_t = (1 - alpha_t) * M_{t-1} + S_t
+    retrieval   y_t = M_t(q_t)                              (no update from q)
+With chunk_size = b > 1 the only change is the paper's chunk-parallel approximation: the
+gradient of token t is taken at the weights from the start of its chunk (positions 0, b,
+2b, ...) instead of M_{t-1}; the recurrences stay token by token.
+M is an MLP without biases: h -> act(h W_1) ... W_L (depth 1 is a matrix).
+"""
+
+import torch
+
+from .activations import get_activation
+from .state import MemoryState, state_dtype
+
+
+def memory_mlp(x: torch.Tensor, weights, act) -> torch.Tensor:
+    """Apply per-(batch, head) MLP weights [B, H, D_in, D_out] to x [B, H, ..., D_in]."""
+    h = x
+    for layer, w in enumerate(weights):
+        h = h @ w
+        if layer < len(weights) - 1:
+            h = act(h)
+    return h
+
+
+def naive_neural_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    eta: torch.Tensor,
+    alpha: torch.Tensor,
+    state: MemoryState,
+    activation: str = "silu",
+    chunk_size: int = 1,
+) -> tuple[torch.Tensor, MemoryState]:
+    """q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
+
+    Returns y [B, T, H, D_v] (in the state dtype) and the state after the last token.
+    """
+    act = get_activation(activation).fn
+    dtype = state_dtype(q)
+    weights = [w.to(dtype) for w in state.weights]
+    momentum = [s.to(dtype) for s in state.momentum]
+    outer_grad = torch.is_grad_enabled()
+    outputs = []
+    for t in range(q.shape[1]):
+        if t % chunk_size == 0:
+            chunk_start = weights
+        q_t, k_t, v_t = (x[:, t].to(dtype).unsqueeze(-2) for x in (q, k, v))  # [B, H, 1, D]
+        theta_t, eta_t, alpha_t = (g[:, t].to(dtype)[..., None, None] for g in (theta, eta, alpha))
+        with torch.enable_grad():
+            leaves = [w if w.requires_grad else w.detach().requires_grad_() for w in chunk_start]
+            # Summing over batch and heads is fine: each (b, h) owns its weights.
+            loss = (memory_mlp(k_t, leaves, act) - v_t).pow(2).sum()
+            grads = torch.autograd.grad(loss, leaves, create_graph=outer_grad)
+        if t % chunk_size == 0:
+            chunk_start = leaves  # same values; keeps any graph through the leaves
+            weights = leaves
+        momentum = [eta_t * s - theta_t * g for s, g in zip(momentum, grads)]
+        weights = [(1 - alpha_t) * w + s for w, s in zip(weights, momentum)]
+        outputs.append(memory_mlp(q_t, weights, act).squeeze(-2))
+    if not outputs:
+        B, _, H, _ = q.shape
+        return q.new_zeros(B, 0, H, weights[-1].shape[-1], dtype=dtype), MemoryState(
+            tuple(weights), tuple(momentum))
+    y = torch.stack(outputs, dim=1)
+    return y, MemoryState(tuple(weights), tuple(momentum))
