@@ -6,6 +6,7 @@ chunk   exact chunk-parallel PyTorch path (runs everywhere)
 
 from .activations import ACTIVATIONS, get_activation
 from .chunk import chunk_neural_memory
+from .dispatch import neural_memory_scan, resolve_backend
 from .naive import naive_neural_memory
 from .state import MemoryState
 
@@ -15,4 +16,6 @@ __all__ = [
     "chunk_neural_memory",
     "get_activation",
     "naive_neural_memory",
+    "neural_memory_scan",
+    "resolve_backend",
 ]

@@ -28,9 +28,10 @@ import torch
 from .activations import get_activation
 from .state import MemoryState, state_dtype
 
-# exp(-60) ~ 1e-26: a log-gate floor that keeps a gate of exactly 0 (alpha = 1 or
-# eta = 0) finite in backward, without any visible change to the forward result.
-LOG_GATE_FLOOR = -60.0
+# A gate of exactly 0 (eta = 0, or alpha = 1) would put log(0) into the closed form and
+# 0 * inf into its backward. Flooring the gate (not its log: the clamp must sit before the
+# 1/x of log's derivative) at 1e-30 changes the forward by less than any float can show.
+GATE_FLOOR = 1e-30
 
 
 def segment_sum(x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +46,8 @@ def segment_sum(x: torch.Tensor) -> torch.Tensor:
 
 def log_gates(eta: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype):
     """log(eta) and log(1 - alpha), floored so that exact 0/1 gates stay finite in backward."""
-    log_eta = torch.log(eta.to(dtype)).clamp_min(LOG_GATE_FLOOR)
-    log_retain = torch.log1p(-alpha.to(dtype)).clamp_min(LOG_GATE_FLOOR)
+    log_eta = torch.log(eta.to(dtype).clamp_min(GATE_FLOOR))
+    log_retain = torch.log((1 - alpha.to(dtype)).clamp_min(GATE_FLOOR))
     return log_eta, log_retain
 
 

@@ -1,0 +1,121 @@
+"""The chunk-parallel scan against the per-token reference (kernels/naive.py)."""
+
+import pytest
+import torch
+
+from helpers import flat, max_rel_err, memory_inputs
+from titans_plugin.kernels import ACTIVATIONS, MemoryState, chunk_neural_memory, naive_neural_memory
+
+
+def _grads(out, state, leaves, seed=1):
+    """Gradients of a random linear functional of outputs and final state."""
+    g = torch.Generator().manual_seed(seed)
+    targets = [out, *flat(state)]
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in targets)
+    return torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_chunk_size_one_equals_per_token_recurrence_with_gradients(depth):
+    inputs, state = memory_inputs(depth=depth, requires_grad=True)
+    leaves = [*inputs, *flat(state)]
+    y_ref, s_ref = naive_neural_memory(*inputs, state)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=1)
+    assert max_rel_err(y, y_ref) < 1e-12
+    for a, b in zip(flat(s), flat(s_ref)):
+        assert max_rel_err(a, b) < 1e-12
+    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+        assert max_rel_err(ga, gb) < 1e-10
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("chunk", [2, 5, 16])
+def test_chunked_closed_form_equals_chunked_recurrence(depth, chunk):
+    """For b > 1 the reference keeps the token loop but takes gradients at chunk-start
+    weights; T = 13 leaves a ragged tail (and is shorter than one chunk for b = 16)."""
+    inputs, state = memory_inputs(depth=depth, requires_grad=True)
+    leaves = [*inputs, *flat(state)]
+    y_ref, s_ref = naive_neural_memory(*inputs, state, chunk_size=chunk)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=chunk)
+    assert max_rel_err(y, y_ref) < 1e-12
+    for a, b in zip(flat(s), flat(s_ref)):
+        assert max_rel_err(a, b) < 1e-12
+    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+        assert max_rel_err(ga, gb) < 1e-10
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_every_activation_matches_reference(activation):
+    # The hand-written act' in the chunked path is checked against autograd's.
+    inputs, state = memory_inputs(depth=2, T=9, requires_grad=True)
+    leaves = [*inputs, *flat(state)]
+    y_ref, s_ref = naive_neural_memory(*inputs, state, activation=activation, chunk_size=4)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=4, activation=activation)
+    assert max_rel_err(y, y_ref) < 1e-12
+    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+        assert max_rel_err(ga, gb) < 1e-10
+
+
+def test_sequence_shorter_than_one_chunk_still_updates_memory():
+    inputs, state = memory_inputs(T=3, momentum=False)
+    _, s = chunk_neural_memory(*inputs, state, chunk_size=64)
+    _, s_ref = naive_neural_memory(*inputs, state, chunk_size=64)
+    assert not torch.allclose(s.weights[0], state.weights[0])
+    assert max_rel_err(s.weights[0], s_ref.weights[0]) < 1e-12
+
+
+def test_state_carries_across_calls_split_at_chunk_boundaries():
+    inputs, state = memory_inputs(T=20)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=4)
+    y1, s1 = chunk_neural_memory(*(x[:, :8] for x in inputs), state, chunk_size=4)
+    y2, s2 = chunk_neural_memory(*(x[:, 8:] for x in inputs), s1, chunk_size=4)
+    assert max_rel_err(torch.cat([y1, y2], 1), y) < 1e-12
+    for a, b in zip(flat(s2), flat(s)):
+        assert max_rel_err(a, b) < 1e-12
+
+
+def test_gates_at_their_bounds_are_exact_and_differentiable():
+    """alpha = 1 (forget everything) and eta = 0 (no momentum) hit log(0) in the closed form."""
+    inputs, state = memory_inputs(T=11)
+    q, k, v, theta, eta, alpha = inputs
+    eta = eta.clone(); alpha = alpha.clone()
+    eta[:, 3] = 0.0
+    alpha[:, 6] = 1.0
+    alpha.requires_grad_(); eta.requires_grad_()
+    y_ref, _ = naive_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size=4)
+    y, s = chunk_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size=4)
+    assert max_rel_err(y, y_ref) < 1e-12
+    g_eta, g_alpha = torch.autograd.grad(y.sum() + s.weights[0].sum(), [eta, alpha])
+    assert torch.isfinite(g_eta).all() and torch.isfinite(g_alpha).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_scan_is_causal(chunk):
+    inputs, state = memory_inputs(T=12)
+    y, _ = chunk_neural_memory(*inputs, state, chunk_size=chunk)
+    t = 6
+    changed = [x.clone() for x in inputs]
+    for x in changed:
+        x[:, t + 1:] = torch.rand_like(x[:, t + 1:])
+    y2, _ = chunk_neural_memory(*changed, state, chunk_size=chunk)
+    assert torch.equal(y[:, : t + 1], y2[:, : t + 1])
+    assert not torch.allclose(y[:, t + 1:], y2[:, t + 1:])
+
+
+def test_fp32_state_for_low_precision_inputs():
+    inputs, state = memory_inputs(dtype=torch.float32)
+    inputs = tuple(x.to(torch.bfloat16) for x in inputs)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=4)
+    assert y.dtype == torch.float32 and s.weights[0].dtype == torch.float32
+
+
+def test_bad_chunk_size_names_the_field():
+    inputs, state = memory_inputs()
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_neural_memory(*inputs, state, chunk_size=0)
+
+
+def test_empty_sequence_returns_state_unchanged():
+    inputs, state = memory_inputs(T=0)
+    y, s = chunk_neural_memory(*inputs, state, chunk_size=4)
+    assert y.shape[1] == 0 and torch.equal(s.weights[0], state.weights[0])

@@ -1,0 +1,172 @@
+"""NeuralMemory: the multi-head Titans long-term memory as an nn.Module.
+
+x -> q, k, v projections -> short causal conv -> SiLU -> L2-normalised q, k
+  -> data-dependent gates theta (inner lr), eta (momentum), alpha (forgetting)
+  -> chunked memory scan (kernels/) -> per-head RMSNorm -> sigmoid output gate -> out proj.
+
+Streaming: forward(x, state) continues exactly where the last call stopped, for any
+split of the input. Chunks sit at absolute positions, so a call that ends inside a chunk
+keeps that chunk's inputs (`pending`) and its start state; the next call re-runs the
+chunk from there. The outputs are then identical to one call over the whole sequence.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from titans_plugin.kernels import MemoryState, neural_memory_scan
+
+from .config import MemoryConfig
+from .conv import causal_depthwise_conv
+
+
+class NeuralMemoryState(NamedTuple):
+    """Everything needed to continue a stream. Tensors have batch first."""
+
+    memory: MemoryState  # weights and momentum after the last token seen
+    chunk_start: MemoryState  # state where the current, unfinished chunk began
+    pending: tuple[torch.Tensor, ...]  # q, k, v, theta, eta, alpha of that chunk so far
+    conv_tail: tuple[torch.Tensor, ...] | None  # last K - 1 pre-conv q, k, v inputs
+    seen: int  # tokens processed so far
+
+    def detach(self) -> "NeuralMemoryState":
+        tail = None if self.conv_tail is None else tuple(t.detach() for t in self.conv_tail)
+        return NeuralMemoryState(
+            self.memory.detach(), self.chunk_start.detach(),
+            tuple(p.detach() for p in self.pending), tail, self.seen,
+        )
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """Per-head parameters are DTensors sharded on the head dim under tensor parallel;
+    the scan runs on the local heads only."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class NeuralMemory(nn.Module):
+    def __init__(self, config: MemoryConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        H, D = config.n_heads, config.resolved_head_dim
+        self.n_heads, self.head_dim = H, D
+        inner = H * D
+        self.wq = nn.Linear(config.dim, inner, bias=False)
+        self.wk = nn.Linear(config.dim, inner, bias=False)
+        self.wv = nn.Linear(config.dim, inner, bias=False)
+        # Gate pre-activations: theta, eta, alpha for every head, in one projection.
+        self.w_gates = nn.Linear(config.dim, 3 * H, bias=True)
+        self.w_out_gate = nn.Linear(config.dim, inner, bias=False)
+        self.wo = nn.Linear(inner, config.dim, bias=False)
+        K = config.conv_kernel
+        self.conv_q = nn.Parameter(torch.empty(inner, K)) if K else None
+        self.conv_k = nn.Parameter(torch.empty(inner, K)) if K else None
+        self.conv_v = nn.Parameter(torch.empty(inner, K)) if K else None
+        # Learned initial memory, one MLP per head: [H, D_in, D_out] per layer.
+        self.init_memory = nn.ParameterList(
+            nn.Parameter(torch.empty(H, d_in, d_out)) for d_in, d_out in config.layer_dims()
+        )
+        self.out_norm_weight = nn.Parameter(torch.empty(H, D))
+        self.init_weights()
+
+    # -- parameters ---------------------------------------------------------------
+    def init_weights(self, init_std: float = 0.02) -> None:
+        for lin in (self.wq, self.wk, self.wv, self.w_out_gate):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+        nn.init.trunc_normal_(self.wo.weight, std=init_std)
+        nn.init.trunc_normal_(self.w_gates.weight, std=0.02)
+        with torch.no_grad():
+            # Start with a modest step, strong momentum and little forgetting.
+            H = self.n_heads
+            bias = self.w_gates.bias.view(3, H)
+            bias[0].fill_(math.log(0.1 / 0.9))  # theta ~ 0.1 * max_lr
+            bias[1].fill_(math.log(0.9 / 0.1))  # eta ~ 0.9 * max_momentum
+            bias[2].fill_(math.log(0.01 / 0.99))  # alpha ~ 0.01 * max_forget
+            for conv in (self.conv_q, self.conv_k, self.conv_v):
+                if conv is not None:
+                    nn.init.uniform_(conv, -1 / math.sqrt(conv.shape[-1]), 1 / math.sqrt(conv.shape[-1]))
+            for w in self.init_memory:
+                nn.init.normal_(w, std=1 / math.sqrt(w.shape[-2]))
+            self.out_norm_weight.fill_(1.0)
+
+    # -- pieces of the forward ------------------------------------------------------
+    def _project(self, x: torch.Tensor, conv_tail):
+        """q, k, v [B, T, H_local, D] with conv, SiLU and L2-normalised q, k."""
+        B, T, _ = x.shape
+        outs, tails = [], []
+        for i, (lin, conv) in enumerate(
+            ((self.wq, self.conv_q), (self.wk, self.conv_k), (self.wv, self.conv_v))
+        ):
+            h = lin(x)
+            if conv is not None:
+                h, tail = causal_depthwise_conv(h, _local(conv), None if conv_tail is None else conv_tail[i])
+                tails.append(tail)
+            outs.append(F.silu(h).view(B, T, -1, self.head_dim))
+        q, k, v = outs
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return q, k, v, (tuple(tails) if tails else None)
+
+    def _gates(self, x: torch.Tensor):
+        """theta in (0, max_lr), eta in (0, max_momentum), alpha in (0, max_forget): [B, T, H]."""
+        B, T, _ = x.shape
+        z = self.w_gates(x).float().view(B, T, 3, -1)
+        c = self.config
+        theta = c.max_lr * torch.sigmoid(z[:, :, 0])
+        eta = c.max_momentum * torch.sigmoid(z[:, :, 1])
+        alpha = c.max_forget * torch.sigmoid(z[:, :, 2])
+        return theta, eta, alpha
+
+    def initial_state(self, batch_size: int) -> MemoryState:
+        return MemoryState.from_initial(tuple(_local(w) for w in self.init_memory), batch_size)
+
+    def _scan(self, inputs, state: MemoryState):
+        c = self.config
+        return neural_memory_scan(
+            *inputs, state, chunk_size=c.chunk_size, activation=c.activation, backend=c.backend
+        )
+
+    # -- forward --------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, state: NeuralMemoryState | None = None
+    ) -> tuple[torch.Tensor, NeuralMemoryState]:
+        """x [B, T, dim] -> y [B, T, dim] and the state to continue from."""
+        B, T, _ = x.shape
+        C = self.config.chunk_size
+        q, k, v, conv_tail = self._project(x, None if state is None else state.conv_tail)
+        new = (q, k, v, *self._gates(x))
+        if state is None:
+            chunk_start, seen = self.initial_state(B), 0
+            seq = new
+        else:
+            chunk_start, seen = state.chunk_start, state.seen
+            seq = tuple(torch.cat([p.to(n.dtype), n], dim=1) for p, n in zip(state.pending, new))
+        n_pending = seq[0].shape[1] - T  # the sequence now starts at a chunk boundary
+        if self.config.gate_mode == "chunk":
+            first = torch.arange(seq[0].shape[1], device=x.device) // C * C
+            seq = seq[:3] + tuple(g[:, first] for g in seq[3:])
+
+        # Full chunks first, then the unfinished tail from the boundary state: the
+        # boundary state is what the next call must start from.
+        n_full = seq[0].shape[1] // C * C
+        outs, boundary = [], chunk_start
+        if n_full:
+            y, boundary = self._scan(tuple(s[:, :n_full] for s in seq), chunk_start)
+            outs.append(y)
+        pending = tuple(s[:, n_full:] for s in seq)
+        final = boundary
+        if pending[0].shape[1]:
+            y, final = self._scan(pending, boundary)
+            outs.append(y)
+        y = torch.cat(outs, dim=1)[:, n_pending:] if outs else q.new_zeros(B, 0, q.shape[2], q.shape[3])
+        out = self._output(x, y)
+        return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
+
+    def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
+        B, T = x.shape[:2]
+        y = y_BTHD.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local(self.out_norm_weight).float()
+        y = y.to(x.dtype).reshape(B, T, -1) * torch.sigmoid(self.w_out_gate(x))
+        return self.wo(y)
