@@ -7,7 +7,7 @@ chunk   exact chunk-parallel PyTorch path (runs everywhere)
 from .activations import ACTIVATIONS, get_activation
 from .chunk import chunk_neural_memory
 from .dispatch import neural_memory_scan, resolve_backend
-from .naive import naive_neural_memory
+from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "MemoryState",
     "chunk_neural_memory",
     "get_activation",
+    "memory_mlp",
     "naive_neural_memory",
     "neural_memory_scan",
     "resolve_backend",

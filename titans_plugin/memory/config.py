@@ -42,11 +42,13 @@ class MemoryConfig:
             return [(d, d)]
         return [(d, h)] + [(h, h)] * (self.depth - 2) + [(h, d)]
 
-    def validate(self, prefix: str = "memory") -> None:
-        """Raise ValueError naming the field and the allowed values."""
+    def validate(self, prefix: str = "memory", names: dict[str, str] | None = None) -> None:
+        """Raise ValueError naming the field and the allowed values. `names` maps a field
+        to the name the user wrote it under (e.g. a TOML key), default prefix.field."""
 
         def bad(field: str, allowed: str, value) -> ValueError:
-            return ValueError(f"{prefix}.{field} must be {allowed}, got {value!r}")
+            label = (names or {}).get(field, f"{prefix}.{field}")
+            return ValueError(f"{label} must be {allowed}, got {value!r}")
 
         if self.dim < 1:
             raise bad("dim", "an integer >= 1", self.dim)

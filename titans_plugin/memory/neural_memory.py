@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from titans_plugin.kernels import MemoryState, neural_memory_scan
+from titans_plugin.kernels import MemoryState, get_activation, memory_mlp, neural_memory_scan
 
 from .config import MemoryConfig
 from .conv import causal_depthwise_conv
@@ -93,21 +93,34 @@ class NeuralMemory(nn.Module):
             self.out_norm_weight.fill_(1.0)
 
     # -- pieces of the forward ------------------------------------------------------
+    def _project_one(self, lin, conv, x, tail):
+        """One of q, k, v: [B, T, H_local, D] after the causal conv and SiLU."""
+        B, T, _ = x.shape
+        h = lin(x)
+        if conv is not None:
+            h, tail = causal_depthwise_conv(h, _local(conv), tail)
+        return F.silu(h).view(B, T, -1, self.head_dim), tail
+
     def _project(self, x: torch.Tensor, conv_tail):
         """q, k, v [B, T, H_local, D] with conv, SiLU and L2-normalised q, k."""
-        B, T, _ = x.shape
-        outs, tails = [], []
-        for i, (lin, conv) in enumerate(
-            ((self.wq, self.conv_q), (self.wk, self.conv_k), (self.wv, self.conv_v))
-        ):
-            h = lin(x)
-            if conv is not None:
-                h, tail = causal_depthwise_conv(h, _local(conv), None if conv_tail is None else conv_tail[i])
-                tails.append(tail)
-            outs.append(F.silu(h).view(B, T, -1, self.head_dim))
-        q, k, v = outs
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        return q, k, v, (tuple(tails) if tails else None)
+        tails = conv_tail if conv_tail is not None else (None, None, None)
+        q, tq = self._project_one(self.wq, self.conv_q, x, tails[0])
+        k, tk = self._project_one(self.wk, self.conv_k, x, tails[1])
+        v, tv = self._project_one(self.wv, self.conv_v, x, tails[2])
+        new_tails = (tq, tk, tv) if self.conv_q is not None else None
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_tails
+
+    # -- retrieval without update (MAC reads the memory before attending) -------------
+    def query(self, x: torch.Tensor, conv_tail: torch.Tensor | None = None):
+        """Retrieval queries q [B, T, H, D] for x, and the conv tail of this query stream."""
+        q, tail = self._project_one(self.wq, self.conv_q, x, conv_tail)
+        return F.normalize(q, dim=-1), tail
+
+    def read(self, q_BTHD: torch.Tensor, weights, x: torch.Tensor) -> torch.Tensor:
+        """y = M(q) with fixed memory weights (no update), through the output path."""
+        q = q_BTHD.transpose(1, 2).to(weights[0].dtype)
+        y = memory_mlp(q, weights, get_activation(self.config.activation).fn)
+        return self._output(x, y.transpose(1, 2))
 
     def _gates(self, x: torch.Tensor):
         """theta in (0, max_lr), eta in (0, max_momentum), alpha in (0, max_forget): [B, T, H]."""

@@ -1,0 +1,160 @@
+"""Causal attention with optional sliding window and persistent memory tokens.
+
+Keys are addressed by absolute position. A query at position t sees key s when
+s <= t and t - s < window (window None = full causal). Persistent tokens (paper section
+3.3: learnable, input-independent, prepended) are projected by the same wk/wv, carry no
+rotary position, and are visible to every query: they are task knowledge, not a place
+in the sequence.
+
+Three paths give the same numbers:
+- `banded_attention`: training, O(T * window): queries in blocks of `window`, each block
+  against its own and the previous block's keys.
+- `masked_attention`: decoding and short inputs: one dense boolean mask.
+Both use SDPA, which picks a fused kernel where one applies.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope, check_rope_length
+
+
+class KVCache(NamedTuple):
+    k: torch.Tensor  # [B, S, H_kv, D] after RoPE
+    v: torch.Tensor
+    pos: int  # absolute position of the next token
+
+
+def _sdpa(q_BTHD, k_BSHD, v_BSHD, mask_TS):
+    """SDPA over [..., H, T, D] with GQA by repetition; mask True = attend."""
+    rep = q_BTHD.shape[-2] // k_BSHD.shape[-2]
+    if rep > 1:
+        k_BSHD = k_BSHD.repeat_interleave(rep, dim=-2)
+        v_BSHD = v_BSHD.repeat_interleave(rep, dim=-2)
+    q, k, v = (t.transpose(-2, -3) for t in (q_BTHD, k_BSHD, v_BSHD))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_TS.unsqueeze(-3))
+    return out.transpose(-2, -3)
+
+
+def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[T, S] boolean: causal, and within the window when there is one."""
+    d = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)
+    ok = d >= 0
+    return ok & (d < window) if window is not None else ok
+
+
+def _with_persistent(mask, k, v, pk, pv):
+    if pk is None:
+        return mask, k, v
+    B = k.shape[0]
+    Np = pk.shape[0]
+    k = torch.cat([pk.unsqueeze(0).expand(B, *pk.shape).to(k.dtype), k], dim=1)
+    v = torch.cat([pv.unsqueeze(0).expand(B, *pv.shape).to(v.dtype), v], dim=1)
+    mask = torch.cat([mask.new_ones(*mask.shape[:-1], Np), mask], dim=-1)
+    return mask, k, v
+
+
+def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None):
+    """q [B, T, Hq, D] at positions q_pos [T]; k, v [B, S, Hkv, D] at k_pos [S]."""
+    mask, k, v = _with_persistent(visible(q_pos, k_pos, window), k, v, pk, pv)
+    return _sdpa(q, k, v, mask)
+
+
+def banded_attention(q, k, v, window: int, pk=None, pv=None):
+    """Sliding-window attention over one sequence (q, k, v aligned, positions 0..T-1)."""
+    B, T, Hq, D = q.shape
+    W = window
+    n = -(-T // W)
+    pad = n * W - T
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+    # keys of block i: positions [(i-1)W, (i+1)W); block -1 is zeros, masked out below
+    k_prev = F.pad(k, (0, 0, 0, 0, W, 0))[:, : n * W]
+    v_prev = F.pad(v, (0, 0, 0, 0, W, 0))[:, : n * W]
+    blocks = lambda t: t.reshape(B, n, W, *t.shape[2:])
+    kb = torch.cat([blocks(k_prev), blocks(k)], dim=2)  # [B, n, 2W, Hkv, D]
+    vb = torch.cat([blocks(v_prev), blocks(v)], dim=2)
+    qb = blocks(q)
+    i = torch.arange(W, device=q.device)
+    j = torch.arange(2 * W, device=q.device) - W  # key offset relative to block start
+    mask = visible(i, j, window)  # same for every block...
+    mask = mask.expand(n, W, 2 * W).clone()
+    mask[0, :, :W] = False  # ...except that block 0 has no previous block
+    if pk is not None:
+        Np = pk.shape[0]
+        pkb = pk.to(k.dtype).expand(B, n, *pk.shape)
+        pvb = pv.to(v.dtype).expand(B, n, *pv.shape)
+        kb, vb = torch.cat([pkb, kb], 2), torch.cat([pvb, vb], 2)
+        mask = torch.cat([mask.new_ones(n, W, Np), mask], -1)
+    out = _sdpa(qb, kb, vb, mask)  # [B, n, W, Hq, D]
+    return out.reshape(B, n * W, Hq, D)[:, :T]
+
+
+class Attention(nn.Module):
+    """GQA attention with RoPE, torchtitan's llama3 parameter names (wq, wk, wv, wo),
+    an optional sliding window and optional persistent tokens."""
+
+    def __init__(self, dim, n_heads, n_kv_heads=None, window=None, n_persistent=0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = dim // n_heads
+        self.window = window
+        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+        self.persistent = nn.Parameter(torch.empty(n_persistent, dim)) if n_persistent else None
+        self.init_weights(0.02)
+
+    def init_weights(self, init_std: float) -> None:
+        for lin in (self.wq, self.wk, self.wv):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+        nn.init.trunc_normal_(self.wo.weight, std=init_std)
+        if self.persistent is not None:
+            nn.init.normal_(self.persistent, std=0.02)
+
+    def persistent_kv(self):
+        """Keys and values [N_p, H_kv, D] of the persistent tokens (no RoPE), or Nones."""
+        if self.persistent is None:
+            return None, None
+        p = self.persistent
+        Np = p.shape[0]
+        return self.wk(p).view(Np, -1, self.head_dim), self.wv(p).view(Np, -1, self.head_dim)
+
+    def project_kv(self, x, freqs_cis, pos: int):
+        """k, v [B, T, H_kv, D] with RoPE at absolute positions pos .. pos + T - 1."""
+        B, T, _ = x.shape
+        check_rope_length(freqs_cis, pos + T)
+        k = self.wk(x).view(B, T, -1, self.head_dim)
+        v = self.wv(x).view(B, T, -1, self.head_dim)
+        return apply_rope(k, freqs_cis[pos: pos + T]), v
+
+    def project(self, x, freqs_cis, pos: int):
+        """q, k, v [B, T, H, D] with RoPE at absolute positions pos .. pos + T - 1."""
+        B, T, _ = x.shape
+        k, v = self.project_kv(x, freqs_cis, pos)
+        q = self.wq(x).view(B, T, -1, self.head_dim)
+        return apply_rope(q, freqs_cis[pos: pos + T]), k, v
+
+    def forward(self, x, freqs_cis, cache: KVCache | None = None):
+        """x [B, T, dim] -> (out [B, T, dim], cache for the next call)."""
+        B, T, _ = x.shape
+        pos = 0 if cache is None else cache.pos
+        q, k, v = self.project(x, freqs_cis, pos)
+        pk, pv = self.persistent_kv()
+        if cache is None and self.window is not None and T > self.window:
+            out = banded_attention(q, k, v, self.window, pk, pv)
+        else:
+            if cache is not None:
+                k = torch.cat([cache.k, k], dim=1)
+                v = torch.cat([cache.v, v], dim=1)
+            k_pos = torch.arange(pos + T - k.shape[1], pos + T, device=x.device)
+            q_pos = torch.arange(pos, pos + T, device=x.device)
+            out = masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
+        keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
+        new_cache = KVCache(k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:], pos + T)
+        return self.wo(out.reshape(B, T, -1)), new_cache

@@ -1,0 +1,99 @@
+"""MAC, memory as context (paper section 4.1), in the paper's order. Per segment S(t):
+
+    h      = M*_{t-1}(q(S(t)))                       read the memory from before the segment
+    y      = Attn([persistent || h || S(t)])         full causal inside the segment
+    M_t    = update of M_{t-1} with y                the memory stores the attention output
+    o      = y (x) M*_t(y)                           read with the updated memory, gate
+
+Attention never crosses a segment boundary: what lies further back reaches a token only
+through the memory. Token t sees h_s and x_s for s <= t in its segment, so the block is
+causal; the update-then-read M*_t(y) is the memory's own causal scan.
+
+A segment may be cut between calls (decoding): the cache keeps the segment's keys, the
+memory weights from its start, and the retrieval stream's conv tail.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from titans_plugin.kernels import MemoryState
+from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+
+from .attention import Attention, masked_attention
+from .base import TitansBlockBase
+from .config import MACConfig, with_memory_dim
+from .gate import MemoryGate
+
+
+class MACCache(NamedTuple):
+    memory: NeuralMemoryState | None  # the update stream (over attention outputs y)
+    segment_weights: tuple[torch.Tensor, ...]  # memory weights at the segment start
+    query_tail: torch.Tensor | None  # conv tail of the retrieval queries (over x)
+    segment_k: torch.Tensor  # [B, S, H_kv, D]: keys of h and x tokens in this segment
+    segment_v: torch.Tensor
+    segment_pos: torch.Tensor  # [S] absolute positions of those keys
+    pos: int
+
+
+class MACBlock(TitansBlockBase):
+    block_type = "C"
+
+    def __init__(self, layer_id: int, model_args, config: MACConfig):
+        super().__init__(layer_id, model_args)
+        config = with_memory_dim(config, model_args.dim)
+        config.validate()
+        self.config = config
+        self.attention = Attention(
+            model_args.dim, model_args.n_heads, model_args.n_kv_heads,
+            window=None, n_persistent=config.n_persistent,
+        )
+        self.memory = NeuralMemory(config.memory)
+        self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
+
+    def _empty_cache(self, x: torch.Tensor) -> MACCache:
+        B = x.shape[0]
+        a = self.attention
+        empty = x.new_zeros(B, 0, a.n_kv_heads, a.head_dim)
+        weights = self.memory.initial_state(B).weights
+        return MACCache(None, weights, None, empty, empty, torch.zeros(0, dtype=torch.long, device=x.device), 0)
+
+    def mix(self, x, freqs_cis, cache: MACCache | None):
+        cache = cache or self._empty_cache(x)
+        L = self.config.segment_len
+        outs, start = [], 0
+        while start < x.shape[1]:
+            if cache.pos % L == 0 and cache.pos > 0 and cache.segment_k.shape[1]:
+                cache = self._begin_segment(cache)
+            n = min(L - cache.pos % L, x.shape[1] - start)
+            o, cache = self._segment_piece(x[:, start:start + n], freqs_cis, cache)
+            outs.append(o)
+            start += n
+        return torch.cat(outs, dim=1), cache
+
+    def _begin_segment(self, cache: MACCache) -> MACCache:
+        """A new segment reads the memory as the previous segment left it."""
+        empty_k = cache.segment_k[:, :0]
+        return cache._replace(
+            segment_weights=cache.memory.memory.weights,
+            segment_k=empty_k, segment_v=cache.segment_v[:, :0], segment_pos=cache.segment_pos[:0],
+        )
+
+    def _segment_piece(self, x, freqs_cis, cache: MACCache):
+        """Tokens x [B, n, dim] that all lie in one segment."""
+        B, n, _ = x.shape
+        pos = cache.pos
+        q_mem, query_tail = self.memory.query(x, cache.query_tail)
+        h = self.memory.read(q_mem, cache.segment_weights, x)  # M*_{t-1}(q_t)
+        q, kx, vx = self.attention.project(x, freqs_cis, pos)
+        kh, vh = self.attention.project_kv(h, freqs_cis, pos)
+        positions = torch.arange(pos, pos + n, device=x.device)
+        seg_k = torch.cat([cache.segment_k, kh, kx], dim=1)
+        seg_v = torch.cat([cache.segment_v, vh, vx], dim=1)
+        seg_pos = torch.cat([cache.segment_pos, positions, positions])
+        pk, pv = self.attention.persistent_kv()
+        y = masked_attention(q, seg_k, seg_v, positions, seg_pos, None, pk, pv)
+        y = self.attention.wo(y.reshape(B, n, -1))
+        m, memory = self.memory(y, cache.memory)  # update with y, then read M*_t(y_t)
+        cache = MACCache(memory, cache.segment_weights, query_tail, seg_k, seg_v, seg_pos, pos + n)
+        return self.gate(y, m), cache

@@ -1,0 +1,34 @@
+"""Model arguments: llama3's fields (so llama3 configs carry over) plus the Titans section."""
+
+from dataclasses import dataclass, field
+
+from titans_plugin.config import TitansConfig
+
+
+@dataclass
+class TitansModelArgs:
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int | None = None
+    vocab_size: int = 2048
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    depth_init: bool = True
+    titans: TitansConfig = field(default_factory=TitansConfig)
+
+    def validate(self) -> None:
+        if self.dim < 1 or self.n_heads < 1 or self.dim % self.n_heads:
+            raise ValueError(f"model.n_heads={self.n_heads} must divide model.dim={self.dim}")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"model.n_kv_heads={kv} must divide model.n_heads={self.n_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"attention head dim {self.dim // self.n_heads} must be even for RoPE")
+        self.titans.validate(self.dim, self.n_layers, self.max_seq_len)
+
+    def layer_types(self) -> list[str]:
+        return self.titans.layer_types(self.n_layers)

@@ -1,0 +1,71 @@
+"""TitansTransformer: llama3's embedding/norm/output around a stack of hybrid blocks.
+
+Module names and the forward signature follow torchtitan's llama3 Transformer
+(tok_embeddings, layers["i"], norm, output, freqs_cis), so torchtitan's trainer,
+checkpointing and the parallelisation code treat it like a llama3 model."""
+
+import torch
+from torch import nn
+
+from titans_plugin.blocks import build_block
+from titans_plugin.blocks.rope import precompute_freqs_cis
+
+from .args import TitansModelArgs
+
+
+class TitansTransformer(nn.Module):
+    def __init__(self, model_args: TitansModelArgs):
+        super().__init__()
+        model_args.validate()
+        self.model_args = model_args
+        self.vocab_size = model_args.vocab_size
+        self.n_layers = model_args.n_layers
+        self.tok_embeddings = nn.Embedding(model_args.vocab_size, model_args.dim)
+        self.register_buffer("freqs_cis", self._precompute_freqs_cis(), persistent=False)
+        self.layer_types = model_args.layer_types()
+        self.layers = nn.ModuleDict()
+        for i, letter in enumerate(self.layer_types):
+            cfg = model_args.titans.block_config(letter, model_args.dim)
+            self.layers[str(i)] = build_block(letter, i, model_args, cfg)
+        self.norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
+        self.output = nn.Linear(model_args.dim, model_args.vocab_size, bias=False)
+        self.init_weights()
+
+    def _precompute_freqs_cis(self) -> torch.Tensor:
+        a = self.model_args
+        return precompute_freqs_cis(a.dim // a.n_heads, a.max_seq_len, a.rope_theta)
+
+    def init_weights(self, buffer_device: torch.device | None = None) -> None:
+        """torchtitan builds on the meta device and calls this after materialising."""
+        buffer_device = buffer_device or self.freqs_cis.device
+        with torch.device(buffer_device):
+            self.freqs_cis = self._precompute_freqs_cis()
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight)
+        for layer in self.layers.values():
+            if layer is not None:
+                layer.init_weights()
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        if self.output is not None:
+            std = self.model_args.dim ** -0.5
+            nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        for layer in self.layers.values():
+            h = layer(h, self.freqs_cis, attention_masks=attention_masks, positions=positions)
+        h = self.norm(h) if self.norm is not None else h
+        return self.output(h) if self.output is not None else h
+
+    @torch.no_grad()
+    def forward_cached(self, tokens: torch.Tensor, caches: list | None = None):
+        """Incremental decoding: logits for `tokens` [B, T] continuing from `caches`
+        (None at the start). Feeding a sequence in any pieces gives the full-pass logits."""
+        h = self.tok_embeddings(tokens)
+        caches = caches or [None] * len(self.layers)
+        new_caches = []
+        for layer, cache in zip(self.layers.values(), caches):
+            h, cache = layer.forward_cached(h, self.freqs_cis, cache)
+            new_caches.append(cache)
+        return self.output(self.norm(h)), new_caches
