@@ -51,17 +51,19 @@ def log_gates(eta: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype):
     return log_eta, log_retain
 
 
-def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act):
+def clip_scale(grad_sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
+    """Per-token factor min(1, max_norm / ||grad||), or None when clipping is off."""
+    if not max_norm:
+        return None
+    return torch.clamp(max_norm / torch.sqrt(grad_sq_norm + 1e-30), max=1.0)
+
+
+def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act, max_grad_norm=None):
     """One chunk. q, k: [B, H, C, D_k]; v: [B, H, C, D_v]; gates [B, H, C].
 
     Returns y [B, H, C, D_v] and the state after the chunk's last token.
     """
     W0, S0 = state
-    A = torch.exp(segment_sum(log_retain))  # [B, H, C, C]
-    E = torch.exp(segment_sum(log_eta))
-    G = (A @ E) * theta.unsqueeze(-2)  # G[t, i]: weight of token i's gradient in W_t
-    c = torch.exp(torch.cumsum(log_retain, dim=-1))  # decay of W0 up to t
-    f = (A @ torch.exp(torch.cumsum(log_eta, dim=-1)).unsqueeze(-1)).squeeze(-1)  # reach of S0
 
     # Forward the keys through the chunk-start memory, then backprop the squared error
     # by hand: deltas[l] is d loss / d (output of layer l) for every token.
@@ -78,6 +80,18 @@ def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act):
     for layer in range(len(W0) - 1, 0, -1):
         delta = (delta @ W0[layer].transpose(-1, -2)) * act.grad(pre_acts[layer - 1])
         deltas.insert(0, delta)
+
+    # Token s's gradient of layer l is the outer product a_s^T delta_s, so its norm is
+    # ||a_s|| * ||delta_s||: clipping it is a per-token factor on theta.
+    if max_grad_norm:
+        sq = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas))
+        theta = theta * clip_scale(sq, max_grad_norm)
+
+    A = torch.exp(segment_sum(log_retain))  # [B, H, C, C]
+    E = torch.exp(segment_sum(log_eta))
+    G = (A @ E) * theta.unsqueeze(-2)  # G[t, i]: weight of token i's gradient in W_t
+    c = torch.exp(torch.cumsum(log_retain, dim=-1))  # decay of W0 up to t
+    f = (A @ torch.exp(torch.cumsum(log_eta, dim=-1)).unsqueeze(-1)).squeeze(-1)  # reach of S0
 
     # Retrieval with the memory after each token's own update.
     h = q
@@ -111,6 +125,7 @@ def chunk_neural_memory(
     state: MemoryState,
     chunk_size: int = 64,
     activation: str = "silu",
+    max_grad_norm: float | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Same contract as naive_neural_memory, computed chunk by chunk.
 
@@ -135,7 +150,7 @@ def chunk_neural_memory(
         sl = slice(start, min(start + chunk_size, T))
         y, state = chunk_step(
             q[:, :, sl], k[:, :, sl], v[:, :, sl],
-            theta[..., sl], log_eta[..., sl], log_retain[..., sl], state, act,
+            theta[..., sl], log_eta[..., sl], log_retain[..., sl], state, act, max_grad_norm,
         )
         outputs.append(y)
     if not outputs:

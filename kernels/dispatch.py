@@ -22,15 +22,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def neural_memory_scan(
     q, k, v, theta, eta, alpha, state: MemoryState, *, chunk_size: int, activation: str,
-    backend: str = "auto",
+    max_grad_norm: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, MemoryState]:
     backend = resolve_backend(backend, q.device)
+    args = (q, k, v, theta, eta, alpha, state)
     if backend == "chunk":
-        return chunk_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size, activation)
+        return chunk_neural_memory(*args, chunk_size, activation, max_grad_norm)
     if backend == "naive":
-        return naive_neural_memory(q, k, v, theta, eta, alpha, state, activation, chunk_size)
+        return naive_neural_memory(*args, activation, chunk_size, max_grad_norm)
     if backend == "triton":
         from .triton_ops import triton_neural_memory
 
-        return triton_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size, activation)
+        return triton_neural_memory(*args, chunk_size, activation, max_grad_norm)
     raise ValueError(f"memory backend must be one of auto, chunk, naive, triton; got {backend!r}")

@@ -5,6 +5,8 @@ For every token t, per batch element and head (paper, eqs. 9-15):
     momentum    S_t = eta_t * S_{t-1} - theta_t * g_t
     forgetting  M_t = (1 - alpha_t) * M_{t-1} + S_t
     retrieval   y_t = M_t(q_t)                              (no update from q)
+With max_grad_norm set, each token's gradient (all layers together, per head) is
+scaled to norm at most max_grad_norm before it enters the momentum.
 With chunk_size = b > 1 the only change is the paper's chunk-parallel approximation: the
 gradient of token t is taken at the weights from the start of its chunk (positions 0, b,
 2b, ...) instead of M_{t-1}; the recurrences stay token by token.
@@ -37,6 +39,7 @@ def naive_neural_memory(
     state: MemoryState,
     activation: str = "silu",
     chunk_size: int = 1,
+    max_grad_norm: float | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
 
@@ -58,6 +61,9 @@ def naive_neural_memory(
             # Summing over batch and heads is fine: each (b, h) owns its weights.
             loss = (memory_mlp(k_t, leaves, act) - v_t).pow(2).sum()
             grads = torch.autograd.grad(loss, leaves, create_graph=outer_grad)
+        if max_grad_norm:
+            norm = torch.sqrt(sum(g.pow(2).sum((-2, -1), keepdim=True) for g in grads) + 1e-30)
+            grads = [g * torch.clamp(max_grad_norm / norm, max=1.0) for g in grads]
         if t % chunk_size == 0:
             chunk_start = leaves  # same values; keeps any graph through the leaves
             weights = leaves

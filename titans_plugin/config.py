@@ -28,6 +28,7 @@ class TitansConfig:
     max_lr: float = 0.1
     max_momentum: float = 1.0
     max_forget: float = 1.0
+    max_grad_norm: float = 1.0  # per-token inner-gradient clip; 0 = off
     gate_mode: str = "token"
     kernel: str = "auto"  # auto, chunk, triton, naive
     # attention around the memory
@@ -46,7 +47,8 @@ class TitansConfig:
             depth=self.memory_depth, expansion=self.memory_expansion,
             activation=self.memory_activation, chunk_size=self.chunk_size,
             conv_kernel=self.conv_kernel, max_lr=self.max_lr, max_momentum=self.max_momentum,
-            max_forget=self.max_forget, gate_mode=self.gate_mode, backend=self.kernel,
+            max_forget=self.max_forget, max_grad_norm=self.max_grad_norm,
+            gate_mode=self.gate_mode, backend=self.kernel,
         )
 
     def block_config(self, letter: str, dim: int):
@@ -96,4 +98,5 @@ _TOML_NAMES = {
     "conv_kernel": "titans.conv_kernel", "max_lr": "titans.max_lr",
     "max_momentum": "titans.max_momentum", "max_forget": "titans.max_forget",
     "gate_mode": "titans.gate_mode", "backend": "titans.kernel",
+    "max_grad_norm": "titans.max_grad_norm",
 }

@@ -6,13 +6,41 @@ can be passed to our blocks unchanged.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 
-def precompute_freqs_cis(head_dim: int, end: int, theta: float = 10000.0) -> torch.Tensor:
-    """Plain RoPE frequencies (no long-context scaling), complex64 [end, head_dim // 2]."""
+@dataclass
+class RopeScaling:
+    """Llama 3.1 long-context frequency scaling (the same rule torchtitan's llama3 uses)."""
+
+    scaling_factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+def _scale(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    wavelen = 2 * math.pi / freqs
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    scaled = torch.where(wavelen > low_wavelen, freqs / s.scaling_factor, freqs)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.scaling_factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def precompute_freqs_cis(
+    head_dim: int, end: int, theta: float = 10000.0, scaling: RopeScaling | None = None
+) -> torch.Tensor:
+    """RoPE frequencies, complex64 [end, head_dim // 2]; llama3 scaling when given."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    if scaling is not None:
+        freqs = _scale(freqs, scaling)
     t = torch.arange(end, device=freqs.device)
     angles = torch.outer(t, freqs).float()
     return torch.polar(torch.ones_like(angles), angles)
@@ -34,4 +62,3 @@ def check_rope_length(freqs_cis: torch.Tensor, end: int) -> None:
         )
 
 
-__all__ = ["apply_rope", "check_rope_length", "precompute_freqs_cis", "math"]

@@ -24,6 +24,9 @@ class MemoryConfig:
     max_lr: float = 0.1  # theta_t in (0, max_lr): the inner learning rate
     max_momentum: float = 1.0  # eta_t in (0, max_momentum]
     max_forget: float = 1.0  # alpha_t in (0, max_forget]
+    # Per-token clip of the inner gradient (all layers, per head); 0 = off. On by default:
+    # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
+    max_grad_norm: float = 1.0
     gate_mode: str = "token"  # "chunk": each chunk uses the gates of its first token
     backend: str = "auto"  # auto: Triton on CUDA, the exact chunked PyTorch path elsewhere
 
@@ -74,6 +77,8 @@ class MemoryConfig:
             raise bad("max_momentum", "in (0, 1]", self.max_momentum)
         if not 0 < self.max_forget <= 1:
             raise bad("max_forget", "in (0, 1]", self.max_forget)
+        if self.max_grad_norm < 0:
+            raise bad("max_grad_norm", "a number >= 0 (0 = no clipping)", self.max_grad_norm)
         if self.gate_mode not in GATE_MODES:
             raise bad("gate_mode", f"one of {list(GATE_MODES)}", self.gate_mode)
         if self.backend not in BACKENDS:

@@ -1,6 +1,6 @@
 """NeuralMemory: the multi-head Titans long-term memory as an nn.Module.
 
-x -> q, k, v projections -> short causal conv -> SiLU -> L2-normalised q, k
+x -> RMSNorm -> q, k, v projections -> short causal conv -> SiLU -> L2-normalised q, k
   -> data-dependent gates theta (inner lr), eta (momentum), alpha (forgetting)
   -> chunked memory scan (kernels/) -> per-head RMSNorm -> sigmoid output gate -> out proj.
 
@@ -54,10 +54,15 @@ class NeuralMemory(nn.Module):
         H, D = config.n_heads, config.resolved_head_dim
         self.n_heads, self.head_dim = H, D
         inner = H * D
+        # The inner loop must not depend on the scale of what a block feeds it (MAC
+        # stores raw attention outputs): without this, a deep memory's step size grows
+        # with its input and the scan diverges within a few training steps.
+        self.input_norm = nn.RMSNorm(config.dim, eps=1e-6)
         self.wq = nn.Linear(config.dim, inner, bias=False)
         self.wk = nn.Linear(config.dim, inner, bias=False)
         self.wv = nn.Linear(config.dim, inner, bias=False)
-        # Gate pre-activations: theta, eta, alpha for every head, in one projection.
+        # Gate pre-activations, head-major [H, 3] (theta, eta, alpha): a column-wise
+        # tensor-parallel shard then holds whole heads.
         self.w_gates = nn.Linear(config.dim, 3 * H, bias=True)
         self.w_out_gate = nn.Linear(config.dim, inner, bias=False)
         self.wo = nn.Linear(inner, config.dim, bias=False)
@@ -70,10 +75,12 @@ class NeuralMemory(nn.Module):
             nn.Parameter(torch.empty(H, d_in, d_out)) for d_in, d_out in config.layer_dims()
         )
         self.out_norm_weight = nn.Parameter(torch.empty(H, D))
+        self.last_stats: dict[str, torch.Tensor] = {}
         self.init_weights()
 
     # -- parameters ---------------------------------------------------------------
     def init_weights(self, init_std: float = 0.02) -> None:
+        self.input_norm.reset_parameters()
         for lin in (self.wq, self.wk, self.wv, self.w_out_gate):
             nn.init.trunc_normal_(lin.weight, std=0.02)
         nn.init.trunc_normal_(self.wo.weight, std=init_std)
@@ -81,10 +88,10 @@ class NeuralMemory(nn.Module):
         with torch.no_grad():
             # Start with a modest step, strong momentum and little forgetting.
             H = self.n_heads
-            bias = self.w_gates.bias.view(3, H)
-            bias[0].fill_(math.log(0.1 / 0.9))  # theta ~ 0.1 * max_lr
-            bias[1].fill_(math.log(0.9 / 0.1))  # eta ~ 0.9 * max_momentum
-            bias[2].fill_(math.log(0.01 / 0.99))  # alpha ~ 0.01 * max_forget
+            bias = self.w_gates.bias.view(H, 3)
+            bias[:, 0].fill_(math.log(0.1 / 0.9))  # theta ~ 0.1 * max_lr
+            bias[:, 1].fill_(math.log(0.9 / 0.1))  # eta ~ 0.9 * max_momentum
+            bias[:, 2].fill_(math.log(0.01 / 0.99))  # alpha ~ 0.01 * max_forget
             for conv in (self.conv_q, self.conv_k, self.conv_v):
                 if conv is not None:
                     nn.init.uniform_(conv, -1 / math.sqrt(conv.shape[-1]), 1 / math.sqrt(conv.shape[-1]))
@@ -113,23 +120,23 @@ class NeuralMemory(nn.Module):
     # -- retrieval without update (MAC reads the memory before attending) -------------
     def query(self, x: torch.Tensor, conv_tail: torch.Tensor | None = None):
         """Retrieval queries q [B, T, H, D] for x, and the conv tail of this query stream."""
-        q, tail = self._project_one(self.wq, self.conv_q, x, conv_tail)
+        q, tail = self._project_one(self.wq, self.conv_q, self.input_norm(x), conv_tail)
         return F.normalize(q, dim=-1), tail
 
     def read(self, q_BTHD: torch.Tensor, weights, x: torch.Tensor) -> torch.Tensor:
         """y = M(q) with fixed memory weights (no update), through the output path."""
         q = q_BTHD.transpose(1, 2).to(weights[0].dtype)
         y = memory_mlp(q, weights, get_activation(self.config.activation).fn)
-        return self._output(x, y.transpose(1, 2))
+        return self._output(self.input_norm(x), y.transpose(1, 2))
 
     def _gates(self, x: torch.Tensor):
         """theta in (0, max_lr), eta in (0, max_momentum), alpha in (0, max_forget): [B, T, H]."""
         B, T, _ = x.shape
-        z = self.w_gates(x).float().view(B, T, 3, -1)
+        z = self.w_gates(x).float().view(B, T, -1, 3)
         c = self.config
-        theta = c.max_lr * torch.sigmoid(z[:, :, 0])
-        eta = c.max_momentum * torch.sigmoid(z[:, :, 1])
-        alpha = c.max_forget * torch.sigmoid(z[:, :, 2])
+        theta = c.max_lr * torch.sigmoid(z[..., 0])
+        eta = c.max_momentum * torch.sigmoid(z[..., 1])
+        alpha = c.max_forget * torch.sigmoid(z[..., 2])
         return theta, eta, alpha
 
     def initial_state(self, batch_size: int) -> MemoryState:
@@ -138,7 +145,8 @@ class NeuralMemory(nn.Module):
     def _scan(self, inputs, state: MemoryState):
         c = self.config
         return neural_memory_scan(
-            *inputs, state, chunk_size=c.chunk_size, activation=c.activation, backend=c.backend
+            *inputs, state, chunk_size=c.chunk_size, activation=c.activation,
+            max_grad_norm=c.max_grad_norm, backend=c.backend,
         )
 
     # -- forward --------------------------------------------------------------------
@@ -148,6 +156,7 @@ class NeuralMemory(nn.Module):
         """x [B, T, dim] -> y [B, T, dim] and the state to continue from."""
         B, T, _ = x.shape
         C = self.config.chunk_size
+        x = self.input_norm(x)
         q, k, v, conv_tail = self._project(x, None if state is None else state.conv_tail)
         new = (q, k, v, *self._gates(x))
         if state is None:
@@ -175,7 +184,19 @@ class NeuralMemory(nn.Module):
             outs.append(y)
         y = torch.cat(outs, dim=1)[:, n_pending:] if outs else q.new_zeros(B, 0, q.shape[2], q.shape[3])
         out = self._output(x, y)
+        if self.training and not torch.compiler.is_compiling():
+            self._record_stats(new[3:], final)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
+
+    def _record_stats(self, gates, final: MemoryState) -> None:
+        """Detached summaries of the last training forward, for the metrics logger.
+        Tensors, not floats: nothing synchronises until the logger reads them."""
+        theta, eta, alpha = (g.detach() for g in gates)
+        sq = lambda ts: torch.stack([t.detach().float().pow(2).mean() for t in ts]).mean().sqrt()
+        self.last_stats = {
+            "theta_mean": theta.mean(), "eta_mean": eta.mean(), "alpha_mean": alpha.mean(),
+            "surprise_rms": sq(final.momentum), "weight_rms": sq(final.weights),
+        }
 
     def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from titans_plugin.blocks.rope import RopeScaling
 from titans_plugin.config import TitansConfig
 
 
@@ -16,6 +17,7 @@ class TitansModelArgs:
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # llama3 flavors carry theirs over
     max_seq_len: int = 2048
     depth_init: bool = True
     titans: TitansConfig = field(default_factory=TitansConfig)

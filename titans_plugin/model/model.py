@@ -33,7 +33,7 @@ class TitansTransformer(nn.Module):
 
     def _precompute_freqs_cis(self) -> torch.Tensor:
         a = self.model_args
-        return precompute_freqs_cis(a.dim // a.n_heads, a.max_seq_len, a.rope_theta)
+        return precompute_freqs_cis(a.dim // a.n_heads, a.max_seq_len, a.rope_theta, a.rope_scaling)
 
     def init_weights(self, buffer_device: torch.device | None = None) -> None:
         """torchtitan builds on the meta device and calls this after materialising."""
@@ -50,6 +50,11 @@ class TitansTransformer(nn.Module):
         if self.output is not None:
             std = self.model_args.dim ** -0.5
             nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
+
+    def get_attention_masks(self, input_batch, tokenizer, extra_inputs=None):
+        """Blocks attend causally (within windows/segments) by construction; like llama3
+        with sdpa, there are no masks to build. torchtitan treats TypeError as 'none'."""
+        raise TypeError("Titans models build their causal masks inside each block")
 
     def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens

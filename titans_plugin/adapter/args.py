@@ -1,0 +1,54 @@
+"""Model args as torchtitan sees them: our TitansModelArgs plus BaseModelArgs' hooks."""
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+from torchtitan.protocols.model import BaseModelArgs
+
+from titans_plugin.config import TitansConfig
+from titans_plugin.model import TitansModelArgs
+from titans_plugin.model.flops import model_nparams_and_flops
+
+
+def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int = 1) -> None:
+    """Fail before training when a sharding layout cannot work."""
+    if pp > 1:
+        raise ValueError("parallelism.pipeline_parallel_degree must be 1 for Titans models (pipelining not supported yet)")
+    if cp > 1:
+        raise ValueError("parallelism.context_parallel_degree must be 1 for Titans models: the memory scan is sequential over the sequence")
+    if tp <= 1:
+        return
+    kv = args.n_kv_heads or args.n_heads
+    for name, heads in (("n_heads", args.n_heads), ("n_kv_heads", kv)):
+        if heads % tp:
+            raise ValueError(
+                f"parallelism.tensor_parallel_degree={tp} must divide the attention model.{name}={heads}"
+            )
+    if args.titans.uses_memory(args.n_layers) and args.titans.memory_heads % tp:
+        raise ValueError(
+            f"parallelism.tensor_parallel_degree={tp} must divide titans.memory_heads="
+            f"{args.titans.memory_heads} (memory heads are sharded across TP ranks)"
+        )
+
+
+@dataclass
+class TitansTrainArgs(TitansModelArgs, BaseModelArgs):
+    def update_from_config(self, job_config, **kwargs) -> None:
+        """Take the [titans] section and training.seq_len; validate everything now,
+        before any model is built or any step runs."""
+        titans = getattr(job_config, "titans", None)
+        if titans is not None:
+            self.titans = TitansConfig(**copy.deepcopy(vars(titans)))
+        # The RoPE table must cover validation sequences too (validation.seq_len defaults
+        # to 2048, independent of training.seq_len).
+        validation = getattr(job_config, "validation", None)
+        val_len = validation.seq_len if validation is not None and validation.enable else 0
+        self.max_seq_len = max(job_config.training.seq_len, val_len)
+        self.validate()
+        self.titans.validate(self.dim, self.n_layers, job_config.training.seq_len)
+        p = job_config.parallelism
+        check_parallel_layout(self, p.tensor_parallel_degree, p.pipeline_parallel_degree, p.context_parallel_degree)
+
+    def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
+        return model_nparams_and_flops(model, seq_len)

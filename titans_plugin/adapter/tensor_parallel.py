@@ -1,0 +1,87 @@
+"""Tensor-parallel plan for Titans blocks: head-parallel attention and memory.
+
+Inside a block every projection into heads is column-wise (each rank holds whole heads),
+every projection out of heads is row-wise (one all-reduce), and the memory scan runs on
+the local heads with no communication. Per-head parameters that are not Linear weights
+(the learned initial memory, the per-head output norm, the conv channels) are sharded on
+their head dimension. Norms, gates and persistent tokens are replicated.
+
+The residual stream between blocks is replicated (no sequence parallel): MAC reads the
+memory and projects retrieved tokens through the same attention weights outside of a
+single module call, which module-input hooks cannot see. The communication volume per
+block is the same as with sequence parallel (all-reduce = reduce-scatter + all-gather);
+what it costs is activation memory for the norms, which docs/parallelism.md quantifies.
+"""
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from titans_plugin.memory import NeuralMemory
+
+
+def _shard_param_on_heads(module: nn.Module, name: str, mesh: DeviceMesh) -> None:
+    param = getattr(module, name)
+    if param is None:
+        return
+    sharded = nn.Parameter(distribute_tensor(param.data, mesh, [Shard(0)]), requires_grad=param.requires_grad)
+    module.register_parameter(name, sharded)
+
+
+def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
+    parallelize_module(memory, mesh, {
+        "wq": ColwiseParallel(), "wk": ColwiseParallel(), "wv": ColwiseParallel(),
+        "w_gates": ColwiseParallel(), "w_out_gate": ColwiseParallel(),
+        "wo": RowwiseParallel(output_layouts=Replicate()),
+    })
+    for name in ("conv_q", "conv_k", "conv_v", "out_norm_weight"):
+        _shard_param_on_heads(memory, name, mesh)
+    for i in range(len(memory.init_memory)):
+        _shard_param_on_heads(memory.init_memory, str(i), mesh)
+
+
+def block_plan(block: nn.Module) -> dict:
+    plan = {
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=Replicate()),
+    }
+    if getattr(block, "attention", None) is not None:
+        plan.update({
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Replicate()),
+        })
+    return plan
+
+
+def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: bool) -> None:
+    parallelize_module(model, mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "output": ColwiseParallel(
+            input_layouts=Replicate(),
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        ),
+    })
+    for block in model.layers.values():
+        parallelize_module(block, mesh, block_plan(block))
+        memory = getattr(block, "memory", None)
+        if memory is not None:
+            _shard_memory(memory, mesh)
+
+
+def local_heads_check(model: nn.Module, tp: int) -> None:
+    """Assert the sharded model holds n / tp heads per rank everywhere."""
+    for block in model.layers.values():
+        memory = getattr(block, "memory", None)
+        if memory is not None:
+            w = memory.init_memory[0]
+            local = w.to_local() if hasattr(w, "to_local") else w
+            assert local.shape[0] == memory.n_heads // tp, (local.shape, memory.n_heads, tp)
+
+
+__all__ = ["apply_tensor_parallel", "block_plan", "local_heads_check", "torch"]

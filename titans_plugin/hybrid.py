@@ -1,0 +1,90 @@
+"""Turning Transformers into Titans hybrids.
+
+- `build_hybrid_model(base, spec)`: a new TitansTransformer with a llama3 model's sizes.
+- `swap_layers(model, spec)`: replace chosen layers of an already-built model in place.
+
+The contract a model must meet for `swap_layers` (torchtitan's llama3 Transformer meets it):
+  * `model.layers` is an nn.ModuleDict keyed "0" .. "n_layers-1";
+  * `model.model_args` has llama3's fields: dim, n_layers, n_heads, n_kv_heads,
+    multiple_of, ffn_dim_multiplier, norm_eps (and optionally depth_init);
+  * layers are called as `layer(h, freqs_cis, attention_masks=..., positions=...)` with
+    `freqs_cis` a complex RoPE table [max_seq_len, head_dim/2] (attention_masks and
+    positions None: sdpa with causal masks);
+  * the model's `init_weights` calls each layer's `init_weights()`.
+Untouched layers are not rebuilt, moved or re-initialised: their weights stay bit-identical.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from titans_plugin.blocks import build_block
+from titans_plugin.blocks.rope import RopeScaling
+from titans_plugin.config import TitansConfig
+from titans_plugin.model import TitansModelArgs, TitansTransformer
+from titans_plugin.spec import apply_overrides, parse_layer_spec
+
+LLAMA_FIELDS = (
+    "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+    "ffn_dim_multiplier", "norm_eps", "rope_theta", "max_seq_len", "depth_init",
+)
+
+
+def llama3_flavor_args(flavor: str):
+    """torchtitan's llama3 model args for a flavor name (imports torchtitan lazily)."""
+    from torchtitan.models.llama3 import llama3_args
+
+    if flavor not in llama3_args:
+        raise ValueError(f"llama3 flavor must be one of {sorted(llama3_args)}, got {flavor!r}")
+    return llama3_args[flavor]
+
+
+def titans_args_from_llama(base, titans: TitansConfig | None = None) -> TitansModelArgs:
+    """Copy a llama3 model's sizes (a TransformerModelArgs, or a flavor name)."""
+    if isinstance(base, str):
+        base = llama3_flavor_args(base)
+    fields = {f: getattr(base, f) for f in LLAMA_FIELDS if hasattr(base, f)}
+    scaling = getattr(base, "rope_scaling_args", None)
+    if scaling is not None:
+        fields["rope_scaling"] = RopeScaling(**dataclasses.asdict(scaling))
+    return TitansModelArgs(**fields, titans=titans or TitansConfig())
+
+
+def build_hybrid_model(base, spec: str | Sequence[str], titans: TitansConfig | None = None) -> TitansTransformer:
+    titans = dataclasses.replace(titans or TitansConfig(), pattern=spec if isinstance(spec, str) else "C",
+                                 layers=[] if isinstance(spec, str) else list(spec))
+    return TitansTransformer(titans_args_from_llama(base, titans))
+
+
+def _target_layers(n_layers: int, spec) -> dict[int, str]:
+    """Which layers to replace: a mapping {index: letter}, or a spec where 'A' means keep."""
+    if isinstance(spec, Mapping):
+        return dict(enumerate(apply_overrides(["A"] * n_layers, spec)))
+    return dict(enumerate(parse_layer_spec(spec, n_layers)))
+
+
+def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None) -> list[int]:
+    """Replace layers in place. `spec`: a pattern string, a per-layer list, or a mapping
+    {0-based index: letter}; layers whose letter is 'A' are left untouched. Returns the
+    indices replaced. New layers are built on the replaced layer's device and dtype and
+    initialised (unless on the meta device, where the model's init_weights will do it)."""
+    if not isinstance(getattr(model, "layers", None), nn.ModuleDict):
+        raise ValueError("swap_layers needs model.layers to be an nn.ModuleDict keyed '0'..'n-1'")
+    args = model.model_args
+    titans = titans or TitansConfig()
+    titans.validate(args.dim, args.n_layers)
+    replaced = []
+    for index, letter in _target_layers(len(model.layers), spec).items():
+        if letter == "A":
+            continue
+        old = model.layers[str(index)]
+        ref = next(old.parameters())
+        with torch.device(ref.device):
+            new = build_block(letter, index, args, titans.block_config(letter, args.dim))
+        if ref.device.type != "meta":
+            new.init_weights()
+        model.layers[str(index)] = new.to(dtype=ref.dtype)
+        replaced.append(index)
+    return replaced
