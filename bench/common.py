@@ -1,0 +1,76 @@
+"""Helpers shared by the benchmark scripts: subprocess workers, peak memory, doc sections."""
+
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_steps(step, warmup: int = 1, iters: int = 3) -> tuple[float, int]:
+    """Mean seconds per call of step(), and the peak RSS growth over the process's
+    resident size before the first call (inputs and model already allocated)."""
+    base = rss_bytes()
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - t0) / iters, peak_rss_bytes() - base
+
+
+def run_worker(script: str, args: list[str], python: str | None = None, timeout: int = 1800) -> dict:
+    """Run `script --worker ...` in a fresh process (clean peak memory); returns its JSON."""
+    cmd = [python or sys.executable, script, "--worker", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    import torch
+
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {platform.system()}"
+
+
+def write_doc_section(doc: str, name: str, text: str) -> None:
+    """Replace (or append) the block between <!-- bench:name --> markers in docs/doc."""
+    path = os.path.join(REPO, "docs", doc)
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    content = open(path).read() if os.path.exists(path) else ""
+    if start in content:
+        content = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, content, flags=re.S)
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(content)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

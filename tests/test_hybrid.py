@@ -1,0 +1,132 @@
+"""Turning llama3 models and configs into hybrids."""
+
+import copy
+import tomllib
+
+import pytest
+import torch
+
+pytest.importorskip("torchtitan")
+
+from torchtitan.models.llama3 import Transformer, llama3_args  # noqa: E402
+
+from titans_plugin.config import TitansConfig  # noqa: E402
+from titans_plugin.convert import convert, main as convert_main  # noqa: E402
+from titans_plugin.hybrid import build_hybrid_model, swap_layers, titans_args_from_llama  # noqa: E402
+
+SMALL = TitansConfig(memory_heads=4, chunk_size=8, segment_len=16, window=16, n_persistent=2, memory_expansion=2)
+
+
+def _llama(seed=0):
+    torch.manual_seed(seed)
+    args = copy.deepcopy(llama3_args["debugmodel"])
+    args.n_layers, args.max_seq_len = 4, 64
+    model = Transformer(args)
+    model.init_weights()
+    return model
+
+
+def test_swap_keeps_untouched_layers_bit_identical_and_trains():
+    model = _llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replaced = swap_layers(model, {1: "G", 3: "C"}, SMALL)
+    assert replaced == [1, 3]
+    for key, value in model.state_dict().items():
+        if not key.startswith(("layers.1.", "layers.3.")):
+            assert torch.equal(value, before[key]), key
+    assert type(model.layers["0"]).__name__ == "TransformerBlock"
+    assert model.layers["1"].block_type == "G" and model.layers["3"].block_type == "C"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = torch.randint(0, 2048, (2, 33))
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(data[:, :-1]).flatten(0, 1), data[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_swapped_attention_block_equals_llama_block():
+    """An 'A' layer of ours computes exactly what llama3's TransformerBlock computes."""
+    from titans_plugin.blocks import AttentionBlock, AttentionBlockConfig
+
+    model = _llama()
+    ours = AttentionBlock(0, model.model_args, AttentionBlockConfig())
+    ours.load_state_dict(model.layers["0"].state_dict())
+    x = torch.randn(2, 20, model.model_args.dim)
+    expected = model.layers["0"](x, model.freqs_cis, attention_masks=None)
+    assert torch.allclose(ours(x, model.freqs_cis), expected, atol=1e-5)
+
+
+def test_swap_on_meta_device_defers_init():
+    with torch.device("meta"):
+        args = copy.deepcopy(llama3_args["debugmodel"])
+        model = Transformer(args)
+    swap_layers(model, "AG", SMALL)
+    assert model.layers["1"].block_type == "G"
+    assert next(model.layers["1"].parameters()).device.type == "meta"
+
+
+def test_build_hybrid_from_flavor_keeps_llama_sizes():
+    m = build_hybrid_model("debugmodel", "CA", SMALL)
+    base = llama3_args["debugmodel"]
+    assert (m.model_args.dim, m.model_args.n_layers, m.model_args.n_heads) == (base.dim, base.n_layers, base.n_heads)
+    assert m.layer_types == ["C", "A"] * 3
+    # llama3's RoPE scaling carries over: the same frequency table
+    from torchtitan.models.llama3.model.model import precompute_freqs_cis as llama_freqs
+
+    ref = llama_freqs(base.dim // base.n_heads, m.model_args.max_seq_len, base.rope_theta, base.rope_scaling_args)
+    assert torch.allclose(m.freqs_cis, ref)
+
+
+LLAMA_8B_TOML = b"""
+[job]
+dump_folder = "./outputs"
+[model]
+name = "llama3"
+flavor = "8B"
+hf_assets_path = "./assets/hf/Llama-3.1-8B"
+[training]
+local_batch_size = 1
+seq_len = 8192
+steps = 1000
+dataset = "c4"
+[parallelism]
+data_parallel_shard_degree = -1
+tensor_parallel_degree = 8
+"""
+
+
+def test_converter_output_loads_in_torchtitan_with_same_dimensions(tmp_path):
+    src, dst = tmp_path / "llama3_8b.toml", tmp_path / "titans_8b.toml"
+    src.write_bytes(LLAMA_8B_TOML)
+    assert convert_main([str(src), "--pattern", "GGA", "-o", str(dst), "--set", "window=2048"]) == 0
+
+    import titans_plugin  # noqa: F401
+    from torchtitan.config import ConfigManager
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    job = ConfigManager().parse_args(["--job.config_file", str(dst)])
+    assert job.model.name == "titans" and job.titans.pattern == "GGA" and job.titans.window == 2048
+    assert job.parallelism.tensor_parallel_degree == 8 and job.training.seq_len == 8192  # kept
+    args = copy.deepcopy(get_train_spec("titans").model_args[job.model.flavor])
+    args.update_from_config(job)
+    base = llama3_args["8B"]
+    for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+                  "ffn_dim_multiplier", "norm_eps", "rope_theta"):
+        assert getattr(args, field) == getattr(base, field), field
+    assert args.titans.memory_heads == base.n_heads  # head dim 128, not the full width
+    with torch.device("meta"):
+        model = get_train_spec("titans").model_cls(args)
+    assert model.layer_types[:3] == ["G", "G", "A"]
+
+
+def test_converter_rejects_bad_pattern_before_writing(tmp_path, capsys):
+    src, dst = tmp_path / "in.toml", tmp_path / "out.toml"
+    src.write_bytes(LLAMA_8B_TOML)
+    assert convert_main([str(src), "--pattern", "GZ", "-o", str(dst)]) == 2
+    assert "titans.pattern" in capsys.readouterr().err and not dst.exists()
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
+        convert(tomllib.loads(LLAMA_8B_TOML.decode()), "G", ["nonsense=1"])
