@@ -12,7 +12,7 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 # Small and fast: enough steps to see the loss fall, nothing else.
 FAST = [
     "--training.seq_len", "256", "--validation.seq_len", "256", "--training.local_batch_size", "4",
-    "--metrics.log_freq", "1", "--validation.enable", "false", "--lr_scheduler.warmup_steps", "2",
+    "--metrics.log_freq", "1", "--validation.no-enable", "--lr_scheduler.warmup_steps", "2",
 ]
 
 

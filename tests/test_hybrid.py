@@ -22,7 +22,8 @@ def _llama(seed=0):
     args = copy.deepcopy(llama3_args["debugmodel"])
     args.n_layers, args.max_seq_len = 4, 64
     model = Transformer(args)
-    model.init_weights()
+    with torch.no_grad():  # as torchtitan's trainer calls it
+        model.init_weights()
     return model
 
 
