@@ -18,9 +18,9 @@ def _flavors() -> dict[str, TitansTrainArgs]:
     flavors = {
         "debugmodel": TitansTrainArgs(dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64),
         "170M": TitansTrainArgs(dim=768, n_layers=12, n_heads=12, vocab_size=PAPER_VOCAB),
-        "340M": TitansTrainArgs(dim=1024, n_layers=16, n_heads=16, vocab_size=PAPER_VOCAB),
-        "400M": TitansTrainArgs(dim=1024, n_layers=20, n_heads=16, vocab_size=PAPER_VOCAB),
-        "760M": TitansTrainArgs(dim=1536, n_layers=18, n_heads=16, vocab_size=PAPER_VOCAB),
+        "340M": TitansTrainArgs(dim=1024, n_layers=15, n_heads=16, vocab_size=PAPER_VOCAB),
+        "400M": TitansTrainArgs(dim=1024, n_layers=18, n_heads=16, vocab_size=PAPER_VOCAB),
+        "760M": TitansTrainArgs(dim=1536, n_layers=16, n_heads=16, vocab_size=PAPER_VOCAB),
     }
     from torchtitan.models.llama3 import llama3_args
 
