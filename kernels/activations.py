@@ -17,6 +17,7 @@ import torch.nn.functional as F
 class Activation(NamedTuple):
     fn: Callable[[torch.Tensor], torch.Tensor]
     grad: Callable[[torch.Tensor], torch.Tensor]  # d fn / dz, elementwise
+    grad2: Callable[[torch.Tensor], torch.Tensor]  # d^2 fn / dz^2 (hand-written backward)
 
 
 def _silu_grad(z: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,21 @@ def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
     return cdf + z * pdf
 
 
+def _silu_grad2(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+def _gelu_grad2(z: torch.Tensor) -> torch.Tensor:
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return pdf * (2 - z * z)
+
+
+def _tanh_grad2(z: torch.Tensor) -> torch.Tensor:
+    t = torch.tanh(z)
+    return -2 * t * (1 - t * t)
+
+
 def _tanh_grad(z: torch.Tensor) -> torch.Tensor:
     return 1 - torch.tanh(z) ** 2
 
@@ -40,10 +56,10 @@ def _relu_grad(z: torch.Tensor) -> torch.Tensor:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "silu": Activation(F.silu, _silu_grad),
-    "gelu": Activation(F.gelu, _gelu_grad),
-    "tanh": Activation(torch.tanh, _tanh_grad),
-    "relu": Activation(F.relu, _relu_grad),
+    "silu": Activation(F.silu, _silu_grad, _silu_grad2),
+    "gelu": Activation(F.gelu, _gelu_grad, _gelu_grad2),
+    "tanh": Activation(torch.tanh, _tanh_grad, _tanh_grad2),
+    "relu": Activation(F.relu, _relu_grad, torch.zeros_like),
 }
 
 

@@ -1,118 +1,255 @@
-"""Exact chunk-parallel PyTorch path for the Titans neural memory (paper section 3.2).
+"""Exact chunk-parallel PyTorch path for the Titans neural memory, with a hand-written backward.
 
-The sequence is cut into chunks of `chunk_size` tokens at absolute positions 0, b, 2b, ...
-Inside a chunk every inner gradient is taken at the chunk-start weights W0 (so all of
-them are batched matmuls), momentum is a linear recurrence and the decays are cumulative
-products. Per head, with log-gates lr = log(1 - alpha), le = log(eta):
+The math is the closed form of chunk_autograd.py (read that file for the derivation); this
+file computes the same numbers with memory and time to spare:
 
-    A[t, s] = prod_{s<j<=t} (1 - alpha_j)     E[s, i] = prod_{i<j<=s} eta_j     (lower-triangular)
-    G = (A @ E) * theta[None, :]              c_t = prod_{j<=t} (1 - alpha_j)
-    f = A @ prod_{j<=.} eta_j
+- forward runs chunk by chunk without autograd and keeps only each chunk's start state
+  (weights and momentum) plus the inputs: O(T * D + n_chunks * |W|) saved, nothing per token
+  beyond the inputs, never the weights at every token;
+- backward walks the chunks in reverse, recomputes one chunk's intermediates from its saved
+  start state and applies the chain rule written out below, so at most one chunk's
+  activations are alive at a time.
 
-and with the per-token gradient of layer l written as an outer product a_s^T delta_s,
-
-    W_t = c_t W0 + f_t S0 - sum_{s<=t} G[t, s] a_s^T delta_s.
-
-Retrieval y_t = M_t(q_t) therefore runs layer by layer as a masked linear attention with
-G in place of a plain learning rate (the TTT-MLP dual form), with the activation in
-between. With chunk_size = 1 this is exactly the per-token recurrence in naive.py.
-
-Segment sums are built as masked cumulative sums (never as differences of prefix sums),
-so no large numbers cancel in fp32 and a gate of exactly 0 or 1 is still exact.
-Only the chunk-start weights of each chunk and the in-chunk activations are kept for
-backward; the weights at every token are never materialised.
+Per chunk and head, with a_l the input of memory layer l for the keys, z_l = a_l W_l,
+d_l the backpropagated inner error at layer l's output (d_{L-1} = 2 (M(k) - v)), h_l the
+query's input to layer l and y_l = c*(h_l W_l) + f*(h_l S_l) - ((h_l a_l^T) * G) d_l:
+    W'_l = c_T W_l + f_T S_l - a_l^T (g * d_l)        g = G[T, :]
+    S'_l = m_T S_l - a_l^T (n * d_l)                  n = E[T, :] * theta'
+and theta' = theta * clip, clip = min(1, max_norm / sqrt(sum_l |a_l|^2 |d_l|^2)).
+The backward differentiates exactly these expressions (tests compare it with autograd
+through chunk_autograd.py and with the per-token reference, outputs and all gradients).
+It does not support double backward; chunk_autograd.py does.
 """
+
+from dataclasses import dataclass
 
 import torch
 
-from .activations import get_activation
-from .state import MemoryState, state_dtype
+from .activations import Activation, get_activation
+from .chunk_math import prepare_inputs, reverse_cumsum, segment_sum, segment_sum_backward
+from .state import MemoryState
 
-# A gate of exactly 0 (eta = 0, or alpha = 1) would put log(0) into the closed form and
-# 0 * inf into its backward. Flooring the gate (not its log: the clamp must sit before the
-# 1/x of log's derivative) at 1e-30 changes the forward by less than any float can show.
-GATE_FLOOR = 1e-30
+_EPS = 1e-30
 
 
-def segment_sum(x: torch.Tensor) -> torch.Tensor:
-    """x [..., C] -> out [..., C, C] with out[t, s] = sum_{s<j<=t} x_j, -inf above the diagonal."""
-    C = x.shape[-1]
-    ones = torch.ones(C, C, dtype=torch.bool, device=x.device)
-    xx = x.unsqueeze(-1).expand(*x.shape, C)  # xx[..., j, s] = x_j
-    xx = xx.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)
-    out = torch.cumsum(xx, dim=-2)
-    return out.masked_fill(~torch.tril(ones), float("-inf"))
+@dataclass
+class ChunkIntermediates:
+    a: list  # inputs of each memory layer for the keys, a[0] = k
+    z: list  # pre-activations of the keys' forward
+    d: list  # inner errors d_l
+    dphi: list  # act'(z_l) for l < L - 1
+    theta_eff: torch.Tensor
+    clip: tuple | None  # (raw scale, squared norm, |a_l|^2 list, |d_l|^2 list)
+    A: torch.Tensor
+    E: torch.Tensor
+    P: torch.Tensor  # A @ E
+    G: torch.Tensor
+    c: torch.Tensor
+    em: torch.Tensor
+    f: torch.Tensor
+    h: list  # query input of each layer
+    y: list  # query pre-activation of each layer
+    s: list  # h_l a_l^T
+    hW: list
+    hS: list
 
 
-def log_gates(eta: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype):
-    """log(eta) and log(1 - alpha), floored so that exact 0/1 gates stay finite in backward."""
-    log_eta = torch.log(eta.to(dtype).clamp_min(GATE_FLOOR))
-    log_retain = torch.log((1 - alpha.to(dtype)).clamp_min(GATE_FLOOR))
-    return log_eta, log_retain
+def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
+    """One chunk, no autograd. Returns output, next weights, next momentum, intermediates."""
+    L = len(W)
+    a, z = [k], []
+    x = k
+    for l in range(L):
+        zl = x @ W[l]
+        z.append(zl)
+        x = act.fn(zl) if l < L - 1 else zl
+        a.append(x)
+    a.pop()
+    dphi = [act.grad(z[l]) for l in range(L - 1)]
+    d = [None] * L
+    d[L - 1] = 2.0 * (x - v)
+    for l in range(L - 2, -1, -1):
+        d[l] = (d[l + 1] @ W[l + 1].mT) * dphi[l]
+
+    clip = None
+    theta_eff = theta
+    if max_norm:
+        sqa = [(al * al).sum(-1) for al in a]
+        sqd = [(dl * dl).sum(-1) for dl in d]
+        sq = sum(x * y for x, y in zip(sqa, sqd))
+        raw = max_norm / torch.sqrt(sq + _EPS)
+        theta_eff = theta * torch.clamp(raw, max=1.0)
+        clip = (raw, sq, sqa, sqd)
+
+    A = torch.exp(segment_sum(lr))
+    E = torch.exp(segment_sum(le))
+    P = A @ E
+    G = P * theta_eff.unsqueeze(-2)
+    c = torch.exp(torch.cumsum(lr, -1))
+    em = torch.exp(torch.cumsum(le, -1))
+    f = (A @ em.unsqueeze(-1)).squeeze(-1)
+
+    hs, ys, ss, hWs, hSs = [], [], [], [], []
+    x = q
+    for l in range(L):
+        hs.append(x)
+        s = x @ a[l].mT
+        hw, hS = x @ W[l], x @ S[l]
+        y = c.unsqueeze(-1) * hw + f.unsqueeze(-1) * hS - (s * G) @ d[l]
+        ss.append(s), hWs.append(hw), hSs.append(hS), ys.append(y)
+        x = act.fn(y) if l < L - 1 else y
+
+    g = G[..., -1, :].unsqueeze(-1)
+    n = (E[..., -1, :] * theta_eff).unsqueeze(-1)
+    cT, fT, mT = (t[..., -1, None, None] for t in (c, f, em))
+    W_next = tuple(cT * W[l] + fT * S[l] - a[l].mT @ (g * d[l]) for l in range(L))
+    S_next = tuple(mT * S[l] - a[l].mT @ (n * d[l]) for l in range(L))
+    inter = ChunkIntermediates(a, z, d, dphi, theta_eff, clip, A, E, P, G, c, em, f, hs, ys, ss, hWs, hSs)
+    return x, W_next, S_next, inter
 
 
-def clip_scale(grad_sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
-    """Per-token factor min(1, max_norm / ||grad||), or None when clipping is off."""
-    if not max_norm:
-        return None
-    return torch.clamp(max_norm / torch.sqrt(grad_sq_norm + 1e-30), max=1.0)
+def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation, it: ChunkIntermediates):
+    """Gradients of one chunk w.r.t. (q, k, v, theta, log_eta, log_retain, W, S) given the
+    gradients of its output and of its end state. Mirrors chunk_forward line by line."""
+    L = len(W)
+    a, d, G, E = it.a, it.d, it.G, it.E
+    g = G[..., -1, :]
+    n = E[..., -1, :] * it.theta_eff
+    cT, fT, mT = it.c[..., -1], it.f[..., -1], it.em[..., -1]
+    dW = [cT[..., None, None] * dW_next[l] for l in range(L)]
+    dS = [fT[..., None, None] * dW_next[l] + mT[..., None, None] * dS_next[l] for l in range(L)]
+    da = [torch.zeros_like(x) for x in a]
+    dd = [torch.zeros_like(x) for x in d]
+    dcT = sum((dW_next[l] * W[l]).sum((-2, -1)) for l in range(L))
+    dfT = sum((dW_next[l] * S[l]).sum((-2, -1)) for l in range(L))
+    dmT = sum((dS_next[l] * S[l]).sum((-2, -1)) for l in range(L))
+    dg = torch.zeros_like(g)
+    dn = torch.zeros_like(n)
+
+    # End state: W' -= a^T (g * d), S' -= a^T (n * d).
+    for l in range(L):
+        adW, adS = a[l] @ dW_next[l], a[l] @ dS_next[l]
+        dd[l] -= g.unsqueeze(-1) * adW + n.unsqueeze(-1) * adS
+        da[l] -= (g.unsqueeze(-1) * d[l]) @ dW_next[l].mT + (n.unsqueeze(-1) * d[l]) @ dS_next[l].mT
+        dg -= (adW * d[l]).sum(-1)
+        dn -= (adS * d[l]).sum(-1)
+
+    # Query path, last layer first.
+    dc = torch.zeros_like(it.c)
+    df = torch.zeros_like(it.f)
+    dG = torch.zeros_like(G)
+    dh = dout
+    for l in range(L - 1, -1, -1):
+        dy = dh * act.grad(it.y[l]) if l < L - 1 else dh
+        dc += (dy * it.hW[l]).sum(-1)
+        df += (dy * it.hS[l]).sum(-1)
+        cdy, fdy = it.c.unsqueeze(-1) * dy, it.f.unsqueeze(-1) * dy
+        h = it.h[l]
+        dW[l] += h.mT @ cdy
+        dS[l] += h.mT @ fdy
+        dR = -(dy @ d[l].mT)
+        dd[l] -= (it.s[l] * G).mT @ dy
+        dsc = dR * G
+        dG += dR * it.s[l]
+        da[l] += dsc.mT @ h
+        dh = cdy @ W[l].mT + fdy @ S[l].mT + dsc @ a[l]
+    dq = dh
+
+    # Decays and gates.
+    dG[..., -1, :] += dg
+    dtheta_eff = (dG * it.P).sum(-2) + dn * E[..., -1, :]
+    dP = dG * it.theta_eff.unsqueeze(-2)
+    dE = it.A.mT @ dP
+    dE[..., -1, :] += dn * it.theta_eff
+    dA = dP @ E.mT
+    dc[..., -1] += dcT
+    df[..., -1] += dfT
+    dA += df.unsqueeze(-1) * it.em.unsqueeze(-2)
+    dem = (it.A.mT @ df.unsqueeze(-1)).squeeze(-1)
+    dem[..., -1] += dmT
+    dlr = reverse_cumsum(dc * it.c) + segment_sum_backward(dA * it.A)
+    dle = reverse_cumsum(dem * it.em) + segment_sum_backward(dE * E)
+
+    # Inner-gradient clipping: theta_eff = theta * min(1, max_norm / sqrt(sq)).
+    if it.clip is None:
+        dtheta = dtheta_eff
+    else:
+        raw, sq, sqa, sqd = it.clip
+        dtheta = dtheta_eff * torch.clamp(raw, max=1.0)
+        active = raw < 1.0
+        dsq = torch.where(active, dtheta_eff * theta * (-0.5) * raw / (sq + _EPS), torch.zeros_like(sq))
+        for l in range(L):
+            da[l] += 2.0 * a[l] * (dsq * sqd[l]).unsqueeze(-1)
+            dd[l] += 2.0 * d[l] * (dsq * sqa[l]).unsqueeze(-1)
+
+    # Key path: d_l = (d_{l+1} W_{l+1}^T) * act'(z_l), d_{L-1} = 2 (z_{L-1} - v).
+    dz = [torch.zeros_like(x) for x in it.z]
+    for l in range(L - 1):
+        u = d[l + 1] @ W[l + 1].mT
+        du = dd[l] * it.dphi[l]
+        dd[l + 1] += du @ W[l + 1]
+        dW[l + 1] += du.mT @ d[l + 1]
+        dz[l] += dd[l] * u * act.grad2(it.z[l])
+    dz[L - 1] += 2.0 * dd[L - 1]
+    dv = -2.0 * dd[L - 1]
+    # Forward chain: z_l = a_l W_l, a_{l+1} = act(z_l).
+    for l in range(L - 1, -1, -1):
+        if l < L - 1:
+            dz[l] += da[l + 1] * it.dphi[l]
+        dW[l] += a[l].mT @ dz[l]
+        da[l] += dz[l] @ W[l].mT
+    return dq, da[0], dv, dtheta, dle, dlr, dW, dS
 
 
-def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act, max_grad_norm=None):
-    """One chunk. q, k: [B, H, C, D_k]; v: [B, H, C, D_v]; gates [B, H, C].
+class _ChunkScan(torch.autograd.Function):
+    """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum)."""
 
-    Returns y [B, H, C, D_v] and the state after the chunk's last token.
-    """
-    W0, S0 = state
+    @staticmethod
+    def forward(ctx, q, k, v, theta, le, lr, chunk_size, act_name, max_norm, n_layers, *state):
+        act = get_activation(act_name)
+        W, S = list(state[:n_layers]), list(state[n_layers:])
+        T = q.shape[2]
+        starts = list(range(0, T, chunk_size))
+        saved_W, saved_S, outs = [], [], []
+        for start in starts:
+            sl = slice(start, min(start + chunk_size, T))
+            saved_W.append(W)
+            saved_S.append(S)
+            y, W, S, _ = chunk_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl],
+                                       le[..., sl], lr[..., sl], W, S, act, max_norm)
+            outs.append(y)
+        flat_states = [t for W_, S_ in zip(saved_W, saved_S) for t in (*W_, *S_)]
+        ctx.save_for_backward(q, k, v, theta, le, lr, *flat_states)
+        ctx.meta = (chunk_size, act_name, max_norm, n_layers, len(starts))
+        return (torch.cat(outs, dim=2), *W, *S)
 
-    # Forward the keys through the chunk-start memory, then backprop the squared error
-    # by hand: deltas[l] is d loss / d (output of layer l) for every token.
-    inputs, pre_acts = [k], []
-    h = k
-    for layer, w in enumerate(W0):
-        z = h @ w
-        pre_acts.append(z)
-        h = act.fn(z) if layer < len(W0) - 1 else z
-        inputs.append(h)
-    inputs.pop()  # inputs[l] is the input of layer l
-    delta = 2.0 * (h - v)  # d ||M(k) - v||^2 / d M(k)
-    deltas = [delta]
-    for layer in range(len(W0) - 1, 0, -1):
-        delta = (delta @ W0[layer].transpose(-1, -2)) * act.grad(pre_acts[layer - 1])
-        deltas.insert(0, delta)
-
-    # Token s's gradient of layer l is the outer product a_s^T delta_s, so its norm is
-    # ||a_s|| * ||delta_s||: clipping it is a per-token factor on theta.
-    if max_grad_norm:
-        sq = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas))
-        theta = theta * clip_scale(sq, max_grad_norm)
-
-    A = torch.exp(segment_sum(log_retain))  # [B, H, C, C]
-    E = torch.exp(segment_sum(log_eta))
-    G = (A @ E) * theta.unsqueeze(-2)  # G[t, i]: weight of token i's gradient in W_t
-    c = torch.exp(torch.cumsum(log_retain, dim=-1))  # decay of W0 up to t
-    f = (A @ torch.exp(torch.cumsum(log_eta, dim=-1)).unsqueeze(-1)).squeeze(-1)  # reach of S0
-
-    # Retrieval with the memory after each token's own update.
-    h = q
-    for layer in range(len(W0)):
-        scores = (h @ inputs[layer].transpose(-1, -2)) * G  # G is lower-triangular
-        y = c.unsqueeze(-1) * (h @ W0[layer]) + f.unsqueeze(-1) * (h @ S0[layer])
-        y = y - scores @ deltas[layer]
-        h = act.fn(y) if layer < len(W0) - 1 else y
-
-    # State at the end of the chunk: the last rows of the closed forms.
-    g_last = G[..., -1, :].unsqueeze(-1)  # [B, H, C, 1]
-    n_last = (E[..., -1, :] * theta).unsqueeze(-1)  # theta_i * prod_{i<j<=T} eta_j
-    c_last = c[..., -1, None, None]
-    f_last = f[..., -1, None, None]
-    m_last = torch.exp(log_eta.sum(-1))[..., None, None]
-    new_w, new_s = [], []
-    for layer in range(len(W0)):
-        a_T = inputs[layer].transpose(-1, -2)
-        new_w.append(c_last * W0[layer] + f_last * S0[layer] - a_T @ (g_last * deltas[layer]))
-        new_s.append(m_last * S0[layer] - a_T @ (n_last * deltas[layer]))
-    return h, MemoryState(tuple(new_w), tuple(new_s))
+    @staticmethod
+    def backward(ctx, dy, *dstate):
+        chunk_size, act_name, max_norm, L, n_chunks = ctx.meta
+        act = get_activation(act_name)
+        q, k, v, theta, le, lr, *flat = ctx.saved_tensors
+        T = q.shape[2]
+        # Every chunk's state has the same shapes: the first chunk's give the zeros.
+        dW_next = [g if g is not None else torch.zeros_like(flat[l]) for l, g in enumerate(dstate[:L])]
+        dS_next = [g if g is not None else torch.zeros_like(flat[L + l]) for l, g in enumerate(dstate[L:])]
+        if dy is None:
+            dy = torch.zeros(*q.shape[:3], flat[L - 1].shape[-1], dtype=q.dtype, device=q.device)
+        grads = {name: torch.zeros_like(t) for name, t in
+                 (("q", q), ("k", k), ("v", v), ("theta", theta), ("le", le), ("lr", lr))}
+        for i in range(n_chunks - 1, -1, -1):
+            W = flat[2 * L * i: 2 * L * i + L]
+            S = flat[2 * L * i + L: 2 * L * (i + 1)]
+            sl = slice(i * chunk_size, min((i + 1) * chunk_size, T))
+            args = (q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl])
+            _, _, _, it = chunk_forward(*args, le[..., sl], lr[..., sl], W, S, act, max_norm)
+            dq, dk, dv, dth, dle, dlr, dW_next, dS_next = chunk_backward(
+                dy[:, :, sl], dW_next, dS_next, *args, W, S, act, it)
+            for name, gval in zip(("q", "k", "v"), (dq, dk, dv)):
+                grads[name][:, :, sl] = gval
+            for name, gval in zip(("theta", "le", "lr"), (dth, dle, dlr)):
+                grads[name][..., sl] = gval
+        return (grads["q"], grads["k"], grads["v"], grads["theta"], grads["le"], grads["lr"],
+                None, None, None, None, *dW_next, *dS_next)
 
 
 def chunk_neural_memory(
@@ -133,27 +270,12 @@ def chunk_neural_memory(
     A ragged tail (T not a multiple of chunk_size, or T < chunk_size) is one shorter chunk
     and still updates the memory.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size}")
-    act = get_activation(activation)
-    dtype = state_dtype(q)
-    T = q.shape[1]
-    # [B, T, H, D] -> [B, H, T, D]: heads become a batch dimension of every matmul.
-    q, k, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
-    theta = theta.transpose(1, 2).to(dtype)
-    log_eta, log_retain = (g.transpose(1, 2) for g in log_gates(eta, alpha, dtype))
-    state = MemoryState(
-        tuple(w.to(dtype) for w in state.weights), tuple(s.to(dtype) for s in state.momentum)
-    )
-    outputs = []
-    for start in range(0, T, chunk_size):
-        sl = slice(start, min(start + chunk_size, T))
-        y, state = chunk_step(
-            q[:, :, sl], k[:, :, sl], v[:, :, sl],
-            theta[..., sl], log_eta[..., sl], log_retain[..., sl], state, act, max_grad_norm,
-        )
-        outputs.append(y)
-    if not outputs:
-        B, H = q.shape[0], q.shape[1]
-        return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state
-    return torch.cat(outputs, dim=2).transpose(1, 2), state
+    get_activation(activation)  # validate the name before any work
+    q, k, v, theta, le, lr, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
+    L = len(state.weights)
+    if q.shape[2] == 0:
+        return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
+    out = _ChunkScan.apply(q, k, v, theta, le, lr, chunk_size, activation, max_grad_norm or 0.0, L,
+                           *state.weights, *state.momentum)
+    y, W, S = out[0], out[1:1 + L], out[1 + L:]
+    return y.transpose(1, 2), MemoryState(tuple(W), tuple(S))
