@@ -6,6 +6,9 @@ the local heads with no communication. Per-head parameters that are not Linear w
 (the learned initial memory, the per-head output norm, the conv channels) are sharded on
 their head dimension. Norms, gates and persistent tokens are replicated.
 
+Norms and persistent tokens are replicated DTensors (every parameter must be a DTensor
+for torchtitan's gradient-norm clipping under TP).
+
 The residual stream between blocks is replicated (no sequence parallel): MAC reads the
 memory and projects retrieved tokens through the same attention weights outside of a
 single module call, which module-input hooks cannot see. The communication volume per
@@ -16,7 +19,7 @@ what it costs is activation memory for the norms, which docs/parallelism.md quan
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from titans_plugin.memory import NeuralMemory
@@ -40,6 +43,37 @@ def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
         _shard_param_on_heads(memory, name, mesh)
     for i in range(len(memory.init_memory)):
         _shard_param_on_heads(memory.init_memory, str(i), mesh)
+
+
+def _inputs_to_replicated(module, inputs, mesh):
+    return tuple(
+        DTensor.from_local(t, mesh, [Replicate()], run_check=False)
+        if isinstance(t, torch.Tensor) and not isinstance(t, DTensor) else t
+        for t in inputs
+    )
+
+
+def _output_to_local(module, output, mesh):
+    return output.to_local() if isinstance(output, DTensor) else output
+
+
+def _replicate_norms(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Norm weights become replicated DTensors (gradient-norm clipping needs every
+    parameter to be a DTensor under TP); the norm takes and returns local tensors."""
+    for module in model.modules():
+        if isinstance(module, nn.RMSNorm):
+            distribute_module(module, mesh, input_fn=_inputs_to_replicated, output_fn=_output_to_local)
+
+
+def _replicate_remaining(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Parameters no plan touched (persistent tokens) become replicated DTensors; their
+    users read them with .to_local(). With a replicated residual stream every rank
+    computes the same gradient for them, so no reduction is needed."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not isinstance(param, DTensor):
+                replicated = nn.Parameter(distribute_tensor(param.data, mesh, [Replicate()]), param.requires_grad)
+                module.register_parameter(name, replicated)
 
 
 def block_plan(block: nn.Module) -> dict:
@@ -72,6 +106,8 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: boo
         memory = getattr(block, "memory", None)
         if memory is not None:
             _shard_memory(memory, mesh)
+    _replicate_norms(model, mesh)
+    _replicate_remaining(model, mesh)
 
 
 def local_heads_check(model: nn.Module, tp: int) -> None:

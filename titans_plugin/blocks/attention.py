@@ -117,6 +117,11 @@ class Attention(nn.Module):
         if self.persistent is not None:
             nn.init.normal_(self.persistent, std=0.02)
 
+    def local_kv_heads(self) -> int:
+        """KV heads on this rank: tensor parallel shards wk by heads."""
+        w = self.wk.weight
+        return (w.to_local() if hasattr(w, "to_local") else w).shape[0] // self.head_dim
+
     def persistent_kv(self):
         """Keys and values [N_p, H_kv, D] of the persistent tokens (no RoPE), or Nones."""
         if self.persistent is None:

@@ -52,11 +52,12 @@ class MACBlock(TitansBlockBase):
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 
     def _empty_cache(self, x: torch.Tensor) -> MACCache:
-        B = x.shape[0]
         a = self.attention
-        empty = x.new_zeros(B, 0, a.n_kv_heads, a.head_dim)
-        weights = self.memory.initial_state(B).weights
-        return MACCache(None, weights, None, empty, empty, torch.zeros(0, dtype=torch.long, device=x.device), 0)
+        empty_k = x.new_zeros(x.shape[0], 0, a.local_kv_heads(), a.head_dim)
+        empty_v = empty_k
+        weights = self.memory.initial_state(x.shape[0]).weights
+        no_pos = torch.zeros(0, dtype=torch.long, device=x.device)
+        return MACCache(None, weights, None, empty_k, empty_v, no_pos, 0)
 
     def mix(self, x, freqs_cis, cache: MACCache | None):
         cache = cache or self._empty_cache(x)

@@ -6,7 +6,7 @@ their outputs are dropped, their effect stays in the memory state."""
 import torch
 from torch import nn
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+from titans_plugin.memory import NeuralMemory, NeuralMemoryState, local_tensor
 
 
 class PersistentTokens(nn.Module):
@@ -32,7 +32,7 @@ def run_prefixed_memory(
     if state is not None or persistent is None:
         return memory(x, state)
     B = x.shape[0]
-    tokens = persistent.tokens
+    tokens = local_tensor(persistent.tokens)
     Np = tokens.shape[0]
     prefix = tokens.to(x.dtype).unsqueeze(0).expand(B, *tokens.shape)
     y, state = memory(torch.cat([prefix, x], dim=1), None)

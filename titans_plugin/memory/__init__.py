@@ -1,4 +1,4 @@
 from .config import MemoryConfig
-from .neural_memory import NeuralMemory, NeuralMemoryState
+from .neural_memory import NeuralMemory, NeuralMemoryState, local_tensor
 
-__all__ = ["MemoryConfig", "NeuralMemory", "NeuralMemoryState"]
+__all__ = ["MemoryConfig", "NeuralMemory", "NeuralMemoryState", "local_tensor"]

@@ -40,7 +40,7 @@ class NeuralMemoryState(NamedTuple):
         )
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """Per-head parameters are DTensors sharded on the head dim under tensor parallel;
     the scan runs on the local heads only."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -105,7 +105,7 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         h = lin(x)
         if conv is not None:
-            h, tail = causal_depthwise_conv(h, _local(conv), tail)
+            h, tail = causal_depthwise_conv(h, local_tensor(conv), tail)
         return F.silu(h).view(B, T, -1, self.head_dim), tail
 
     def _project(self, x: torch.Tensor, conv_tail):
@@ -140,7 +140,7 @@ class NeuralMemory(nn.Module):
         return theta, eta, alpha
 
     def initial_state(self, batch_size: int) -> MemoryState:
-        return MemoryState.from_initial(tuple(_local(w) for w in self.init_memory), batch_size)
+        return MemoryState.from_initial(tuple(local_tensor(w) for w in self.init_memory), batch_size)
 
     def _scan(self, inputs, state: MemoryState):
         c = self.config
@@ -201,6 +201,6 @@ class NeuralMemory(nn.Module):
     def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
         y = y_BTHD.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local(self.out_norm_weight).float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * local_tensor(self.out_norm_weight).float()
         y = y.to(x.dtype).reshape(B, T, -1) * torch.sigmoid(self.w_out_gate(x))
         return self.wo(y)

@@ -1,0 +1,82 @@
+"""Shared set-up for parallel parity runs: one seed checkpoint, one periodic corpus.
+
+Every layout must start from the same weights and see the same global batch:
+- weights: torchtitan's seed checkpoint (written by one process, loaded by every layout);
+- data: 4 distinct documents repeated, each tokenising to exactly one training window
+  (seq_len + 1 tokens with BOS and EOS). Any split of the data across data-parallel ranks
+  then gives every rank the same 4 windows in order, so a global batch of 8 is always
+  those 4 windows twice, whatever the layout, at every step, before and after a resume.
+"""
+
+import json
+import os
+import random
+import shutil
+
+from torchrun_utils import losses, run_torchrun
+
+CONFIG = "train_configs/debug_mac.toml"
+SEQ_LEN = 128
+GLOBAL_BATCH = 8
+LAYOUTS = {  # name: (processes, extra arguments)
+    "single": (1, ["--training.local_batch_size", "8"]),
+    "fsdp2": (2, ["--training.local_batch_size", "4", "--parallelism.data_parallel_shard_degree", "2"]),
+    "tp2": (2, ["--training.local_batch_size", "8", "--parallelism.tensor_parallel_degree", "2",
+                "--parallelism.data_parallel_shard_degree", "1"]),
+    "fsdp2_tp2": (4, ["--training.local_batch_size", "4", "--parallelism.data_parallel_shard_degree", "2",
+                      "--parallelism.tensor_parallel_degree", "2"]),
+}
+
+
+def write_periodic_corpus(path: str) -> str:
+    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+
+    from titans_plugin.data.paths import TOKENIZER_DIR
+
+    tok = HuggingFaceTokenizer(TOKENIZER_DIR)
+    words = []
+    for i in range(2048):
+        s = tok.decode([i])
+        if s.startswith(" ") and s[1:].isalpha() and len(tok.encode(s, add_bos=False, add_eos=False)) == 1:
+            words.append(s)
+    rng = random.Random(0)
+    docs = ["".join(rng.choice(words) for _ in range(SEQ_LEN - 1)) for _ in range(4)]
+    for d in docs:
+        assert len(tok.encode(d, add_bos=True, add_eos=True)) == SEQ_LEN + 1
+    with open(path, "w") as f:
+        for _ in range(64):
+            for d in docs:
+                f.write(json.dumps({"text": d, "split": "train"}) + "\n")
+    return path
+
+
+def common_args(corpus: str, pattern: str, steps: int) -> list[str]:
+    return [
+        "--titans.pattern", pattern, "--training.seq_len", str(SEQ_LEN), "--training.steps", str(steps),
+        "--training.dataset_path", corpus, "--validation.no-enable", "--metrics.log_freq", "1",
+        "--lr_scheduler.warmup_steps", "2", "--debug.seed", "0",
+    ]
+
+
+def make_seed_checkpoint(workdir: str, corpus: str, pattern: str) -> str:
+    dump = os.path.join(workdir, f"seed_{pattern}")
+    rc, log = run_torchrun(CONFIG, [*common_args(corpus, pattern, 1), "--job.dump_folder", dump,
+                                    "--checkpoint.enable", "--checkpoint.create_seed_checkpoint",
+                                    "--parallelism.data_parallel_shard_degree", "1"])
+    assert rc == 0, log[-3000:]
+    path = os.path.join(dump, "checkpoint", "step-0")
+    assert os.path.exists(path), log[-3000:]
+    return path
+
+
+def run_layout(workdir, corpus, pattern, layout, steps, seed_ckpt=None, extra=(), name=None):
+    """Run `layout` for `steps`; start from `seed_ckpt` (a step-N folder) if given."""
+    nproc, args = LAYOUTS[layout]
+    dump = os.path.join(workdir, name or f"{pattern}_{layout}")
+    if seed_ckpt is not None:
+        dst = os.path.join(dump, "checkpoint", os.path.basename(seed_ckpt))
+        shutil.copytree(seed_ckpt, dst, dirs_exist_ok=True)
+    rc, log = run_torchrun(CONFIG, [*common_args(corpus, pattern, steps), *args, "--job.dump_folder", dump,
+                                    "--checkpoint.enable", *extra], nproc=nproc)
+    assert rc == 0, log[-4000:]
+    return losses(log), dump
