@@ -4,8 +4,9 @@ Every layout must start from the same weights and see the same global batch:
 - weights: torchtitan's seed checkpoint (written by one process, loaded by every layout);
 - data: 4 distinct documents repeated, each tokenising to exactly one training window
   (seq_len + 1 tokens with BOS and EOS). Any split of the data across data-parallel ranks
-  then gives every rank the same 4 windows in order, so a global batch of 8 is always
-  those 4 windows twice, whatever the layout, at every step, before and after a resume.
+  then gives every rank the same 4 windows in order; with a local batch that is a multiple
+  of 4, every global batch holds each window equally often, whatever the layout, at every
+  step, before and after a resume.
 """
 
 import json
@@ -25,6 +26,13 @@ LAYOUTS = {  # name: (processes, extra arguments)
                 "--parallelism.data_parallel_shard_degree", "1"]),
     "fsdp2_tp2": (4, ["--training.local_batch_size", "4", "--parallelism.data_parallel_shard_degree", "2",
                       "--parallelism.tensor_parallel_degree", "2"]),
+    # 4 data-parallel ranks x 4 = 16: each rank holds all 4 windows, so the mean loss and
+    # gradient equal the 8-window batch's
+    "hsdp": (4, ["--training.local_batch_size", "4", "--parallelism.data_parallel_replicate_degree", "2",
+                 "--parallelism.data_parallel_shard_degree", "2"]),
+    "single_ac_full": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "full"]),
+    "single_ac_selective": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "selective",
+                                "--activation_checkpoint.selective_ac_option", "op"]),
 }
 
 

@@ -7,17 +7,14 @@ from .naive import naive_neural_memory
 from .state import MemoryState
 
 
+BACKENDS = ("auto", "chunk", "naive")
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' is Triton on CUDA when it imports, the exact chunked PyTorch path elsewhere."""
-    if backend != "auto":
-        return backend
-    if device.type == "cuda":
-        try:
-            from . import triton_ops  # noqa: F401
-        except ImportError:
-            return "chunk"
-        return "triton"
-    return "chunk"
+    """'auto' is the exact chunked PyTorch path on every device. (The Triton kernels of
+    the kernel issue will make 'auto' pick them on CUDA; until they exist, no backend
+    name promises them.)"""
+    return "chunk" if backend == "auto" else backend
 
 
 def neural_memory_scan(
@@ -30,8 +27,4 @@ def neural_memory_scan(
         return chunk_neural_memory(*args, chunk_size, activation, max_grad_norm)
     if backend == "naive":
         return naive_neural_memory(*args, activation, chunk_size, max_grad_norm)
-    if backend == "triton":
-        from .triton_ops import triton_neural_memory
-
-        return triton_neural_memory(*args, chunk_size, activation, max_grad_norm)
-    raise ValueError(f"memory backend must be one of auto, chunk, naive, triton; got {backend!r}")
+    raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")

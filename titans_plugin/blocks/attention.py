@@ -29,14 +29,21 @@ class KVCache(NamedTuple):
 
 
 def _sdpa(q_BTHD, k_BSHD, v_BSHD, mask_TS):
-    """SDPA over [..., H, T, D] with GQA by repetition; mask True = attend."""
-    rep = q_BTHD.shape[-2] // k_BSHD.shape[-2]
+    """SDPA for q [..., T, H, D], k, v [..., S, H_kv, D] and a boolean mask [..., T, S]
+    (True = attend) that broadcasts over the leading dims. GQA by repetition. Leading
+    dims are flattened into one batch dim: SDPA's 4-D form is what every backend
+    (and inductor's decomposition) handles."""
+    lead = q_BTHD.shape[:-3]
+    T, H, D = q_BTHD.shape[-3:]
+    S = k_BSHD.shape[-3]
+    rep = H // k_BSHD.shape[-2]
     if rep > 1:
         k_BSHD = k_BSHD.repeat_interleave(rep, dim=-2)
         v_BSHD = v_BSHD.repeat_interleave(rep, dim=-2)
-    q, k, v = (t.transpose(-2, -3) for t in (q_BTHD, k_BSHD, v_BSHD))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_TS.unsqueeze(-3))
-    return out.transpose(-2, -3)
+    q, k, v = (t.reshape(-1, *t.shape[-3:]).transpose(1, 2) for t in (q_BTHD, k_BSHD, v_BSHD))
+    mask = mask_TS.expand(*lead, T, S).reshape(-1, 1, T, S)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(*lead, T, H, D)
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:

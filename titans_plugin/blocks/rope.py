@@ -47,11 +47,18 @@ def precompute_freqs_cis(
 
 
 def apply_rope(x_BTHD: torch.Tensor, freqs_TD: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] by freqs [T, D/2] (already sliced to x's positions)."""
+    """Rotate x [B, T, H, D] by freqs [T, D/2] (already sliced to x's positions).
+
+    The same rotation as torchtitan's complex multiply, written with real cos/sin:
+    inductor mis-compiled the complex form's backward inside a MAC block (q/k weight
+    gradients off by ~100% under torch.compile, exact under aot_eager)."""
     B, T, H, D = x_BTHD.shape
-    xc = torch.view_as_complex(x_BTHD.float().reshape(B, T, H, D // 2, 2))
-    out = torch.view_as_real(xc * freqs_TD.view(1, T, 1, D // 2)).flatten(3)
-    return out.type_as(x_BTHD)
+    x = x_BTHD.float().reshape(B, T, H, D // 2, 2)
+    cos = freqs_TD.real.view(1, T, 1, D // 2)
+    sin = freqs_TD.imag.view(1, T, 1, D // 2)
+    x_even, x_odd = x[..., 0], x[..., 1]
+    out = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)
+    return out.flatten(3).type_as(x_BTHD)
 
 
 def check_rope_length(freqs_cis: torch.Tensor, end: int) -> None:

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 from titans_plugin.kernels import ACTIVATIONS
+from titans_plugin.kernels.dispatch import BACKENDS
 
-BACKENDS = ("auto", "chunk", "naive", "triton")
 GATE_MODES = ("token", "chunk")
 
 
@@ -28,7 +28,7 @@ class MemoryConfig:
     # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
     max_grad_norm: float = 1.0
     gate_mode: str = "token"  # "chunk": each chunk uses the gates of its first token
-    backend: str = "auto"  # auto: Triton on CUDA, the exact chunked PyTorch path elsewhere
+    backend: str = "auto"  # auto = chunk (the exact chunked PyTorch path); naive = per-token reference
 
     @property
     def resolved_head_dim(self) -> int:

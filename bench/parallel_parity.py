@@ -1,0 +1,50 @@
+"""Loss curves of every layout against one process, per block type: the table in
+docs/parallelism.md.
+
+    .venv/bin/python bench/parallel_parity.py        # ~6 minutes on 2 CPU cores
+
+Same set-up as integration_tests/test_parallel_parity.py (seed checkpoint, periodic
+corpus, 4 steps, torchrun on gloo)."""
+
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration_tests"))
+sys.path.insert(0, HERE)
+
+from common import machine, table, write_doc_section  # noqa: E402
+from parity_utils import make_seed_checkpoint, run_layout, write_periodic_corpus  # noqa: E402
+
+STEPS = 4
+PATTERNS = {"CA": "MAC + attention", "GA": "MAG + attention", "LA": "MAL + attention", "M": "LMM"}
+LAYOUTS = ["fsdp2", "tp2", "fsdp2_tp2", "hsdp", "single_ac_full", "single_ac_selective"]
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        corpus = write_periodic_corpus(os.path.join(work, "periodic.jsonl"))
+        for pattern, label in PATTERNS.items():
+            seed = make_seed_checkpoint(work, corpus, pattern)
+            ref, _ = run_layout(work, corpus, pattern, "single", STEPS, seed)
+            row = [f"`{pattern}` ({label})", " ".join(f"{ref[s]:.4f}" for s in sorted(ref))]
+            for layout in LAYOUTS:
+                curve, _ = run_layout(work, corpus, pattern, layout, STEPS, seed)
+                rel = max(abs(curve[s] - ref[s]) / abs(ref[s]) for s in ref)
+                row.append(f"{rel:.1e}")
+            rows.append(row)
+            print(row, flush=True)
+    text = "\n\n".join([
+        "### Measured parity (max relative loss difference over the first 4 steps vs one process)",
+        f"Machine: {machine()}, gloo. Command: `.venv/bin/python bench/parallel_parity.py`. "
+        "Debug flavor, seq_len 128, global batch 8, from one seed checkpoint.",
+        table(["model", "single-process losses", "FSDP2=2", "TP=2", "FSDP2 x TP2", "HSDP 2x2", "AC full", "AC selective"], rows),
+    ])
+    print(text)
+    write_doc_section("parallelism.md", "parity", text)
+
+
+if __name__ == "__main__":
+    main()
