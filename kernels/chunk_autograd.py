@@ -30,7 +30,7 @@ backward; the weights at every token are never materialised.
 import torch
 
 from .activations import get_activation
-from .chunk_math import log_gates, prepare_inputs, segment_sum
+from .chunk_math import prepare_inputs, segment_sum
 from .state import MemoryState
 
 def clip_scale(grad_sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from torchtitan.models.llama3 import Transformer, llama3_args  # noqa: E402
 
 from titans_plugin.config import TitansConfig  # noqa: E402
 from titans_plugin.convert import convert, main as convert_main  # noqa: E402
-from titans_plugin.hybrid import build_hybrid_model, swap_layers, titans_args_from_llama  # noqa: E402
+from titans_plugin.hybrid import build_hybrid_model, swap_layers  # noqa: E402
 
 SMALL = TitansConfig(memory_heads=4, chunk_size=8, segment_len=16, window=16, n_persistent=2, memory_expansion=2)
 

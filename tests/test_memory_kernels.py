@@ -5,7 +5,7 @@ import torch
 
 from helpers import flat, max_rel_err, memory_inputs
 from titans_plugin.kernels import (
-    ACTIVATIONS, MemoryState, chunk_neural_memory, chunk_neural_memory_autograd, naive_neural_memory,
+    ACTIVATIONS, chunk_neural_memory, chunk_neural_memory_autograd, naive_neural_memory,
 )
 
 
@@ -17,17 +17,22 @@ def _grads(out, state, leaves, seed=1):
     return torch.autograd.grad(loss, leaves)
 
 
+def _assert_same(y, s, y_ref, s_ref, leaves):
+    """Outputs, final state and all input gradients agree (fp64)."""
+    assert max_rel_err(y, y_ref) < 1e-12
+    for a, b in zip(flat(s), flat(s_ref)):
+        assert max_rel_err(a, b) < 1e-12
+    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+        assert max_rel_err(ga, gb) < 1e-10
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 def test_chunk_size_one_equals_per_token_recurrence_with_gradients(depth):
     inputs, state = memory_inputs(depth=depth, requires_grad=True)
     leaves = [*inputs, *flat(state)]
     y_ref, s_ref = naive_neural_memory(*inputs, state)
     y, s = chunk_neural_memory(*inputs, state, chunk_size=1)
-    assert max_rel_err(y, y_ref) < 1e-12
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a, b) < 1e-12
-    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
-        assert max_rel_err(ga, gb) < 1e-10
+    _assert_same(y, s, y_ref, s_ref, leaves)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -39,11 +44,7 @@ def test_chunked_closed_form_equals_chunked_recurrence(depth, chunk):
     leaves = [*inputs, *flat(state)]
     y_ref, s_ref = naive_neural_memory(*inputs, state, chunk_size=chunk)
     y, s = chunk_neural_memory(*inputs, state, chunk_size=chunk)
-    assert max_rel_err(y, y_ref) < 1e-12
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a, b) < 1e-12
-    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
-        assert max_rel_err(ga, gb) < 1e-10
+    _assert_same(y, s, y_ref, s_ref, leaves)
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
@@ -132,11 +133,7 @@ def test_inner_gradient_clipping_matches_reference(chunk):
     y, s = chunk_neural_memory(*inputs, state, chunk_size=chunk, max_grad_norm=0.3)
     y_free, _ = chunk_neural_memory(*inputs, state, chunk_size=chunk)
     assert not torch.allclose(y, y_free)  # the clip is active at this threshold
-    assert max_rel_err(y, y_ref) < 1e-12
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a, b) < 1e-12
-    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
-        assert max_rel_err(ga, gb) < 1e-10
+    _assert_same(y, s, y_ref, s_ref, leaves)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -148,11 +145,7 @@ def test_hand_written_backward_equals_autograd(depth, clip, activation):
     leaves = [*inputs, *flat(state)]
     y_ref, s_ref = chunk_neural_memory_autograd(*inputs, state, 5, activation, clip)
     y, s = chunk_neural_memory(*inputs, state, 5, activation, clip)
-    assert max_rel_err(y, y_ref) < 1e-12
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a, b) < 1e-12
-    for i, (ga, gb) in enumerate(zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves))):
-        assert max_rel_err(ga, gb) < 1e-10, i
+    _assert_same(y, s, y_ref, s_ref, leaves)
 
 
 def test_hand_written_backward_with_partial_upstream_gradients():

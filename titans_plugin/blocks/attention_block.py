@@ -3,7 +3,6 @@
 An 'A' layer computes what torchtitan's llama3 TransformerBlock computes (same parameter
 names and shapes) and adds incremental decoding; 'W' is the sliding-window baseline."""
 
-from .attention import Attention
 from .base import TitansBlockBase
 from .config import AttentionBlockConfig
 
@@ -13,13 +12,9 @@ class AttentionBlock(TitansBlockBase):
 
     def __init__(self, layer_id: int, model_args, config: AttentionBlockConfig):
         super().__init__(layer_id, model_args)
-        config.validate()
-        self.config = config
+        config = self._adopt_config(config, model_args)
         self.block_type = "A" if config.window is None else "W"
-        self.attention = Attention(
-            model_args.dim, model_args.n_heads, model_args.n_kv_heads,
-            window=config.window, n_persistent=config.n_persistent,
-        )
+        self.attention = self._make_attention(model_args, config.window, config.n_persistent)
 
     def mix(self, x, freqs_cis, cache):
         return self.attention(x, freqs_cis, cache)

@@ -12,6 +12,8 @@ keys apply to the parts we share.
 import torch
 from torch import nn
 
+from .attention import Attention
+from .config import with_memory_dim
 from .feed_forward import FeedForward, ffn_hidden_dim
 
 
@@ -32,6 +34,18 @@ class TitansBlockBase(nn.Module):
             self.weight_init_std = 0.02 / (2 * (layer_id + 1)) ** 0.5
         else:
             self.weight_init_std = 0.02 / (2 * model_args.n_layers) ** 0.5
+
+    def _adopt_config(self, config, model_args):
+        """Keep the block's config, its memory (if any) reading the model width, validated."""
+        config = with_memory_dim(config, model_args.dim)
+        config.validate()
+        self.config = config
+        return config
+
+    @staticmethod
+    def _make_attention(model_args, window: int | None = None, n_persistent: int = 0) -> Attention:
+        return Attention(model_args.dim, model_args.n_heads, model_args.n_kv_heads,
+                         window=window, n_persistent=n_persistent)
 
     def mix(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache):
         """x [B, T, dim] (already normed) -> (out [B, T, dim], cache)."""

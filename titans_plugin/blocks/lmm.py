@@ -3,7 +3,7 @@
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .base import TitansBlockBase
-from .config import LMMConfig, with_memory_dim
+from .config import LMMConfig
 from .prefixed_memory import make_persistent, run_prefixed_memory
 
 
@@ -12,9 +12,7 @@ class LMMBlock(TitansBlockBase):
 
     def __init__(self, layer_id: int, model_args, config: LMMConfig):
         super().__init__(layer_id, model_args)
-        config = with_memory_dim(config, model_args.dim)
-        config.validate()
-        self.config = config
+        config = self._adopt_config(config, model_args)
         self.memory = NeuralMemory(config.memory)
         self.persistent = make_persistent(config.n_persistent, model_args.dim)
 

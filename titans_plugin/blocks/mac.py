@@ -17,12 +17,11 @@ from typing import NamedTuple
 
 import torch
 
-from titans_plugin.kernels import MemoryState
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
-from .attention import Attention, masked_attention
+from .attention import masked_attention
 from .base import TitansBlockBase
-from .config import MACConfig, with_memory_dim
+from .config import MACConfig
 from .gate import MemoryGate
 
 
@@ -41,13 +40,8 @@ class MACBlock(TitansBlockBase):
 
     def __init__(self, layer_id: int, model_args, config: MACConfig):
         super().__init__(layer_id, model_args)
-        config = with_memory_dim(config, model_args.dim)
-        config.validate()
-        self.config = config
-        self.attention = Attention(
-            model_args.dim, model_args.n_heads, model_args.n_kv_heads,
-            window=None, n_persistent=config.n_persistent,
-        )
+        config = self._adopt_config(config, model_args)
+        self.attention = self._make_attention(model_args, None, config.n_persistent)
         self.memory = NeuralMemory(config.memory)
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 

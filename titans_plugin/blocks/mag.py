@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
-from .attention import Attention, KVCache
+from .attention import KVCache
 from .base import TitansBlockBase
-from .config import MAGConfig, with_memory_dim
+from .config import MAGConfig
 from .gate import MemoryGate
 
 
@@ -25,13 +25,8 @@ class MAGBlock(TitansBlockBase):
 
     def __init__(self, layer_id: int, model_args, config: MAGConfig):
         super().__init__(layer_id, model_args)
-        config = with_memory_dim(config, model_args.dim)
-        config.validate()
-        self.config = config
-        self.attention = Attention(
-            model_args.dim, model_args.n_heads, model_args.n_kv_heads,
-            window=config.window, n_persistent=config.n_persistent,
-        )
+        config = self._adopt_config(config, model_args)
+        self.attention = self._make_attention(model_args, config.window, config.n_persistent)
         self.memory = NeuralMemory(config.memory)
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 

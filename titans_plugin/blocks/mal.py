@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
-from .attention import Attention, KVCache
+from .attention import KVCache
 from .base import TitansBlockBase
-from .config import MALConfig, with_memory_dim
+from .config import MALConfig
 from .prefixed_memory import make_persistent, run_prefixed_memory
 
 
@@ -23,14 +23,10 @@ class MALBlock(TitansBlockBase):
 
     def __init__(self, layer_id: int, model_args, config: MALConfig):
         super().__init__(layer_id, model_args)
-        config = with_memory_dim(config, model_args.dim)
-        config.validate()
-        self.config = config
+        config = self._adopt_config(config, model_args)
         self.memory = NeuralMemory(config.memory)
         self.persistent = make_persistent(config.n_persistent, model_args.dim)
-        self.attention = Attention(
-            model_args.dim, model_args.n_heads, model_args.n_kv_heads, window=config.window
-        )
+        self.attention = self._make_attention(model_args, config.window)
 
     def mix(self, x, freqs_cis, cache: MALCache | None):
         y, mem = run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
