@@ -5,7 +5,8 @@ file computes the same numbers with memory and time to spare:
 
 - forward runs chunk by chunk without autograd and keeps only each chunk's start state
   (weights and momentum) plus the inputs: O(T * D + n_chunks * |W|) saved, nothing per token
-  beyond the inputs, never the weights at every token;
+  beyond the inputs, never the weights at every token; without a backward to come
+  (inference), not even the chunk-start states;
 - backward walks the chunks in reverse, recomputes one chunk's intermediates from its saved
   start state and applies the chain rule written out below, so at most one chunk's
   activations are alive at a time.
@@ -210,11 +211,15 @@ class _ChunkScan(torch.autograd.Function):
         W, S = list(state[:n_layers]), list(state[n_layers:])
         T = q.shape[2]
         starts = list(range(0, T, chunk_size))
+        # Chunk-start states are only kept when a backward can follow: inference holds
+        # one state at a time, whatever the length.
+        keep = any(ctx.needs_input_grad)
         saved_W, saved_S, outs = [], [], []
         for start in starts:
             sl = slice(start, min(start + chunk_size, T))
-            saved_W.append(W)
-            saved_S.append(S)
+            if keep:
+                saved_W.append(W)
+                saved_S.append(S)
             y, W, S, _ = chunk_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl],
                                        le[..., sl], lr[..., sl], W, S, act, max_norm)
             outs.append(y)

@@ -7,9 +7,10 @@ rotary position, and are visible to every query: they are task knowledge, not a 
 in the sequence.
 
 Three paths give the same numbers:
+- `causal_attention`: full attention over a whole sequence, SDPA's fused causal kernel.
 - `banded_attention`: training, O(T * window): queries in blocks of `window`, each block
   against its own and the previous block's keys.
-- `masked_attention`: decoding and short inputs: one dense boolean mask.
+- `masked_attention`: decoding, persistent tokens and short inputs: one dense boolean mask.
 Both use SDPA, which picks a fused kernel where one applies.
 """
 
@@ -62,6 +63,15 @@ def _with_persistent(mask, k, v, pk, pv):
     v = torch.cat([pv.unsqueeze(0).expand(B, *pv.shape).to(v.dtype), v], dim=1)
     mask = torch.cat([mask.new_ones(*mask.shape[:-1], Np), mask], dim=-1)
     return mask, k, v
+
+
+def causal_attention(q, k, v):
+    """Full causal attention over one sequence via SDPA's is_causal path (no mask tensor)."""
+    rep = q.shape[-2] // k.shape[-2]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=-2), v.repeat_interleave(rep, dim=-2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return out.transpose(1, 2)
 
 
 def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None):
@@ -158,7 +168,9 @@ class Attention(nn.Module):
         pos = 0 if cache is None else cache.pos
         q, k, v = self.project(x, freqs_cis, pos)
         pk, pv = self.persistent_kv()
-        if cache is None and self.window is not None and T > self.window:
+        if cache is None and self.window is None and pk is None:
+            out = causal_attention(q, k, v)  # fused causal kernel, no T x T mask
+        elif cache is None and self.window is not None and T > self.window:
             out = banded_attention(q, k, v, self.window, pk, pv)
         else:
             if cache is not None:
