@@ -1,7 +1,7 @@
 """Exact chunk-parallel PyTorch path for the Titans neural memory, with a hand-written backward.
 
-The math is the closed form of chunk_autograd.py (read that file for the derivation); this
-file computes the same numbers with memory and time to spare:
+`chunk_forward` is the closed form (derived in chunk_autograd.py's docstring, which runs
+this same function under autograd as the backward's reference); this file adds:
 
 - forward runs chunk by chunk without autograd and keeps only each chunk's start state
   (weights and momentum) plus the inputs: O(T * D + n_chunks * |W|) saved, nothing per token

@@ -1,8 +1,10 @@
 """The chunked closed form differentiated by plain autograd (paper section 3.2).
 
-This is the readable statement of the chunk math and the reference that the hand-written
-backward in chunk.py is tested against. It keeps every chunk's intermediates for
-backward and supports double backward; chunk.py is the fast path.
+The chunk loop over chunk.py's `chunk_forward` (plain differentiable tensor ops), left to
+autograd: the reference the hand-written backward in chunk.py is tested against, with
+the forward shared so that the test isolates the backward (the forward itself is checked
+against the per-token loop in naive.py). It keeps every chunk's intermediates for
+backward and supports double backward; chunk.py's autograd.Function is the fast path.
 
 The sequence is cut into chunks of `chunk_size` tokens at absolute positions 0, b, 2b, ...
 Inside a chunk every inner gradient is taken at the chunk-start weights W0 (so all of
@@ -30,72 +32,9 @@ backward; the weights at every token are never materialised.
 import torch
 
 from .activations import get_activation
-from .chunk_math import prepare_inputs, segment_sum
+from .chunk import chunk_forward
+from .chunk_math import prepare_inputs
 from .state import MemoryState
-
-def clip_scale(grad_sq_norm: torch.Tensor, max_norm: float | None) -> torch.Tensor | None:
-    """Per-token factor min(1, max_norm / ||grad||), or None when clipping is off."""
-    if not max_norm:
-        return None
-    return torch.clamp(max_norm / torch.sqrt(grad_sq_norm + 1e-30), max=1.0)
-
-
-def chunk_step(q, k, v, theta, log_eta, log_retain, state: MemoryState, act, max_grad_norm=None):
-    """One chunk. q, k: [B, H, C, D_k]; v: [B, H, C, D_v]; gates [B, H, C].
-
-    Returns y [B, H, C, D_v] and the state after the chunk's last token.
-    """
-    W0, S0 = state
-
-    # Forward the keys through the chunk-start memory, then backprop the squared error
-    # by hand: deltas[l] is d loss / d (output of layer l) for every token.
-    inputs, pre_acts = [k], []
-    h = k
-    for layer, w in enumerate(W0):
-        z = h @ w
-        pre_acts.append(z)
-        h = act.fn(z) if layer < len(W0) - 1 else z
-        inputs.append(h)
-    inputs.pop()  # inputs[l] is the input of layer l
-    delta = 2.0 * (h - v)  # d ||M(k) - v||^2 / d M(k)
-    deltas = [delta]
-    for layer in range(len(W0) - 1, 0, -1):
-        delta = (delta @ W0[layer].transpose(-1, -2)) * act.grad(pre_acts[layer - 1])
-        deltas.insert(0, delta)
-
-    # Token s's gradient of layer l is the outer product a_s^T delta_s, so its norm is
-    # ||a_s|| * ||delta_s||: clipping it is a per-token factor on theta.
-    if max_grad_norm:
-        sq = sum(a.pow(2).sum(-1) * d.pow(2).sum(-1) for a, d in zip(inputs, deltas))
-        theta = theta * clip_scale(sq, max_grad_norm)
-
-    A = torch.exp(segment_sum(log_retain))  # [B, H, C, C]
-    E = torch.exp(segment_sum(log_eta))
-    G = (A @ E) * theta.unsqueeze(-2)  # G[t, i]: weight of token i's gradient in W_t
-    c = torch.exp(torch.cumsum(log_retain, dim=-1))  # decay of W0 up to t
-    f = (A @ torch.exp(torch.cumsum(log_eta, dim=-1)).unsqueeze(-1)).squeeze(-1)  # reach of S0
-
-    # Retrieval with the memory after each token's own update.
-    h = q
-    for layer in range(len(W0)):
-        scores = (h @ inputs[layer].transpose(-1, -2)) * G  # G is lower-triangular
-        y = c.unsqueeze(-1) * (h @ W0[layer]) + f.unsqueeze(-1) * (h @ S0[layer])
-        y = y - scores @ deltas[layer]
-        h = act.fn(y) if layer < len(W0) - 1 else y
-
-    # State at the end of the chunk: the last rows of the closed forms.
-    g_last = G[..., -1, :].unsqueeze(-1)  # [B, H, C, 1]
-    n_last = (E[..., -1, :] * theta).unsqueeze(-1)  # theta_i * prod_{i<j<=T} eta_j
-    c_last = c[..., -1, None, None]
-    f_last = f[..., -1, None, None]
-    m_last = torch.exp(log_eta.sum(-1))[..., None, None]
-    new_w, new_s = [], []
-    for layer in range(len(W0)):
-        a_T = inputs[layer].transpose(-1, -2)
-        new_w.append(c_last * W0[layer] + f_last * S0[layer] - a_T @ (g_last * deltas[layer]))
-        new_s.append(m_last * S0[layer] - a_T @ (n_last * deltas[layer]))
-    return h, MemoryState(tuple(new_w), tuple(new_s))
-
 
 def chunk_neural_memory_autograd(
     q: torch.Tensor,
@@ -121,10 +60,11 @@ def chunk_neural_memory_autograd(
     outputs = []
     for start in range(0, T, chunk_size):
         sl = slice(start, min(start + chunk_size, T))
-        y, state = chunk_step(
-            q[:, :, sl], k[:, :, sl], v[:, :, sl],
-            theta[..., sl], log_eta[..., sl], log_retain[..., sl], state, act, max_grad_norm,
+        y, W, S, _ = chunk_forward(
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl], log_eta[..., sl],
+            log_retain[..., sl], state.weights, state.momentum, act, max_grad_norm,
         )
+        state = MemoryState(W, S)
         outputs.append(y)
     if not outputs:
         B, H = q.shape[0], q.shape[1]

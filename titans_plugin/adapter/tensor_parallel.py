@@ -108,16 +108,3 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: boo
             _shard_memory(memory, mesh)
     _replicate_norms(model, mesh)
     _replicate_remaining(model, mesh)
-
-
-def local_heads_check(model: nn.Module, tp: int) -> None:
-    """Assert the sharded model holds n / tp heads per rank everywhere."""
-    for block in model.layers.values():
-        memory = getattr(block, "memory", None)
-        if memory is not None:
-            w = memory.init_memory[0]
-            local = w.to_local() if hasattr(w, "to_local") else w
-            assert local.shape[0] == memory.n_heads // tp, (local.shape, memory.n_heads, tp)
-
-
-__all__ = ["apply_tensor_parallel", "block_plan", "local_heads_check", "torch"]

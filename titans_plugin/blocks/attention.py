@@ -55,12 +55,14 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> tor
 
 
 def _with_persistent(mask, k, v, pk, pv):
+    """Prepend persistent keys/values [N_p, H_kv, D] to k, v [..., S, H_kv, D] (any leading
+    dims) and let every query see them: the mask [..., T, S] gains N_p leading True columns."""
     if pk is None:
         return mask, k, v
-    B = k.shape[0]
+    lead = k.shape[:-3]
     Np = pk.shape[0]
-    k = torch.cat([pk.unsqueeze(0).expand(B, *pk.shape).to(k.dtype), k], dim=1)
-    v = torch.cat([pv.unsqueeze(0).expand(B, *pv.shape).to(v.dtype), v], dim=1)
+    k = torch.cat([pk.to(k.dtype).expand(*lead, *pk.shape), k], dim=-3)
+    v = torch.cat([pv.to(v.dtype).expand(*lead, *pv.shape), v], dim=-3)
     mask = torch.cat([mask.new_ones(*mask.shape[:-1], Np), mask], dim=-1)
     return mask, k, v
 
@@ -100,12 +102,7 @@ def banded_attention(q, k, v, window: int, pk=None, pv=None):
     mask = visible(i, j, window)  # same for every block...
     mask = mask.expand(n, W, 2 * W).clone()
     mask[0, :, :W] = False  # ...except that block 0 has no previous block
-    if pk is not None:
-        Np = pk.shape[0]
-        pkb = pk.to(k.dtype).expand(B, n, *pk.shape)
-        pvb = pv.to(v.dtype).expand(B, n, *pv.shape)
-        kb, vb = torch.cat([pkb, kb], 2), torch.cat([pvb, vb], 2)
-        mask = torch.cat([mask.new_ones(n, W, Np), mask], -1)
+    mask, kb, vb = _with_persistent(mask, kb, vb, pk, pv)
     out = _sdpa(qb, kb, vb, mask)  # [B, n, W, Hq, D]
     return out.reshape(B, n * W, Hq, D)[:, :T]
 
