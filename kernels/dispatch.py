@@ -5,26 +5,32 @@ import torch
 from .chunk import chunk_neural_memory
 from .naive import naive_neural_memory
 from .state import MemoryState
+from .triton_op import triton_neural_memory, unsupported_reason
+
+BACKENDS = ("auto", "chunk", "naive", "triton")
 
 
-BACKENDS = ("auto", "chunk", "naive")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' is the exact chunked PyTorch path on every device. (The Triton kernels of
-    the kernel issue will make 'auto' pick them on CUDA; until they exist, no backend
-    name promises them.)"""
-    return "chunk" if backend == "auto" else backend
+def resolve_backend(backend: str, q: torch.Tensor, state: MemoryState, activation: str) -> str:
+    """'auto' is the Triton kernels on CUDA wherever they support the configuration
+    (depth 1 or 2, fp32/bf16/fp16 inputs), the exact chunked PyTorch path everywhere else.
+    Forcing 'triton' where it cannot run is an error, never a silent fallback."""
+    if backend not in BACKENDS:
+        raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if q.device.type == "cuda" and unsupported_reason(len(state.weights), activation, q.dtype, q.device) is None:
+        return "triton"
+    return "chunk"
 
 
 def neural_memory_scan(
     q, k, v, theta, eta, alpha, state: MemoryState, *, chunk_size: int, activation: str,
     max_grad_norm: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, MemoryState]:
-    backend = resolve_backend(backend, q.device)
+    backend = resolve_backend(backend, q, state, activation)
     args = (q, k, v, theta, eta, alpha, state)
     if backend == "chunk":
         return chunk_neural_memory(*args, chunk_size, activation, max_grad_norm)
-    if backend == "naive":
-        return naive_neural_memory(*args, activation, chunk_size, max_grad_norm)
-    raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "triton":
+        return triton_neural_memory(*args, chunk_size, activation, max_grad_norm)
+    return naive_neural_memory(*args, activation, chunk_size, max_grad_norm)

@@ -30,7 +30,7 @@ class TitansConfig:
     max_forget: float = 1.0
     max_grad_norm: float = 1.0  # per-token inner-gradient clip; 0 = off
     gate_mode: str = "token"
-    kernel: str = "auto"  # auto, chunk, naive
+    kernel: str = "auto"  # auto (triton on CUDA, chunk elsewhere), chunk, triton, naive
     # attention around the memory
     segment_len: int = 128  # MAC
     window: int = 128  # MAG, MAL and W layers

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from titans_plugin.kernels import ACTIVATIONS
 from titans_plugin.kernels.dispatch import BACKENDS
+from titans_plugin.kernels.triton_op import SUPPORTED_DEPTHS
 
 GATE_MODES = ("token", "chunk")
 
@@ -28,7 +29,7 @@ class MemoryConfig:
     # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
     max_grad_norm: float = 1.0
     gate_mode: str = "token"  # "chunk": each chunk uses the gates of its first token
-    backend: str = "auto"  # auto = chunk (the exact chunked PyTorch path); naive = per-token reference
+    backend: str = "auto"  # auto = triton on CUDA, chunk elsewhere; chunk/triton force one; naive = per-token reference
 
     @property
     def resolved_head_dim(self) -> int:
@@ -83,3 +84,5 @@ class MemoryConfig:
             raise bad("gate_mode", f"one of {list(GATE_MODES)}", self.gate_mode)
         if self.backend not in BACKENDS:
             raise bad("backend", f"one of {list(BACKENDS)}", self.backend)
+        if self.backend == "triton" and self.depth not in SUPPORTED_DEPTHS:
+            raise bad("depth", f"one of {list(SUPPORTED_DEPTHS)} with backend 'triton'", self.depth)

@@ -1,0 +1,187 @@
+"""Triton building blocks for one chunk of the memory scan (used by triton_scan.py).
+
+The math is chunk.py's, line for line, with three Triton-specific choices:
+
+- Every tile is padded to a power of two >= 16 (tl.dot's minimum on GPUs) and masked on
+  load with zeros. Zero padding is exact: padded key/value/query entries are 0, act(0) = 0
+  for every supported activation, padded tokens get theta = 0 and log-gates = 0, and the
+  decay matrices are masked to the valid causal triangle, so padding never reaches a
+  stored value.
+- Decays are exp of in-chunk segment sums of log-gates, masked to -inf before the exp,
+  and their gradients are the segment sum's adjoint as two scans: never differences of
+  cumulative sums, which cancel catastrophically (a test caught a 3.6e-4 error in the
+  eta gradient from exactly that).
+- "The last token of the chunk" is a runtime index (ragged tails), so its row of a matrix
+  is taken with a masked reduction, not an index.
+
+No block pointers (removed in triton 3.9): plain base + offsets with masks everywhere.
+"""
+
+import triton
+import triton.language as tl
+
+# Activation codes shared with the Python side (triton_op.ACTIVATION_CODES).
+SILU: tl.constexpr = 0
+GELU: tl.constexpr = 1
+TANH: tl.constexpr = 2
+RELU: tl.constexpr = 3
+
+EPS: tl.constexpr = 1e-30  # chunk.py's _EPS: inside the clip's sqrt
+
+
+@triton.jit
+def act_fn(z, ACT: tl.constexpr):
+    if ACT == SILU:
+        out = z * tl.sigmoid(z)
+    elif ACT == GELU:
+        out = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    elif ACT == TANH:
+        out = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+    else:
+        out = tl.maximum(z, 0.0)
+    return out
+
+
+@triton.jit
+def act_grad(z, ACT: tl.constexpr):
+    if ACT == SILU:
+        s = tl.sigmoid(z)
+        out = s * (1.0 + z * (1.0 - s))
+    elif ACT == GELU:
+        out = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACT == TANH:
+        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+        out = 1.0 - t * t
+    else:
+        out = tl.where(z > 0, 1.0, 0.0)
+    return out
+
+
+@triton.jit
+def act_grad2(z, ACT: tl.constexpr):
+    if ACT == SILU:
+        s = tl.sigmoid(z)
+        out = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    elif ACT == GELU:
+        out = tl.exp(-0.5 * z * z) * 0.3989422804014327 * (2.0 - z * z)
+    elif ACT == TANH:
+        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+        out = -2.0 * t * (1.0 - t * t)
+    else:
+        out = z * 0.0
+    return out
+
+
+@triton.jit
+def mm(a, b, PRECISION: tl.constexpr):
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def at_index(x, idx, i):
+    """x[i] of a 1-D tile (i a runtime index) as a scalar."""
+    return tl.sum(tl.where(idx == i, x, 0.0), 0)
+
+
+@triton.jit
+def row_at(X, idx, i):
+    """Row i of a 2-D tile as a 1-D tile."""
+    return tl.sum(tl.where(idx[:, None] == i, X, 0.0), 0)
+
+
+@triton.jit
+def rev_cumsum(x):
+    """sum_{j >= t} x_j: the adjoint of cumsum. A scan, not total - prefix: the
+    subtraction would cancel catastrophically when the total dwarfs the suffix."""
+    return tl.cumsum(x, 0, reverse=True)
+
+
+@triton.jit
+def segment_sum_adjoint(Y, idx):
+    """dx_j = sum_{t >= j} sum_{s < j} Y[t, s]: the gradient of the cumulative log-gates
+    x through exp(cl_t - cl_s) given Y = dDecay * Decay (chunk_math.segment_sum_backward).
+    Written as two scans and a diagonal, never as rowsum - colsum, for the same reason."""
+    exclusive = tl.cumsum(Y, 1) - Y  # [t, j] = sum_{s < j} Y[t, s]
+    from_below = tl.cumsum(exclusive, 0, reverse=True)  # summed over t' >= t
+    return tl.sum(tl.where(idx[:, None] == idx[None, :], from_below, 0.0), 1)
+
+
+@triton.jit
+def load_tokens(ptr, row0, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
+    """[BR, BCOL] fp32 tile of a token-major tensor (rows = tokens), zero outside."""
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BCOL)
+    offs = (row0 + r[:, None]).to(tl.int64) * row_stride + c[None, :]
+    mask = rows_valid[:, None] & (c[None, :] < n_cols)
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tokens(ptr, x, row0, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BCOL)
+    offs = (row0 + r[:, None]).to(tl.int64) * row_stride + c[None, :]
+    mask = rows_valid[:, None] & (c[None, :] < n_cols)
+    tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_gate(ptr, row0, rows_valid, BR: tl.constexpr, row_stride):
+    r = tl.arange(0, BR)
+    return tl.load(ptr + (row0 + r).to(tl.int64) * row_stride, mask=rows_valid, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_gate(ptr, x, row0, rows_valid, BR: tl.constexpr, row_stride):
+    r = tl.arange(0, BR)
+    tl.store(ptr + (row0 + r).to(tl.int64) * row_stride, x, mask=rows_valid)
+
+
+@triton.jit
+def load_matrix(ptr, n_rows, n_cols, BR: tl.constexpr, BCOL: tl.constexpr):
+    """A row-major [n_rows, n_cols] fp32 matrix (one memory layer) padded to [BR, BCOL]."""
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BCOL)
+    mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
+    return tl.load(ptr + r[:, None] * n_cols + c[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def store_matrix(ptr, x, n_rows, n_cols, BR: tl.constexpr, BCOL: tl.constexpr):
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BCOL)
+    mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
+    tl.store(ptr + r[:, None] * n_cols + c[None, :], x, mask=mask)
+
+
+@triton.jit
+def segment_sum(x, idx):
+    """out[t, s] = sum_{s < j <= t} x_j (lower triangle; the rest is masked by the caller).
+    Summed per entry, not as cumsum_t - cumsum_s: a chunk of near-total forgetting makes
+    the cumulative sums large and their difference imprecise."""
+    terms = tl.where(idx[:, None] > idx[None, :], x[:, None], 0.0)  # [j, s] = x_j for j > s
+    return tl.cumsum(terms, 0)
+
+
+@triton.jit
+def decays(lr, le, theta_eff, valid, BC: tl.constexpr, PRECISION: tl.constexpr):
+    """A[t,s] = prod_{s<j<=t} (1-alpha_j), E[t,s] = prod_{s<j<=t} eta_j (s <= t, valid),
+    P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em."""
+    idx = tl.arange(0, BC)
+    causal = (idx[:, None] >= idx[None, :]) & valid[:, None] & valid[None, :]
+    A = tl.exp(tl.where(causal, segment_sum(lr, idx), float("-inf")))
+    E = tl.exp(tl.where(causal, segment_sum(le, idx), float("-inf")))
+    cl = tl.cumsum(lr, 0)
+    cm = tl.cumsum(le, 0)
+    P = mm(A, E, PRECISION)
+    G = P * theta_eff[None, :]
+    c = tl.exp(cl)
+    em = tl.exp(cm)
+    f = tl.sum(A * em[None, :], 1)
+    return A, E, P, G, c, em, f
+
+
+@triton.jit
+def clip_scale(sq, max_norm):
+    """raw = max_norm / |inner gradient|; theta is scaled by min(1, raw)."""
+    return max_norm / tl.sqrt(sq + EPS)
