@@ -74,3 +74,16 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def publish(doc: str, page: str, section: str, write: bool, figure=None) -> None:
+    """Print a result block; unless told not to, draw its figure (figure(path_of_png) for the
+    PNG the block links to) and put the block into docs/<page> between its markers."""
+    print(doc)
+    if not write:
+        return
+    if figure is not None:
+        png = re.search(r"\]\(([\w.-]+\.png)\)", doc)
+        assert png, "a block with a figure links its PNG"
+        figure(os.path.join(REPO, "docs", png.group(1)))
+    write_doc_section(page, section, doc)
