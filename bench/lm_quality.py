@@ -1,6 +1,9 @@
 """Language-model quality on the embedded corpus: validation loss per block type against a
 Transformer, same flavor, same token budget, through the real torchtitan training loop.
 
+Runs in the project environment (torchtitan) with the bench extra (matplotlib):
+`.venv/bin/pip install -e .[bench]` once, then
+
     .venv/bin/python bench/lm_quality.py                  # 6 runs of 400 steps, ~45 min on 2 cores
     .venv/bin/python bench/lm_quality.py --steps 100 --configs debug_mac debug_attention
 
