@@ -51,7 +51,7 @@ def plot(results, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        steps = sorted(r["val"])
+        steps = [s for s in sorted(r["val"]) if s > 1]  # step 1 (loss ~8) would flatten the rest
         ax.plot(steps, [r["val"][s] for s in steps], marker="o", label=CONFIGS[r["name"]])
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")

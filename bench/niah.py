@@ -148,7 +148,8 @@ def main() -> None:
     doc = (f"Checkpoint `{a.checkpoint or '(untrained)'}`, config `{a.config}`; {a.samples} keys per cell, "
            f"{len(keys)} candidate keys (ranked chance {100 / len(keys):.0f}%). Machine: {machine()}.\n"
            f"Command: `.venv/bin/python bench/niah.py --config {a.config} --checkpoint {a.checkpoint} "
-           f"--lengths {' '.join(map(str, a.lengths))} --samples {a.samples}`\n\n{text}\n")
+           f"--lengths {' '.join(map(str, a.lengths))} --depths {' '.join(map(str, a.depths))} "
+           f"--samples {a.samples} --write`\n\n{text}\n")
     publish(doc, "results.md", "niah", a.write)
 
 

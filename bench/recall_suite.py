@@ -65,14 +65,14 @@ def accuracy(model, task: str, T: int, min_distance: int, seed: int) -> float:
     return hits / total
 
 
-def train(args: TitansModelArgs, task: str, steps: int, seed: int = 0):
+def train(args: TitansModelArgs, task: str, steps: int, train_len: int = TRAIN_T, seed: int = 0):
     torch.manual_seed(seed)
     model = TitansTransformer(args)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed + 1)
     t0 = time.perf_counter()
     for _ in range(steps):
-        x, y = make_batch(task, BATCH, TRAIN_T, 4 * WINDOW, g)
+        x, y = make_batch(task, BATCH, train_len, 4 * WINDOW, g)
         loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1), ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,6 +107,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument("--tasks", nargs="*", default=list(TASKS))
+    p.add_argument("--train-len", type=int, default=TRAIN_T,
+                   help="training sequence length (answers stay >= 4 windows back)")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -115,7 +117,7 @@ def main() -> None:
     for task in a.tasks:
         for name in a.variants:
             args = matched_args(VARIANTS[name], target)
-            model, seconds, loss = train(args, task, a.steps)
+            model, seconds, loss = train(args, task, a.steps, a.train_len)
             acc = [accuracy(model, task, T, d, seed=100 + i) for i, (T, d) in enumerate(EVAL)]
             results[task, name] = {"acc": acc}
             rows.append([task, name, f"{_n_params(args):,}", f"{seconds:.0f}", f"{loss:.3f}",
@@ -134,7 +136,7 @@ def main() -> None:
                        + (f"; missed: {', '.join(missed)}" if missed else "")
                        + (f". SWA: {100 * swa['acc'][0]:.1f}% (chance 6.25%)." if swa else "."))
     doc = (f"Machine: {machine()}. Command: `.venv-bench/bin/python bench/recall_suite.py "
-           f"--steps {a.steps}`. Each model trained once, seed 0.\n\n{text}\n\n" + "\n".join(verdict)
+           f"--steps {a.steps} --train-len {a.train_len}`. Each model trained once, seed 0.\n\n{text}\n\n" + "\n".join(verdict)
            + "\n\n![recall accuracy vs distance](recall.png)\n")
     publish(doc, "results.md", "recall", not a.no_write, lambda path: plot(results, path))
 
