@@ -185,3 +185,62 @@ def decays(lr, le, theta_eff, valid, BC: tl.constexpr, PRECISION: tl.constexpr):
 def clip_scale(sq, max_norm):
     """raw = max_norm / |inner gradient|; theta is scaled by min(1, raw)."""
     return max_norm / tl.sqrt(sq + EPS)
+
+
+@triton.jit
+def load_state(ptr, DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+               BH: tl.constexpr, BV: tl.constexpr, DEPTH: tl.constexpr):
+    """(W1, S1, W2, S2) of one (batch, head) from the flat fp32 layout W1, W2, S1, S2
+    (triton_op.pack_state). At depth 1 the layer-2 entries repeat layer 1's."""
+    D1: tl.constexpr = DH if DEPTH == 2 else DV  # layer 1's output width
+    B1: tl.constexpr = BH if DEPTH == 2 else BV
+    N1: tl.constexpr = DK * D1
+    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
+    W1 = load_matrix(ptr, DK, D1, BK, B1)
+    S1 = load_matrix(ptr + N1 + N2, DK, D1, BK, B1)
+    if DEPTH == 2:
+        W2 = load_matrix(ptr + N1, DH, DV, BH, BV)
+        S2 = load_matrix(ptr + 2 * N1 + N2, DH, DV, BH, BV)
+    else:
+        W2 = W1
+        S2 = S1
+    return W1, S1, W2, S2
+
+
+@triton.jit
+def store_state(ptr, W1, S1, W2, S2, DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
+                BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, DEPTH: tl.constexpr):
+    """Inverse of load_state."""
+    D1: tl.constexpr = DH if DEPTH == 2 else DV
+    B1: tl.constexpr = BH if DEPTH == 2 else BV
+    N1: tl.constexpr = DK * D1
+    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
+    store_matrix(ptr, W1, DK, D1, BK, B1)
+    store_matrix(ptr + N1 + N2, S1, DK, D1, BK, B1)
+    if DEPTH == 2:
+        store_matrix(ptr + N1, W2, DH, DV, BH, BV)
+        store_matrix(ptr + 2 * N1 + N2, S2, DH, DV, BH, BV)
+
+
+@triton.jit
+def chunk_rows(ci, T, CHUNK: tl.constexpr, idx):
+    """First token of chunk ci, which of its BC tile rows are real tokens, and the index of
+    its last token (short for a ragged tail)."""
+    t0 = tl.cast(ci, tl.int64) * CHUNK
+    valid = (idx < CHUNK) & (t0 + idx < T)
+    last = tl.minimum(CHUNK, T - t0) - 1
+    return t0, valid, last
+
+
+@triton.jit
+def load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+               DK: tl.constexpr, DV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """One chunk's q, k, v and gates; token i of the chunk is row row0 + i * H of the
+    [B*T*H, D] view of the contiguous [B, T, H, D] tensors."""
+    q = load_tokens(q_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
+    k = load_tokens(k_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
+    v = load_tokens(v_ptr + row0 * DV, 0, valid, DV, BC, BV, H * DV)
+    theta = load_gate(theta_ptr + row0, 0, valid, BC, H)
+    le = load_gate(le_ptr + row0, 0, valid, BC, H)
+    lr = load_gate(lr_ptr + row0, 0, valid, BC, H)
+    return q, k, v, theta, le, lr

@@ -72,6 +72,8 @@ def _kernel_meta(q, v, hidden, chunk_size, activation, max_grad_norm):
     return {
         "DK": DK, "DH": DH, "DV": DV, "BK": _pad(DK), "BH": _pad(DH), "BV": _pad(DV),
         "CHUNK": chunk_size, "BC": _pad(chunk_size), "DEPTH": 2 if hidden else 1,
+        # floats per (batch, head) in the flat state, W1, W2, S1, S2 (pack_state's layout)
+        "NSTATE": 2 * (DK * hidden + hidden * DV) if hidden else 2 * DK * DV,
         "ACT": ACTIVATION_CODES[activation], "CLIP": max_grad_norm > 0,
         # fp32 inputs get fp32 products (the tests' exactness); bf16/fp16 inputs already
         # carry less precision than TF32, so their products use the tensor cores.

@@ -18,21 +18,23 @@ import triton
 import triton.language as tl
 
 from .triton_chunk import (
+    EPS,
     act_fn,
     act_grad,
     act_grad2,
     at_index,
+    chunk_rows,
     clip_scale,
     decays,
-    load_gate,
-    load_matrix,
+    load_chunk,
+    load_state,
     load_tokens,
     mm,
     rev_cumsum,
     row_at,
     segment_sum_adjoint,
     store_gate,
-    store_matrix,
+    store_state,
     store_tokens,
 )
 
@@ -100,48 +102,25 @@ def scan_forward_kernel(
     DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
     BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
     CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    CLIP: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
+    NSTATE: tl.constexpr, CLIP: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
-    D1: tl.constexpr = DH if DEPTH == 2 else DV  # layer 1's output width
-    B1: tl.constexpr = BH if DEPTH == 2 else BV
-    N1: tl.constexpr = DK * D1
-    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
-    NSTATE: tl.constexpr = 2 * (N1 + N2)
     base_state = pid.to(tl.int64) * NSTATE
-    W1 = load_matrix(state_ptr + base_state, DK, D1, BK, B1)
-    S1 = load_matrix(state_ptr + base_state + N1 + N2, DK, D1, BK, B1)
-    if DEPTH == 2:
-        W2 = load_matrix(state_ptr + base_state + N1, DH, DV, BH, BV)
-        S2 = load_matrix(state_ptr + base_state + 2 * N1 + N2, DH, DV, BH, BV)
-    else:
-        W2 = W1
-        S2 = S1
+    W1, S1, W2, S2 = load_state(state_ptr + base_state, DK, DH, DV, BK, BH, BV, DEPTH)
 
     tok0 = (b.to(tl.int64) * T) * H + h  # row index of token 0 of this (b, h) in [B*T*H]
     idx = tl.arange(0, BC)
     n_chunks = tl.cdiv(T, CHUNK)
     for ci in range(n_chunks):
-        t0 = tl.cast(ci, tl.int64) * CHUNK
-        valid = (idx < CHUNK) & (t0 + idx < T)
-        last = tl.minimum(CHUNK, T - t0) - 1
+        t0, valid, last = chunk_rows(ci, T, CHUNK, idx)
         if SAVE:
             base_saved = (pid.to(tl.int64) * n_chunks + ci) * NSTATE
-            store_matrix(saved_ptr + base_saved, W1, DK, D1, BK, B1)
-            store_matrix(saved_ptr + base_saved + N1 + N2, S1, DK, D1, BK, B1)
-            if DEPTH == 2:
-                store_matrix(saved_ptr + base_saved + N1, W2, DH, DV, BH, BV)
-                store_matrix(saved_ptr + base_saved + 2 * N1 + N2, S2, DH, DV, BH, BV)
-        # Token (t0 + i) of this (b, h) is row tok0 + (t0 + i) * H of the [B*T*H, D] view.
+            store_state(saved_ptr + base_saved, W1, S1, W2, S2, DK, DH, DV, BK, BH, BV, DEPTH)
         row0 = tok0 + t0 * H
-        q = load_tokens(q_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-        k = load_tokens(k_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-        v = load_tokens(v_ptr + row0 * DV, 0, valid, DV, BC, BV, H * DV)
-        theta = load_gate(theta_ptr + row0, 0, valid, BC, H)
-        le = load_gate(le_ptr + row0, 0, valid, BC, H)
-        lr = load_gate(lr_ptr + row0, 0, valid, BC, H)
+        q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                            DK, DV, BC, BK, BV)
         (y, z0, a1, dphi0, d0, d1, raw, sq, sqa0, sqd0, sqa1, sqd1, theta_eff,
          A, E, P, G, c, em, f, s0, hW0, hS0, y0, h1, s1, hW1, hS1) = recompute_chunk(
             q, k, v, theta, le, lr, W1, S1, W2, S2, valid, max_norm, BC, DEPTH, ACT, CLIP, PRECISION)
@@ -161,11 +140,7 @@ def scan_forward_kernel(
             S2 = mT * S2 - mm(tl.trans(a1), n[:, None] * d1, PRECISION)
             W2 = W2n
 
-    store_matrix(state_out_ptr + base_state, W1, DK, D1, BK, B1)
-    store_matrix(state_out_ptr + base_state + N1 + N2, S1, DK, D1, BK, B1)
-    if DEPTH == 2:
-        store_matrix(state_out_ptr + base_state + N1, W2, DH, DV, BH, BV)
-        store_matrix(state_out_ptr + base_state + 2 * N1 + N2, S2, DH, DV, BH, BV)
+    store_state(state_out_ptr + base_state, W1, S1, W2, S2, DK, DH, DV, BK, BH, BV, DEPTH)
 
 
 @triton.jit
@@ -176,51 +151,26 @@ def scan_backward_kernel(
     DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
     BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr,
     CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    CLIP: tl.constexpr, PRECISION: tl.constexpr,
+    NSTATE: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
-    D1: tl.constexpr = DH if DEPTH == 2 else DV
-    B1: tl.constexpr = BH if DEPTH == 2 else BV
-    N1: tl.constexpr = DK * D1
-    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
-    NSTATE: tl.constexpr = 2 * (N1 + N2)
     base_state = pid.to(tl.int64) * NSTATE
     # Gradients w.r.t. the state after the current chunk (start: the end state's).
-    dW1n = load_matrix(dstate_ptr + base_state, DK, D1, BK, B1)
-    dS1n = load_matrix(dstate_ptr + base_state + N1 + N2, DK, D1, BK, B1)
-    if DEPTH == 2:
-        dW2n = load_matrix(dstate_ptr + base_state + N1, DH, DV, BH, BV)
-        dS2n = load_matrix(dstate_ptr + base_state + 2 * N1 + N2, DH, DV, BH, BV)
-    else:
-        dW2n = dW1n
-        dS2n = dS1n
+    dW1n, dS1n, dW2n, dS2n = load_state(dstate_ptr + base_state, DK, DH, DV, BK, BH, BV, DEPTH)
 
     tok0 = (b.to(tl.int64) * T) * H + h
     idx = tl.arange(0, BC)
     n_chunks = tl.cdiv(T, CHUNK)
     for rev in range(n_chunks):
         ci = n_chunks - 1 - rev
-        t0 = tl.cast(ci, tl.int64) * CHUNK
-        valid = (idx < CHUNK) & (t0 + idx < T)
-        last = tl.minimum(CHUNK, T - t0) - 1
+        t0, valid, last = chunk_rows(ci, T, CHUNK, idx)
         base_saved = (pid.to(tl.int64) * n_chunks + ci) * NSTATE
-        W1 = load_matrix(saved_ptr + base_saved, DK, D1, BK, B1)
-        S1 = load_matrix(saved_ptr + base_saved + N1 + N2, DK, D1, BK, B1)
-        if DEPTH == 2:
-            W2 = load_matrix(saved_ptr + base_saved + N1, DH, DV, BH, BV)
-            S2 = load_matrix(saved_ptr + base_saved + 2 * N1 + N2, DH, DV, BH, BV)
-        else:
-            W2 = W1
-            S2 = S1
+        W1, S1, W2, S2 = load_state(saved_ptr + base_saved, DK, DH, DV, BK, BH, BV, DEPTH)
         row0 = tok0 + t0 * H
-        q = load_tokens(q_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-        k = load_tokens(k_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-        v = load_tokens(v_ptr + row0 * DV, 0, valid, DV, BC, BV, H * DV)
-        theta = load_gate(theta_ptr + row0, 0, valid, BC, H)
-        le = load_gate(le_ptr + row0, 0, valid, BC, H)
-        lr = load_gate(lr_ptr + row0, 0, valid, BC, H)
+        q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                            DK, DV, BC, BK, BV)
         dout = load_tokens(dy_ptr + row0 * DV, 0, valid, DV, BC, BV, H * DV)
         (y, z0, a1, dphi0, d0, d1, raw, sq, sqa0, sqd0, sqa1, sqd1, theta_eff,
          A, E, P, G, c, em, f, s0, hW0, hS0, y0, h1, s1, hW1, hS1) = recompute_chunk(
@@ -308,7 +258,7 @@ def scan_backward_kernel(
         # Inner-gradient clipping: theta_eff = theta * min(1, max_norm / sqrt(sq)).
         if CLIP:
             dtheta = dtheta_eff * tl.minimum(raw, 1.0)
-            dsq = tl.where(raw < 1.0, dtheta_eff * theta * (-0.5) * raw / (sq + 1e-30), 0.0)
+            dsq = tl.where(raw < 1.0, dtheta_eff * theta * (-0.5) * raw / (sq + EPS), 0.0)
             da0 += 2.0 * k * (dsq * sqd0)[:, None]
             dd0 += 2.0 * d0 * (dsq * sqa0)[:, None]
             if DEPTH == 2:
@@ -347,8 +297,4 @@ def scan_backward_kernel(
             dW2n = dW2
             dS2n = dS2
 
-    store_matrix(dstate0_ptr + base_state, dW1n, DK, D1, BK, B1)
-    store_matrix(dstate0_ptr + base_state + N1 + N2, dS1n, DK, D1, BK, B1)
-    if DEPTH == 2:
-        store_matrix(dstate0_ptr + base_state + N1, dW2n, DH, DV, BH, BV)
-        store_matrix(dstate0_ptr + base_state + 2 * N1 + N2, dS2n, DH, DV, BH, BV)
+    store_state(dstate0_ptr + base_state, dW1n, dS1n, dW2n, dS2n, DK, DH, DV, BK, BH, BV, DEPTH)
