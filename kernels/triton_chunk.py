@@ -1,12 +1,15 @@
-"""Triton building blocks for one chunk of the memory scan (used by triton_scan.py).
+"""Triton building blocks for one chunk of the memory scan (used by triton_scan*.py).
 
-The math is chunk.py's, line for line, with three Triton-specific choices:
+The math is chunk.py's, line for line, with these Triton-specific choices:
 
 - Every tile is padded to a power of two >= 16 (tl.dot's minimum on GPUs) and masked on
   load with zeros. Zero padding is exact: padded key/value/query entries are 0, act(0) = 0
   for every supported activation, padded tokens get theta = 0 and log-gates = 0, and the
   decay matrices are masked to the valid causal triangle, so padding never reaches a
   stored value.
+- Matmul operands are cast to the inputs' dtype (bf16/fp16: tensor cores at their full
+  rate) with fp32 accumulation; the state, decays and every sum stay fp32. fp32 inputs
+  get IEEE fp32 products (the tests' exactness).
 - Decays are exp of in-chunk segment sums of log-gates, masked to -inf before the exp,
   and their gradients are the segment sum's adjoint as two scans: never differences of
   cumulative sums, which cancel catastrophically (a test caught a 3.6e-4 error in the
@@ -14,6 +17,8 @@ The math is chunk.py's, line for line, with three Triton-specific choices:
 - "The last token of the chunk" is a runtime index (ragged tails), so its row of a matrix
   is taken with a masked reduction, not an index.
 
+Module-level constants are `tl.constexpr(...)` objects: a plain annotated global
+(`X: tl.constexpr = 0`) runs in the interpreter but is rejected by a GPU compile.
 No block pointers (removed in triton 3.9): plain base + offsets with masks everywhere.
 """
 
@@ -21,12 +26,18 @@ import triton
 import triton.language as tl
 
 # Activation codes shared with the Python side (triton_op.ACTIVATION_CODES).
-SILU: tl.constexpr = 0
-GELU: tl.constexpr = 1
-TANH: tl.constexpr = 2
-RELU: tl.constexpr = 3
+SILU = tl.constexpr(0)
+GELU = tl.constexpr(1)
+TANH = tl.constexpr(2)
+RELU = tl.constexpr(3)
 
-EPS: tl.constexpr = 1e-30  # chunk.py's _EPS: inside the clip's sqrt
+# Matmul operand types (triton_op.OPERAND_CODES): fp32 inputs multiply in IEEE fp32,
+# bf16/fp16 inputs on the tensor cores in their own type.
+OP_FP32 = tl.constexpr(0)
+OP_BF16 = tl.constexpr(1)
+OP_FP16 = tl.constexpr(2)
+
+EPS = tl.constexpr(1e-30)  # chunk.py's _EPS: inside the clip's sqrt
 
 
 @triton.jit
@@ -73,8 +84,27 @@ def act_grad2(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def mm(a, b, PRECISION: tl.constexpr):
-    return tl.dot(a, b, input_precision=PRECISION)
+def mm(a, b, OP: tl.constexpr):
+    """a @ b with fp32 accumulation; operands in the inputs' precision (see module doc)."""
+    if OP == OP_BF16:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif OP == OP_FP16:
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a, b, input_precision="ieee")
+    return out
+
+
+@triton.jit
+def mm_tn(a, b, OP: tl.constexpr):
+    """a^T @ b."""
+    return mm(tl.trans(a), b, OP)
+
+
+@triton.jit
+def mm_nt(a, b, OP: tl.constexpr):
+    """a @ b^T."""
+    return mm(a, tl.trans(b), OP)
 
 
 @triton.jit
@@ -87,6 +117,17 @@ def at_index(x, idx, i):
 def row_at(X, idx, i):
     """Row i of a 2-D tile as a 1-D tile."""
     return tl.sum(tl.where(idx[:, None] == i, X, 0.0), 0)
+
+
+@triton.jit
+def rowsum(x):
+    return tl.sum(x, 1)
+
+
+@triton.jit
+def frobenius(a, b):
+    """sum_ij a_ij b_ij as a scalar."""
+    return tl.sum(tl.sum(a * b, 1), 0)
 
 
 @triton.jit
@@ -107,51 +148,61 @@ def segment_sum_adjoint(Y, idx):
 
 
 @triton.jit
-def load_tokens(ptr, row0, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
+def load_tokens(ptr, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
     """[BR, BCOL] fp32 tile of a token-major tensor (rows = tokens), zero outside."""
     r = tl.arange(0, BR)
     c = tl.arange(0, BCOL)
-    offs = (row0 + r[:, None]).to(tl.int64) * row_stride + c[None, :]
+    offs = r[:, None].to(tl.int64) * row_stride + c[None, :]
     mask = rows_valid[:, None] & (c[None, :] < n_cols)
     return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def store_tokens(ptr, x, row0, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
+def store_tokens(ptr, x, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
     c = tl.arange(0, BCOL)
-    offs = (row0 + r[:, None]).to(tl.int64) * row_stride + c[None, :]
+    offs = r[:, None].to(tl.int64) * row_stride + c[None, :]
     mask = rows_valid[:, None] & (c[None, :] < n_cols)
     tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def load_gate(ptr, row0, rows_valid, BR: tl.constexpr, row_stride):
+def load_gate(ptr, rows_valid, BR: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
-    return tl.load(ptr + (row0 + r).to(tl.int64) * row_stride, mask=rows_valid, other=0.0).to(tl.float32)
+    return tl.load(ptr + r.to(tl.int64) * row_stride, mask=rows_valid, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def store_gate(ptr, x, row0, rows_valid, BR: tl.constexpr, row_stride):
+def store_gate(ptr, x, rows_valid, BR: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
-    tl.store(ptr + (row0 + r).to(tl.int64) * row_stride, x, mask=rows_valid)
+    tl.store(ptr + r.to(tl.int64) * row_stride, x, mask=rows_valid)
 
 
 @triton.jit
-def load_matrix(ptr, n_rows, n_cols, BR: tl.constexpr, BCOL: tl.constexpr):
-    """A row-major [n_rows, n_cols] fp32 matrix (one memory layer) padded to [BR, BCOL]."""
-    r = tl.arange(0, BR)
-    c = tl.arange(0, BCOL)
+def load_tile(ptr, n_rows, n_cols, row0, col0, BR: tl.constexpr, BCOL: tl.constexpr):
+    """Rows [row0, row0 + BR) x cols [col0, col0 + BCOL) of a row-major fp32
+    [n_rows, n_cols] matrix, zero outside it."""
+    r = row0 + tl.arange(0, BR)
+    c = col0 + tl.arange(0, BCOL)
     mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
     return tl.load(ptr + r[:, None] * n_cols + c[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
-def store_matrix(ptr, x, n_rows, n_cols, BR: tl.constexpr, BCOL: tl.constexpr):
-    r = tl.arange(0, BR)
-    c = tl.arange(0, BCOL)
+def store_tile(ptr, x, n_rows, n_cols, row0, col0, BR: tl.constexpr, BCOL: tl.constexpr):
+    r = row0 + tl.arange(0, BR)
+    c = col0 + tl.arange(0, BCOL)
     mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
     tl.store(ptr + r[:, None] * n_cols + c[None, :], x, mask=mask)
+
+
+@triton.jit
+def copy_flat(src, dst, n, BLOCK: tl.constexpr):
+    """dst[:n] = src[:n] (one flat state), BLOCK floats at a time."""
+    offs = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        m = start + offs < n
+        tl.store(dst + start + offs, tl.load(src + start + offs, mask=m), mask=m)
 
 
 @triton.jit
@@ -164,19 +215,18 @@ def segment_sum(x, idx):
 
 
 @triton.jit
-def decays(lr, le, theta_eff, valid, BC: tl.constexpr, PRECISION: tl.constexpr):
+def decays(lr, le, theta_eff, valid, BC: tl.constexpr):
     """A[t,s] = prod_{s<j<=t} (1-alpha_j), E[t,s] = prod_{s<j<=t} eta_j (s <= t, valid),
-    P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em."""
+    P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em.
+    P is an fp32 product: it is a sum of positive decays, and bf16 would cost 3 digits."""
     idx = tl.arange(0, BC)
     causal = (idx[:, None] >= idx[None, :]) & valid[:, None] & valid[None, :]
     A = tl.exp(tl.where(causal, segment_sum(lr, idx), float("-inf")))
     E = tl.exp(tl.where(causal, segment_sum(le, idx), float("-inf")))
-    cl = tl.cumsum(lr, 0)
-    cm = tl.cumsum(le, 0)
-    P = mm(A, E, PRECISION)
+    P = mm(A, E, OP_FP32)
     G = P * theta_eff[None, :]
-    c = tl.exp(cl)
-    em = tl.exp(cm)
+    c = tl.exp(tl.cumsum(lr, 0))
+    em = tl.exp(tl.cumsum(le, 0))
     f = tl.sum(A * em[None, :], 1)
     return A, E, P, G, c, em, f
 
@@ -185,41 +235,6 @@ def decays(lr, le, theta_eff, valid, BC: tl.constexpr, PRECISION: tl.constexpr):
 def clip_scale(sq, max_norm):
     """raw = max_norm / |inner gradient|; theta is scaled by min(1, raw)."""
     return max_norm / tl.sqrt(sq + EPS)
-
-
-@triton.jit
-def load_state(ptr, DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-               BH: tl.constexpr, BV: tl.constexpr, DEPTH: tl.constexpr):
-    """(W1, S1, W2, S2) of one (batch, head) from the flat fp32 layout W1, W2, S1, S2
-    (triton_op.pack_state). At depth 1 the layer-2 entries repeat layer 1's."""
-    D1: tl.constexpr = DH if DEPTH == 2 else DV  # layer 1's output width
-    B1: tl.constexpr = BH if DEPTH == 2 else BV
-    N1: tl.constexpr = DK * D1
-    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
-    W1 = load_matrix(ptr, DK, D1, BK, B1)
-    S1 = load_matrix(ptr + N1 + N2, DK, D1, BK, B1)
-    if DEPTH == 2:
-        W2 = load_matrix(ptr + N1, DH, DV, BH, BV)
-        S2 = load_matrix(ptr + 2 * N1 + N2, DH, DV, BH, BV)
-    else:
-        W2 = W1
-        S2 = S1
-    return W1, S1, W2, S2
-
-
-@triton.jit
-def store_state(ptr, W1, S1, W2, S2, DK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
-                BK: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, DEPTH: tl.constexpr):
-    """Inverse of load_state."""
-    D1: tl.constexpr = DH if DEPTH == 2 else DV
-    B1: tl.constexpr = BH if DEPTH == 2 else BV
-    N1: tl.constexpr = DK * D1
-    N2: tl.constexpr = DH * DV if DEPTH == 2 else 0
-    store_matrix(ptr, W1, DK, D1, BK, B1)
-    store_matrix(ptr + N1 + N2, S1, DK, D1, BK, B1)
-    if DEPTH == 2:
-        store_matrix(ptr + N1, W2, DH, DV, BH, BV)
-        store_matrix(ptr + 2 * N1 + N2, S2, DH, DV, BH, BV)
 
 
 @triton.jit
@@ -237,10 +252,10 @@ def load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
                DK: tl.constexpr, DV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """One chunk's q, k, v and gates; token i of the chunk is row row0 + i * H of the
     [B*T*H, D] view of the contiguous [B, T, H, D] tensors."""
-    q = load_tokens(q_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-    k = load_tokens(k_ptr + row0 * DK, 0, valid, DK, BC, BK, H * DK)
-    v = load_tokens(v_ptr + row0 * DV, 0, valid, DV, BC, BV, H * DV)
-    theta = load_gate(theta_ptr + row0, 0, valid, BC, H)
-    le = load_gate(le_ptr + row0, 0, valid, BC, H)
-    lr = load_gate(lr_ptr + row0, 0, valid, BC, H)
+    q = load_tokens(q_ptr + row0 * DK, valid, DK, BC, BK, H * DK)
+    k = load_tokens(k_ptr + row0 * DK, valid, DK, BC, BK, H * DK)
+    v = load_tokens(v_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+    theta = load_gate(theta_ptr + row0, valid, BC, H)
+    le = load_gate(le_ptr + row0, valid, BC, H)
+    lr = load_gate(lr_ptr + row0, valid, BC, H)
     return q, k, v, theta, le, lr

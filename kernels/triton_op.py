@@ -21,13 +21,21 @@ from .chunk_math import log_gates
 from .state import MemoryState
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1, "tanh": 2, "relu": 3}
+# Matmul operand type per input dtype (triton_chunk.OP_*): bf16/fp16 on the tensor cores
+# in their own type with fp32 accumulation, fp32 as IEEE fp32.
+OPERAND_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SUPPORTED_DEPTHS = (1, 2)
-INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INPUT_DTYPES = tuple(OPERAND_CODES)
+# Saved for the backward: one checkpoint state every k chunks, with k the smallest that
+# keeps the checkpoints within this many bytes per token and head (the chunks between are
+# recomputed from the checkpoint in the backward).
+SAVED_BYTES_PER_TOKEN = 1024
+HIDDEN_TILE = 64  # hidden units per state tile (triton_scan.py)
 
 
 def _empty(shape, dtype, device) -> Tensor:
-    """Every output buffer comes from here (tests poison it with NaN to prove the kernels
-    write every element they return)."""
+    """Every output and scratch buffer comes from here (tests poison it with NaN to prove
+    the kernels write every element they return and read no scratch they did not write)."""
     return torch.empty(shape, dtype=dtype, device=device)
 
 
@@ -59,102 +67,122 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
     return None
 
 
-def _pad(n: int) -> int:
+def pad(n: int) -> int:
+    """Tile extent for n: a power of two >= 16 (tl.dot's minimum on GPUs)."""
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _dims(q: Tensor, v: Tensor, hidden: int):
-    return q.shape[0], q.shape[1], q.shape[2], q.shape[3], hidden, v.shape[3]
+def state_size(DK: int, hidden: int, DV: int) -> int:
+    """Floats per (batch, head) in the flat state (W1, W2, S1, S2; pack_state's layout)."""
+    return 2 * (DK * hidden + hidden * DV) if hidden else 2 * DK * DV
 
 
-def _kernel_meta(q, v, hidden, chunk_size, activation, max_grad_norm):
-    DK, DV, DH = q.shape[3], v.shape[3], max(hidden, 1)
+def checkpoint_interval(nstate: int, chunk_size: int) -> int:
+    """Chunks per saved checkpoint: the smallest k with nstate * 4 / (k * chunk) <= budget."""
+    return max(1, -(-nstate * 4 // (SAVED_BYTES_PER_TOKEN * chunk_size)))
+
+
+def kernel_meta(DK: int, hidden: int, DV: int, chunk_size: int, activation: str, clip: bool,
+                dtype: torch.dtype, checkpoint_every: int) -> dict:
+    """Compile-time parameters of both kernels for one configuration (also what
+    kernels/compile_report.py compiles)."""
+    DT = hidden if hidden else DV  # the tiled width: hidden units, or W's columns at depth 1
+    BT = min(HIDDEN_TILE, pad(DT))  # read at call time: tests shrink it to get several tiles
+    BC = pad(chunk_size)
     return {
-        "DK": DK, "DH": DH, "DV": DV, "BK": _pad(DK), "BH": _pad(DH), "BV": _pad(DV),
-        "CHUNK": chunk_size, "BC": _pad(chunk_size), "DEPTH": 2 if hidden else 1,
-        # floats per (batch, head) in the flat state, W1, W2, S1, S2 (pack_state's layout)
-        "NSTATE": 2 * (DK * hidden + hidden * DV) if hidden else 2 * DK * DV,
-        "ACT": ACTIVATION_CODES[activation], "CLIP": max_grad_norm > 0,
-        # fp32 inputs get fp32 products (the tests' exactness); bf16/fp16 inputs already
-        # carry less precision than TF32, so their products use the tensor cores.
-        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-        "num_warps": 8 if hidden else 4,
+        "DK": DK, "DT": DT, "DV": DV, "BK": pad(DK), "BT": BT, "BV": pad(DV), "NT": -(-DT // BT),
+        "CHUNK": chunk_size, "BC": BC, "DEPTH": 2 if hidden else 1,
+        "NSTATE": state_size(DK, hidden, DV), "CKPT": checkpoint_every,
+        "ACT": ACTIVATION_CODES[activation], "CLIP": clip, "OP": OPERAND_CODES[dtype],
+        "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
     }
+
+
+def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every):
+    return kernel_meta(q.shape[3], hidden, v.shape[3], chunk_size, activation, max_grad_norm > 0,
+                       q.dtype, checkpoint_every)
+
+
+def _saved_shape(B, H, T, chunk_size, checkpoint_every, nstate, save):
+    n_ckpt = -(-(-(-T // chunk_size)) // checkpoint_every)
+    return (B, H, n_ckpt, nstate) if save else (0,)
 
 
 @torch.library.custom_op("titans::memory_scan", mutates_args=())
 def memory_scan(
     q: Tensor, k: Tensor, v: Tensor, theta: Tensor, log_eta: Tensor, log_retain: Tensor,
     state: Tensor, hidden: int, chunk_size: int, activation: str, max_grad_norm: float,
-    save_states: bool,
+    save_states: bool, checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """q, k [B, T, H, DK], v [B, T, H, DV] (fp32/bf16/fp16, contiguous); theta and
     log-gates fp32 [B, T, H]; state fp32 [B, H, N]. Returns y [B, T, H, DV] in q's dtype,
-    the end state, and the chunk-start states [B, H, n_chunks, N] (empty unless saved)."""
+    the end state, and the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]: the
+    state at the start of every checkpoint_every-th chunk (empty unless save_states)."""
     from .triton_scan import scan_forward_kernel
 
-    B, T, H, _, _, DV = _dims(q, v, hidden)
-    n_chunks = -(-T // chunk_size)
-    y = _empty((B, T, H, DV), q.dtype, q.device)
-    state_out = _empty(state.shape, torch.float32, q.device)
-    saved = _empty((B, H, n_chunks, state.shape[-1]) if save_states else (0,), torch.float32, q.device)
+    B, T, H = q.shape[:3]
+    y = _empty((B, T, H, v.shape[3]), q.dtype, q.device)
+    state_out = state.clone()  # the kernel advances it in place
+    saved = _empty(_saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states),
+                   torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
-        q, k, v, theta, log_eta, log_retain, state, y, state_out, saved, T, H, max_grad_norm,
-        SAVE=save_states, **_kernel_meta(q, v, hidden, chunk_size, activation, max_grad_norm),
+        q, k, v, theta, log_eta, log_retain, state_out, y, saved, T, H, max_grad_norm,
+        SAVE=save_states, **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every),
     )
     return y, state_out, saved
 
 
 @memory_scan.register_fake
 def _memory_scan_fake(q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation,
-                      max_grad_norm, save_states):
-    B, T, H, _, _, DV = _dims(q, v, hidden)
-    n_chunks = -(-T // chunk_size)
-    saved_shape = (B, H, n_chunks, state.shape[-1]) if save_states else (0,)
-    return q.new_empty(B, T, H, DV), state.new_empty(state.shape), state.new_empty(saved_shape)
+                      max_grad_norm, save_states, checkpoint_every):
+    B, T, H = q.shape[:3]
+    saved_shape = _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
+    return q.new_empty(B, T, H, v.shape[3]), state.new_empty(state.shape), state.new_empty(saved_shape)
 
 
 @torch.library.custom_op("titans::memory_scan_backward", mutates_args=())
 def memory_scan_backward(
     dy: Tensor, dstate: Tensor, q: Tensor, k: Tensor, v: Tensor, theta: Tensor,
     log_eta: Tensor, log_retain: Tensor, saved: Tensor, hidden: int, chunk_size: int,
-    activation: str, max_grad_norm: float,
+    activation: str, max_grad_norm: float, checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (q, k, v, theta, log_eta, log_retain, state) from the gradients of
-    y and of the end state, recomputing each chunk from its saved start state."""
-    from .triton_scan import scan_backward_kernel
+    y and of the end state, recomputing the chunks of each checkpoint group."""
+    from .triton_scan_bwd import scan_backward_kernel
 
     B, T, H = q.shape[:3]
+    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
     dgates = [_empty(theta.shape, torch.float32, q.device) for _ in range(3)]
-    dstate0 = _empty(dstate.shape, torch.float32, q.device)
+    dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
+    replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
+    scratch = _empty((B * H, 2, meta["BC"], meta["DT"]), torch.float32, q.device)
     scan_backward_kernel[(B * H,)](
-        dy, dstate, q, k, v, theta, log_eta, log_retain, saved,
-        dq, dk, dv, *dgates, dstate0, T, H, max_grad_norm,
-        **_kernel_meta(q, v, hidden, chunk_size, activation, max_grad_norm),
+        dy, dstate0, q, k, v, theta, log_eta, log_retain, saved, replay, scratch,
+        dq, dk, dv, *dgates, T, H, max_grad_norm, **meta,
     )
     return dq, dk, dv, *dgates, dstate0
 
 
 @memory_scan_backward.register_fake
 def _memory_scan_backward_fake(dy, dstate, q, k, v, theta, log_eta, log_retain, saved, hidden,
-                               chunk_size, activation, max_grad_norm):
+                               chunk_size, activation, max_grad_norm, checkpoint_every):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             theta.new_empty(theta.shape), theta.new_empty(theta.shape), theta.new_empty(theta.shape),
             dstate.new_empty(dstate.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation, max_norm, save = inputs
+    q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation, max_norm, save, every = inputs
     ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2])
-    ctx.meta = (hidden, chunk_size, activation, max_norm, save)
+    ctx.meta = (hidden, chunk_size, activation, max_norm, save, every)
     ctx.state_shape = state.shape
 
 
 def _backward(ctx, dy, dstate, _dsaved):
-    hidden, chunk_size, activation, max_norm, saved_states = ctx.meta
+    hidden, chunk_size, activation, max_norm, saved_states, every = ctx.meta
     if not saved_states:
         raise RuntimeError("titans::memory_scan ran with save_states=False; it cannot be differentiated")
     q, k, v, theta, log_eta, log_retain, saved = ctx.saved_tensors
@@ -164,8 +192,8 @@ def _backward(ctx, dy, dstate, _dsaved):
         dstate = torch.zeros(ctx.state_shape, dtype=torch.float32, device=q.device)
     grads = memory_scan_backward(
         dy.contiguous(), dstate.float().contiguous(), q, k, v, theta, log_eta, log_retain, saved,
-        hidden, chunk_size, activation, max_norm)
-    return (*grads, None, None, None, None, None)
+        hidden, chunk_size, activation, max_norm, every)
+    return (*grads, None, None, None, None, None, None)
 
 
 memory_scan.register_autograd(_backward, setup_context=_setup_context)
@@ -189,7 +217,7 @@ def unpack_state(flat: Tensor, like: MemoryState) -> MemoryState:
 def triton_neural_memory(
     q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
     state: MemoryState, chunk_size: int = 64, activation: str = "silu",
-    max_grad_norm: float | None = None,
+    max_grad_norm: float | None = None, checkpoint_every: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract as chunk_neural_memory (q, k [B, T, H, D_k], v [B, T, H, D_v], gates
     [B, T, H]), computed by the Triton kernels. y comes back in q's dtype (the chunked
@@ -208,6 +236,10 @@ def triton_neural_memory(
     flat = pack_state(state)
     inputs = (q, k.to(q.dtype), v.to(q.dtype), theta.float(), log_eta, log_retain, flat)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if checkpoint_every is None:
+        checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)
+    elif checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every}")
     y, flat_out, _ = memory_scan(*(t.contiguous() for t in inputs), hidden, chunk_size, activation,
-                                 float(max_grad_norm or 0.0), save)
+                                 float(max_grad_norm or 0.0), save, checkpoint_every)
     return y, unpack_state(flat_out, state)

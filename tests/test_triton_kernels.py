@@ -55,10 +55,11 @@ def _grads(y, state, leaves, seed=1):
 def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, reference="chunk", **kw):
     """Triton (fp32 state, `dtype` inputs) against an fp64 reference: outputs, end state,
     gradients of every input and of the initial state."""
+    ref_kw = {name: value for name, value in kw.items() if name != "checkpoint_every"}
     ins_ref = [t.detach().requires_grad_() for t in inputs]
     st_ref = MemoryState(*[tuple(t.detach().requires_grad_() for t in ts) for ts in state])
     if reference == "chunk":
-        y_ref, s_ref = chunk_neural_memory(*ins_ref, st_ref, **kw)
+        y_ref, s_ref = chunk_neural_memory(*ins_ref, st_ref, **ref_kw)
     else:
         y_ref, s_ref = naive_neural_memory(*ins_ref, st_ref, kw["activation"], kw["chunk_size"], kw["max_grad_norm"])
     ins, st = _to(inputs, state, dtype)
@@ -82,6 +83,29 @@ def test_matches_chunked_path_on_ragged_shapes(depth, chunk, T, clip):
     pad to 32 and 64; clip=0.5 makes the inner-gradient clip active on most tokens."""
     inputs, state = memory_inputs(B=2, T=T, H=2, D=20, depth=depth, hidden=36)
     _compare(inputs, state, chunk_size=chunk, activation="silu", max_grad_norm=clip)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_several_state_tiles_and_checkpoint_groups(depth, clip, monkeypatch):
+    """The state walked in 16-wide tiles (hidden 36 and D_v 20: 3 and 2 tiles, the last
+    ragged) and a checkpoint every 3 chunks (5 chunks: groups of 3 and 2), so the
+    backward rebuilds chunk-start states from a checkpoint."""
+    monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
+    inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)
+    _compare(inputs, state, chunk_size=16, activation="silu", max_grad_norm=clip, checkpoint_every=3)
+
+
+def test_checkpoint_interval_keeps_saved_state_within_budget():
+    """Default config (head dim 64, hidden 256, chunk 64): 256 KiB of state per chunk, so a
+    checkpoint every 4 chunks is 1 KiB per token and head; depth 1 saves every chunk."""
+    n = triton_op.state_size(64, 256, 64)
+    assert triton_op.checkpoint_interval(n, 64) == 4
+    assert n * 4 / (4 * 64) == triton_op.SAVED_BYTES_PER_TOKEN
+    assert triton_op.checkpoint_interval(triton_op.state_size(64, 0, 64), 64) == 1
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
+        inputs, state = memory_inputs(B=1, T=4, H=1, D=4, depth=1, dtype=torch.float32)
+        triton_neural_memory(*[t.to(DEVICE) for t in inputs], state, checkpoint_every=0)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -145,10 +169,12 @@ def test_inference_saves_no_chunk_states():
     inputs, state = memory_inputs(B=1, T=40, H=1, D=16, depth=1, dtype=torch.float32)
     args = [t.to(DEVICE).contiguous() for t in inputs[:4]] + [torch.zeros(1, 40, 1, device=DEVICE)] * 2
     flat_state = triton_op.pack_state(state).to(DEVICE)
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, False)
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, False, 1)
     assert saved.numel() == 0
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, True)
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, True, 1)
     assert saved.shape == (1, 1, 3, 2 * 16 * 16)
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, True, 2)
+    assert saved.shape == (1, 1, 2, 2 * 16 * 16)  # 3 chunks, a checkpoint every 2
 
 
 def _op_args(depth, requires_grad):
@@ -157,7 +183,7 @@ def _op_args(depth, requires_grad):
     le, lr = torch.log(eta), torch.log1p(-alpha)
     tensors = [q, k, v, theta, le, lr, triton_op.pack_state(state).to(DEVICE)]
     tensors = [t.contiguous().requires_grad_(requires_grad) for t in tensors]
-    return (*tensors, 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad)
+    return (*tensors, 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2)
 
 
 @pytest.mark.parametrize("depth", [1, 2])

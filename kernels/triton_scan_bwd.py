@@ -1,0 +1,288 @@
+"""Triton backward kernel of the chunked memory scan.
+
+One program per (batch, head) walks the checkpoint groups in reverse. For a group it
+copies the saved checkpoint (the state at the group's first chunk) into a replay buffer
+and re-runs `chunk_step` without output to rebuild the start state of every chunk in the
+group (CKPT states of replay per program); then it differentiates the group's chunks last
+to first with `chunk_backward`. The gradient of the state after the current chunk lives in
+a per-program fp32 buffer (dstate_ptr), tiled like the state and rewritten in place, so the
+same tiling that keeps the forward on chip keeps the backward on chip.
+
+`chunk_backward` is chunk.py's chain rule at hidden-tile granularity. The tiles couple
+through sums that must be complete before their consumers, which gives three walks over
+the tiles per chunk:
+  1. end-state and retrieval terms per tile; sums over tiles of s1 = h1 a^T, dR0 =
+     -dy0 d0^T, the gate and decay coefficients' gradients and part of dd1 (depth 2);
+     per-tile partials dd0, da1 go to a per-program scratch buffer;
+  2. with the decay/gate gradients complete (the clip's dsq needs all of them): the clip
+     terms, du = dd0 * act'(z), the rest of dd1 (sum over tiles), dz0's first part;
+  3. (depth 2) with dd1 complete: dz1 = 2 dd1 and the key-path gradients of W1, W2, k.
+Tensors from the forward (z, a, act'(z), d0) are recomputed per tile, not stored.
+"""
+
+import triton
+import triton.language as tl
+
+from .triton_chunk import (
+    EPS,
+    OP_FP32,
+    act_fn,
+    act_grad,
+    act_grad2,
+    chunk_rows,
+    copy_flat,
+    decays,
+    frobenius,
+    load_chunk,
+    load_tile,
+    load_tokens,
+    mm,
+    mm_nt,
+    mm_tn,
+    rev_cumsum,
+    rowsum,
+    segment_sum_adjoint,
+    store_gate,
+    store_tile,
+    store_tokens,
+)
+from .triton_scan import chunk_step, end_coefficients, inner_errors, layer1_tile
+
+
+@triton.jit
+def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
+                   row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, H,
+                   DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                   BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
+                   DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+    """Gradients of one chunk. src: the chunk-start state; dst: on entry the gradient of the
+    state after the chunk, on exit that of the state before it; scr: [2, BC, DT] scratch.
+    Writes dq, dk, dv and the gate gradients of the chunk's tokens."""
+    L1: tl.constexpr = DK * DT
+    L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
+    idx = tl.arange(0, BC)
+    d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
+        src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT,
+        CLIP, OP)
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC)
+    g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
+    s0 = mm_nt(q, k, OP)
+    s0G = s0 * G
+    dsc1 = -mm_nt(dout, d1, OP) * G  # layer 2's d(score) (depth 2)
+    dd1 = tl.zeros([BC, BV], dtype=tl.float32)
+    s1 = tl.zeros([BC, BC], dtype=tl.float32)
+    dR0 = tl.zeros([BC, BC], dtype=tl.float32)
+    da0 = tl.zeros([BC, BK], dtype=tl.float32)
+    dq = tl.zeros([BC, BK], dtype=tl.float32)
+    dg = tl.zeros([BC], dtype=tl.float32)
+    dn = tl.zeros([BC], dtype=tl.float32)
+    dc = tl.zeros([BC], dtype=tl.float32)
+    df = tl.zeros([BC], dtype=tl.float32)
+    dcT = tl.sum(dg, 0)
+    dfT = dcT
+    dmT = dcT
+
+    # Walk 1: end-state and retrieval terms.
+    for j in range(NT):
+        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT,
+                                               BV, BC, DEPTH, ACT, OP)
+        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        dW1n = load_tile(dst, DK, DT, 0, j * BT, BK, BT)
+        dS1n = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        hW0 = mm(q, W1, OP)
+        hS0 = mm(q, S1, OP)
+        # End state: W' = c_T W + f_T S - a^T (g d), S' = m_T S - a^T (n d).
+        dW1 = cT * dW1n
+        dS1 = fT * dW1n + mT * dS1n
+        dcT += frobenius(dW1n, W1)
+        dfT += frobenius(dW1n, S1)
+        dmT += frobenius(dS1n, S1)
+        adW = mm(k, dW1n, OP)
+        adS = mm(k, dS1n, OP)
+        dd0 = -(g[:, None] * adW + n[:, None] * adS)
+        da0 -= mm_nt(g[:, None] * d0, dW1n, OP) + mm_nt(n[:, None] * d0, dS1n, OP)
+        dg -= rowsum(adW * d0)
+        dn -= rowsum(adS * d0)
+        if DEPTH == 2:
+            S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
+            dW2n = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV)
+            dS2n = load_tile(dst + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
+            y0 = c[:, None] * hW0 + f[:, None] * hS0 - mm(s0G, d0, OP)
+            h1 = act_fn(y0, ACT)
+            dW2 = cT * dW2n
+            dS2 = fT * dW2n + mT * dS2n
+            dcT += frobenius(dW2n, W2)
+            dfT += frobenius(dW2n, S2)
+            dmT += frobenius(dS2n, S2)
+            adW2 = mm(a, dW2n, OP)
+            adS2 = mm(a, dS2n, OP)
+            dd1 -= g[:, None] * adW2 + n[:, None] * adS2
+            da1 = -(mm_nt(g[:, None] * d1, dW2n, OP) + mm_nt(n[:, None] * d1, dS2n, OP))
+            dg -= rowsum(adW2 * d1)
+            dn -= rowsum(adS2 * d1)
+            # Retrieval, layer 2: y1 = c (h1 W2) + f (h1 S2) - ((h1 a^T) * G) d1.
+            t = mm_nt(dout, W2, OP)
+            r = mm_nt(dout, S2, OP)
+            dc += rowsum(h1 * t)
+            df += rowsum(h1 * r)
+            dW2 += mm_tn(h1, c[:, None] * dout, OP)
+            dS2 += mm_tn(h1, f[:, None] * dout, OP)
+            s1 += mm_nt(h1, a, OP)
+            da1 += mm_tn(dsc1, h1, OP)
+            dy0 = (c[:, None] * t + f[:, None] * r + mm(dsc1, a, OP)) * act_grad(y0, ACT)
+        else:
+            dy0 = load_tokens(dy_ptr + row0 * DV + j * BT, valid, DV - j * BT, BC, BT, H * DV)
+        # Retrieval, layer 1: y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0.
+        dc += rowsum(dy0 * hW0)
+        df += rowsum(dy0 * hS0)
+        dW1 += mm_tn(q, c[:, None] * dy0, OP)
+        dS1 += mm_tn(q, f[:, None] * dy0, OP)
+        dR0 -= mm_nt(dy0, d0, OP)
+        dd0 -= mm_tn(s0G, dy0, OP)
+        dq += mm_nt(c[:, None] * dy0, W1, OP) + mm_nt(f[:, None] * dy0, S1, OP)
+        tl.debug_barrier()  # every thread has read tile j of dst before it is overwritten
+        store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
+        store_tile(dst + L1 + L2, dS1, DK, DT, 0, j * BT, BK, BT)
+        store_tile(scr, dd0, BC, DT, 0, j * BT, BC, BT)
+        if DEPTH == 2:
+            store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
+            store_tile(dst + 2 * L1 + L2, dS2, DT, DV, j * BT, 0, BT, BV)
+            store_tile(scr + BC * DT, da1, BC, DT, 0, j * BT, BC, BT)
+
+    # Scores and decays (every tile's terms are in).
+    if DEPTH == 2:
+        dd1 -= mm_tn(s1 * G, dout, OP)
+        dG = -mm_nt(dout, d1, OP) * s1
+    else:
+        dG = s0 * 0.0
+    dsc0 = dR0 * G
+    dG += dR0 * s0
+    da0 += mm_tn(dsc0, q, OP)
+    dq += mm(dsc0, k, OP)
+    dG += tl.where(idx[:, None] == last, dg[None, :], 0.0)
+    dtheta_eff = tl.sum(dG * P, 0) + dn * Elast
+    dP = dG * theta_eff[None, :]
+    dE = mm_tn(A, dP, OP_FP32) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
+    dA = mm_nt(dP, E, OP_FP32)
+    dc += tl.where(idx == last, dcT, 0.0)
+    df += tl.where(idx == last, dfT, 0.0)
+    dA += df[:, None] * em[None, :]
+    dem = tl.sum(A * df[:, None], 0) + tl.where(idx == last, dmT, 0.0)
+    dlr = rev_cumsum(dc * c) + segment_sum_adjoint(dA * A, idx)
+    dle = rev_cumsum(dem * em) + segment_sum_adjoint(dE * E, idx)
+
+    # Inner-gradient clipping: theta_eff = theta * min(1, max_norm / sqrt(sq)).
+    if CLIP:
+        dtheta = dtheta_eff * tl.minimum(raw, 1.0)
+        dsq = tl.where(raw < 1.0, dtheta_eff * theta * (-0.5) * raw / (sq + EPS), 0.0)
+        da0 += 2.0 * k * (dsq * sqd0)[:, None]
+        dd1 += 2.0 * d1 * (dsq * sqa1)[:, None]
+    else:
+        dtheta = dtheta_eff
+        dsq = dtheta * 0.0
+    store_gate(dth_ptr + row0, dtheta, valid, BC, H)
+    store_gate(dle_ptr + row0, dle, valid, BC, H)
+    store_gate(dlr_ptr + row0, dlr, valid, BC, H)
+    tl.debug_barrier()  # walk 1's scratch and dst tiles are visible to every thread
+
+    # Walk 2: clip terms and the key path of layer 1 (all of it at depth 1).
+    for j in range(NT):
+        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT,
+                                               BV, BC, DEPTH, ACT, OP)
+        dd0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT)
+        if CLIP:
+            dd0 += 2.0 * d0 * (dsq * sqa0)[:, None]
+        if DEPTH == 2:
+            # d0 = (d1 W2^T) * act'(z): gradients to d1, W2 and z.
+            da1 = load_tile(scr + BC * DT, BC, DT, 0, j * BT, BC, BT)
+            if CLIP:
+                da1 += 2.0 * a * (dsq * sqd1)[:, None]
+            du = dd0 * phi
+            dd1 += mm(du, W2, OP)
+            dW2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV) + mm_tn(du, d1, OP)
+            dz0 = dd0 * u * act_grad2(z, ACT)
+            tl.debug_barrier()
+            store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
+            store_tile(scr, dz0, BC, DT, 0, j * BT, BC, BT)
+            store_tile(scr + BC * DT, da1, BC, DT, 0, j * BT, BC, BT)
+        else:
+            # d0 = 2 (k W - v).
+            dz0 = 2.0 * dd0
+            store_tokens(dv_ptr + row0 * DV + j * BT, -dz0, valid, DV - j * BT, BC, BT, H * DV)
+            dW1 = load_tile(dst, DK, DT, 0, j * BT, BK, BT) + mm_tn(k, dz0, OP)
+            da0 += mm_nt(dz0, W1, OP)
+            tl.debug_barrier()
+            store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
+
+    # Walk 3 (depth 2): d1 = 2 (act(k W1) W2 - v), with dd1 complete.
+    if DEPTH == 2:
+        tl.debug_barrier()
+        dz1 = 2.0 * dd1
+        store_tokens(dv_ptr + row0 * DV, -dz1, valid, DV, BC, BV, H * DV)
+        for j in range(NT):
+            W1 = load_tile(src, DK, DT, 0, j * BT, BK, BT)
+            W2 = load_tile(src + L1, DT, DV, j * BT, 0, BT, BV)
+            z = mm(k, W1, OP)
+            a = act_fn(z, ACT)
+            dz0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT)
+            da1 = load_tile(scr + BC * DT, BC, DT, 0, j * BT, BC, BT) + mm_nt(dz1, W2, OP)
+            dz0 += da1 * act_grad(z, ACT)
+            dW2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV) + mm_tn(a, dz1, OP)
+            dW1 = load_tile(dst, DK, DT, 0, j * BT, BK, BT) + mm_tn(k, dz0, OP)
+            da0 += mm_nt(dz0, W1, OP)
+            tl.debug_barrier()
+            store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
+            store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
+
+    store_tokens(dq_ptr + row0 * DK, dq, valid, DK, BC, BK, H * DK)
+    store_tokens(dk_ptr + row0 * DK, da0, valid, DK, BC, BK, H * DK)
+    tl.debug_barrier()  # the previous chunk reads dst and reuses scr
+
+
+@triton.jit
+def scan_backward_kernel(
+    dy_ptr, dstate_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, saved_ptr, replay_ptr, scratch_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr,
+    T, H, max_norm,
+    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NT: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
+    NSTATE: tl.constexpr, CKPT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):
+    """dstate_ptr holds the gradient of the end state on entry and that of the initial state
+    on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, 2, BC, DT] (fp32)."""
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    pid64 = pid.to(tl.int64)
+    dst = dstate_ptr + pid64 * NSTATE
+    replay = replay_ptr + pid64 * CKPT * NSTATE
+    scr = scratch_ptr + pid64 * 2 * BC * DT
+    tok0 = (b.to(tl.int64) * T) * H + h
+    idx = tl.arange(0, BC)
+    n_chunks = tl.cdiv(T, CHUNK)
+    n_ckpt = tl.cdiv(n_chunks, CKPT)
+    for rg in range(n_ckpt):
+        gi = n_ckpt - 1 - rg
+        c0 = gi * CKPT
+        n_in_group = tl.minimum(CKPT, n_chunks - c0)
+        copy_flat(saved_ptr + (pid64 * n_ckpt + gi) * NSTATE, replay, NSTATE, 1024)
+        tl.debug_barrier()
+        for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
+            t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
+            row0 = tok0 + t0 * H
+            q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                                DK, DV, BC, BK, BV)
+            chunk_step(replay + i * NSTATE, replay + (i + 1) * NSTATE, q, k, v, theta, le, lr, valid, last,
+                       max_norm, v_ptr + row0 * DV, v_ptr, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP,
+                       OP, False)
+        for r in range(n_in_group):
+            i = n_in_group - 1 - r
+            t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
+            row0 = tok0 + t0 * H
+            q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                                DK, DV, BC, BK, BV)
+            dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+            chunk_backward(replay + i * NSTATE, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
+                           row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, H,
+                           DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
