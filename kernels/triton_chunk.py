@@ -8,8 +8,10 @@ The math is chunk.py's, line for line, with these Triton-specific choices:
   decay matrices are masked to the valid causal triangle, so padding never reaches a
   stored value.
 - Matmul operands are cast to the inputs' dtype (bf16/fp16: tensor cores at their full
-  rate) with fp32 accumulation; the state, decays and every sum stay fp32. fp32 inputs
-  get IEEE fp32 products (the tests' exactness).
+  rate) with fp32 accumulation; the state, decays and every sum stay fp32. Products of
+  fp32-only operands (the decay matrices) use TF32 with bf16/fp16 inputs, whose own
+  precision is below TF32's, and IEEE fp32 with fp32 inputs. (tf32x3 would be more
+  precise but its Triton lowering alone fills the register file at a 64-token chunk.)
 - Decays are exp of in-chunk segment sums of log-gates, masked to -inf before the exp,
   and their gradients are the segment sum's adjoint as two scans: never differences of
   cumulative sums, which cancel catastrophically (a test caught a 3.6e-4 error in the
@@ -31,8 +33,8 @@ GELU = tl.constexpr(1)
 TANH = tl.constexpr(2)
 RELU = tl.constexpr(3)
 
-# Matmul operand types (triton_op.OPERAND_CODES): fp32 inputs multiply in IEEE fp32,
-# bf16/fp16 inputs on the tensor cores in their own type.
+# Matmul operand types (triton_op.OPERAND_CODES): bf16/fp16 inputs on the tensor cores in
+# their own type, fp32 inputs in IEEE fp32 (the exact path, on the FMA units).
 OP_FP32 = tl.constexpr(0)
 OP_BF16 = tl.constexpr(1)
 OP_FP16 = tl.constexpr(2)
@@ -96,6 +98,29 @@ def mm(a, b, OP: tl.constexpr):
 
 
 @triton.jit
+def mm_f32(a, b, OP: tl.constexpr):
+    """a @ b of fp32-only operands (decay matrices): TF32 beside bf16/fp16 inputs."""
+    if OP == OP_FP32:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, input_precision="tf32")
+    return out
+
+
+@triton.jit
+def operand(x, OP: tl.constexpr):
+    """x in the matmul operand type. For bf16/fp16 inputs loaded as fp32 this is exact,
+    and it halves the registers a chunk's q and k hold."""
+    if OP == OP_BF16:
+        out = x.to(tl.bfloat16)
+    elif OP == OP_FP16:
+        out = x.to(tl.float16)
+    else:
+        out = x
+    return out
+
+
+@triton.jit
 def mm_tn(a, b, OP: tl.constexpr):
     """a^T @ b."""
     return mm(tl.trans(a), b, OP)
@@ -152,7 +177,7 @@ def load_tokens(ptr, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, r
     """[BR, BCOL] fp32 tile of a token-major tensor (rows = tokens), zero outside."""
     r = tl.arange(0, BR)
     c = tl.arange(0, BCOL)
-    offs = r[:, None].to(tl.int64) * row_stride + c[None, :]
+    offs = r[:, None] * row_stride + c[None, :]  # int32 within a chunk; ptr carries the int64 base
     mask = rows_valid[:, None] & (c[None, :] < n_cols)
     return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
@@ -161,7 +186,7 @@ def load_tokens(ptr, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, r
 def store_tokens(ptr, x, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
     c = tl.arange(0, BCOL)
-    offs = r[:, None].to(tl.int64) * row_stride + c[None, :]
+    offs = r[:, None] * row_stride + c[None, :]
     mask = rows_valid[:, None] & (c[None, :] < n_cols)
     tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
 
@@ -169,13 +194,13 @@ def store_tokens(ptr, x, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexp
 @triton.jit
 def load_gate(ptr, rows_valid, BR: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
-    return tl.load(ptr + r.to(tl.int64) * row_stride, mask=rows_valid, other=0.0).to(tl.float32)
+    return tl.load(ptr + r * row_stride, mask=rows_valid, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def store_gate(ptr, x, rows_valid, BR: tl.constexpr, row_stride):
     r = tl.arange(0, BR)
-    tl.store(ptr + r.to(tl.int64) * row_stride, x, mask=rows_valid)
+    tl.store(ptr + r * row_stride, x, mask=rows_valid)
 
 
 @triton.jit
@@ -215,15 +240,15 @@ def segment_sum(x, idx):
 
 
 @triton.jit
-def decays(lr, le, theta_eff, valid, BC: tl.constexpr):
+def decays(lr, le, theta_eff, valid, BC: tl.constexpr, OP: tl.constexpr):
     """A[t,s] = prod_{s<j<=t} (1-alpha_j), E[t,s] = prod_{s<j<=t} eta_j (s <= t, valid),
     P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em.
-    P is an fp32 product: it is a sum of positive decays, and bf16 would cost 3 digits."""
+    P is a sum of positive decays: an fp32-operand product (mm_f32), never bf16."""
     idx = tl.arange(0, BC)
     causal = (idx[:, None] >= idx[None, :]) & valid[:, None] & valid[None, :]
     A = tl.exp(tl.where(causal, segment_sum(lr, idx), float("-inf")))
     E = tl.exp(tl.where(causal, segment_sum(le, idx), float("-inf")))
-    P = mm(A, E, OP_FP32)
+    P = mm_f32(A, E, OP)
     G = P * theta_eff[None, :]
     c = tl.exp(tl.cumsum(lr, 0))
     em = tl.exp(tl.cumsum(le, 0))
@@ -249,11 +274,12 @@ def chunk_rows(ci, T, CHUNK: tl.constexpr, idx):
 
 @triton.jit
 def load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-               DK: tl.constexpr, DV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk's q, k, v and gates; token i of the chunk is row row0 + i * H of the
-    [B*T*H, D] view of the contiguous [B, T, H, D] tensors."""
-    q = load_tokens(q_ptr + row0 * DK, valid, DK, BC, BK, H * DK)
-    k = load_tokens(k_ptr + row0 * DK, valid, DK, BC, BK, H * DK)
+               DK: tl.constexpr, DV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               OP: tl.constexpr):
+    """One chunk's q, k (in the operand type), v (fp32) and gates; token i of the chunk is
+    row row0 + i * H of the [B*T*H, D] view of the contiguous [B, T, H, D] tensors."""
+    q = operand(load_tokens(q_ptr + row0 * DK, valid, DK, BC, BK, H * DK), OP)
+    k = operand(load_tokens(k_ptr + row0 * DK, valid, DK, BC, BK, H * DK), OP)
     v = load_tokens(v_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
     theta = load_gate(theta_ptr + row0, valid, BC, H)
     le = load_gate(le_ptr + row0, valid, BC, H)

@@ -30,7 +30,7 @@ INPUT_DTYPES = tuple(OPERAND_CODES)
 # keeps the checkpoints within this many bytes per token and head (the chunks between are
 # recomputed from the checkpoint in the backward).
 SAVED_BYTES_PER_TOKEN = 1024
-HIDDEN_TILE = 64  # hidden units per state tile (triton_scan.py)
+HIDDEN_TILE = 16  # hidden units per state tile (triton_scan.py); 16 spills least (docs/kernels.md)
 
 
 def _empty(shape, dtype, device) -> Tensor:

@@ -41,6 +41,7 @@ from .triton_chunk import (
     load_tokens,
     mm,
     mm_nt,
+    operand,
     mm_tn,
     row_at,
     rowsum,
@@ -81,7 +82,8 @@ def inner_errors(st, k, v, theta, max_norm, v_ptr, valid, H,
                  DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
     """The chunk's coupled quantities, summed over hidden tiles: the last layer's inner
     error d1 (depth 2) and the clipped learning rate theta_eff with the clip's terms."""
-    sqa0 = rowsum(k * k)
+    kf = k.to(tl.float32)
+    sqa0 = rowsum(kf * kf)
     if DEPTH == 2:
         e = tl.zeros([BC, BV], dtype=tl.float32)
         sqa1 = tl.zeros([BC], dtype=tl.float32)
@@ -136,31 +138,33 @@ def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         src, k, v, theta, max_norm, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
-    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC)
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
-    sG = mm_nt(q, k, OP) * G
+    sG = operand(mm_nt(q, k, OP) * G, OP)
+    d1o = operand(d1, OP)  # from here on d1 is only a matmul operand
     y1 = tl.zeros([BC, BV], dtype=tl.float32)
+    s1 = tl.zeros([BC, BC], dtype=tl.float32)
     for j in range(NT):
-        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1, v_ptr, valid, H, DK, DT, DV, BK, BT, BV,
+        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1o, v_ptr, valid, H, DK, DT, DV, BK, BT, BV,
                                                BC, DEPTH, ACT, OP)
         S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         if DEPTH == 2:
             S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
         if WITH_OUTPUT:
             # Retrieval: y_l = c (h_l W_l) + f (h_l S_l) - ((h_l a_l^T) * G) d_l; at depth 2
-            # the second layer's terms are sums over hidden tiles.
+            # the second layer's terms (and its scores h1 a^T) are sums over hidden tiles.
             y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(sG, d0, OP)
             if DEPTH == 2:
                 h1 = act_fn(y0, ACT)
-                y1 += (c[:, None] * mm(h1, W2, OP) + f[:, None] * mm(h1, S2, OP)
-                       - mm(mm_nt(h1, a, OP) * G, d1, OP))
+                y1 += c[:, None] * mm(h1, W2, OP) + f[:, None] * mm(h1, S2, OP)
+                s1 += mm_nt(h1, a, OP)
             else:
                 store_tokens(y_ptr + j * BT, y0, valid, DV - j * BT, BC, BT, H * DV)
         W1n = cT * W1 + fT * S1 - mm_tn(k, g[:, None] * d0, OP)
         S1n = mT * S1 - mm_tn(k, n[:, None] * d0, OP)
         if DEPTH == 2:
-            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1, OP)
-            S2n = mT * S2 - mm_tn(a, n[:, None] * d1, OP)
+            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1o, OP)
+            S2n = mT * S2 - mm_tn(a, n[:, None] * d1o, OP)
         tl.debug_barrier()  # every thread has read tile j before it is overwritten
         store_tile(dst, W1n, DK, DT, 0, j * BT, BK, BT)
         store_tile(dst + L1 + L2, S1n, DK, DT, 0, j * BT, BK, BT)
@@ -170,6 +174,7 @@ def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y
     tl.debug_barrier()  # the next reader of dst sees every tile
     if WITH_OUTPUT:
         if DEPTH == 2:
+            y1 -= mm(operand(s1 * G, OP), d1o, OP)
             store_tokens(y_ptr, y1, valid, DV, BC, BV, H * DV)
 
 
@@ -202,6 +207,6 @@ def scan_forward_kernel(
                 copy_flat(st, saved_ptr + (pid.to(tl.int64) * n_ckpt + ci // CKPT) * NSTATE, NSTATE, 1024)
         row0 = tok0 + t0 * H
         q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                            DK, DV, BC, BK, BV)
+                                            DK, DV, BC, BK, BV, OP)
         chunk_step(st, st, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, y_ptr + row0 * DV,
                    H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)

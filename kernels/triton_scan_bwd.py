@@ -25,7 +25,6 @@ import triton.language as tl
 
 from .triton_chunk import (
     EPS,
-    OP_FP32,
     act_fn,
     act_grad,
     act_grad2,
@@ -37,7 +36,9 @@ from .triton_chunk import (
     load_tile,
     load_tokens,
     mm,
+    mm_f32,
     mm_nt,
+    operand,
     mm_tn,
     rev_cumsum,
     rowsum,
@@ -64,10 +65,10 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT,
         CLIP, OP)
-    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC)
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
     s0 = mm_nt(q, k, OP)
-    s0G = s0 * G
+    s0G = operand(s0 * G, OP)
     dsc1 = -mm_nt(dout, d1, OP) * G  # layer 2's d(score) (depth 2)
     dd1 = tl.zeros([BC, BV], dtype=tl.float32)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
@@ -162,8 +163,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     dG += tl.where(idx[:, None] == last, dg[None, :], 0.0)
     dtheta_eff = tl.sum(dG * P, 0) + dn * Elast
     dP = dG * theta_eff[None, :]
-    dE = mm_tn(A, dP, OP_FP32) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
-    dA = mm_nt(dP, E, OP_FP32)
+    dE = mm_f32(tl.trans(A), dP, OP) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
+    dA = mm_f32(dP, tl.trans(E), OP)
     dc += tl.where(idx == last, dcT, 0.0)
     df += tl.where(idx == last, dfT, 0.0)
     dA += df[:, None] * em[None, :]
@@ -175,7 +176,7 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     if CLIP:
         dtheta = dtheta_eff * tl.minimum(raw, 1.0)
         dsq = tl.where(raw < 1.0, dtheta_eff * theta * (-0.5) * raw / (sq + EPS), 0.0)
-        da0 += 2.0 * k * (dsq * sqd0)[:, None]
+        da0 += 2.0 * k.to(tl.float32) * (dsq * sqd0)[:, None]
         dd1 += 2.0 * d1 * (dsq * sqa1)[:, None]
     else:
         dtheta = dtheta_eff
@@ -272,7 +273,7 @@ def scan_backward_kernel(
             t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
             row0 = tok0 + t0 * H
             q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                                DK, DV, BC, BK, BV)
+                                                DK, DV, BC, BK, BV, OP)
             chunk_step(replay + i * NSTATE, replay + (i + 1) * NSTATE, q, k, v, theta, le, lr, valid, last,
                        max_norm, v_ptr + row0 * DV, v_ptr, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP,
                        OP, False)
@@ -281,7 +282,7 @@ def scan_backward_kernel(
             t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
             row0 = tok0 + t0 * H
             q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                                DK, DV, BC, BK, BV)
+                                                DK, DV, BC, BK, BV, OP)
             dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
             chunk_backward(replay + i * NSTATE, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
                            row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, H,
