@@ -8,10 +8,10 @@ The math is chunk.py's, line for line, with these Triton-specific choices:
   decay matrices are masked to the valid causal triangle, so padding never reaches a
   stored value.
 - Matmul operands are cast to the inputs' dtype (bf16/fp16: tensor cores at their full
-  rate) with fp32 accumulation; the state, decays and every sum stay fp32. Products of
-  fp32-only operands (the decay matrices) use TF32 with bf16/fp16 inputs, whose own
-  precision is below TF32's, and IEEE fp32 with fp32 inputs. (tf32x3 would be more
-  precise but its Triton lowering alone fills the register file at a 64-token chunk.)
+  rate) with fp32 accumulation; the state, decays and every sum stay fp32, and so does
+  every elementwise step. No TF32 anywhere: fp32 inputs multiply in IEEE fp32 (the exact
+  path); tf32x3 would be more precise than TF32, but its lowering alone fills the register
+  file at a 64-token chunk.
 - Decays are exp of in-chunk segment sums of log-gates, masked to -inf before the exp,
   and their gradients are the segment sum's adjoint as two scans: never differences of
   cumulative sums, which cancel catastrophically (a test caught a 3.6e-4 error in the
@@ -94,16 +94,6 @@ def mm(a, b, OP: tl.constexpr):
         out = tl.dot(a.to(tl.float16), b.to(tl.float16))
     else:
         out = tl.dot(a, b, input_precision="ieee")
-    return out
-
-
-@triton.jit
-def mm_f32(a, b, OP: tl.constexpr):
-    """a @ b of fp32-only operands (decay matrices): TF32 beside bf16/fp16 inputs."""
-    if OP == OP_FP32:
-        out = tl.dot(a, b, input_precision="ieee")
-    else:
-        out = tl.dot(a, b, input_precision="tf32")
     return out
 
 
@@ -243,12 +233,13 @@ def segment_sum(x, idx):
 def decays(lr, le, theta_eff, valid, BC: tl.constexpr, OP: tl.constexpr):
     """A[t,s] = prod_{s<j<=t} (1-alpha_j), E[t,s] = prod_{s<j<=t} eta_j (s <= t, valid),
     P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em.
-    P is a sum of positive decays: an fp32-operand product (mm_f32), never bf16."""
+    A and E (entries in (0, 1]) are matmul operands in the inputs' precision like every
+    other operand; P accumulates in fp32."""
     idx = tl.arange(0, BC)
     causal = (idx[:, None] >= idx[None, :]) & valid[:, None] & valid[None, :]
     A = tl.exp(tl.where(causal, segment_sum(lr, idx), float("-inf")))
     E = tl.exp(tl.where(causal, segment_sum(le, idx), float("-inf")))
-    P = mm_f32(A, E, OP)
+    P = mm(A, E, OP)
     G = P * theta_eff[None, :]
     c = tl.exp(tl.cumsum(lr, 0))
     em = tl.exp(tl.cumsum(le, 0))

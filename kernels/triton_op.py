@@ -67,6 +67,22 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
     return None
 
 
+def launch_problem(q: Tensor, v: Tensor, state: MemoryState, chunk_size: int, activation: str,
+                   max_grad_norm: float | None) -> str | None:
+    """Why the kernels for this configuration cannot launch on q's CUDA device (None when
+    they can, and always None under the interpreter, which has no per-block limits)."""
+    if q.device.type != "cuda":
+        return None
+    from .triton_compile import device_problem
+
+    hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
+    nstate = state_size(q.shape[-1], hidden, v.shape[-1])
+    meta = kernel_meta(q.shape[-1], hidden, v.shape[-1], chunk_size, activation, bool(max_grad_norm),
+                       q.dtype, checkpoint_interval(nstate, chunk_size), _arch(q.device))
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    return device_problem(tuple(sorted(meta.items())), q.dtype, index)
+
+
 def pad(n: int) -> int:
     """Tile extent for n: a power of two >= 16 (tl.dot's minimum on GPUs)."""
     return max(16, 1 << (n - 1).bit_length())
@@ -83,9 +99,9 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
 
 
 def kernel_meta(DK: int, hidden: int, DV: int, chunk_size: int, activation: str, clip: bool,
-                dtype: torch.dtype, checkpoint_every: int) -> dict:
-    """Compile-time parameters of both kernels for one configuration (also what
-    kernels/compile_report.py compiles)."""
+                dtype: torch.dtype, checkpoint_every: int, arch: int | None = None) -> dict:
+    """Compile-time parameters of both kernels for one configuration on sm_<arch> (None:
+    the interpreter); also what kernels/compile_report.py compiles."""
     DT = hidden if hidden else DV  # the tiled width: hidden units, or W's columns at depth 1
     BT = min(HIDDEN_TILE, pad(DT))  # read at call time: tests shrink it to get several tiles
     BC = pad(chunk_size)
@@ -95,12 +111,22 @@ def kernel_meta(DK: int, hidden: int, DV: int, chunk_size: int, activation: str,
         "NSTATE": state_size(DK, hidden, DV), "CKPT": checkpoint_every,
         "ACT": ACTIVATION_CODES[activation], "CLIP": clip, "OP": OPERAND_CODES[dtype],
         "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
+        # Without it ptxas caps an 8-warp sm_80 kernel at 128 registers and spills 2.5x more;
+        # on sm_90 the same cap makes ptxas spill more, so it is left to ptxas there.
+        "maxnreg": 255 if arch is not None and arch < 90 else None,
     }
+
+
+def _arch(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every):
     return kernel_meta(q.shape[3], hidden, v.shape[3], chunk_size, activation, max_grad_norm > 0,
-                       q.dtype, checkpoint_every)
+                       q.dtype, checkpoint_every, _arch(q.device))
 
 
 def _saved_shape(B, H, T, chunk_size, checkpoint_every, nstate, save):
@@ -228,6 +254,10 @@ def triton_neural_memory(
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device)
     if reason:
         raise ValueError(reason)
+    problem = launch_problem(q, v, state, chunk_size, activation, max_grad_norm)
+    if problem:
+        raise ValueError(f"titans.kernel = 'triton' cannot run here: {problem}; "
+                         "use 'auto' (falls back to 'chunk') or 'chunk'")
     B, T, H, _ = q.shape
     if T == 0:
         return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state

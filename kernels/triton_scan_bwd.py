@@ -36,7 +36,6 @@ from .triton_chunk import (
     load_tile,
     load_tokens,
     mm,
-    mm_f32,
     mm_nt,
     operand,
     mm_tn,
@@ -67,9 +66,10 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
         CLIP, OP)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
-    s0 = mm_nt(q, k, OP)
-    s0G = operand(s0 * G, OP)
-    dsc1 = -mm_nt(dout, d1, OP) * G  # layer 2's d(score) (depth 2)
+    # Walk 1 needs the [C, C] decays only through these two operands; A, E, P, G are
+    # recomputed after it rather than held in registers through it.
+    s0G = operand(mm_nt(q, k, OP) * G, OP)
+    dsc1 = operand(-mm_nt(dout, d1, OP) * G, OP)  # layer 2's d(score) (depth 2)
     dd1 = tl.zeros([BC, BV], dtype=tl.float32)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     dR0 = tl.zeros([BC, BC], dtype=tl.float32)
@@ -151,6 +151,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
             store_tile(scr + BC * DT, da1, BC, DT, 0, j * BT, BC, BT)
 
     # Scores and decays (every tile's terms are in).
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
+    s0 = mm_nt(q, k, OP)
     if DEPTH == 2:
         dd1 -= mm_tn(s1 * G, dout, OP)
         dG = -mm_nt(dout, d1, OP) * s1
@@ -163,8 +165,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     dG += tl.where(idx[:, None] == last, dg[None, :], 0.0)
     dtheta_eff = tl.sum(dG * P, 0) + dn * Elast
     dP = dG * theta_eff[None, :]
-    dE = mm_f32(tl.trans(A), dP, OP) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
-    dA = mm_f32(dP, tl.trans(E), OP)
+    dE = mm_tn(A, dP, OP) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
+    dA = mm_nt(dP, E, OP)
     dc += tl.where(idx == last, dcT, 0.0)
     df += tl.where(idx == last, dfT, 0.0)
     dA += df[:, None] * em[None, :]

@@ -1,0 +1,118 @@
+"""Roofline model of the Triton memory scan on an H100 (a model, not a measurement).
+
+    python -m titans_plugin.kernels.compile_report --ci --json /tmp/report.json
+    python bench/roofline.py --report /tmp/report.json          # prints, writes docs/kernels.md
+
+Per chunk and program (one program per (batch, head) walks the chunks; the state streams
+through L2 in hidden tiles), it counts from the kernels' structure:
+- tensor-core FLOPs executed (recomputation included) and useful FLOPs (the algorithm's
+  minimum: keys 3 products, retrieval 6, state update 4, in units of 2 C D H);
+- L2 bytes: state tiles read and written per walk, the backward's scratch and replay;
+- spill bytes from the compile report, assumed stored and reloaded once per tile step
+  (ptxas reports static sizes; the dynamic count is the model's assumption).
+A program's time per chunk is the larger of its tensor time (the SM's share of bf16 peak)
+and its memory time (L2 bytes at the per-SM L2 rate, capped by the aggregate L2 rate when
+every SM streams). One program per SM (the kernels use the whole register file). Predicted
+useful TFLOP/s = useful FLOPs / time, as % of the dense bf16 peak.
+"""
+
+import argparse
+import json
+import sys
+
+from common import publish
+
+# H100 SXM: dense bf16 peak, SMs, L2 bandwidth. L2: per-SM ~64 B/clk at 1.755 GHz; the
+# aggregate figure is a commonly measured L2 read bandwidth, an assumption of the model.
+PEAK_TFLOPS = 989.0
+SMS = 132
+L2_PER_SM_GBS = 112.0
+L2_TOTAL_GBS = 5500.0
+
+
+def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills: dict) -> dict:
+    """FLOPs and bytes per chunk and program for a depth-2 memory (head dim D, hidden H)."""
+    U = 2 * C * D * H  # one [C, D] x [D, H] product
+    small = 2 * C * C * D  # [C, C] x [C, D] products (decays, layer-2 scores)
+    state = 4 * (2 * D * H)  # bytes of W1 + W2 (fp32); S1 + S2 the same again
+    scratch = 4 * C * H
+    key_walks = 2 + (2 if clip else 0)  # inner_errors: k W1, a W2 (+ the clip's k W1, d1 W2^T)
+    fwd_flops = (key_walks + 12) * U + 3 * small
+    fwd_bytes = (key_walks // 2) * state + 2 * (2 * state)  # key walks read W; the step reads and writes W, S
+    replay = (every - 1) / every  # chunks rebuilt from a checkpoint in the backward
+    step_no_output = (key_walks + 6) * U  # z, u and four updates
+    bwd_flops = replay * step_no_output + (key_walks + 29 + 4 + 5) * U + 6 * small
+    bwd_bytes = (replay * (fwd_bytes) + (key_walks // 2) * state + 3 * (2 * state)  # walk 1: src, dst r/w
+                 + 2 * scratch + (state + 2 * scratch + state)  # walk 2
+                 + (state + 2 * scratch + 2 * state))  # walk 3
+    n_tiles = -(-H // tile)
+    steps = {"fwd": (key_walks // 2 + 1) * n_tiles, "bwd": (replay * (key_walks // 2 + 1) + key_walks // 2 + 3) * n_tiles}
+    threads = 256
+    return {
+        "useful": (13 + 26) * U,
+        "flops": {"fwd": fwd_flops, "bwd": bwd_flops},
+        "l2": {"fwd": fwd_bytes, "bwd": bwd_bytes},
+        "spill": {k: 2 * spills[k] * threads * steps[k] for k in ("fwd", "bwd")},
+    }
+
+
+def predict(C, D, H, tile, every, clip, spills, programs):
+    m = per_chunk(C, D, H, tile, every, clip, spills)
+    active = min(programs, SMS)
+    l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
+    sm_peak = PEAK_TFLOPS * 1e12 / SMS
+    t = sum(max(m["flops"][k] / sm_peak, (m["l2"][k] + m["spill"][k]) / l2_rate) for k in ("fwd", "bwd"))
+    waves = -(-programs // SMS)
+    # Each wave runs `active` programs side by side; time per chunk for all programs:
+    total = t * waves
+    useful_tflops = m["useful"] * programs / total / 1e12
+    return {"time_us": t * 1e6, "useful_tflops": useful_tflops, "pct_peak": 100 * useful_tflops / PEAK_TFLOPS,
+            "bound_fwd": "L2" if (m["l2"]["fwd"] + m["spill"]["fwd"]) / l2_rate > m["flops"]["fwd"] / sm_peak else "tensor",
+            "executed_over_useful": (m["flops"]["fwd"] + m["flops"]["bwd"]) / m["useful"], **m}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--report", required=True, help="JSON from compile_report --ci --json")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    reports = json.load(open(args.report))
+
+    def spill(kernel):
+        rows = [r for r in reports if r["kernel"] == kernel and r["arch"] == 90
+                and r["config"]["depth"] == 2 and r["config"]["dtype"] == "bf16"]
+        if not rows:
+            sys.exit(f"{args.report} has no sm_90 depth-2 bf16 {kernel} row")
+        return rows[0]["spill_stores"]
+
+    spills = {"fwd": spill("forward-train"), "bwd": spill("backward")}
+    C, D, H, tile, every = 64, 64, 256, 16, 4
+    rows = []
+    for BH in (32, 128, 256):
+        for T in (4096, 16384, 65536):
+            r = predict(C, D, H, tile, every, True, spills, BH)
+            rows.append([BH, T, f"{r['time_us'] * (T // C) / 1e3:.2f}", f"{r['useful_tflops']:.0f}",
+                         f"{r['pct_peak']:.1f}%", r["bound_fwd"]])
+    m = predict(C, D, H, tile, every, True, spills, 32)
+    MB = 1 / 2 ** 20
+    notes = [
+        f"Model inputs (default config: depth 2, head dim {D}, hidden {H}, chunk {C}, bf16, clip on, "
+        f"hidden tile {tile}, checkpoint every {every} chunks): per chunk and program "
+        f"{(m['flops']['fwd'] + m['flops']['bwd']) / 1e6:.0f} MFLOP executed for {m['useful'] / 1e6:.0f} MFLOP "
+        f"useful ({m['executed_over_useful']:.2f}x: recomputation), L2 traffic "
+        f"{(m['l2']['fwd'] + m['l2']['bwd']) * MB:.2f} MiB, spill traffic "
+        f"{(m['spill']['fwd'] + m['spill']['bwd']) * MB:.2f} MiB (compile report: {spills['fwd']} B forward, "
+        f"{spills['bwd']} B backward spill stores per thread).",
+        f"H100 assumptions: {PEAK_TFLOPS:.0f} TFLOP/s dense bf16 over {SMS} SMs, L2 {L2_PER_SM_GBS:.0f} GB/s per SM "
+        f"and {L2_TOTAL_GBS:.0f} GB/s in all, one program per SM. Time per token does not depend on T (a "
+        "sequential scan), so the percentage is flat in T; it depends on how many (batch, head) programs "
+        "fill the SMs.",
+    ]
+    header = ["B*H programs", "T", "fwd+bwd ms (per layer)", "useful TFLOP/s", "% of bf16 peak", "forward bound by"]
+    publish("Roofline model: Triton memory scan on H100 (a model, not a measurement)", header, rows,
+            doc=None if args.no_write else "docs/kernels.md", section="Roofline model (H100)", notes=notes,
+            command="python bench/roofline.py --report <compile_report --ci --json>")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Compile the Triton memory-scan kernels for H100 (sm_90) and A100 (sm_80) without a GPU,
+and report what each compiled kernel costs on chip.
+
+    python -m titans_plugin.kernels.compile_report            # defaults x2 archs, variations on sm_90
+    python -m titans_plugin.kernels.compile_report --ci       # what CI compiles
+    python -m titans_plugin.kernels.compile_report --full     # every supported configuration
+    python -m titans_plugin.kernels.compile_report --write docs/kernels.md
+
+Per kernel and configuration: registers per thread, spill stores/loads and stack (bytes
+per thread, from ptxas -v), shared memory against the per-block limit, and the tensor-core
+instructions in the SASS (HGMMA on sm_90, HMMA on sm_80, with their operand type) next to
+the static SASS instruction count. Needs only the triton wheel (it bundles ptxas and
+nvdisasm); no CUDA driver.
+"""
+
+import argparse
+import collections
+import dataclasses
+import itertools
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+
+from .triton_compile import KERNELS, TYPE_NAME, compile_for
+from .triton_op import checkpoint_interval, kernel_meta, state_size
+
+# Per-block shared-memory limits (opt-in maximum), bytes.
+SHARED_LIMIT = {90: 232_448, 80: 166_912}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    depth: int
+    head_dim: int
+    hidden: int  # 0 at depth 1
+    chunk: int
+    dtype: torch.dtype
+    clip: bool
+
+    def label(self) -> str:
+        width = f"D{self.head_dim}" + (f" h{self.hidden}" if self.depth == 2 else "")
+        return f"depth {self.depth} {width} C{self.chunk} {TYPE_NAME[self.dtype]} clip {'on' if self.clip else 'off'}"
+
+
+@dataclasses.dataclass
+class Report:
+    kernel: str  # forward-train, forward-infer, backward
+    config: Config
+    arch: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack: int
+    shared: int
+    tensor_core: dict  # instruction (e.g. HGMMA.64x16x16.F32.BF16) -> static count
+    sass_instructions: int
+
+    @property
+    def fits(self) -> bool:
+        return self.shared <= SHARED_LIMIT[self.arch]
+
+    @property
+    def tensor_core_types(self) -> set:
+        """Operand types of the tensor-core instructions (BF16, F16, TF32, ...)."""
+        return {name.rsplit(".", 1)[-1] for name in self.tensor_core}
+
+
+DEFAULT = Config(2, 64, 256, 64, torch.bfloat16, True)
+
+
+def variations() -> list[Config]:
+    """One-axis variations of the default configuration (compiled for the first arch only
+    in the default report; --full compiles everything for every arch)."""
+    rows = [Config(2, 64, 256, c, torch.bfloat16, True) for c in (16, 32, 128)]
+    rows += [Config(2, 64, 128, 64, torch.bfloat16, True), Config(2, 128, 256, 64, torch.bfloat16, True),
+             Config(2, 128, 512, 64, torch.bfloat16, True), Config(1, 128, 0, 64, torch.bfloat16, True)]
+    rows += [Config(2, 64, 256, 64, dt, True) for dt in (torch.float16, torch.float32)]
+    return rows + [Config(2, 64, 256, 64, torch.bfloat16, False)]
+
+
+def ci() -> list[Config]:
+    """What CI compiles: depth 1 and 2 at the default sizes, bf16."""
+    return [DEFAULT, Config(1, 64, 0, 64, torch.bfloat16, True)]
+
+
+def full() -> list[Config]:
+    """Every supported configuration: depth 1 and 2, head dim 64 and 128, hidden 2x and 4x,
+    chunk 16 to 128, three input types, clip on and off."""
+    out = []
+    for depth, d, chunk, dtype, clip in itertools.product(
+            (1, 2), (64, 128), (16, 32, 64, 128), TYPE_NAME, (True, False)):
+        for hidden in ((2 * d, 4 * d) if depth == 2 else (0,)):
+            out.append(Config(depth, d, hidden, chunk, dtype, clip))
+    return out
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def _ptxas_report(ptx: str, arch: int) -> dict:
+    """Registers, spills and stack from ptxas -v on the kernel's PTX. The triton wheel's
+    newest bundled ptxas reads the PTX version triton emits."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as fh:
+            fh.write(ptx)
+        ptxas = _tool("ptxas-blackwell") if os.path.exists(_tool("ptxas-blackwell")) else _tool("ptxas")
+        gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
+        out = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", path, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True, check=True).stderr
+
+    def num(pattern):
+        m = re.search(pattern, out)
+        if not m:
+            raise RuntimeError(f"ptxas -v output without {pattern!r}:\n{out}")
+        return int(m.group(1))
+
+    return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
+            "spill_loads": num(r"(\d+) bytes spill loads"), "stack": num(r"(\d+) bytes stack frame")}
+
+
+def _sass_counts(cubin: bytes) -> tuple[dict, int]:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(cubin)
+        sass = subprocess.run([_tool("nvdisasm"), path], capture_output=True, text=True, check=True).stdout
+    tensor_core = collections.Counter(re.findall(r"\b((?:HGMMA|HMMA)\.[\w.]+)", sass))
+    n_instr = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+\S", line))
+    return dict(tensor_core), n_instr
+
+
+def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
+    """kernel: 'forward-train' (saves checkpoints), 'forward-infer' or 'backward'."""
+    every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
+    meta = kernel_meta(cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch)
+    compiled = compile_for(kernel, meta, cfg.dtype, arch)
+    tensor_core, n_instr = _sass_counts(compiled.asm["cubin"])
+    return Report(kernel, cfg, arch, shared=compiled.metadata.shared, tensor_core=tensor_core,
+                  sass_instructions=n_instr, **_ptxas_report(compiled.asm["ptx"], arch))
+
+
+def _row(r: Report) -> list:
+    tc = ", ".join(f"{n} x{c}" for n, c in sorted(r.tensor_core.items())) or "none"
+    return [r.kernel, r.config.label(), f"sm_{r.arch}", r.registers, r.spill_stores, r.spill_loads, r.stack,
+            f"{r.shared:,} / {SHARED_LIMIT[r.arch]:,}", "yes" if r.fits else "**NO**", tc, r.sass_instructions]
+
+
+HEADER = ["kernel", "configuration", "arch", "regs", "spill st (B)", "spill ld (B)", "stack (B)",
+          "shared (B) / limit", "fits", "tensor-core instructions (static)", "SASS instr (static)"]
+
+
+def to_json(r: Report) -> dict:
+    out = dataclasses.asdict(r)
+    out["config"] = {**out["config"], "dtype": TYPE_NAME[r.config.dtype], "label": r.config.label()}
+    out["fits"] = r.fits
+    out["tensor_core_types"] = sorted(r.tensor_core_types)
+    return out
+
+
+def markdown(reports: list[Report]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(str(c) for c in _row(r)) + " |" for r in reports]
+    return "\n".join(lines)
+
+
+def run(configs: list[Config], archs=(90, 80), kernels=KERNELS,
+        progress=print) -> list[Report]:
+    reports = []
+    for cfg, arch, kernel in itertools.product(configs, archs, kernels):
+        r = compile_kernel(kernel, cfg, arch)
+        progress(" | ".join(str(c) for c in _row(r)))
+        reports.append(r)
+    return reports
+
+
+def write_section(path: str, body: str, command: str) -> None:
+    """Replace the text between the report markers in `path` (a docs page)."""
+    begin, end = "<!-- compile-report:begin -->", "<!-- compile-report:end -->"
+    text = open(path).read()
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no {begin} ... {end} markers")
+    import datetime
+
+    stamp = f"`{command}` (triton {__import__('triton').__version__}, {datetime.date.today()}, no GPU needed)"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w") as fh:
+        fh.write(f"{head}{begin}\nProduced by {stamp}:\n\n{body}\n{end}{tail}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--full", action="store_true", help="every supported configuration (hours on 2 cores)")
+    p.add_argument("--ci", action="store_true", help="only what CI compiles (depth 1 and 2, default sizes, bf16)")
+    p.add_argument("--json", metavar="PATH", help="also write the reports as JSON")
+    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
+    p.add_argument("--write", metavar="DOC", help="put the table between the compile-report markers of DOC")
+    args = p.parse_args()
+    print(" | ".join(HEADER))
+    if args.full:
+        reports = run(full(), tuple(args.arch))
+    else:
+        reports = run(ci(), tuple(args.arch))
+        if not args.ci:
+            reports += run(variations(), tuple(args.arch[:1]))
+    bad = [r for r in reports if not r.fits]
+    print(f"\n{len(reports)} kernels compiled, {len(bad)} over the shared-memory limit")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([to_json(r) for r in reports], fh, indent=1)
+    if args.write:
+        cmd = "python -m titans_plugin.kernels.compile_report" + (" --full" if args.full else "")
+        write_section(args.write, markdown(reports), cmd)
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

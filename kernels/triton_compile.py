@@ -1,0 +1,68 @@
+"""Ahead-of-time compilation of the scan kernels for a given GPU architecture, without a
+GPU: what the compile report reads, and what `auto` dispatch checks before it picks the
+kernels on a device (a kernel over the device's shared-memory limit would fail at launch)."""
+
+import functools
+
+import torch
+
+TYPE_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+KERNELS = ("forward-train", "forward-infer", "backward")
+
+
+def signature(kernel: str, dtype: torch.dtype) -> dict:
+    t = "*" + TYPE_NAME[dtype]
+    f = "*fp32"
+    if kernel.startswith("forward"):
+        names = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f, state_ptr=f, y_ptr=t, saved_ptr=f)
+    else:
+        names = dict(dy_ptr=t, dstate_ptr=f, q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f,
+                     saved_ptr=f, replay_ptr=f, scratch_ptr=f, dq_ptr=t, dk_ptr=t, dv_ptr=t,
+                     dtheta_ptr=f, dle_ptr=f, dlr_ptr=f)
+    return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
+
+
+def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
+    """The CompiledKernel of 'forward-train' (saves checkpoints), 'forward-infer' or
+    'backward' for one kernel_meta(...) and an sm_<arch> target."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .triton_scan import scan_forward_kernel
+    from .triton_scan_bwd import scan_backward_kernel
+
+    meta = dict(meta)
+    options = {"num_warps": meta.pop("num_warps"), "maxnreg": meta.pop("maxnreg"), "num_stages": 1}
+    if kernel.startswith("forward"):
+        fn = scan_forward_kernel
+        meta["SAVE"] = kernel == "forward-train"
+    else:
+        fn = scan_backward_kernel
+    sig = {**signature(kernel, dtype), **{name: "constexpr" for name in meta}}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=meta),
+                          target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def shared_memory_problem(meta: dict, dtype: torch.dtype, arch: int, limit: int,
+                          kernels=KERNELS) -> str | None:
+    """Why these kernels cannot launch on an sm_<arch> device whose blocks may use `limit`
+    bytes of shared memory (None when they can)."""
+    for kernel in kernels:
+        try:
+            shared = compile_for(kernel, meta, dtype, arch).metadata.shared
+        except Exception as e:  # a compile failure is a reason not to launch, never a crash
+            return f"the {kernel} kernel does not compile for sm_{arch} ({type(e).__name__}: {e})"
+        if shared > limit:
+            return (f"the {kernel} kernel needs {shared:,} bytes of shared memory per block and "
+                    f"sm_{arch} allows {limit:,}")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def device_problem(meta_items: tuple, dtype: torch.dtype, device_index: int) -> str | None:
+    """shared_memory_problem for a CUDA device, once per configuration and device."""
+    props = torch.cuda.get_device_properties(device_index)
+    arch = props.major * 10 + props.minor
+    limit = getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
+    return shared_memory_problem(dict(meta_items), dtype, arch, limit)
