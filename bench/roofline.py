@@ -8,8 +8,9 @@ through L2 in hidden tiles), it counts from the kernels' structure:
 - tensor-core FLOPs executed (recomputation included) and useful FLOPs (the algorithm's
   minimum: keys 3 products, retrieval 6, state update 4, in units of 2 C D H);
 - L2 bytes: state tiles read and written per walk, the backward's scratch and replay;
-- spill bytes from the compile report, assumed stored and reloaded once per tile step
-  (ptxas reports static sizes; the dynamic count is the model's assumption).
+- spill bytes from the compile report, stored and reloaded once per chunk (the main
+  columns) or once per tile step (the last column): ptxas reports static sizes, and which
+  is closer needs a GPU profile.
 A program's time per chunk is the larger of its tensor time (the SM's share of bf16 peak)
 and its memory time (L2 bytes at the per-SM L2 rate, capped by the aggregate L2 rate when
 every SM streams). One program per SM (the kernels use the whole register file). Predicted
@@ -20,7 +21,7 @@ import argparse
 import json
 import sys
 
-from common import publish
+from common import machine, publish, table
 
 # H100 SXM: dense bf16 peak, SMs, L2 bandwidth. L2: per-SM ~64 B/clk at 1.755 GHz; the
 # aggregate figure is a commonly measured L2 read bandwidth, an assumption of the model.
@@ -30,7 +31,7 @@ L2_PER_SM_GBS = 112.0
 L2_TOTAL_GBS = 5500.0
 
 
-def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills: dict) -> dict:
+def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills: dict, per_step: bool) -> dict:
     """FLOPs and bytes per chunk and program for a depth-2 memory (head dim D, hidden H)."""
     U = 2 * C * D * H  # one [C, D] x [D, H] product
     small = 2 * C * C * D  # [C, C] x [C, D] products (decays, layer-2 scores)
@@ -47,6 +48,8 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
                  + (state + 2 * scratch + 2 * state))  # walk 3
     n_tiles = -(-H // tile)
     steps = {"fwd": (key_walks // 2 + 1) * n_tiles, "bwd": (replay * (key_walks // 2 + 1) + key_walks // 2 + 3) * n_tiles}
+    if not per_step:  # spilled values stored and reloaded once per chunk
+        steps = {"fwd": 1, "bwd": 1 + replay}
     threads = 256
     return {
         "useful": (13 + 26) * U,
@@ -56,8 +59,8 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
     }
 
 
-def predict(C, D, H, tile, every, clip, spills, programs):
-    m = per_chunk(C, D, H, tile, every, clip, spills)
+def predict(C, D, H, tile, every, clip, spills, programs, per_step=False):
+    m = per_chunk(C, D, H, tile, every, clip, spills, per_step)
     active = min(programs, SMS)
     l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
     sm_peak = PEAK_TFLOPS * 1e12 / SMS
@@ -91,8 +94,9 @@ def main() -> None:
     for BH in (32, 128, 256):
         for T in (4096, 16384, 65536):
             r = predict(C, D, H, tile, every, True, spills, BH)
+            worst = predict(C, D, H, tile, every, True, spills, BH, per_step=True)
             rows.append([BH, T, f"{r['time_us'] * (T // C) / 1e3:.2f}", f"{r['useful_tflops']:.0f}",
-                         f"{r['pct_peak']:.1f}%", r["bound_fwd"]])
+                         f"{r['pct_peak']:.1f}%", r["bound_fwd"], f"{worst['pct_peak']:.2f}%"])
     m = predict(C, D, H, tile, every, True, spills, 32)
     MB = 1 / 2 ** 20
     notes = [
@@ -101,17 +105,21 @@ def main() -> None:
         f"{(m['flops']['fwd'] + m['flops']['bwd']) / 1e6:.0f} MFLOP executed for {m['useful'] / 1e6:.0f} MFLOP "
         f"useful ({m['executed_over_useful']:.2f}x: recomputation), L2 traffic "
         f"{(m['l2']['fwd'] + m['l2']['bwd']) * MB:.2f} MiB, spill traffic "
-        f"{(m['spill']['fwd'] + m['spill']['bwd']) * MB:.2f} MiB (compile report: {spills['fwd']} B forward, "
+        f"{(m['spill']['fwd'] + m['spill']['bwd']) * MB:.2f} MiB if spilled values move once per chunk (compile report: {spills['fwd']} B forward, "
         f"{spills['bwd']} B backward spill stores per thread).",
         f"H100 assumptions: {PEAK_TFLOPS:.0f} TFLOP/s dense bf16 over {SMS} SMs, L2 {L2_PER_SM_GBS:.0f} GB/s per SM "
         f"and {L2_TOTAL_GBS:.0f} GB/s in all, one program per SM. Time per token does not depend on T (a "
         "sequential scan), so the percentage is flat in T; it depends on how many (batch, head) programs "
         "fill the SMs.",
     ]
-    header = ["B*H programs", "T", "fwd+bwd ms (per layer)", "useful TFLOP/s", "% of bf16 peak", "forward bound by"]
-    publish("Roofline model: Triton memory scan on H100 (a model, not a measurement)", header, rows,
-            doc=None if args.no_write else "docs/kernels.md", section="Roofline model (H100)", notes=notes,
-            command="python bench/roofline.py --report <compile_report --ci --json>")
+    header = ["B*H programs", "T", "fwd+bwd ms (per layer)", "useful TFLOP/s", "% of bf16 peak",
+              "forward bound by", "% of peak if spills move every tile step"]
+    text = "\n\n".join([
+        "### Roofline model: Triton memory scan on H100 (a model, not a measurement)",
+        f"Command: `python bench/roofline.py --report <compile_report --ci --json>`; spills from the sm_90 "
+        f"compile report; computed on {machine()}.",
+        table(header, rows), *notes])
+    publish(text, "kernels.md", "Roofline model (H100)", write=not args.no_write)
 
 
 if __name__ == "__main__":

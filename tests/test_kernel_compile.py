@@ -20,7 +20,9 @@ import torch
 
 from titans_plugin.kernels import dispatch, triton_op
 
-SPILL_CEILING = {"forward-train": 1536, "forward-infer": 1536, "backward": 6144}  # bytes per thread
+# Spill stores per thread (bytes), by kernel and architecture: measured + ~10-30%.
+SPILL_CEILING = {("forward-train", 90): 512, ("forward-infer", 90): 512, ("backward", 90): 5632,
+                 ("forward-train", 80): 1536, ("forward-infer", 80): 1536, ("backward", 80): 9216}
 
 
 def _without_interpreter(args, **kw):
@@ -42,14 +44,14 @@ def _row(r):
 
 
 def test_every_kernel_compiles_and_fits_shared_memory(compiled):
-    assert len(compiled) == 2 * 2 * len(SPILL_CEILING)  # 2 configs x 2 archs x 3 kernels
+    assert len(compiled) == 2 * len(SPILL_CEILING)  # 2 configs x 2 archs x 3 kernels
     for r in compiled:
         assert r["fits"], _row(r)
 
 
 def test_spills_stay_under_the_ceiling(compiled):
     for r in compiled:
-        assert r["spill_stores"] <= SPILL_CEILING[r["kernel"]], (_row(r), r["spill_stores"])
+        assert r["spill_stores"] <= SPILL_CEILING[r["kernel"], r["arch"]], (_row(r), r["spill_stores"])
 
 
 def test_bf16_matmuls_run_on_bf16_tensor_cores(compiled):
