@@ -58,6 +58,7 @@ class Report:
     shared: int
     tensor_core: dict  # instruction (e.g. HGMMA.64x16x16.F32.BF16) -> static count
     sass_instructions: int
+    wgmma_serialized: bool  # ptxas: wgmma waits at a call boundary (no async overlap across it)
 
     @property
     def fits(self) -> bool:
@@ -105,8 +106,9 @@ def _tool(name: str) -> str:
 
 
 def _ptxas_report(ptx: str, arch: int) -> dict:
-    """Registers, spills and stack from ptxas -v on the kernel's PTX. The triton wheel's
-    newest bundled ptxas reads the PTX version triton emits."""
+    """Registers (max), spills (summed) and stack (max) over the kernel and the functions
+    it calls, from ptxas -v on the kernel's PTX. The triton wheel's newest bundled ptxas
+    reads the PTX version triton emits."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.ptx")
         with open(path, "w") as fh:
@@ -116,14 +118,18 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
         out = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", path, "-o", os.path.join(d, "k.o")],
                              capture_output=True, text=True, check=True).stderr
 
-    def num(pattern):
-        m = re.search(pattern, out)
-        if not m:
+    def total(pattern, combine=sum):
+        """Over every function ptxas reports (the kernel and its non-inlined calls)."""
+        found = [int(x) for x in re.findall(pattern, out)]
+        if not found:
             raise RuntimeError(f"ptxas -v output without {pattern!r}:\n{out}")
-        return int(m.group(1))
+        return combine(found)
 
-    return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
-            "spill_loads": num(r"(\d+) bytes spill loads"), "stack": num(r"(\d+) bytes stack frame")}
+    return {"registers": total(r"Used (\d+) registers", max),
+            "spill_stores": total(r"(\d+) bytes spill stores"),
+            "spill_loads": total(r"(\d+) bytes spill loads"),
+            "stack": total(r"(\d+) bytes stack frame", max),
+            "wgmma_serialized": "wgmma.mma_async instructions are serialized" in out}
 
 
 def _sass_counts(cubin: bytes) -> tuple[dict, int]:
@@ -150,11 +156,13 @@ def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
 def _row(r: Report) -> list:
     tc = ", ".join(f"{n} x{c}" for n, c in sorted(r.tensor_core.items())) or "none"
     return [r.kernel, r.config.label(), f"sm_{r.arch}", r.registers, r.spill_stores, r.spill_loads, r.stack,
-            f"{r.shared:,} / {SHARED_LIMIT[r.arch]:,}", "yes" if r.fits else "**NO**", tc, r.sass_instructions]
+            f"{r.shared:,} / {SHARED_LIMIT[r.arch]:,}", "yes" if r.fits else "**NO**", tc, r.sass_instructions,
+            "yes" if r.wgmma_serialized else "no"]
 
 
 HEADER = ["kernel", "configuration", "arch", "regs", "spill st (B)", "spill ld (B)", "stack (B)",
-          "shared (B) / limit", "fits", "tensor-core instructions (static)", "SASS instr (static)"]
+          "shared (B) / limit", "fits", "tensor-core instructions (static)", "SASS instr (static)",
+          "wgmma serialized at calls"]
 
 
 def to_json(r: Report) -> dict:

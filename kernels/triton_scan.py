@@ -178,6 +178,22 @@ def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y
             store_tokens(y_ptr, y1, valid, DV, BC, BV, H * DV)
 
 
+@triton.jit(noinline=True)
+def forward_chunk(st, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, tok0, max_norm, H,
+                  DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                  BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
+                  DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+    """Load chunk ci and advance the state through it, writing its output. Not inlined (so
+    it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
+    and pointer tensors and hold them in registers for the whole sequence."""
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                        DK, DV, BC, BK, BV, OP)
+    chunk_step(st, st, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, y_ptr + row0 * DV,
+               H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
+
+
 @triton.jit
 def scan_forward_kernel(
     q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, state_ptr, y_ptr, saved_ptr,
@@ -197,16 +213,11 @@ def scan_forward_kernel(
     h = pid % H
     st = state_ptr + pid.to(tl.int64) * NSTATE
     tok0 = (b.to(tl.int64) * T) * H + h  # row of token 0 of this (b, h) in [B*T*H, D]
-    idx = tl.arange(0, BC)
     n_chunks = tl.cdiv(T, CHUNK)
     n_ckpt = tl.cdiv(n_chunks, CKPT)
     for ci in range(n_chunks):
-        t0, valid, last = chunk_rows(ci, T, CHUNK, idx)
         if SAVE:
             if ci % CKPT == 0:
                 copy_flat(st, saved_ptr + (pid.to(tl.int64) * n_ckpt + ci // CKPT) * NSTATE, NSTATE, 1024)
-        row0 = tok0 + t0 * H
-        q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                            DK, DV, BC, BK, BV, OP)
-        chunk_step(st, st, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, y_ptr + row0 * DV,
-                   H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
+        forward_chunk(st, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, tok0, max_norm, H,
+                      DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)

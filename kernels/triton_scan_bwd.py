@@ -242,6 +242,39 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     tl.debug_barrier()  # the previous chunk reads dst and reuses scr
 
 
+@triton.jit(noinline=True)
+def replay_chunk(src, dst, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, max_norm, H,
+                 DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                 BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
+                 DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+    """Advance the state at src through chunk ci into dst, without output. Not inlined
+    (scalars only), so the loops around it cannot hoist its index, mask and pointer tensors
+    into registers held across all chunks."""
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                        DK, DV, BC, BK, BV, OP)
+    chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, v_ptr, H,
+               DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False)
+
+
+@triton.jit(noinline=True)
+def backward_chunk(src, dst, scr, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
+                   dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, ci, T, tok0, max_norm, H,
+                   DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                   BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
+                   DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+    """Load chunk ci and its output gradient and run chunk_backward (not inlined: see replay_chunk)."""
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
+                                        DK, DV, BC, BK, BV, OP)
+    dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+    chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
+                   row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, H,
+                   DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
+
+
 @triton.jit
 def scan_backward_kernel(
     dy_ptr, dstate_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, saved_ptr, replay_ptr, scratch_ptr,
@@ -262,7 +295,6 @@ def scan_backward_kernel(
     replay = replay_ptr + pid64 * CKPT * NSTATE
     scr = scratch_ptr + pid64 * 2 * BC * DT
     tok0 = (b.to(tl.int64) * T) * H + h
-    idx = tl.arange(0, BC)
     n_chunks = tl.cdiv(T, CHUNK)
     n_ckpt = tl.cdiv(n_chunks, CKPT)
     for rg in range(n_ckpt):
@@ -272,20 +304,11 @@ def scan_backward_kernel(
         copy_flat(saved_ptr + (pid64 * n_ckpt + gi) * NSTATE, replay, NSTATE, 1024)
         tl.debug_barrier()
         for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
-            t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
-            row0 = tok0 + t0 * H
-            q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                                DK, DV, BC, BK, BV, OP)
-            chunk_step(replay + i * NSTATE, replay + (i + 1) * NSTATE, q, k, v, theta, le, lr, valid, last,
-                       max_norm, v_ptr + row0 * DV, v_ptr, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP,
-                       OP, False)
+            replay_chunk(replay + i * NSTATE, replay + (i + 1) * NSTATE, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr,
+                         lr_ptr, c0 + i, T, tok0, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+                         CLIP, OP)
         for r in range(n_in_group):
             i = n_in_group - 1 - r
-            t0, valid, last = chunk_rows(c0 + i, T, CHUNK, idx)
-            row0 = tok0 + t0 * H
-            q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                                DK, DV, BC, BK, BV, OP)
-            dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
-            chunk_backward(replay + i * NSTATE, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
-                           row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, H,
-                           DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
+            backward_chunk(replay + i * NSTATE, dst, scr, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
+                           dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, c0 + i, T, tok0, max_norm, H,
+                           DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
