@@ -179,13 +179,28 @@ def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y
 
 
 @triton.jit(noinline=True)
-def forward_chunk(st, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, tok0, max_norm, H,
+def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl.constexpr, CKPT: tl.constexpr):
+    """Copy this program's state to its checkpoint slot if chunk ci starts a group (not
+    inlined, for the same reason as forward_chunk)."""
+    if ci % CKPT == 0:
+        pid = tl.program_id(0).to(tl.int64)
+        n_ckpt = tl.cdiv(tl.cdiv(T, CHUNK), CKPT)
+        copy_flat(state_ptr + pid * NSTATE, saved_ptr + (pid * n_ckpt + ci // CKPT) * NSTATE, NSTATE, 1024)
+
+
+@triton.jit(noinline=True)
+def forward_chunk(state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H,
                   DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                   BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                  DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+                  DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+                  NSTATE: tl.constexpr):
     """Load chunk ci and advance the state through it, writing its output. Not inlined (so
     it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
-    and pointer tensors and hold them in registers for the whole sequence."""
+    and pointer tensors and hold them in registers for the whole sequence. It derives its
+    program's state and token offsets itself, so the caller holds fewer values across it."""
+    pid = tl.program_id(0)
+    st = state_ptr + pid.to(tl.int64) * NSTATE
+    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
     q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
@@ -208,16 +223,8 @@ def scan_forward_kernel(
     state on entry and the end state on exit. With SAVE, the state at the start of every
     CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
     checkpoints, from which it recomputes the chunks in between."""
-    pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
-    st = state_ptr + pid.to(tl.int64) * NSTATE
-    tok0 = (b.to(tl.int64) * T) * H + h  # row of token 0 of this (b, h) in [B*T*H, D]
-    n_chunks = tl.cdiv(T, CHUNK)
-    n_ckpt = tl.cdiv(n_chunks, CKPT)
-    for ci in range(n_chunks):
+    for ci in range(tl.cdiv(T, CHUNK)):
         if SAVE:
-            if ci % CKPT == 0:
-                copy_flat(st, saved_ptr + (pid.to(tl.int64) * n_ckpt + ci // CKPT) * NSTATE, NSTATE, 1024)
-        forward_chunk(st, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, tok0, max_norm, H,
-                      DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+            save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK, NSTATE, CKPT)
+        forward_chunk(state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H,
+                      DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE)
