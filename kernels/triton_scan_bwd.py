@@ -50,6 +50,21 @@ from .triton_scan import chunk_step, end_coefficients, inner_errors, layer1_tile
 
 
 @triton.jit
+def end_state_terms(x, d, W, S, dWn, dSn, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP: tl.constexpr):
+    """One memory layer's end-state terms, W' = c_T W + f_T S - x^T (g d) and
+    S' = m_T S - x^T (n d) (x the layer's key-side input, d its inner error): the gradients
+    reaching W, S, d and x, and the gradients of c_T, f_T, m_T, g, n with this tile added."""
+    dW = cT * dWn
+    dS = fT * dWn + mT * dSn
+    xdW = mm(x, dWn, OP)
+    xdS = mm(x, dSn, OP)
+    dd = -(g[:, None] * xdW + n[:, None] * xdS)
+    dx = -(mm_nt(g[:, None] * d, dWn, OP) + mm_nt(n[:, None] * d, dSn, OP))
+    return (dW, dS, dd, dx, dcT + frobenius(dWn, W), dfT + frobenius(dWn, S), dmT + frobenius(dSn, S),
+            dg - rowsum(xdW * d), dn - rowsum(xdS * d))
+
+
+@triton.jit
 def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
                    row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, H,
                    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
@@ -92,35 +107,20 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
         dS1n = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         hW0 = mm(q, W1, OP)
         hS0 = mm(q, S1, OP)
-        # End state: W' = c_T W + f_T S - a^T (g d), S' = m_T S - a^T (n d).
-        dW1 = cT * dW1n
-        dS1 = fT * dW1n + mT * dS1n
-        dcT += frobenius(dW1n, W1)
-        dfT += frobenius(dW1n, S1)
-        dmT += frobenius(dS1n, S1)
-        adW = mm(k, dW1n, OP)
-        adS = mm(k, dS1n, OP)
-        dd0 = -(g[:, None] * adW + n[:, None] * adS)
-        da0 -= mm_nt(g[:, None] * d0, dW1n, OP) + mm_nt(n[:, None] * d0, dS1n, OP)
-        dg -= rowsum(adW * d0)
-        dn -= rowsum(adS * d0)
+        # End state, layer 1 (x = k).
+        dW1, dS1, dd0, dx, dcT, dfT, dmT, dg, dn = end_state_terms(
+            k, d0, W1, S1, dW1n, dS1n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP)
+        da0 += dx
         if DEPTH == 2:
             S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
             dW2n = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV)
             dS2n = load_tile(dst + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
             y0 = c[:, None] * hW0 + f[:, None] * hS0 - mm(s0G, d0, OP)
             h1 = act_fn(y0, ACT)
-            dW2 = cT * dW2n
-            dS2 = fT * dW2n + mT * dS2n
-            dcT += frobenius(dW2n, W2)
-            dfT += frobenius(dW2n, S2)
-            dmT += frobenius(dS2n, S2)
-            adW2 = mm(a, dW2n, OP)
-            adS2 = mm(a, dS2n, OP)
-            dd1 -= g[:, None] * adW2 + n[:, None] * adS2
-            da1 = -(mm_nt(g[:, None] * d1, dW2n, OP) + mm_nt(n[:, None] * d1, dS2n, OP))
-            dg -= rowsum(adW2 * d1)
-            dn -= rowsum(adS2 * d1)
+            # End state, layer 2 (x = a).
+            dW2, dS2, dd1_j, da1, dcT, dfT, dmT, dg, dn = end_state_terms(
+                a, d1, W2, S2, dW2n, dS2n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP)
+            dd1 += dd1_j
             # Retrieval, layer 2: y1 = c (h1 W2) + f (h1 S2) - ((h1 a^T) * G) d1.
             t = mm_nt(dout, W2, OP)
             r = mm_nt(dout, S2, OP)
