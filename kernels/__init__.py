@@ -3,7 +3,11 @@
 naive            per-token reference (the definition)
 chunk_autograd   the chunked closed form through plain autograd (reference for chunk)
 chunk            exact chunk-parallel PyTorch path with a hand-written backward (runs everywhere)
-triton_op        Triton kernels (triton_scan.py) as torch custom ops (CUDA, or TRITON_INTERPRET=1)
+triton_op        Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1): forward in
+                 triton_scan.py, backward in triton_scan_bwd.py, per-chunk pieces in triton_chunk.py
+triton_compile   ahead-of-time compiles for an sm_<arch> target (dispatch's shared-memory check)
+compile_report   `python -m titans_plugin.kernels.compile_report`: registers, spills, shared
+                 memory and tensor-core instructions per kernel for sm_90 and sm_80, no GPU needed
 """
 
 from .activations import ACTIVATIONS, get_activation
