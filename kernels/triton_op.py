@@ -67,7 +67,7 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
     return None
 
 
-def launch_problem(q: Tensor, v: Tensor, state: MemoryState, chunk_size: int, activation: str,
+def launch_problem(q: Tensor, state: MemoryState, chunk_size: int, activation: str,
                    max_grad_norm: float | None) -> str | None:
     """Why the kernels for this configuration cannot launch on q's CUDA device (None when
     they can, and always None under the interpreter, which has no per-block limits)."""
@@ -75,10 +75,10 @@ def launch_problem(q: Tensor, v: Tensor, state: MemoryState, chunk_size: int, ac
         return None
     from .triton_compile import device_problem
 
+    DK, DV = state.weights[0].shape[-2], state.weights[-1].shape[-1]
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
-    nstate = state_size(q.shape[-1], hidden, v.shape[-1])
-    meta = kernel_meta(q.shape[-1], hidden, v.shape[-1], chunk_size, activation, bool(max_grad_norm),
-                       q.dtype, checkpoint_interval(nstate, chunk_size), _arch(q.device))
+    meta = kernel_meta(DK, hidden, DV, chunk_size, activation, bool(max_grad_norm), q.dtype,
+                       checkpoint_interval(state_size(DK, hidden, DV), chunk_size), _arch(q.device))
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return device_problem(tuple(sorted(meta.items())), q.dtype, index)
 
@@ -254,7 +254,7 @@ def triton_neural_memory(
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device)
     if reason:
         raise ValueError(reason)
-    problem = launch_problem(q, v, state, chunk_size, activation, max_grad_norm)
+    problem = launch_problem(q, state, chunk_size, activation, max_grad_norm)
     if problem:
         raise ValueError(f"titans.kernel = 'triton' cannot run here: {problem}; "
                          "use 'auto' (falls back to 'chunk') or 'chunk'")

@@ -254,6 +254,7 @@ def replay_chunk(src, dst, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T
     row0 = tok0 + t0 * H
     q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
                                         DK, DV, BC, BK, BV, OP)
+    # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
     chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, v_ptr, H,
                DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False)
 
