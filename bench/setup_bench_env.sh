@@ -8,5 +8,5 @@ VENV=.venv-bench
 "$VENV/bin/pip" install -q "${TORCH_SPEC:-torch==2.13.0}"
 "$VENV/bin/pip" install -q titans-pytorch==0.5.5 matplotlib
 "$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/pip" install -q tomli-w
+"$VENV/bin/pip" install -q tomlkit==0.15.2
 echo "bench environment ready: $VENV"

@@ -13,13 +13,15 @@ compile_report   `python -m titans_plugin.kernels.compile_report`: registers, sp
 from .activations import ACTIVATIONS, get_activation
 from .chunk import chunk_neural_memory
 from .chunk_autograd import chunk_neural_memory_autograd
-from .dispatch import neural_memory_scan, resolve_backend
+from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
 from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
+from .triton_op import SUPPORTED_DEPTHS as TRITON_DEPTHS
 from .triton_op import triton_neural_memory
 
 __all__ = [
     "ACTIVATIONS",
+    "BACKENDS",
     "MemoryState",
     "chunk_neural_memory",
     "chunk_neural_memory_autograd",
@@ -28,5 +30,6 @@ __all__ = [
     "naive_neural_memory",
     "neural_memory_scan",
     "resolve_backend",
+    "TRITON_DEPTHS",
     "triton_neural_memory",
 ]

@@ -20,7 +20,8 @@ if [ ! -f "$stamp" ]; then
     python -m pip install -q -e ".[test]"
     python - <<'PY'
 import torch, torchtitan, titans_plugin  # noqa: F401
-assert torch.__version__.split("+")[0] >= "2.11", torch.__version__
+release = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+assert release >= (2, 11), f"torch {torch.__version__} is older than 2.11"
 print(f"[setup] torch {torch.__version__}, torchtitan ok, titans_plugin {titans_plugin.__version__}")
 PY
     touch "$stamp"

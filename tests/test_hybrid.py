@@ -51,10 +51,10 @@ def test_swap_keeps_untouched_layers_bit_identical_and_trains():
 
 def test_swapped_attention_block_equals_llama_block():
     """An 'A' layer of ours computes exactly what llama3's TransformerBlock computes."""
-    from titans_plugin.blocks import AttentionBlock, AttentionBlockConfig
+    from titans_plugin.blocks import AttentionBlock
 
     model = _llama()
-    ours = AttentionBlock(0, model.model_args, AttentionBlockConfig())
+    ours = AttentionBlock(0, model.model_args)
     ours.load_state_dict(model.layers["0"].state_dict())
     x = torch.randn(2, 20, model.model_args.dim)
     expected = model.layers["0"](x, model.freqs_cis, attention_masks=None)
@@ -130,4 +130,20 @@ def test_converter_rejects_bad_pattern_before_writing(tmp_path, capsys):
     assert convert_main([str(src), "--pattern", "GZ", "-o", str(dst)]) == 2
     assert "titans.pattern" in capsys.readouterr().err and not dst.exists()
     with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
-        convert(tomllib.loads(LLAMA_8B_TOML.decode()), "G", ["nonsense=1"])
+        convert(LLAMA_8B_TOML.decode(), "G", ["nonsense=1"])
+
+
+def test_converter_keeps_comments_layout_and_values():
+    text = (
+        "# our 8B run\n[model]\nname = \"llama3\"  # the base\nflavor = \"8B\"\n\n"
+        "[training]\nseq_len = 8192   # long\nsteps = 1_000\n\n[optimizer]\nlr = 3e-4\n"
+    )
+    out = convert(text, "GGA", ["window=2048"])
+    assert out.startswith("# our 8B run\n[model]\n")
+    for line in ("seq_len = 8192   # long", "steps = 1_000", "lr = 3e-4", 'flavor = "llama3_8B"',
+                 'name = "titans"  # the base'):
+        assert line in out.splitlines(), line
+    parsed = tomllib.loads(out)
+    assert parsed["titans"] == {"pattern": "GGA", "memory_heads": 32, "window": 2048}
+    assert parsed["experimental"]["custom_import"] == "titans_plugin"
+    assert convert(out.replace("titans", "llama3", 1).replace('"llama3_8B"', '"8B"'), "G").count("[titans]") == 1

@@ -8,6 +8,7 @@ import torch
 
 from helpers import flat, max_rel_err
 from titans_plugin.memory import MemoryConfig, NeuralMemory
+from titans_plugin.config import TitansConfig
 
 
 def _memory(seed=0, dtype=torch.float64, **kw):
@@ -107,20 +108,24 @@ def test_state_is_detachable_for_truncated_backprop():
     "field, value, allowed",
     [
         ("chunk_size", 0, ">= 1"),
-        ("n_heads", 5, "divisor"),
-        ("depth", 0, ">= 1"),
+        ("memory_heads", 5, "divisor of model.dim=24"),
+        ("memory_head_dim", -1, ">= 0"),
+        ("memory_depth", 0, ">= 1"),
         ("max_lr", 0.0, "> 0"),
         ("max_momentum", 1.5, "(0, 1]"),
         ("max_forget", 0.0, "(0, 1]"),
-        ("activation", "swish", "silu"),
+        ("max_grad_norm", -1.0, ">= 0"),
+        ("memory_activation", "swish", "silu"),
         ("gate_mode", "layer", "token"),
-        ("backend", "cuda", "chunk"),
+        ("kernel", "cuda", "chunk"),
         ("conv_kernel", -1, ">= 0"),
-        ("expansion", 0, "> 0"),
+        ("memory_expansion", 0, "> 0"),
     ],
 )
 def test_bad_configuration_names_field_and_allowed_values(field, value, allowed):
-    cfg = dataclasses.replace(MemoryConfig(dim=24, n_heads=2), **{field: value})
+    cfg = TitansConfig(**{"pattern": "M", "memory_heads": 2, field: value})
     with pytest.raises(ValueError) as err:
-        NeuralMemory(cfg)
-    assert f"memory.{field}" in str(err.value) and allowed in str(err.value)
+        cfg.validate(dim=24, n_layers=2)
+    assert f"titans.{field} must be" in str(err.value) and allowed in str(err.value)
+    # A configuration without memory layers does not read the memory fields.
+    dataclasses.replace(cfg, pattern="A").validate(dim=24, n_layers=2)

@@ -24,6 +24,7 @@ from titans_plugin.kernels import (
 )
 
 from titans_plugin.memory import MemoryConfig, NeuralMemory
+from titans_plugin.config import TitansConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -256,5 +257,5 @@ def test_memory_module_on_triton_equals_chunk_backend(depth):
 
 
 def test_config_rejects_depth_the_kernels_do_not_have():
-    with pytest.raises(ValueError, match=r"memory.depth must be one of \[1, 2\] with backend 'triton'"):
-        MemoryConfig(dim=24, n_heads=2, depth=3, backend="triton").validate()
+    with pytest.raises(ValueError, match=r"titans.memory_depth must be one of \[1, 2\] with titans.kernel='triton'"):
+        TitansConfig(pattern="M", memory_depth=3, kernel="triton").validate(dim=24, n_layers=1)

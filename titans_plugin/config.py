@@ -1,16 +1,16 @@
-"""TitansConfig: the model-wide Titans settings (the [titans] TOML section).
+"""TitansConfig: the model-wide Titans settings (the [titans] TOML section), and the one
+place they are validated.
 
-Flat on purpose: a TOML section maps field for field. `block_config(letter)` turns it
-into the per-block config dataclasses in blocks/config.py."""
+Flat on purpose: a TOML section maps field for field. `validate` runs where a
+configuration enters (torchtitan's update_from_config, the converter, the Python
+builders) and names the TOML field and its allowed values; the blocks and the memory
+below it trust what they are given."""
 
 from dataclasses import dataclass, field
 
-from titans_plugin.blocks.config import (
-    AttentionBlockConfig, LMMConfig, MACConfig, MAGConfig, MALConfig,
-    check_non_negative, check_positive,
-)
-from titans_plugin.memory import MemoryConfig
-from titans_plugin.spec import MEMORY_TYPES, parse_layer_spec
+from titans_plugin.blocks import BLOCK_TYPES
+from titans_plugin.memory import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConfig
+from titans_plugin.spec import parse_layer_spec
 
 
 @dataclass
@@ -41,6 +41,9 @@ class TitansConfig:
             return parse_layer_spec(self.layers, n_layers, field="titans.layers")
         return parse_layer_spec(self.pattern, n_layers, field="titans.pattern")
 
+    def uses_memory(self, n_layers: int) -> bool:
+        return any(BLOCK_TYPES[letter].has_memory for letter in self.layer_types(n_layers))
+
     def memory_config(self, dim: int) -> MemoryConfig:
         return MemoryConfig(
             dim=dim, n_heads=self.memory_heads, head_dim=self.memory_head_dim or None,
@@ -51,52 +54,74 @@ class TitansConfig:
             gate_mode=self.gate_mode, backend=self.kernel,
         )
 
-    def block_config(self, letter: str, dim: int):
-        if letter == "A":
-            return AttentionBlockConfig(window=None, n_persistent=0)
-        if letter == "W":
-            return AttentionBlockConfig(window=self.window, n_persistent=0)
-        memory = self.memory_config(dim)
-        if letter == "C":
-            return MACConfig(segment_len=self.segment_len, n_persistent=self.n_persistent, memory=memory)
-        if letter == "G":
-            return MAGConfig(window=self.window, n_persistent=self.n_persistent, memory=memory)
-        if letter == "L":
-            return MALConfig(window=self.window, n_persistent=self.n_persistent, memory=memory)
-        if letter == "M":
-            return LMMConfig(n_persistent=0, memory=memory)
-        raise ValueError(f"unknown layer type {letter!r}")
-
     def validate(self, dim: int, n_layers: int, seq_len: int | None = None) -> None:
-        """Every check that can run before a model is built, naming the TOML field."""
-        letters = set(self.layer_types(n_layers))
-        if self.memory_head_dim < 0:
-            raise ValueError(
-                f"titans.memory_head_dim must be >= 0 (0 = dim // memory_heads), got {self.memory_head_dim}"
-            )
-        if letters & MEMORY_TYPES:
-            self.memory_config(dim).validate(names=_TOML_NAMES)
-        check_non_negative("titans", "n_persistent", self.n_persistent)
-        if "C" in letters:
-            check_positive("titans", "segment_len", self.segment_len)
-            if seq_len is not None and self.segment_len > seq_len:
-                raise ValueError(f"titans.segment_len={self.segment_len} must be <= training.seq_len={seq_len}")
-        if letters & {"G", "L", "W"}:
-            check_positive("titans", "window", self.window)
-            if seq_len is not None and self.window > seq_len:
-                raise ValueError(f"titans.window={self.window} must be <= training.seq_len={seq_len}")
+        """Every check that can run before a model is built, naming the TOML field. Only
+        the fields the chosen block types read are checked (blocks' config_fields)."""
+        blocks = [BLOCK_TYPES[letter] for letter in set(self.layer_types(n_layers))]
+        if any(b.has_memory for b in blocks):
+            self._validate_memory(dim)
+        used = {name for b in blocks for name in b.config_fields}
+        for name in sorted(used):
+            _BLOCK_FIELDS[name](self, seq_len)
 
-    def uses_memory(self, n_layers: int) -> bool:
-        return bool(set(self.layer_types(n_layers)) & MEMORY_TYPES)
+    def _validate_memory(self, dim: int) -> None:
+        _integer(self, "memory_heads", 1)
+        _integer(self, "memory_head_dim", 0, "(0 = model.dim // memory_heads)")
+        if not self.memory_head_dim and dim % self.memory_heads:
+            _fail("memory_heads", f"a divisor of model.dim={dim} (or set titans.memory_head_dim)",
+                  self.memory_heads)
+        _integer(self, "memory_depth", 1, "(1 = linear memory)")
+        _check(self, "memory_expansion", self.memory_expansion > 0, "a number > 0")
+        _one_of(self, "memory_activation", sorted(ACTIVATIONS))
+        _integer(self, "chunk_size", 1)
+        _integer(self, "conv_kernel", 0, "(0 = no convolution)")
+        _check(self, "max_lr", self.max_lr > 0, "a number > 0")
+        _check(self, "max_momentum", 0 < self.max_momentum <= 1, "in (0, 1]")
+        _check(self, "max_forget", 0 < self.max_forget <= 1, "in (0, 1]")
+        _check(self, "max_grad_norm", self.max_grad_norm >= 0, "a number >= 0 (0 = no clipping)")
+        _one_of(self, "gate_mode", list(GATE_MODES))
+        _one_of(self, "kernel", list(BACKENDS))
+        if self.kernel == "triton" and self.memory_depth not in TRITON_DEPTHS:
+            _fail("memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.kernel='triton'", self.memory_depth)
 
 
-# MemoryConfig field -> [titans] key
-_TOML_NAMES = {
-    "dim": "model.dim", "n_heads": "titans.memory_heads", "head_dim": "titans.memory_head_dim",
-    "depth": "titans.memory_depth", "expansion": "titans.memory_expansion",
-    "activation": "titans.memory_activation", "chunk_size": "titans.chunk_size",
-    "conv_kernel": "titans.conv_kernel", "max_lr": "titans.max_lr",
-    "max_momentum": "titans.max_momentum", "max_forget": "titans.max_forget",
-    "gate_mode": "titans.gate_mode", "backend": "titans.kernel",
-    "max_grad_norm": "titans.max_grad_norm",
-}
+def _fail(name: str, allowed: str, value) -> None:
+    raise ValueError(f"titans.{name} must be {allowed}, got {value!r}")
+
+
+def _check(config: TitansConfig, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        _fail(name, allowed, getattr(config, name))
+
+
+def _integer(config: TitansConfig, name: str, minimum: int, note: str = "") -> None:
+    value = getattr(config, name)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _check(config, name, ok, f"an integer >= {minimum}" + (f" {note}" if note else ""))
+
+
+def _one_of(config: TitansConfig, name: str, allowed: list) -> None:
+    _check(config, name, getattr(config, name) in allowed, f"one of {allowed}")
+
+
+def _span(name: str):
+    """A length that must fit in a training sequence (segment_len, window)."""
+
+    def check(config: TitansConfig, seq_len: int | None) -> None:
+        _integer(config, name, 1)
+        value = getattr(config, name)
+        if seq_len is not None and value > seq_len:
+            raise ValueError(f"titans.{name}={value} must be <= training.seq_len={seq_len}")
+
+    return check
+
+
+def _count(name: str):
+    def check(config: TitansConfig, seq_len: int | None) -> None:
+        _integer(config, name, 0)
+
+    return check
+
+
+# How each block-type field (TitansBlockBase.config_fields) is checked.
+_BLOCK_FIELDS = {"segment_len": _span("segment_len"), "window": _span("window"), "n_persistent": _count("n_persistent")}

@@ -82,7 +82,7 @@ def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None) -> l
         old = model.layers[str(index)]
         ref = next(old.parameters())
         with torch.device(ref.device):
-            new = build_block(letter, index, args, titans.block_config(letter, args.dim))
+            new = build_block(letter, index, args, titans)
         if ref.device.type != "meta":
             new.init_weights()
         model.layers[str(index)] = new.to(dtype=ref.dtype)

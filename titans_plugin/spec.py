@@ -1,46 +1,33 @@
 """Hybrid layer spec: which block each layer is.
 
-Alphabet (one letter per layer, layers indexed from 0):
-    A  full causal attention (what a llama3 layer computes)
-    W  sliding-window attention (the attention-only baseline at the memory's window)
-    C  MAC  memory as context
-    G  MAG  memory as gate
-    L  MAL  memory as layer
-    M  LMM  memory alone
-
-A spec is either a pattern string tiled over the depth ("GGA" over 8 layers is
+One letter per layer, layers indexed from 0; the letters are the block types' own
+(blocks/__init__.py's BLOCK_TYPES: A attention, W sliding window, C MAC, G MAG, L MAL,
+M LMM). A spec is either a pattern string tiled over the depth ("GGA" over 8 layers is
 GGAGGAGG; "C" makes every layer MAC), or a list with exactly one letter per layer.
-Variant names (mac, mag, mal, lmm, attention, swa) stand for the one-letter patterns.
+A block type's variant name (mac, mag, mal, lmm, attention, swa) stands for its letter.
 """
 
 from collections.abc import Mapping, Sequence
 
-LAYER_TYPES = {
-    "A": "full causal attention",
-    "W": "sliding-window attention",
-    "C": "MAC (memory as context)",
-    "G": "MAG (memory as gate)",
-    "L": "MAL (memory as layer)",
-    "M": "LMM (memory only)",
-}
-VARIANTS = {"mac": "C", "mag": "G", "mal": "L", "lmm": "M", "attention": "A", "swa": "W"}
-MEMORY_TYPES = frozenset("CGLM")
+from titans_plugin.blocks import BLOCK_TYPES
+
+VARIANTS = {cls.variant: letter for letter, cls in BLOCK_TYPES.items()}
 
 
 def _alphabet() -> str:
-    return ", ".join(f"{k} ({v})" for k, v in LAYER_TYPES.items())
+    return ", ".join(f"{letter} ({cls.description})" for letter, cls in BLOCK_TYPES.items())
 
 
 def _check_letter(letter: str, where: str, field: str) -> str:
-    if letter not in LAYER_TYPES:
+    if letter not in BLOCK_TYPES:
         raise ValueError(f"{field}: unknown layer type {letter!r} at {where}; allowed: {_alphabet()}")
     return letter
 
 
 def parse_layer_spec(spec: str | Sequence[str], n_layers: int, field: str = "titans.pattern") -> list[str]:
-    """Expand a pattern string or validate a per-layer list; returns one letter per layer."""
+    """Expand a pattern string or check a per-layer list; returns one letter per layer."""
     if n_layers < 1:
-        raise ValueError(f"model n_layers must be >= 1, got {n_layers}")
+        raise ValueError(f"model.n_layers must be >= 1, got {n_layers}")
     if isinstance(spec, str):
         pattern = VARIANTS.get(spec.strip().lower(), spec.strip().upper())
         if not pattern:
@@ -67,7 +54,3 @@ def apply_overrides(layers: list[str], overrides: Mapping[int, str], field: str 
             raise ValueError(f"{field}: layer index {index!r} out of range 0..{len(out) - 1}")
         out[index] = _check_letter(str(letter).upper(), f"layer {index}", field)
     return out
-
-
-def pattern_string(layers: Sequence[str]) -> str:
-    return "".join(layers)

@@ -8,7 +8,6 @@ from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.components.optimizer import build_optimizers
 from torchtitan.components.validate import build_validator
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
-from torchtitan.protocols.train_spec import _extra_train_specs
 
 from titans_plugin.model import TitansTransformer
 
@@ -37,9 +36,17 @@ def train_spec() -> TrainSpec:
     )
 
 
+_registered = False
+
+
 def register() -> None:
-    """Idempotent: importing the plugin twice (custom_import + custom_config_module) is fine."""
+    """Register the model and datasets with torchtitan and, on a machine without an
+    accelerator, make torchtitan use the CPU. Idempotent (torchtitan's own registry
+    refuses a second registration)."""
+    global _registered
+    if _registered:
+        return
     enable_cpu_support()
     register_datasets()
-    if MODEL_NAME not in _extra_train_specs:
-        register_train_spec(MODEL_NAME, train_spec())
+    register_train_spec(MODEL_NAME, train_spec())
+    _registered = True

@@ -45,8 +45,7 @@ class TitansTrainArgs(TitansModelArgs, BaseModelArgs):
         validation = getattr(job_config, "validation", None)
         val_len = validation.seq_len if validation is not None and validation.enable else 0
         self.max_seq_len = max(job_config.training.seq_len, val_len)
-        self.validate()
-        self.titans.validate(self.dim, self.n_layers, job_config.training.seq_len)
+        self.validate(seq_len=job_config.training.seq_len)
         p = job_config.parallelism
         check_parallel_layout(self, p.tensor_parallel_degree, p.pipeline_parallel_degree, p.context_parallel_degree)
 

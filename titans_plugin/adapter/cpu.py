@@ -65,10 +65,10 @@ def accelerator_present() -> bool:
     return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
-def enable_cpu_support(force: bool = False) -> bool:
+def enable_cpu_support() -> bool:
     """Rebind torchtitan's device globals to CPU when no accelerator is present.
     Returns True when it patched something."""
-    if accelerator_present() and not force:
+    if accelerator_present():
         return False
     for name in _PATCHED_MODULES:
         try:

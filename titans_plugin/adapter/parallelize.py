@@ -2,27 +2,41 @@
 
 Order as torchtitan's llama3: tensor parallel, then activation checkpointing, then
 per-block torch.compile, then data parallel. Activation checkpointing uses torchtitan's
-implementation; its selective "op" policy saves matmul and attention outputs, so the
-memory scan's in-chunk matmuls are kept and only its elementwise work (gates, decays,
-activations) is recomputed: the scan is sequential over chunks, so recomputing all of
-it would cost a second scan per step.
+implementation with our save list for the selective "op" policy: llama3's (every other
+`mm`, the attention kernels) plus the memory scan's batched matmuls and the Triton scan
+op, so the scan's matmuls are kept and only its elementwise work (gates, decays,
+activations) is recomputed. docs/parallelism.md gives the measured memory and time.
 """
 
 import torch
 from torchtitan.config import TORCH_DTYPE_MAP
-from torchtitan.models.llama3.infra.parallelize import (
-    _op_sac_save_list, apply_compile, apply_ddp, apply_fsdp,
-)
 from torchtitan.distributed.activation_checkpoint import apply_ac
+from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
 from torchtitan.tools.logging import logger
 
-from .args import check_parallel_layout
+from titans_plugin.kernels import triton_op  # noqa: F401  defines torch.ops.titans.memory_scan
+
 from .cpu import accelerator_present, force_sum_reductions
 from .tensor_parallel import apply_tensor_parallel
 
+# Outputs the selective "op" policy keeps (torchtitan's llama3 keeps every other mm and
+# the attention kernels; each torchtitan model declares its own list like this).
+SAC_SAVE_LIST = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.bmm.default,  # the chunked scan's per-chunk matmuls
+    torch.ops.titans.memory_scan.default,  # the Triton scan: its saved states replace a second scan
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_attention_math.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops._c10d_functional.reduce_scatter_tensor.default,
+    torch.ops.aten.max.default,
+}
+
 
 def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> torch.nn.Module:
-    check_parallel_layout(model.model_args, parallel_dims.tp, parallel_dims.pp, parallel_dims.cp)
+    """The layout was checked against the model in TitansTrainArgs.update_from_config."""
     if parallel_dims.tp_enabled:
         apply_tensor_parallel(
             model, parallel_dims.get_mesh("tp"),
@@ -34,7 +48,7 @@ def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> tor
     if job_config.activation_checkpoint.mode != "none":
         apply_ac(
             model, job_config.activation_checkpoint, model_compile_enabled=compile_model,
-            op_sac_save_list=_op_sac_save_list, base_folder=job_config.job.dump_folder,
+            op_sac_save_list=SAC_SAVE_LIST, base_folder=job_config.job.dump_folder,
         )
     if compile_model:
         apply_compile(model, job_config.compile)

@@ -7,7 +7,9 @@ the local heads with no communication. Per-head parameters that are not Linear w
 their head dimension. Norms, gates and persistent tokens are replicated.
 
 Norms and persistent tokens are replicated DTensors (every parameter must be a DTensor
-for torchtitan's gradient-norm clipping under TP).
+for torchtitan's gradient-norm clipping under TP) whose modules return local tensors, so
+the model computes on plain tensors; the only DTensor the model itself meets is a
+per-head parameter of the memory (NeuralMemory's one helper, _local_heads).
 
 The residual stream between blocks is replicated (no sequence parallel): MAC reads the
 memory and projects retrieved tokens through the same attention weights outside of a
@@ -22,6 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from titans_plugin.blocks.prefixed_memory import PersistentTokens
 from titans_plugin.memory import NeuralMemory
 
 
@@ -57,18 +60,19 @@ def _output_to_local(module, output, mesh):
     return output.to_local() if isinstance(output, DTensor) else output
 
 
-def _replicate_norms(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Norm weights become replicated DTensors (gradient-norm clipping needs every
-    parameter to be a DTensor under TP); the norm takes and returns local tensors."""
+def _replicate_with_local_output(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Norm weights and persistent tokens become replicated DTensors (gradient-norm
+    clipping needs every parameter to be a DTensor under TP); the module takes and
+    returns local tensors. With a replicated residual stream every rank computes the same
+    gradient for them, so no reduction is needed."""
     for module in model.modules():
-        if isinstance(module, nn.RMSNorm):
+        if isinstance(module, (nn.RMSNorm, PersistentTokens)):
             distribute_module(module, mesh, input_fn=_inputs_to_replicated, output_fn=_output_to_local)
 
 
 def _replicate_remaining(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Parameters no plan touched (persistent tokens) become replicated DTensors; their
-    users read them with .to_local(). With a replicated residual stream every rank
-    computes the same gradient for them, so no reduction is needed."""
+    """Parameters no plan touched (attention's persistent tokens, read only through the
+    column-wise wk and wv) become replicated DTensors."""
     for module in model.modules():
         for name, param in list(module.named_parameters(recurse=False)):
             if not isinstance(param, DTensor):
@@ -106,5 +110,5 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: boo
         memory = getattr(block, "memory", None)
         if memory is not None:
             _shard_memory(memory, mesh)
-    _replicate_norms(model, mesh)
+    _replicate_with_local_output(model, mesh)
     _replicate_remaining(model, mesh)

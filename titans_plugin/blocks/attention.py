@@ -117,6 +117,7 @@ class Attention(nn.Module):
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = dim // n_heads
         self.window = window
+        self.n_persistent = n_persistent
         self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -130,11 +131,6 @@ class Attention(nn.Module):
         nn.init.trunc_normal_(self.wo.weight, std=init_std)
         if self.persistent is not None:
             nn.init.normal_(self.persistent, std=0.02)
-
-    def local_kv_heads(self) -> int:
-        """KV heads on this rank: tensor parallel shards wk by heads."""
-        w = self.wk.weight
-        return (w.to_local() if hasattr(w, "to_local") else w).shape[0] // self.head_dim
 
     def persistent_kv(self):
         """Keys and values [N_p, H_kv, D] of the persistent tokens (no RoPE), or Nones."""

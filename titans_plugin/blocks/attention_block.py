@@ -4,17 +4,33 @@ An 'A' layer computes what torchtitan's llama3 TransformerBlock computes (same p
 names and shapes) and adds incremental decoding; 'W' is the sliding-window baseline."""
 
 from .base import TitansBlockBase
-from .config import AttentionBlockConfig
 
 
 class AttentionBlock(TitansBlockBase):
-    block_type = "A"
+    letter = "A"
+    variant = "attention"
+    description = "full causal attention"
 
-    def __init__(self, layer_id: int, model_args, config: AttentionBlockConfig):
+    def __init__(self, layer_id: int, model_args, titans=None):
         super().__init__(layer_id, model_args)
-        config = self._adopt_config(config, model_args)
-        self.block_type = "A" if config.window is None else "W"
-        self.attention = self._make_attention(model_args, config.window, config.n_persistent)
+        self.attention = self._make_attention(model_args, self._window(titans))
+
+    def _window(self, titans) -> int | None:
+        return None
 
     def mix(self, x, freqs_cis, cache):
         return self.attention(x, freqs_cis, cache)
+
+    def attention_context(self, seq_len: int) -> int:
+        window = self.attention.window
+        return seq_len if window is None else min(window, seq_len)
+
+
+class SlidingWindowBlock(AttentionBlock):
+    letter = "W"
+    variant = "swa"
+    description = "sliding-window attention"
+    config_fields = ("window",)
+
+    def _window(self, titans) -> int:
+        return titans.window

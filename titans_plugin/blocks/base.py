@@ -3,22 +3,34 @@
     h = x + mix(attention_norm(x))
     out = h + feed_forward(ffn_norm(h))
 
-A block type only defines `mix` (its sequence mixer) and the cache that mix carries for
-incremental decoding. Submodule names follow torchtitan's llama3 TransformerBlock
-(attention, attention_norm, ffn_norm, feed_forward) so its sharding plans and checkpoint
-keys apply to the parts we share.
+A block type defines `mix` (its sequence mixer), the cache that mix carries for
+incremental decoding, and who it is: its layer-spec letter, what it reads from the
+`[titans]` section, and how many keys each query attends to (for the FLOP count).
+Submodule names follow torchtitan's llama3 TransformerBlock (attention, attention_norm,
+ffn_norm, feed_forward) so its sharding plans and checkpoint keys apply to the parts we
+share.
 """
+
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from titans_plugin.memory import MemoryConfig
+
 from .attention import Attention
-from .config import with_memory_dim
 from .feed_forward import FeedForward, ffn_hidden_dim
 
 
 class TitansBlockBase(nn.Module):
-    block_type: str = "?"
+    # Identity of a block type, read by the layer spec and the config validation: a new
+    # block type is one class with these set and one entry in blocks/__init__.py.
+    letter: ClassVar[str]
+    variant: ClassVar[str]  # name of a model made only of this block ("mac")
+    description: ClassVar[str]
+    # [titans] fields this block type reads, validated only when a layer uses it.
+    config_fields: ClassVar[tuple[str, ...]] = ()
+    has_memory: ClassVar[bool] = False
 
     def __init__(self, layer_id: int, model_args):
         super().__init__()
@@ -35,17 +47,18 @@ class TitansBlockBase(nn.Module):
         else:
             self.weight_init_std = 0.02 / (2 * model_args.n_layers) ** 0.5
 
-    def _adopt_config(self, config, model_args):
-        """Keep the block's config, its memory (if any) reading the model width, validated."""
-        config = with_memory_dim(config, model_args.dim)
-        config.validate()
-        self.config = config
-        return config
+    @property
+    def block_type(self) -> str:
+        return self.letter
 
     @staticmethod
     def _make_attention(model_args, window: int | None = None, n_persistent: int = 0) -> Attention:
         return Attention(model_args.dim, model_args.n_heads, model_args.n_kv_heads,
                          window=window, n_persistent=n_persistent)
+
+    @staticmethod
+    def _memory_config(model_args, titans) -> MemoryConfig:
+        return titans.memory_config(model_args.dim)
 
     def mix(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache):
         """x [B, T, dim] (already normed) -> (out [B, T, dim], cache)."""
@@ -68,9 +81,31 @@ class TitansBlockBase(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h)), cache
 
     def init_weights(self) -> None:
-        for norm in (self.attention_norm, self.ffn_norm):
-            norm.reset_parameters()
-        # Every other child (attention, memory, gate) takes the output-projection std.
+        """Children with an output projection (attention, memory, feed-forward) take the
+        block's output std; the rest (norms, gate, persistent tokens) their own init."""
         for child in self.children():
             if hasattr(child, "init_weights"):
                 child.init_weights(self.weight_init_std)
+            else:
+                child.reset_parameters()
+
+    # -- cost, torchtitan's MFU convention (model/flops.py) ---------------------------
+    def attention_context(self, seq_len: int) -> int:
+        """Keys each query scores against in training over seq_len tokens."""
+        return 0
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token: 6 per weight applied to every token, 12 per
+        (query, key, head dim) score (forward two matmuls, x3 for training, not halved for
+        causality), and for a memory 3x its scan's forward FLOPs. The learned initial
+        memory weights are not applied to tokens directly: the scan counts their copies."""
+        params = sum(p.numel() for p in self.parameters())
+        flops = 0
+        memory = getattr(self, "memory", None)
+        if memory is not None:
+            params -= sum(p.numel() for p in memory.init_memory.parameters())
+            flops += 3 * memory.scan_flops_per_token()
+        attention = getattr(self, "attention", None)
+        if attention is not None:
+            flops += 12 * attention.n_heads * attention.head_dim * self.attention_context(seq_len)
+        return 6 * params + flops

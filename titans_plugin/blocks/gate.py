@@ -17,6 +17,6 @@ class MemoryGate(nn.Module):
     def forward(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return self.norm_y(y) * torch.sigmoid(self.norm_m(m))
 
-    def init_weights(self, init_std: float = 0.02) -> None:  # std unused: norms start at 1
+    def reset_parameters(self) -> None:
         self.norm_y.reset_parameters()
         self.norm_m.reset_parameters()

@@ -3,18 +3,17 @@
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .base import TitansBlockBase
-from .config import LMMConfig
-from .prefixed_memory import make_persistent, run_prefixed_memory
 
 
 class LMMBlock(TitansBlockBase):
-    block_type = "M"
+    letter = "M"
+    variant = "lmm"
+    description = "LMM (memory only)"
+    has_memory = True
 
-    def __init__(self, layer_id: int, model_args, config: LMMConfig):
+    def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
-        config = self._adopt_config(config, model_args)
-        self.memory = NeuralMemory(config.memory)
-        self.persistent = make_persistent(config.n_persistent, model_args.dim)
+        self.memory = NeuralMemory(self._memory_config(model_args, titans))
 
     def mix(self, x, freqs_cis, cache: NeuralMemoryState | None):
-        return run_prefixed_memory(self.memory, self.persistent, x, cache)
+        return self.memory(x, cache)

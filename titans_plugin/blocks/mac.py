@@ -21,7 +21,6 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import masked_attention
 from .base import TitansBlockBase
-from .config import MACConfig
 from .gate import MemoryGate
 
 
@@ -36,26 +35,31 @@ class MACCache(NamedTuple):
 
 
 class MACBlock(TitansBlockBase):
-    block_type = "C"
+    letter = "C"
+    variant = "mac"
+    description = "MAC (memory as context)"
+    config_fields = ("segment_len", "n_persistent")
+    has_memory = True
 
-    def __init__(self, layer_id: int, model_args, config: MACConfig):
+    def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
-        config = self._adopt_config(config, model_args)
-        self.attention = self._make_attention(model_args, None, config.n_persistent)
-        self.memory = NeuralMemory(config.memory)
+        self.segment_len = titans.segment_len
+        self.attention = self._make_attention(model_args, None, titans.n_persistent)
+        self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 
-    def _empty_cache(self, x: torch.Tensor) -> MACCache:
-        a = self.attention
-        empty_k = x.new_zeros(x.shape[0], 0, a.local_kv_heads(), a.head_dim)
-        empty_v = empty_k
+    def _empty_cache(self, x: torch.Tensor, freqs_cis: torch.Tensor) -> MACCache:
+        # Empty key/value tensors shaped like this rank's projections (tensor parallel
+        # holds a subset of the heads): project one token and keep none of it.
+        k, v = self.attention.project_kv(x[:, :1], freqs_cis, 0)
+        empty_k, empty_v = k[:, :0], v[:, :0]
         weights = self.memory.initial_state(x.shape[0]).weights
         no_pos = torch.zeros(0, dtype=torch.long, device=x.device)
         return MACCache(None, weights, None, empty_k, empty_v, no_pos, 0)
 
     def mix(self, x, freqs_cis, cache: MACCache | None):
-        cache = cache or self._empty_cache(x)
-        L = self.config.segment_len
+        cache = cache or self._empty_cache(x, freqs_cis)
+        L = self.segment_len
         outs, start = [], 0
         while start < x.shape[1]:
             if cache.pos % L == 0 and cache.pos > 0 and cache.segment_k.shape[1]:
@@ -92,3 +96,11 @@ class MACBlock(TitansBlockBase):
         m, memory = self.memory(y, cache.memory)  # update with y, then read M*_t(y_t)
         cache = MACCache(memory, cache.segment_weights, query_tail, seg_k, seg_v, seg_pos, pos + n)
         return self.gate(y, m), cache
+
+    def attention_context(self, seq_len: int) -> int:
+        """A segment's own tokens and their retrieved memories, plus the persistent tokens."""
+        return 2 * min(self.segment_len, seq_len) + self.attention.n_persistent
+
+    def flops_per_token(self, seq_len: int) -> int:
+        # The read before attending is one more pass of every query through the memory.
+        return super().flops_per_token(seq_len) + 3 * self.memory.read_flops_per_token()

@@ -11,7 +11,6 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
-from .config import MAGConfig
 from .gate import MemoryGate
 
 
@@ -21,16 +20,22 @@ class MAGCache(NamedTuple):
 
 
 class MAGBlock(TitansBlockBase):
-    block_type = "G"
+    letter = "G"
+    variant = "mag"
+    description = "MAG (memory as gate)"
+    config_fields = ("window", "n_persistent")
+    has_memory = True
 
-    def __init__(self, layer_id: int, model_args, config: MAGConfig):
+    def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
-        config = self._adopt_config(config, model_args)
-        self.attention = self._make_attention(model_args, config.window, config.n_persistent)
-        self.memory = NeuralMemory(config.memory)
+        self.attention = self._make_attention(model_args, titans.window, titans.n_persistent)
+        self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 
     def mix(self, x, freqs_cis, cache: MAGCache | None):
         y, kv = self.attention(x, freqs_cis, None if cache is None else cache.attention)
         m, mem = self.memory(x, None if cache is None else cache.memory)
         return self.gate(y, m), MAGCache(kv, mem)
+
+    def attention_context(self, seq_len: int) -> int:
+        return min(self.attention.window, seq_len) + self.attention.n_persistent

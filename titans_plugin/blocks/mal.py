@@ -9,7 +9,6 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
-from .config import MALConfig
 from .prefixed_memory import make_persistent, run_prefixed_memory
 
 
@@ -19,16 +18,22 @@ class MALCache(NamedTuple):
 
 
 class MALBlock(TitansBlockBase):
-    block_type = "L"
+    letter = "L"
+    variant = "mal"
+    description = "MAL (memory as layer)"
+    config_fields = ("window", "n_persistent")
+    has_memory = True
 
-    def __init__(self, layer_id: int, model_args, config: MALConfig):
+    def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
-        config = self._adopt_config(config, model_args)
-        self.memory = NeuralMemory(config.memory)
-        self.persistent = make_persistent(config.n_persistent, model_args.dim)
-        self.attention = self._make_attention(model_args, config.window)
+        self.memory = NeuralMemory(self._memory_config(model_args, titans))
+        self.persistent = make_persistent(titans.n_persistent, model_args.dim)  # the memory's prefix
+        self.attention = self._make_attention(model_args, titans.window)
 
     def mix(self, x, freqs_cis, cache: MALCache | None):
         y, mem = run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
         o, kv = self.attention(y, freqs_cis, None if cache is None else cache.attention)
         return o, MALCache(mem, kv)
+
+    def attention_context(self, seq_len: int) -> int:
+        return min(self.attention.window, seq_len)

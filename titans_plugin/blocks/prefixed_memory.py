@@ -1,12 +1,12 @@
 """A memory whose stream starts with persistent tokens: M([p_1 .. p_Np] || x).
 
-Used by MAL and LMM. The persistent tokens are processed once, at the start of a stream;
-their outputs are dropped, their effect stays in the memory state."""
+Used by MAL. The persistent tokens are processed once, at the start of a stream; their
+outputs are dropped, their effect stays in the memory state."""
 
 import torch
 from torch import nn
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState, local_tensor
+from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 
 class PersistentTokens(nn.Module):
@@ -15,10 +15,14 @@ class PersistentTokens(nn.Module):
     def __init__(self, n: int, dim: int):
         super().__init__()
         self.tokens = nn.Parameter(torch.empty(n, dim))
-        self.init_weights()
+        self.reset_parameters()
 
-    def init_weights(self, init_std: float = 0.02) -> None:  # std unused: like embeddings
-        nn.init.normal_(self.tokens, std=0.02)
+    def forward(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """[batch_size, N_p, dim]: the prefix of every sequence in the batch."""
+        return self.tokens.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.tokens, std=0.02)  # like embeddings, not the output std
 
 
 def make_persistent(n: int, dim: int) -> PersistentTokens | None:
@@ -31,9 +35,6 @@ def run_prefixed_memory(
 ):
     if state is not None or persistent is None:
         return memory(x, state)
-    B = x.shape[0]
-    tokens = local_tensor(persistent.tokens)
-    Np = tokens.shape[0]
-    prefix = tokens.to(x.dtype).unsqueeze(0).expand(B, *tokens.shape)
+    prefix = persistent(x.shape[0], x.dtype)
     y, state = memory(torch.cat([prefix, x], dim=1), None)
-    return y[:, Np:], state
+    return y[:, prefix.shape[1]:], state

@@ -1,4 +1,7 @@
-from .config import MemoryConfig
-from .neural_memory import NeuralMemory, NeuralMemoryState, local_tensor
+from .config import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConfig
+from .neural_memory import NeuralMemory, NeuralMemoryState
 
-__all__ = ["MemoryConfig", "NeuralMemory", "NeuralMemoryState", "local_tensor"]
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "GATE_MODES", "MemoryConfig", "NeuralMemory", "NeuralMemoryState",
+    "TRITON_DEPTHS",
+]

@@ -2,17 +2,18 @@
 
 from dataclasses import dataclass
 
-from titans_plugin.kernels import ACTIVATIONS
-from titans_plugin.kernels.dispatch import BACKENDS
-from titans_plugin.kernels.triton_op import SUPPORTED_DEPTHS
+from titans_plugin.kernels import ACTIVATIONS, BACKENDS, TRITON_DEPTHS
 
+# Allowed values, for whoever validates a user's configuration (titans_plugin/config.py).
 GATE_MODES = ("token", "chunk")
+__all__ = ["ACTIVATIONS", "BACKENDS", "GATE_MODES", "MemoryConfig", "TRITON_DEPTHS"]
 
 
 @dataclass
 class MemoryConfig:
     """Every field has a default that runs on CPU. `dim` is the model width the memory
-    reads from and writes back to; it is filled in by the block that owns the memory."""
+    reads from and writes back to. Trusted as given: the user's `[titans]` section is
+    validated where it enters (titans_plugin/config.py)."""
 
     dim: int = 256
     n_heads: int = 4
@@ -46,43 +47,19 @@ class MemoryConfig:
             return [(d, d)]
         return [(d, h)] + [(h, h)] * (self.depth - 2) + [(h, d)]
 
-    def validate(self, prefix: str = "memory", names: dict[str, str] | None = None) -> None:
-        """Raise ValueError naming the field and the allowed values. `names` maps a field
-        to the name the user wrote it under (e.g. a TOML key), default prefix.field."""
+    def scan_flops_per_token(self) -> int:
+        """Forward FLOPs per token of the chunked scan, all heads (see kernels/chunk.py)."""
+        C = self.chunk_size
+        per_head = 2 * C * C  # A @ E inside a chunk, amortised over its C tokens
+        for layer, (d_in, d_out) in enumerate(self.layer_dims()):
+            mm = 2 * d_in * d_out
+            per_head += mm  # keys through the chunk-start memory
+            per_head += mm if layer > 0 else 0  # delta back through W^T
+            per_head += 2 * mm  # query through W0 and S0
+            per_head += 2 * C * (d_in + d_out)  # masked scores and scores @ delta
+            per_head += 2 * mm  # end-of-chunk weight and momentum updates, amortised
+        return per_head * self.n_heads
 
-        def bad(field: str, allowed: str, value) -> ValueError:
-            label = (names or {}).get(field, f"{prefix}.{field}")
-            return ValueError(f"{label} must be {allowed}, got {value!r}")
-
-        if self.dim < 1:
-            raise bad("dim", "an integer >= 1", self.dim)
-        if self.n_heads < 1:
-            raise bad("n_heads", "an integer >= 1", self.n_heads)
-        if self.head_dim is None and self.dim % self.n_heads != 0:
-            raise bad("n_heads", f"a divisor of the width dim={self.dim} (or set head_dim)", self.n_heads)
-        if self.head_dim is not None and self.head_dim < 1:
-            raise bad("head_dim", "an integer >= 1 or None", self.head_dim)
-        if self.depth < 1:
-            raise bad("depth", "an integer >= 1 (1 = linear memory)", self.depth)
-        if self.expansion <= 0:
-            raise bad("expansion", "a number > 0", self.expansion)
-        if self.activation not in ACTIVATIONS:
-            raise bad("activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
-        if self.chunk_size < 1:
-            raise bad("chunk_size", "an integer >= 1", self.chunk_size)
-        if self.conv_kernel < 0:
-            raise bad("conv_kernel", "an integer >= 0 (0 = no convolution)", self.conv_kernel)
-        if not self.max_lr > 0:
-            raise bad("max_lr", "a number > 0", self.max_lr)
-        if not 0 < self.max_momentum <= 1:
-            raise bad("max_momentum", "in (0, 1]", self.max_momentum)
-        if not 0 < self.max_forget <= 1:
-            raise bad("max_forget", "in (0, 1]", self.max_forget)
-        if self.max_grad_norm < 0:
-            raise bad("max_grad_norm", "a number >= 0 (0 = no clipping)", self.max_grad_norm)
-        if self.gate_mode not in GATE_MODES:
-            raise bad("gate_mode", f"one of {list(GATE_MODES)}", self.gate_mode)
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"one of {list(BACKENDS)}", self.backend)
-        if self.backend == "triton" and self.depth not in SUPPORTED_DEPTHS:
-            raise bad("depth", f"one of {list(SUPPORTED_DEPTHS)} with backend 'triton'", self.depth)
+    def read_flops_per_token(self) -> int:
+        """Forward FLOPs per token of a read with fixed weights (one pass through the MLP)."""
+        return 2 * sum(d_in * d_out for d_in, d_out in self.layer_dims()) * self.n_heads

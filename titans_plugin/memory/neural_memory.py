@@ -40,16 +40,24 @@ class NeuralMemoryState(NamedTuple):
         )
 
 
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """Per-head parameters are DTensors sharded on the head dim under tensor parallel;
-    the scan runs on the local heads only."""
-    return t.to_local() if hasattr(t, "to_local") else t
+def _local_heads(param: torch.Tensor) -> torch.Tensor:
+    """This rank's heads of a per-head parameter. The one place the model meets a
+    DTensor: tensor parallel (adapter/tensor_parallel.py) shards the per-head
+    parameters (conv channels, initial memory, output norm) on their head dim, and the
+    scan is plain tensor math on the local heads. Linear layers need nothing: their
+    plan returns local tensors."""
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def _rms(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Root of the mean over tensors of each tensor's mean square (detached, fp32)."""
+    return torch.stack([t.detach().float().pow(2).mean() for t in tensors]).mean().sqrt()
 
 
 class NeuralMemory(nn.Module):
     def __init__(self, config: MemoryConfig):
         super().__init__()
-        config.validate()
+        assert config.head_dim is not None or config.dim % config.n_heads == 0, "n_heads must divide dim"
         self.config = config
         H, D = config.n_heads, config.resolved_head_dim
         self.n_heads, self.head_dim = H, D
@@ -105,7 +113,7 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         h = lin(x)
         if conv is not None:
-            h, tail = causal_depthwise_conv(h, local_tensor(conv), tail)
+            h, tail = causal_depthwise_conv(h, _local_heads(conv), tail)
         return F.silu(h).view(B, T, -1, self.head_dim), tail
 
     def _project(self, x: torch.Tensor, conv_tail):
@@ -140,7 +148,13 @@ class NeuralMemory(nn.Module):
         return theta, eta, alpha
 
     def initial_state(self, batch_size: int) -> MemoryState:
-        return MemoryState.from_initial(tuple(local_tensor(w) for w in self.init_memory), batch_size)
+        return MemoryState.from_initial(tuple(_local_heads(w) for w in self.init_memory), batch_size)
+
+    def scan_flops_per_token(self) -> int:
+        return self.config.scan_flops_per_token()
+
+    def read_flops_per_token(self) -> int:
+        return self.config.read_flops_per_token()
 
     def _scan(self, inputs, state: MemoryState):
         c = self.config
@@ -184,7 +198,7 @@ class NeuralMemory(nn.Module):
             outs.append(y)
         y = torch.cat(outs, dim=1)[:, n_pending:] if outs else q.new_zeros(B, 0, q.shape[2], q.shape[3])
         out = self._output(x, y)
-        if self.training and not torch.compiler.is_compiling():
+        if self.training:
             self._record_stats(new[3:], final)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
 
@@ -192,15 +206,14 @@ class NeuralMemory(nn.Module):
         """Detached summaries of the last training forward, for the metrics logger.
         Tensors, not floats: nothing synchronises until the logger reads them."""
         theta, eta, alpha = (g.detach() for g in gates)
-        sq = lambda ts: torch.stack([t.detach().float().pow(2).mean() for t in ts]).mean().sqrt()
         self.last_stats = {
             "theta_mean": theta.mean(), "eta_mean": eta.mean(), "alpha_mean": alpha.mean(),
-            "surprise_rms": sq(final.momentum), "weight_rms": sq(final.weights),
+            "surprise_rms": _rms(final.momentum), "weight_rms": _rms(final.weights),
         }
 
     def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
         y = y_BTHD.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * local_tensor(self.out_norm_weight).float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local_heads(self.out_norm_weight).float()
         y = y.to(x.dtype).reshape(B, T, -1) * torch.sigmoid(self.w_out_gate(x))
         return self.wo(y)

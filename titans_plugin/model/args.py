@@ -22,7 +22,9 @@ class TitansModelArgs:
     depth_init: bool = True
     titans: TitansConfig = field(default_factory=TitansConfig)
 
-    def validate(self) -> None:
+    def validate(self, seq_len: int | None = None) -> None:
+        """The model sizes and the [titans] section; seq_len: the training sequence length
+        (segments and windows must fit in it), max_seq_len when not given."""
         if self.dim < 1 or self.n_heads < 1 or self.dim % self.n_heads:
             raise ValueError(f"model.n_heads={self.n_heads} must divide model.dim={self.dim}")
         kv = self.n_kv_heads or self.n_heads
@@ -30,7 +32,7 @@ class TitansModelArgs:
             raise ValueError(f"model.n_kv_heads={kv} must divide model.n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"attention head dim {self.dim // self.n_heads} must be even for RoPE")
-        self.titans.validate(self.dim, self.n_layers, self.max_seq_len)
+        self.titans.validate(self.dim, self.n_layers, seq_len or self.max_seq_len)
 
     def layer_types(self) -> list[str]:
         return self.titans.layer_types(self.n_layers)

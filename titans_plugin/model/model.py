@@ -25,8 +25,7 @@ class TitansTransformer(nn.Module):
         self.layer_types = model_args.layer_types()
         self.layers = nn.ModuleDict()
         for i, letter in enumerate(self.layer_types):
-            cfg = model_args.titans.block_config(letter, model_args.dim)
-            self.layers[str(i)] = build_block(letter, i, model_args, cfg)
+            self.layers[str(i)] = build_block(letter, i, model_args, model_args.titans)
         self.norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
         self.output = nn.Linear(model_args.dim, model_args.vocab_size, bias=False)
         self.init_weights()
@@ -40,16 +39,12 @@ class TitansTransformer(nn.Module):
         buffer_device = buffer_device or self.freqs_cis.device
         with torch.device(buffer_device):
             self.freqs_cis = self._precompute_freqs_cis()
-        if self.tok_embeddings is not None:
-            nn.init.normal_(self.tok_embeddings.weight)
+        nn.init.normal_(self.tok_embeddings.weight)
         for layer in self.layers.values():
-            if layer is not None:
-                layer.init_weights()
-        if self.norm is not None:
-            self.norm.reset_parameters()
-        if self.output is not None:
-            std = self.model_args.dim ** -0.5
-            nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
+            layer.init_weights()
+        self.norm.reset_parameters()
+        std = self.model_args.dim ** -0.5
+        nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
 
     def get_attention_masks(self, input_batch, tokenizer, extra_inputs=None):
         """Blocks attend causally (within windows/segments) by construction; like llama3
@@ -57,11 +52,10 @@ class TitansTransformer(nn.Module):
         raise TypeError("Titans models build their causal masks inside each block")
 
     def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
-        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis, attention_masks=attention_masks, positions=positions)
-        h = self.norm(h) if self.norm is not None else h
-        return self.output(h) if self.output is not None else h
+        return self.output(self.norm(h))
 
     @torch.no_grad()
     def forward_cached(self, tokens: torch.Tensor, caches: list | None = None):
