@@ -1,0 +1,114 @@
+"""The torchtitan adapter: import hygiene, registration, the parallel-layout checks, and the
+plugin's parallelize function compiling a model (in process, one rank)."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("torchtitan")
+
+from torchtitan.config import ConfigManager  # noqa: E402
+from torchtitan.distributed import ParallelDims  # noqa: E402
+
+from titans_plugin.adapter import register  # noqa: E402
+from titans_plugin.adapter.args import TitansTrainArgs, check_parallel_layout  # noqa: E402
+from titans_plugin.adapter.parallelize import parallelize_titans  # noqa: E402
+from titans_plugin.config import TitansConfig  # noqa: E402
+from titans_plugin.model import TitansTransformer  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "train_configs", "debug_mac.toml")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_model_code_imports_without_torchtitan():
+    proc = _python(
+        "import sys\n"
+        "import titans_plugin.kernels, titans_plugin.memory, titans_plugin.blocks, titans_plugin.model\n"
+        "import titans_plugin.config, titans_plugin.hybrid, titans_plugin.convert\n"
+        "print(sorted(m for m in sys.modules if m.startswith('torchtitan')))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_import_inside_a_torchtitan_process_registers_and_patches_only_there():
+    proc = _python(
+        "import torchtitan.config\n"
+        "import titans_plugin\n"
+        "from torchtitan.protocols.train_spec import get_train_spec\n"
+        "from torchtitan.hf_datasets.text_datasets import DATASETS\n"
+        "from torchtitan.tools import utils\n"
+        "print(get_train_spec('titans').model_cls.__name__, 'titans_stories' in DATASETS, utils.device_type)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    name, dataset, device = proc.stdout.split()
+    assert (name, dataset) == ("TitansTransformer", "True")
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_register_is_idempotent():
+    register()
+    register()
+
+
+def _args(**titans) -> TitansTrainArgs:
+    return TitansTrainArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16,
+                           titans=TitansConfig(pattern="GA", **titans))
+
+
+def test_tensor_parallel_must_divide_memory_heads():
+    """Attention heads (4) and KV heads (2) divide TP=2; memory heads (3) do not."""
+    with pytest.raises(ValueError, match=r"tensor_parallel_degree=2 must divide titans\.memory_heads=3"):
+        check_parallel_layout(_args(memory_heads=3, memory_head_dim=16), tp=2)
+    check_parallel_layout(_args(memory_heads=4), tp=2)
+    # without a memory layer the memory heads are not sharded, so not checked
+    check_parallel_layout(TitansTrainArgs(dim=64, n_layers=2, n_heads=4, titans=TitansConfig(pattern="A",
+                                          memory_heads=3)), tp=2)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--parallelism.pipeline_parallel_degree", "parallelism.pipeline_parallel_degree"),
+    ("--parallelism.context_parallel_degree", "parallelism.context_parallel_degree"),
+])
+def test_pipeline_and_context_parallel_are_rejected_before_training(override, field):
+    register()
+    job = ConfigManager().parse_args(["--job.config_file", CONFIG, override, "2"])
+    args = copy.deepcopy(TitansTrainArgs(dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64))
+    with pytest.raises(ValueError, match=field.replace(".", r"\.") + "=?.* must be 1"):
+        args.update_from_config(job)
+
+
+def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
+    """[compile] enable through the plugin's parallelize function (one rank: no FSDP/TP):
+    every block is compiled, the loss and gradients match eager, and the per-layer memory
+    statistics the metrics logger reads are still recorded."""
+    register()
+    job = ConfigManager().parse_args(["--job.config_file", CONFIG, "--compile.enable"])
+    dims = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
+    torch.manual_seed(0)
+    args = TitansTrainArgs(dim=32, n_layers=2, n_heads=4, vocab_size=64, multiple_of=16, max_seq_len=16,
+                           titans=TitansConfig(pattern="GA", memory_heads=2, chunk_size=8, window=4, n_persistent=2))
+    eager = TitansTransformer(args)
+    compiled = copy.deepcopy(eager)
+    parallelize_titans(compiled, dims, job)
+    assert all(type(b).__name__ == "OptimizedModule" for b in compiled.layers.values())
+    tokens = torch.randint(0, 64, (2, 8))
+    torch._dynamo.reset()
+    losses = [m(tokens).float().pow(2).mean() for m in (eager, compiled)]
+    for loss in losses:
+        loss.backward()
+    assert abs(losses[0].item() - losses[1].item()) < 1e-5 * abs(losses[0].item())
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * a.grad.abs().max() + 1e-7, name
+    stats = compiled.layers["0"].memory.last_stats
+    assert set(stats) == {"theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms"}
+    for key, value in eager.layers["0"].memory.last_stats.items():
+        assert abs(float(stats[key]) - float(value)) <= 1e-5 * abs(float(value)), key
