@@ -60,17 +60,17 @@ def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
     L = len(W)
     a, z = [k], []
     x = k
-    for l in range(L):
-        zl = x @ W[l]
+    for j in range(L):
+        zl = x @ W[j]
         z.append(zl)
-        x = act.fn(zl) if l < L - 1 else zl
+        x = act.fn(zl) if j < L - 1 else zl
         a.append(x)
     a.pop()
-    dphi = [act.grad(z[l]) for l in range(L - 1)]
+    dphi = [act.grad(z[j]) for j in range(L - 1)]
     d = [None] * L
     d[L - 1] = 2.0 * (x - v)
-    for l in range(L - 2, -1, -1):
-        d[l] = (d[l + 1] @ W[l + 1].mT) * dphi[l]
+    for j in range(L - 2, -1, -1):
+        d[j] = (d[j + 1] @ W[j + 1].mT) * dphi[j]
 
     clip = None
     theta_eff = theta
@@ -92,19 +92,19 @@ def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
 
     hs, ys, ss, hWs, hSs = [], [], [], [], []
     x = q
-    for l in range(L):
+    for j in range(L):
         hs.append(x)
-        s = x @ a[l].mT
-        hw, hS = x @ W[l], x @ S[l]
-        y = c.unsqueeze(-1) * hw + f.unsqueeze(-1) * hS - (s * G) @ d[l]
+        s = x @ a[j].mT
+        hw, hS = x @ W[j], x @ S[j]
+        y = c.unsqueeze(-1) * hw + f.unsqueeze(-1) * hS - (s * G) @ d[j]
         ss.append(s), hWs.append(hw), hSs.append(hS), ys.append(y)
-        x = act.fn(y) if l < L - 1 else y
+        x = act.fn(y) if j < L - 1 else y
 
     g = G[..., -1, :].unsqueeze(-1)
     n = (E[..., -1, :] * theta_eff).unsqueeze(-1)
     cT, fT, mT = (t[..., -1, None, None] for t in (c, f, em))
-    W_next = tuple(cT * W[l] + fT * S[l] - a[l].mT @ (g * d[l]) for l in range(L))
-    S_next = tuple(mT * S[l] - a[l].mT @ (n * d[l]) for l in range(L))
+    W_next = tuple(cT * W[j] + fT * S[j] - a[j].mT @ (g * d[j]) for j in range(L))
+    S_next = tuple(mT * S[j] - a[j].mT @ (n * d[j]) for j in range(L))
     inter = ChunkIntermediates(a, z, d, dphi, theta_eff, clip, A, E, P, G, c, em, f, hs, ys, ss, hWs, hSs)
     return x, W_next, S_next, inter
 
@@ -117,43 +117,43 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
     g = G[..., -1, :]
     n = E[..., -1, :] * it.theta_eff
     cT, fT, mT = it.c[..., -1], it.f[..., -1], it.em[..., -1]
-    dW = [cT[..., None, None] * dW_next[l] for l in range(L)]
-    dS = [fT[..., None, None] * dW_next[l] + mT[..., None, None] * dS_next[l] for l in range(L)]
+    dW = [cT[..., None, None] * dW_next[j] for j in range(L)]
+    dS = [fT[..., None, None] * dW_next[j] + mT[..., None, None] * dS_next[j] for j in range(L)]
     da = [torch.zeros_like(x) for x in a]
     dd = [torch.zeros_like(x) for x in d]
-    dcT = sum((dW_next[l] * W[l]).sum((-2, -1)) for l in range(L))
-    dfT = sum((dW_next[l] * S[l]).sum((-2, -1)) for l in range(L))
-    dmT = sum((dS_next[l] * S[l]).sum((-2, -1)) for l in range(L))
+    dcT = sum((dW_next[j] * W[j]).sum((-2, -1)) for j in range(L))
+    dfT = sum((dW_next[j] * S[j]).sum((-2, -1)) for j in range(L))
+    dmT = sum((dS_next[j] * S[j]).sum((-2, -1)) for j in range(L))
     dg = torch.zeros_like(g)
     dn = torch.zeros_like(n)
 
     # End state: W' -= a^T (g * d), S' -= a^T (n * d).
-    for l in range(L):
-        adW, adS = a[l] @ dW_next[l], a[l] @ dS_next[l]
-        dd[l] -= g.unsqueeze(-1) * adW + n.unsqueeze(-1) * adS
-        da[l] -= (g.unsqueeze(-1) * d[l]) @ dW_next[l].mT + (n.unsqueeze(-1) * d[l]) @ dS_next[l].mT
-        dg -= (adW * d[l]).sum(-1)
-        dn -= (adS * d[l]).sum(-1)
+    for j in range(L):
+        adW, adS = a[j] @ dW_next[j], a[j] @ dS_next[j]
+        dd[j] -= g.unsqueeze(-1) * adW + n.unsqueeze(-1) * adS
+        da[j] -= (g.unsqueeze(-1) * d[j]) @ dW_next[j].mT + (n.unsqueeze(-1) * d[j]) @ dS_next[j].mT
+        dg -= (adW * d[j]).sum(-1)
+        dn -= (adS * d[j]).sum(-1)
 
     # Query path, last layer first.
     dc = torch.zeros_like(it.c)
     df = torch.zeros_like(it.f)
     dG = torch.zeros_like(G)
     dh = dout
-    for l in range(L - 1, -1, -1):
-        dy = dh * act.grad(it.y[l]) if l < L - 1 else dh
-        dc += (dy * it.hW[l]).sum(-1)
-        df += (dy * it.hS[l]).sum(-1)
+    for j in range(L - 1, -1, -1):
+        dy = dh * act.grad(it.y[j]) if j < L - 1 else dh
+        dc += (dy * it.hW[j]).sum(-1)
+        df += (dy * it.hS[j]).sum(-1)
         cdy, fdy = it.c.unsqueeze(-1) * dy, it.f.unsqueeze(-1) * dy
-        h = it.h[l]
-        dW[l] += h.mT @ cdy
-        dS[l] += h.mT @ fdy
-        dR = -(dy @ d[l].mT)
-        dd[l] -= (it.s[l] * G).mT @ dy
+        h = it.h[j]
+        dW[j] += h.mT @ cdy
+        dS[j] += h.mT @ fdy
+        dR = -(dy @ d[j].mT)
+        dd[j] -= (it.s[j] * G).mT @ dy
         dsc = dR * G
-        dG += dR * it.s[l]
-        da[l] += dsc.mT @ h
-        dh = cdy @ W[l].mT + fdy @ S[l].mT + dsc @ a[l]
+        dG += dR * it.s[j]
+        da[j] += dsc.mT @ h
+        dh = cdy @ W[j].mT + fdy @ S[j].mT + dsc @ a[j]
     dq = dh
 
     # Decays and gates.
@@ -179,26 +179,26 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
         dtheta = dtheta_eff * torch.clamp(raw, max=1.0)
         active = raw < 1.0
         dsq = torch.where(active, dtheta_eff * theta * (-0.5) * raw / (sq + _EPS), torch.zeros_like(sq))
-        for l in range(L):
-            da[l] += 2.0 * a[l] * (dsq * sqd[l]).unsqueeze(-1)
-            dd[l] += 2.0 * d[l] * (dsq * sqa[l]).unsqueeze(-1)
+        for j in range(L):
+            da[j] += 2.0 * a[j] * (dsq * sqd[j]).unsqueeze(-1)
+            dd[j] += 2.0 * d[j] * (dsq * sqa[j]).unsqueeze(-1)
 
     # Key path: d_l = (d_{l+1} W_{l+1}^T) * act'(z_l), d_{L-1} = 2 (z_{L-1} - v).
     dz = [torch.zeros_like(x) for x in it.z]
-    for l in range(L - 1):
-        u = d[l + 1] @ W[l + 1].mT
-        du = dd[l] * it.dphi[l]
-        dd[l + 1] += du @ W[l + 1]
-        dW[l + 1] += du.mT @ d[l + 1]
-        dz[l] += dd[l] * u * act.grad2(it.z[l])
+    for j in range(L - 1):
+        u = d[j + 1] @ W[j + 1].mT
+        du = dd[j] * it.dphi[j]
+        dd[j + 1] += du @ W[j + 1]
+        dW[j + 1] += du.mT @ d[j + 1]
+        dz[j] += dd[j] * u * act.grad2(it.z[j])
     dz[L - 1] += 2.0 * dd[L - 1]
     dv = -2.0 * dd[L - 1]
     # Forward chain: z_l = a_l W_l, a_{l+1} = act(z_l).
-    for l in range(L - 1, -1, -1):
-        if l < L - 1:
-            dz[l] += da[l + 1] * it.dphi[l]
-        dW[l] += a[l].mT @ dz[l]
-        da[l] += dz[l] @ W[l].mT
+    for j in range(L - 1, -1, -1):
+        if j < L - 1:
+            dz[j] += da[j + 1] * it.dphi[j]
+        dW[j] += a[j].mT @ dz[j]
+        da[j] += dz[j] @ W[j].mT
     return dq, da[0], dv, dtheta, dle, dlr, dW, dS
 
 
@@ -235,8 +235,8 @@ class _ChunkScan(torch.autograd.Function):
         q, k, v, theta, le, lr, *flat = ctx.saved_tensors
         T = q.shape[2]
         # Every chunk's state has the same shapes: the first chunk's give the zeros.
-        dW_next = [g if g is not None else torch.zeros_like(flat[l]) for l, g in enumerate(dstate[:L])]
-        dS_next = [g if g is not None else torch.zeros_like(flat[L + l]) for l, g in enumerate(dstate[L:])]
+        dW_next = [g if g is not None else torch.zeros_like(flat[j]) for j, g in enumerate(dstate[:L])]
+        dS_next = [g if g is not None else torch.zeros_like(flat[L + j]) for j, g in enumerate(dstate[L:])]
         if dy is None:
             dy = torch.zeros(*q.shape[:3], flat[L - 1].shape[-1], dtype=q.dtype, device=q.device)
         grads = {name: torch.zeros_like(t) for name, t in

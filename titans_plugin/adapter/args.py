@@ -14,9 +14,14 @@ from titans_plugin.model.flops import model_nparams_and_flops
 def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int = 1) -> None:
     """Fail before training when a sharding layout cannot work."""
     if pp > 1:
-        raise ValueError("parallelism.pipeline_parallel_degree must be 1 for Titans models (pipelining not supported yet)")
+        raise ValueError(
+            "parallelism.pipeline_parallel_degree must be 1 for Titans models (pipelining is not supported)"
+        )
     if cp > 1:
-        raise ValueError("parallelism.context_parallel_degree must be 1 for Titans models: the memory scan is sequential over the sequence")
+        raise ValueError(
+            "parallelism.context_parallel_degree must be 1 for Titans models: the memory scan is "
+            "sequential over the sequence"
+        )
     if tp <= 1:
         return
     kv = args.n_kv_heads or args.n_heads

@@ -93,7 +93,10 @@ def banded_attention(q, k, v, window: int, pk=None, pv=None):
     # keys of block i: positions [(i-1)W, (i+1)W); block -1 is zeros, masked out below
     k_prev = F.pad(k, (0, 0, 0, 0, W, 0))[:, : n * W]
     v_prev = F.pad(v, (0, 0, 0, 0, W, 0))[:, : n * W]
-    blocks = lambda t: t.reshape(B, n, W, *t.shape[2:])
+
+    def blocks(t):
+        return t.reshape(B, n, W, *t.shape[2:])
+
     kb = torch.cat([blocks(k_prev), blocks(k)], dim=2)  # [B, n, 2W, Hkv, D]
     vb = torch.cat([blocks(v_prev), blocks(v)], dim=2)
     qb = blocks(q)
