@@ -4,10 +4,11 @@
     python -m bench.ac_policy --no-write
 
 Policies, each applied per block with torchtitan's apply_ac: none; full (recompute the
-block); selective "2" (full on every other block, torchtitan's default option); selective "op" with llama3's save list (every other mm and the attention kernels:
-the memory scan's batched matmuls are recomputed); selective "op" with the plugin's list
-(titans_plugin.adapter.parallelize.SAC_SAVE_LIST: the scan's bmm and the Triton scan op are
-kept too). Peak memory is the peak of live tensors (parameters, gradients, activations,
+block); selective "2" (full on every other block, torchtitan's default option); selective
+"op" with llama3's save list (every other mm and the attention kernels: the memory scan's
+batched matmuls are recomputed); selective "op" with the plugin's list
+(titans_plugin.adapter.parallelize.SAC_SAVE_LIST: the scan's bmm and the Triton scan op
+are kept too). Peak memory is the peak of live tensors (parameters, gradients, activations,
 temporaries) over one forward + backward, from torch's MemTracker, so it is exact and the
 same on any machine; step time is the median of timed steps on this machine.
 """
@@ -40,10 +41,18 @@ POLICIES = {
 def build(pattern: str, seq_len: int) -> TitansTransformer:
     """The debug flavor's sizes with debug_mac.toml's [titans] settings."""
     torch.manual_seed(0)
-    titans = TitansConfig(pattern=pattern, memory_heads=4, memory_expansion=2.0, chunk_size=32,
-                          segment_len=128, window=128, n_persistent=4)
-    args = TitansModelArgs(dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64,
-                           max_seq_len=seq_len, titans=titans)
+    titans = TitansConfig(
+        pattern=pattern,
+        memory_heads=4,
+        memory_expansion=2.0,
+        chunk_size=32,
+        segment_len=128,
+        window=128,
+        n_persistent=4,
+    )
+    args = TitansModelArgs(
+        dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=seq_len, titans=titans
+    )
     return TitansTransformer(args)
 
 
@@ -89,9 +98,17 @@ def main() -> None:
         results = {name: measure(base, policy, tokens, a.iters) for name, policy in POLICIES.items()}
         none_peak, none_time = results["none"]
         for name, (peak, seconds) in results.items():
-            rows.append([f"`{pattern}`", name, f"{peak:.0f}", f"{peak / none_peak:.2f}",
-                         f"{seconds:.2f}", f"{seconds / none_time:.2f}"])
-        print(table(["model", "policy", "peak MiB", "vs none", "step s", "vs none"], rows[-len(POLICIES):]))
+            rows.append(
+                [
+                    f"`{pattern}`",
+                    name,
+                    f"{peak:.0f}",
+                    f"{peak / none_peak:.2f}",
+                    f"{seconds:.2f}",
+                    f"{seconds / none_time:.2f}",
+                ]
+            )
+        print(table(["model", "policy", "peak MiB", "vs none", "step s", "vs none"], rows[-len(POLICIES) :]))
     doc = (
         "### Measured: peak memory and step time per policy\n\n"
         f"Machine: {machine()}. Command: `python -m bench.ac_policy`. Debug flavor (dim 128, 4 layers), "

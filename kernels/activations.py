@@ -65,7 +65,5 @@ ACTIVATIONS: dict[str, Activation] = {
 
 def get_activation(name: str) -> Activation:
     if name not in ACTIVATIONS:
-        raise ValueError(
-            f"memory activation must be one of {sorted(ACTIVATIONS)}, got {name!r}"
-        )
+        raise ValueError(f"memory activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]

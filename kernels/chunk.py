@@ -220,8 +220,9 @@ class _ChunkScan(torch.autograd.Function):
             if keep:
                 saved_W.append(W)
                 saved_S.append(S)
-            y, W, S, _ = chunk_forward(q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl],
-                                       le[..., sl], lr[..., sl], W, S, act, max_norm)
+            y, W, S, _ = chunk_forward(
+                q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl], le[..., sl], lr[..., sl], W, S, act, max_norm
+            )
             outs.append(y)
         flat_states = [t for W_, S_ in zip(saved_W, saved_S) for t in (*W_, *S_)]
         ctx.save_for_backward(q, k, v, theta, le, lr, *flat_states)
@@ -239,22 +240,37 @@ class _ChunkScan(torch.autograd.Function):
         dS_next = [g if g is not None else torch.zeros_like(flat[L + j]) for j, g in enumerate(dstate[L:])]
         if dy is None:
             dy = torch.zeros(*q.shape[:3], flat[L - 1].shape[-1], dtype=q.dtype, device=q.device)
-        grads = {name: torch.zeros_like(t) for name, t in
-                 (("q", q), ("k", k), ("v", v), ("theta", theta), ("le", le), ("lr", lr))}
+        grads = {
+            name: torch.zeros_like(t)
+            for name, t in (("q", q), ("k", k), ("v", v), ("theta", theta), ("le", le), ("lr", lr))
+        }
         for i in range(n_chunks - 1, -1, -1):
-            W = flat[2 * L * i: 2 * L * i + L]
-            S = flat[2 * L * i + L: 2 * L * (i + 1)]
+            W = flat[2 * L * i : 2 * L * i + L]
+            S = flat[2 * L * i + L : 2 * L * (i + 1)]
             sl = slice(i * chunk_size, min((i + 1) * chunk_size, T))
             args = (q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl])
             _, _, _, it = chunk_forward(*args, le[..., sl], lr[..., sl], W, S, act, max_norm)
             dq, dk, dv, dth, dle, dlr, dW_next, dS_next = chunk_backward(
-                dy[:, :, sl], dW_next, dS_next, *args, W, S, act, it)
+                dy[:, :, sl], dW_next, dS_next, *args, W, S, act, it
+            )
             for name, gval in zip(("q", "k", "v"), (dq, dk, dv)):
                 grads[name][:, :, sl] = gval
             for name, gval in zip(("theta", "le", "lr"), (dth, dle, dlr)):
                 grads[name][..., sl] = gval
-        return (grads["q"], grads["k"], grads["v"], grads["theta"], grads["le"], grads["lr"],
-                None, None, None, None, *dW_next, *dS_next)
+        return (
+            grads["q"],
+            grads["k"],
+            grads["v"],
+            grads["theta"],
+            grads["le"],
+            grads["lr"],
+            None,
+            None,
+            None,
+            None,
+            *dW_next,
+            *dS_next,
+        )
 
 
 def chunk_neural_memory(
@@ -280,7 +296,8 @@ def chunk_neural_memory(
     L = len(state.weights)
     if q.shape[2] == 0:
         return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
-    out = _ChunkScan.apply(q, k, v, theta, le, lr, chunk_size, activation, max_grad_norm or 0.0, L,
-                           *state.weights, *state.momentum)
-    y, W, S = out[0], out[1:1 + L], out[1 + L:]
+    out = _ChunkScan.apply(
+        q, k, v, theta, le, lr, chunk_size, activation, max_grad_norm or 0.0, L, *state.weights, *state.momentum
+    )
+    y, W, S = out[0], out[1 : 1 + L], out[1 + L :]
     return y.transpose(1, 2), MemoryState(tuple(W), tuple(S))

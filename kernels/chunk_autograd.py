@@ -36,6 +36,7 @@ from .chunk import chunk_forward
 from .chunk_math import prepare_inputs
 from .state import MemoryState
 
+
 def chunk_neural_memory_autograd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -61,8 +62,16 @@ def chunk_neural_memory_autograd(
     for start in range(0, T, chunk_size):
         sl = slice(start, min(start + chunk_size, T))
         y, W, S, _ = chunk_forward(
-            q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl], log_eta[..., sl],
-            log_retain[..., sl], state.weights, state.momentum, act, max_grad_norm,
+            q[:, :, sl],
+            k[:, :, sl],
+            v[:, :, sl],
+            theta[..., sl],
+            log_eta[..., sl],
+            log_retain[..., sl],
+            state.weights,
+            state.momentum,
+            act,
+            max_grad_norm,
         )
         state = MemoryState(W, S)
         outputs.append(y)

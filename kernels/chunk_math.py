@@ -27,8 +27,6 @@ def log_gates(eta: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype):
     return log_eta, log_retain
 
 
-
-
 def segment_sum_backward(grad_CC: torch.Tensor) -> torch.Tensor:
     """Adjoint of segment_sum: dx_j = sum_{t >= j} sum_{s < j} grad[t, s]."""
     exclusive = torch.cumsum(grad_CC, dim=-1) - grad_CC  # [t, j] = sum_{s < j} grad[t, s]
@@ -50,7 +48,5 @@ def prepare_inputs(q, k, v, theta, eta, alpha, state: MemoryState, chunk_size: i
     q, k, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
     theta = theta.transpose(1, 2).to(dtype)
     log_eta, log_retain = (g.transpose(1, 2) for g in log_gates(eta, alpha, dtype))
-    state = MemoryState(
-        tuple(w.to(dtype) for w in state.weights), tuple(s.to(dtype) for s in state.momentum)
-    )
+    state = MemoryState(tuple(w.to(dtype) for w in state.weights), tuple(s.to(dtype) for s in state.momentum))
     return q, k, v, theta, log_eta, log_retain, state

@@ -77,8 +77,12 @@ def variations() -> list[Config]:
     """One-axis variations of the default configuration (compiled for the first arch only
     in the default report; --full compiles everything for every arch)."""
     rows = [Config(2, 64, 256, c, torch.bfloat16, True) for c in (16, 32, 128)]
-    rows += [Config(2, 64, 128, 64, torch.bfloat16, True), Config(2, 128, 256, 64, torch.bfloat16, True),
-             Config(2, 128, 512, 64, torch.bfloat16, True), Config(1, 128, 0, 64, torch.bfloat16, True)]
+    rows += [
+        Config(2, 64, 128, 64, torch.bfloat16, True),
+        Config(2, 128, 256, 64, torch.bfloat16, True),
+        Config(2, 128, 512, 64, torch.bfloat16, True),
+        Config(1, 128, 0, 64, torch.bfloat16, True),
+    ]
     rows += [Config(2, 64, 256, 64, dt, True) for dt in (torch.float16, torch.float32)]
     return rows + [Config(2, 64, 256, 64, torch.bfloat16, False)]
 
@@ -93,8 +97,9 @@ def full() -> list[Config]:
     chunk 16 to 128, three input types, clip on and off."""
     out = []
     for depth, d, chunk, dtype, clip in itertools.product(
-            (1, 2), (64, 128), (16, 32, 64, 128), TYPE_NAME, (True, False)):
-        for hidden in ((2 * d, 4 * d) if depth == 2 else (0,)):
+        (1, 2), (64, 128), (16, 32, 64, 128), TYPE_NAME, (True, False)
+    ):
+        for hidden in (2 * d, 4 * d) if depth == 2 else (0,):
             out.append(Config(depth, d, hidden, chunk, dtype, clip))
     return out
 
@@ -115,8 +120,12 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
             fh.write(ptx)
         ptxas = _tool("ptxas-blackwell") if os.path.exists(_tool("ptxas-blackwell")) else _tool("ptxas")
         gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
-        out = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", path, "-o", os.path.join(d, "k.o")],
-                             capture_output=True, text=True, check=True).stderr
+        out = subprocess.run(
+            [ptxas, "-v", f"--gpu-name={gpu}", path, "-o", os.path.join(d, "k.o")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
 
     def total(pattern, combine=sum):
         """Over every function ptxas reports (the kernel and its non-inlined calls)."""
@@ -125,11 +134,13 @@ def _ptxas_report(ptx: str, arch: int) -> dict:
             raise RuntimeError(f"ptxas -v output without {pattern!r}:\n{out}")
         return combine(found)
 
-    return {"registers": total(r"Used (\d+) registers", max),
-            "spill_stores": total(r"(\d+) bytes spill stores"),
-            "spill_loads": total(r"(\d+) bytes spill loads"),
-            "stack": total(r"(\d+) bytes stack frame", max),
-            "wgmma_serialized": "wgmma.mma_async instructions are serialized" in out}
+    return {
+        "registers": total(r"Used (\d+) registers", max),
+        "spill_stores": total(r"(\d+) bytes spill stores"),
+        "spill_loads": total(r"(\d+) bytes spill loads"),
+        "stack": total(r"(\d+) bytes stack frame", max),
+        "wgmma_serialized": "wgmma.mma_async instructions are serialized" in out,
+    }
 
 
 def _sass_counts(cubin: bytes) -> tuple[dict, int]:
@@ -149,20 +160,49 @@ def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
     meta = kernel_meta(cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch)
     compiled = compile_for(kernel, meta, cfg.dtype, arch)
     tensor_core, n_instr = _sass_counts(compiled.asm["cubin"])
-    return Report(kernel, cfg, arch, shared=compiled.metadata.shared, tensor_core=tensor_core,
-                  sass_instructions=n_instr, **_ptxas_report(compiled.asm["ptx"], arch))
+    return Report(
+        kernel,
+        cfg,
+        arch,
+        shared=compiled.metadata.shared,
+        tensor_core=tensor_core,
+        sass_instructions=n_instr,
+        **_ptxas_report(compiled.asm["ptx"], arch),
+    )
 
 
 def _row(r: Report) -> list:
     tc = ", ".join(f"{n} x{c}" for n, c in sorted(r.tensor_core.items())) or "none"
-    return [r.kernel, r.config.label(), f"sm_{r.arch}", r.registers, r.spill_stores, r.spill_loads, r.stack,
-            f"{r.shared:,} / {SHARED_LIMIT[r.arch]:,}", "yes" if r.fits else "**NO**", tc, r.sass_instructions,
-            "yes" if r.wgmma_serialized else "no"]
+    return [
+        r.kernel,
+        r.config.label(),
+        f"sm_{r.arch}",
+        r.registers,
+        r.spill_stores,
+        r.spill_loads,
+        r.stack,
+        f"{r.shared:,} / {SHARED_LIMIT[r.arch]:,}",
+        "yes" if r.fits else "**NO**",
+        tc,
+        r.sass_instructions,
+        "yes" if r.wgmma_serialized else "no",
+    ]
 
 
-HEADER = ["kernel", "configuration", "arch", "regs", "spill st (B)", "spill ld (B)", "stack (B)",
-          "shared (B) / limit", "fits", "tensor-core instructions (static)", "SASS instr (static)",
-          "wgmma serialized at calls"]
+HEADER = [
+    "kernel",
+    "configuration",
+    "arch",
+    "regs",
+    "spill st (B)",
+    "spill ld (B)",
+    "stack (B)",
+    "shared (B) / limit",
+    "fits",
+    "tensor-core instructions (static)",
+    "SASS instr (static)",
+    "wgmma serialized at calls",
+]
 
 
 def to_json(r: Report) -> dict:
@@ -179,8 +219,7 @@ def markdown(reports: list[Report]) -> str:
     return "\n".join(lines)
 
 
-def run(configs: list[Config], archs=(90, 80), kernels=KERNELS,
-        progress=print) -> list[Report]:
+def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print) -> list[Report]:
     reports = []
     for cfg, arch, kernel in itertools.product(configs, archs, kernels):
         r = compile_kernel(kernel, cfg, arch)

@@ -19,8 +19,14 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def resolve_backend(backend: str, q: torch.Tensor, state: MemoryState, activation: str,
-                    chunk_size: int = 64, max_grad_norm: float | None = None) -> str:
+def resolve_backend(
+    backend: str,
+    q: torch.Tensor,
+    state: MemoryState,
+    activation: str,
+    chunk_size: int = 64,
+    max_grad_norm: float | None = None,
+) -> str:
     """'auto' is the Triton kernels on CUDA wherever they support the configuration
     (depth 1 or 2, fp32/bf16/fp16 inputs) and compile within the device's shared memory,
     the exact chunked PyTorch path everywhere else; on CUDA a fallback is warned about
@@ -33,7 +39,8 @@ def resolve_backend(backend: str, q: torch.Tensor, state: MemoryState, activatio
     if q.device.type != "cuda":
         return "chunk"
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device) or launch_problem(
-        q, state, chunk_size, activation, max_grad_norm)
+        q, state, chunk_size, activation, max_grad_norm
+    )
     if reason is None:
         return "triton"
     _warn_once(f"memory backend 'auto' uses 'chunk' on this CUDA device: {reason}")
@@ -41,8 +48,18 @@ def resolve_backend(backend: str, q: torch.Tensor, state: MemoryState, activatio
 
 
 def neural_memory_scan(
-    q, k, v, theta, eta, alpha, state: MemoryState, *, chunk_size: int, activation: str,
-    max_grad_norm: float | None = None, backend: str = "auto",
+    q,
+    k,
+    v,
+    theta,
+    eta,
+    alpha,
+    state: MemoryState,
+    *,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float | None = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, MemoryState]:
     backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm)
     args = (q, k, v, theta, eta, alpha, state)

@@ -72,7 +72,6 @@ def naive_neural_memory(
         outputs.append(memory_mlp(q_t, weights, act).squeeze(-2))
     if not outputs:
         B, _, H, _ = q.shape
-        return q.new_zeros(B, 0, H, weights[-1].shape[-1], dtype=dtype), MemoryState(
-            tuple(weights), tuple(momentum))
+        return q.new_zeros(B, 0, H, weights[-1].shape[-1], dtype=dtype), MemoryState(tuple(weights), tuple(momentum))
     y = torch.stack(outputs, dim=1)
     return y, MemoryState(tuple(weights), tuple(momentum))

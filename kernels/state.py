@@ -25,9 +25,7 @@ class MemoryState(NamedTuple):
         return MemoryState(w, s)
 
     def detach(self) -> "MemoryState":
-        return MemoryState(
-            tuple(w.detach() for w in self.weights), tuple(s.detach() for s in self.momentum)
-        )
+        return MemoryState(tuple(w.detach() for w in self.weights), tuple(s.detach() for s in self.momentum))
 
 
 def state_dtype(x: torch.Tensor) -> torch.dtype:

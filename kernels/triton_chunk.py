@@ -264,9 +264,23 @@ def chunk_rows(ci, T, CHUNK: tl.constexpr, idx):
 
 
 @triton.jit
-def load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-               DK: tl.constexpr, DV: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               OP: tl.constexpr):
+def load_chunk(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    row0,
+    valid,
+    H,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    OP: tl.constexpr,
+):
     """One chunk's q, k (in the operand type), v (fp32) and gates; token i of the chunk is
     row row0 + i * H of the [B*T*H, D] view of the contiguous [B, T, H, D] tensors."""
     q = operand(load_tokens(q_ptr + row0 * DK, valid, DK, BC, BK, H * DK), OP)

@@ -16,9 +16,25 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     if kernel.startswith("forward"):
         names = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f, state_ptr=f, y_ptr=t, saved_ptr=f)
     else:
-        names = dict(dy_ptr=t, dstate_ptr=f, q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f,
-                     saved_ptr=f, replay_ptr=f, scratch_ptr=f, dq_ptr=t, dk_ptr=t, dv_ptr=t,
-                     dtheta_ptr=f, dle_ptr=f, dlr_ptr=f)
+        names = dict(
+            dy_ptr=t,
+            dstate_ptr=f,
+            q_ptr=t,
+            k_ptr=t,
+            v_ptr=t,
+            theta_ptr=f,
+            le_ptr=f,
+            lr_ptr=f,
+            saved_ptr=f,
+            replay_ptr=f,
+            scratch_ptr=f,
+            dq_ptr=t,
+            dk_ptr=t,
+            dv_ptr=t,
+            dtheta_ptr=f,
+            dle_ptr=f,
+            dlr_ptr=f,
+        )
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
 
 
@@ -40,12 +56,12 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     else:
         fn = scan_backward_kernel
     sig = {**signature(kernel, dtype), **{name: "constexpr" for name in meta}}
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=meta),
-                          target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=meta), target=GPUTarget("cuda", arch, 32), options=options
+    )
 
 
-def shared_memory_problem(meta: dict, dtype: torch.dtype, arch: int, limit: int,
-                          kernels=KERNELS) -> str | None:
+def shared_memory_problem(meta: dict, dtype: torch.dtype, arch: int, limit: int, kernels=KERNELS) -> str | None:
     """Why these kernels cannot launch on an sm_<arch> device whose blocks may use `limit`
     bytes of shared memory (None when they can)."""
     for kernel in kernels:
@@ -54,8 +70,9 @@ def shared_memory_problem(meta: dict, dtype: torch.dtype, arch: int, limit: int,
         except Exception as e:  # a compile failure is a reason not to launch, never a crash
             return f"the {kernel} kernel does not compile for sm_{arch} ({type(e).__name__}: {e})"
         if shared > limit:
-            return (f"the {kernel} kernel needs {shared:,} bytes of shared memory per block and "
-                    f"sm_{arch} allows {limit:,}")
+            return (
+                f"the {kernel} kernel needs {shared:,} bytes of shared memory per block and sm_{arch} allows {limit:,}"
+            )
     return None
 
 

@@ -67,8 +67,9 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
     return None
 
 
-def launch_problem(q: Tensor, state: MemoryState, chunk_size: int, activation: str,
-                   max_grad_norm: float | None) -> str | None:
+def launch_problem(
+    q: Tensor, state: MemoryState, chunk_size: int, activation: str, max_grad_norm: float | None
+) -> str | None:
     """Why the kernels for this configuration cannot launch on q's CUDA device (None when
     they can, and always None under the interpreter, which has no per-block limits)."""
     if q.device.type != "cuda":
@@ -77,8 +78,17 @@ def launch_problem(q: Tensor, state: MemoryState, chunk_size: int, activation: s
 
     DK, DV = state.weights[0].shape[-2], state.weights[-1].shape[-1]
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
-    meta = kernel_meta(DK, hidden, DV, chunk_size, activation, bool(max_grad_norm), q.dtype,
-                       checkpoint_interval(state_size(DK, hidden, DV), chunk_size), _arch(q.device))
+    meta = kernel_meta(
+        DK,
+        hidden,
+        DV,
+        chunk_size,
+        activation,
+        bool(max_grad_norm),
+        q.dtype,
+        checkpoint_interval(state_size(DK, hidden, DV), chunk_size),
+        _arch(q.device),
+    )
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return device_problem(tuple(sorted(meta.items())), q.dtype, index)
 
@@ -98,18 +108,38 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
     return max(1, -(-nstate * 4 // (SAVED_BYTES_PER_TOKEN * chunk_size)))
 
 
-def kernel_meta(DK: int, hidden: int, DV: int, chunk_size: int, activation: str, clip: bool,
-                dtype: torch.dtype, checkpoint_every: int, arch: int | None = None) -> dict:
+def kernel_meta(
+    DK: int,
+    hidden: int,
+    DV: int,
+    chunk_size: int,
+    activation: str,
+    clip: bool,
+    dtype: torch.dtype,
+    checkpoint_every: int,
+    arch: int | None = None,
+) -> dict:
     """Compile-time parameters of both kernels for one configuration on sm_<arch> (None:
     the interpreter); also what kernels/compile_report.py compiles."""
     DT = hidden if hidden else DV  # the tiled width: hidden units, or W's columns at depth 1
     BT = min(HIDDEN_TILE, pad(DT))  # read at call time: tests shrink it to get several tiles
     BC = pad(chunk_size)
     return {
-        "DK": DK, "DT": DT, "DV": DV, "BK": pad(DK), "BT": BT, "BV": pad(DV), "NT": -(-DT // BT),
-        "CHUNK": chunk_size, "BC": BC, "DEPTH": 2 if hidden else 1,
-        "NSTATE": state_size(DK, hidden, DV), "CKPT": checkpoint_every,
-        "ACT": ACTIVATION_CODES[activation], "CLIP": clip, "OP": OPERAND_CODES[dtype],
+        "DK": DK,
+        "DT": DT,
+        "DV": DV,
+        "BK": pad(DK),
+        "BT": BT,
+        "BV": pad(DV),
+        "NT": -(-DT // BT),
+        "CHUNK": chunk_size,
+        "BC": BC,
+        "DEPTH": 2 if hidden else 1,
+        "NSTATE": state_size(DK, hidden, DV),
+        "CKPT": checkpoint_every,
+        "ACT": ACTIVATION_CODES[activation],
+        "CLIP": clip,
+        "OP": OPERAND_CODES[dtype],
         "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
         # Without it ptxas caps an 8-warp sm_80 kernel at 128 registers and spills 2.5x more;
         # on sm_90 the same cap makes ptxas spill more, so it is left to ptxas there.
@@ -125,8 +155,17 @@ def _arch(device: torch.device) -> int | None:
 
 
 def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every):
-    return kernel_meta(q.shape[3], hidden, v.shape[3], chunk_size, activation, max_grad_norm > 0,
-                       q.dtype, checkpoint_every, _arch(q.device))
+    return kernel_meta(
+        q.shape[3],
+        hidden,
+        v.shape[3],
+        chunk_size,
+        activation,
+        max_grad_norm > 0,
+        q.dtype,
+        checkpoint_every,
+        _arch(q.device),
+    )
 
 
 def _saved_shape(B, H, T, chunk_size, checkpoint_every, nstate, save):
@@ -136,9 +175,19 @@ def _saved_shape(B, H, T, chunk_size, checkpoint_every, nstate, save):
 
 @torch.library.custom_op("titans::memory_scan", mutates_args=())
 def memory_scan(
-    q: Tensor, k: Tensor, v: Tensor, theta: Tensor, log_eta: Tensor, log_retain: Tensor,
-    state: Tensor, hidden: int, chunk_size: int, activation: str, max_grad_norm: float,
-    save_states: bool, checkpoint_every: int,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    log_eta: Tensor,
+    log_retain: Tensor,
+    state: Tensor,
+    hidden: int,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float,
+    save_states: bool,
+    checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """q, k [B, T, H, DK], v [B, T, H, DV] (fp32/bf16/fp16, contiguous); theta and
     log-gates fp32 [B, T, H]; state fp32 [B, H, N]. Returns y [B, T, H, DV] in q's dtype,
@@ -149,18 +198,44 @@ def memory_scan(
     B, T, H = q.shape[:3]
     y = _empty((B, T, H, v.shape[3]), q.dtype, q.device)
     state_out = state.clone()  # the kernel advances it in place
-    saved = _empty(_saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states),
-                   torch.float32, q.device)
+    saved = _empty(
+        _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states), torch.float32, q.device
+    )
     scan_forward_kernel[(B * H,)](
-        q, k, v, theta, log_eta, log_retain, state_out, y, saved, T, H, max_grad_norm,
-        SAVE=save_states, **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every),
+        q,
+        k,
+        v,
+        theta,
+        log_eta,
+        log_retain,
+        state_out,
+        y,
+        saved,
+        T,
+        H,
+        max_grad_norm,
+        SAVE=save_states,
+        **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every),
     )
     return y, state_out, saved
 
 
 @memory_scan.register_fake
-def _memory_scan_fake(q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation,
-                      max_grad_norm, save_states, checkpoint_every):
+def _memory_scan_fake(
+    q,
+    k,
+    v,
+    theta,
+    log_eta,
+    log_retain,
+    state,
+    hidden,
+    chunk_size,
+    activation,
+    max_grad_norm,
+    save_states,
+    checkpoint_every,
+):
     B, T, H = q.shape[:3]
     saved_shape = _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
     return q.new_empty(B, T, H, v.shape[3]), state.new_empty(state.shape), state.new_empty(saved_shape)
@@ -168,9 +243,20 @@ def _memory_scan_fake(q, k, v, theta, log_eta, log_retain, state, hidden, chunk_
 
 @torch.library.custom_op("titans::memory_scan_backward", mutates_args=())
 def memory_scan_backward(
-    dy: Tensor, dstate: Tensor, q: Tensor, k: Tensor, v: Tensor, theta: Tensor,
-    log_eta: Tensor, log_retain: Tensor, saved: Tensor, hidden: int, chunk_size: int,
-    activation: str, max_grad_norm: float, checkpoint_every: int,
+    dy: Tensor,
+    dstate: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    log_eta: Tensor,
+    log_retain: Tensor,
+    saved: Tensor,
+    hidden: int,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float,
+    checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (q, k, v, theta, log_eta, log_retain, state) from the gradients of
     y and of the end state, recomputing the chunks of each checkpoint group."""
@@ -186,18 +272,55 @@ def memory_scan_backward(
     replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
     scratch = _empty((B * H, 2, meta["BC"], meta["DT"]), torch.float32, q.device)
     scan_backward_kernel[(B * H,)](
-        dy, dstate0, q, k, v, theta, log_eta, log_retain, saved, replay, scratch,
-        dq, dk, dv, *dgates, T, H, max_grad_norm, **meta,
+        dy,
+        dstate0,
+        q,
+        k,
+        v,
+        theta,
+        log_eta,
+        log_retain,
+        saved,
+        replay,
+        scratch,
+        dq,
+        dk,
+        dv,
+        *dgates,
+        T,
+        H,
+        max_grad_norm,
+        **meta,
     )
     return dq, dk, dv, *dgates, dstate0
 
 
 @memory_scan_backward.register_fake
-def _memory_scan_backward_fake(dy, dstate, q, k, v, theta, log_eta, log_retain, saved, hidden,
-                               chunk_size, activation, max_grad_norm, checkpoint_every):
-    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-            theta.new_empty(theta.shape), theta.new_empty(theta.shape), theta.new_empty(theta.shape),
-            dstate.new_empty(dstate.shape))
+def _memory_scan_backward_fake(
+    dy,
+    dstate,
+    q,
+    k,
+    v,
+    theta,
+    log_eta,
+    log_retain,
+    saved,
+    hidden,
+    chunk_size,
+    activation,
+    max_grad_norm,
+    checkpoint_every,
+):
+    return (
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
+        theta.new_empty(theta.shape),
+        theta.new_empty(theta.shape),
+        theta.new_empty(theta.shape),
+        dstate.new_empty(dstate.shape),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -217,8 +340,21 @@ def _backward(ctx, dy, dstate, _dsaved):
     if dstate is None:
         dstate = torch.zeros(ctx.state_shape, dtype=torch.float32, device=q.device)
     grads = memory_scan_backward(
-        dy.contiguous(), dstate.float().contiguous(), q, k, v, theta, log_eta, log_retain, saved,
-        hidden, chunk_size, activation, max_norm, every)
+        dy.contiguous(),
+        dstate.float().contiguous(),
+        q,
+        k,
+        v,
+        theta,
+        log_eta,
+        log_retain,
+        saved,
+        hidden,
+        chunk_size,
+        activation,
+        max_norm,
+        every,
+    )
     return (*grads, None, None, None, None, None, None)
 
 
@@ -241,9 +377,17 @@ def unpack_state(flat: Tensor, like: MemoryState) -> MemoryState:
 
 
 def triton_neural_memory(
-    q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
-    state: MemoryState, chunk_size: int = 64, activation: str = "silu",
-    max_grad_norm: float | None = None, checkpoint_every: int | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    eta: Tensor,
+    alpha: Tensor,
+    state: MemoryState,
+    chunk_size: int = 64,
+    activation: str = "silu",
+    max_grad_norm: float | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract as chunk_neural_memory (q, k [B, T, H, D_k], v [B, T, H, D_v], gates
     [B, T, H]), computed by the Triton kernels. y comes back in q's dtype (the chunked
@@ -256,8 +400,9 @@ def triton_neural_memory(
         raise ValueError(reason)
     problem = launch_problem(q, state, chunk_size, activation, max_grad_norm)
     if problem:
-        raise ValueError(f"titans.kernel = 'triton' cannot run here: {problem}; "
-                         "use 'auto' (falls back to 'chunk') or 'chunk'")
+        raise ValueError(
+            f"titans.kernel = 'triton' cannot run here: {problem}; use 'auto' (falls back to 'chunk') or 'chunk'"
+        )
     B, T, H, _ = q.shape
     if T == 0:
         return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state
@@ -270,6 +415,13 @@ def triton_neural_memory(
         checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)
     elif checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every}")
-    y, flat_out, _ = memory_scan(*(t.contiguous() for t in inputs), hidden, chunk_size, activation,
-                                 float(max_grad_norm or 0.0), save, checkpoint_every)
+    y, flat_out, _ = memory_scan(
+        *(t.contiguous() for t in inputs),
+        hidden,
+        chunk_size,
+        activation,
+        float(max_grad_norm or 0.0),
+        save,
+        checkpoint_every,
+    )
     return y, unpack_state(flat_out, state)

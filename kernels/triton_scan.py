@@ -41,8 +41,8 @@ from .triton_chunk import (
     load_tokens,
     mm,
     mm_nt,
-    operand,
     mm_tn,
+    operand,
     row_at,
     rowsum,
     store_tile,
@@ -51,10 +51,25 @@ from .triton_chunk import (
 
 
 @triton.jit
-def layer1_tile(st, j, k, d1, v_ptr, valid, H,
-                DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr,
-                ACT: tl.constexpr, OP: tl.constexpr):
+def layer1_tile(
+    st,
+    j,
+    k,
+    d1,
+    v_ptr,
+    valid,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    BC: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    OP: tl.constexpr,
+):
     """Tile j of the first memory layer for the chunk's keys: W1_j, W2_j (rows j; W1_j
     again at depth 1), z = k W1_j, a = act(z), act'(z), u = d1 W2_j^T and the inner
     error d0 at this layer's output (depth 1: 2 (z - v_j); depth 2: u * act'(z))."""
@@ -76,10 +91,28 @@ def layer1_tile(st, j, k, d1, v_ptr, valid, H,
 
 
 @triton.jit
-def inner_errors(st, k, v, theta, max_norm, v_ptr, valid, H,
-                 DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                 BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                 DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+def inner_errors(
+    st,
+    k,
+    v,
+    theta,
+    max_norm,
+    v_ptr,
+    valid,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
     """The chunk's coupled quantities, summed over hidden tiles: the last layer's inner
     error d1 (depth 2) and the clipped learning rate theta_eff with the clip's terms."""
     kf = k.to(tl.float32)
@@ -102,8 +135,9 @@ def inner_errors(st, k, v, theta, max_norm, v_ptr, valid, H,
     if CLIP:
         sqd0 = sqa0 * 0.0
         for j in range(NT):
-            W1, W2, z, a, phi, u, d0 = layer1_tile(st, j, k, d1, v_ptr, valid, H, DK, DT, DV, BK, BT, BV,
-                                                   BC, DEPTH, ACT, OP)
+            W1, W2, z, a, phi, u, d0 = layer1_tile(
+                st, j, k, d1, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+            )
             sqd0 += rowsum(d0 * d0)
         sq = sqa0 * sqd0 + sqa1 * sqd1
         raw = clip_scale(sq, max_norm)
@@ -122,22 +156,53 @@ def end_coefficients(G, E, c, f, em, theta_eff, last, BC: tl.constexpr):
     coefficients of the end-of-chunk state W' = c_T W + f_T S - a^T (g d), S' = m_T S - a^T (n d)."""
     idx = tl.arange(0, BC)
     Elast = row_at(E, idx, last)
-    return (row_at(G, idx, last), Elast, Elast * theta_eff,
-            at_index(c, idx, last), at_index(f, idx, last), at_index(em, idx, last))
+    return (
+        row_at(G, idx, last),
+        Elast,
+        Elast * theta_eff,
+        at_index(c, idx, last),
+        at_index(f, idx, last),
+        at_index(em, idx, last),
+    )
 
 
 @triton.jit
-def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y_ptr, H,
-               DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-               BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-               DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
-               WITH_OUTPUT: tl.constexpr):
+def chunk_step(
+    src,
+    dst,
+    q,
+    k,
+    v,
+    theta,
+    le,
+    lr,
+    valid,
+    last,
+    max_norm,
+    v_ptr,
+    y_ptr,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+    WITH_OUTPUT: tl.constexpr,
+):
     """One chunk: the state at `src` (the chunk start) advances to `dst` (may be `src`), and
     with WITH_OUTPUT the retrieval y is written at y_ptr (row-major [C, H * DV] view)."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
-        src, k, v, theta, max_norm, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
+        src, k, v, theta, max_norm, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP
+    )
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
     sG = operand(mm_nt(q, k, OP) * G, OP)
@@ -145,8 +210,9 @@ def chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y
     y1 = tl.zeros([BC, BV], dtype=tl.float32)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     for j in range(NT):
-        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1o, v_ptr, valid, H, DK, DT, DV, BK, BT, BV,
-                                               BC, DEPTH, ACT, OP)
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            src, j, k, d1o, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+        )
         S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         if DEPTH == 2:
             S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
@@ -189,11 +255,34 @@ def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl
 
 
 @triton.jit(noinline=True)
-def forward_chunk(state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H,
-                  DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                  BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                  DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
-                  NSTATE: tl.constexpr):
+def forward_chunk(
+    state_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    y_ptr,
+    ci,
+    T,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+    NSTATE: tl.constexpr,
+):
     """Load chunk ci and advance the state through it, writing its output. Not inlined (so
     it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
     and pointer tensors and hold them in registers for the whole sequence. It derives its
@@ -203,20 +292,69 @@ def forward_chunk(state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_p
     tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                        DK, DV, BC, BK, BV, OP)
-    chunk_step(st, st, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, y_ptr + row0 * DV,
-               H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    chunk_step(
+        st,
+        st,
+        q,
+        k,
+        v,
+        theta,
+        le,
+        lr,
+        valid,
+        last,
+        max_norm,
+        v_ptr + row0 * DV,
+        y_ptr + row0 * DV,
+        H,
+        DK,
+        DT,
+        DV,
+        BK,
+        BT,
+        BV,
+        BC,
+        NT,
+        DEPTH,
+        ACT,
+        CLIP,
+        OP,
+        True,
+    )
 
 
 @triton.jit
 def scan_forward_kernel(
-    q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, state_ptr, y_ptr, saved_ptr,
-    T, H, max_norm,
-    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
-    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NT: tl.constexpr,
-    CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    NSTATE: tl.constexpr, CKPT: tl.constexpr, CLIP: tl.constexpr, SAVE: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    state_ptr,
+    y_ptr,
+    saved_ptr,
+    T,
+    H,
+    max_norm,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    NT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    NSTATE: tl.constexpr,
+    CKPT: tl.constexpr,
+    CLIP: tl.constexpr,
+    SAVE: tl.constexpr,
     OP: tl.constexpr,
 ):
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
@@ -226,5 +364,31 @@ def scan_forward_kernel(
     for ci in range(tl.cdiv(T, CHUNK)):
         if SAVE:
             save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK, NSTATE, CKPT)
-        forward_chunk(state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H,
-                      DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE)
+        forward_chunk(
+            state_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            y_ptr,
+            ci,
+            T,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            DEPTH,
+            ACT,
+            CLIP,
+            OP,
+            NSTATE,
+        )

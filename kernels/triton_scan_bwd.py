@@ -37,8 +37,8 @@ from .triton_chunk import (
     load_tokens,
     mm,
     mm_nt,
-    operand,
     mm_tn,
+    operand,
     rev_cumsum,
     rowsum,
     segment_sum_adjoint,
@@ -60,16 +60,57 @@ def end_state_terms(x, d, W, S, dWn, dSn, g, n, cT, fT, mT, dcT, dfT, dmT, dg, d
     xdS = mm(x, dSn, OP)
     dd = -(g[:, None] * xdW + n[:, None] * xdS)
     dx = -(mm_nt(g[:, None] * d, dWn, OP) + mm_nt(n[:, None] * d, dSn, OP))
-    return (dW, dS, dd, dx, dcT + frobenius(dWn, W), dfT + frobenius(dWn, S), dmT + frobenius(dSn, S),
-            dg - rowsum(xdW * d), dn - rowsum(xdS * d))
+    return (
+        dW,
+        dS,
+        dd,
+        dx,
+        dcT + frobenius(dWn, W),
+        dfT + frobenius(dWn, S),
+        dmT + frobenius(dSn, S),
+        dg - rowsum(xdW * d),
+        dn - rowsum(xdS * d),
+    )
 
 
 @triton.jit
-def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
-                   row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, H,
-                   DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                   BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                   DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+def chunk_backward(
+    src,
+    dst,
+    scr,
+    q,
+    k,
+    v,
+    dout,
+    theta,
+    le,
+    lr,
+    valid,
+    last,
+    max_norm,
+    row0,
+    dy_ptr,
+    v_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dth_ptr,
+    dle_ptr,
+    dlr_ptr,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
     """Gradients of one chunk. src: the chunk-start state; dst: on entry the gradient of the
     state after the chunk, on exit that of the state before it; scr: [2, BC, DT] scratch.
     Writes dq, dk, dv and the gate gradients of the chunk's tokens."""
@@ -77,8 +118,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     idx = tl.arange(0, BC)
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
-        src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT,
-        CLIP, OP)
+        src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP
+    )
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
     # Walk 1 needs the [C, C] decays only through these two operands; A, E, P, G are
@@ -100,8 +141,9 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
 
     # Walk 1: end-state and retrieval terms.
     for j in range(NT):
-        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT,
-                                               BV, BC, DEPTH, ACT, OP)
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+        )
         S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         dW1n = load_tile(dst, DK, DT, 0, j * BT, BK, BT)
         dS1n = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT)
@@ -109,7 +151,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
         hS0 = mm(q, S1, OP)
         # End state, layer 1 (x = k).
         dW1, dS1, dd0, dx, dcT, dfT, dmT, dg, dn = end_state_terms(
-            k, d0, W1, S1, dW1n, dS1n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP)
+            k, d0, W1, S1, dW1n, dS1n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP
+        )
         da0 += dx
         if DEPTH == 2:
             S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
@@ -119,7 +162,8 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
             h1 = act_fn(y0, ACT)
             # End state, layer 2 (x = a).
             dW2, dS2, dd1_j, da1, dcT, dfT, dmT, dg, dn = end_state_terms(
-                a, d1, W2, S2, dW2n, dS2n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP)
+                a, d1, W2, S2, dW2n, dS2n, g, n, cT, fT, mT, dcT, dfT, dmT, dg, dn, OP
+            )
             dd1 += dd1_j
             # Retrieval, layer 2: y1 = c (h1 W2) + f (h1 S2) - ((h1 a^T) * G) d1.
             t = mm_nt(dout, W2, OP)
@@ -190,8 +234,9 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
 
     # Walk 2: clip terms and the key path of layer 1 (all of it at depth 1).
     for j in range(NT):
-        W1, W2, z, a, phi, u, d0 = layer1_tile(src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT,
-                                               BV, BC, DEPTH, ACT, OP)
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+        )
         dd0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT)
         if CLIP:
             dd0 += 2.0 * d0 * (dsq * sqa0)[:, None]
@@ -243,48 +288,194 @@ def chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max
 
 
 @triton.jit(noinline=True)
-def replay_chunk(src, dst, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, max_norm, H,
-                 DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                 BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                 DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+def replay_chunk(
+    src,
+    dst,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
     """Advance the state at src through chunk ci into dst, without output. Not inlined
     (scalars only), so the loops around it cannot hoist its index, mask and pointer tensors
     into registers held across all chunks."""
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                        DK, DV, BC, BK, BV, OP)
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
     # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
-    chunk_step(src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, v_ptr, H,
-               DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False)
+    chunk_step(
+        src,
+        dst,
+        q,
+        k,
+        v,
+        theta,
+        le,
+        lr,
+        valid,
+        last,
+        max_norm,
+        v_ptr + row0 * DV,
+        v_ptr,
+        H,
+        DK,
+        DT,
+        DV,
+        BK,
+        BT,
+        BV,
+        BC,
+        NT,
+        DEPTH,
+        ACT,
+        CLIP,
+        OP,
+        False,
+    )
 
 
 @triton.jit(noinline=True)
-def backward_chunk(src, dst, scr, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
-                   dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, ci, T, tok0, max_norm, H,
-                   DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                   BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
-                   DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr):
+def backward_chunk(
+    src,
+    dst,
+    scr,
+    dy_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dth_ptr,
+    dle_ptr,
+    dlr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
     """Load chunk ci and its output gradient and run chunk_backward (not inlined: see replay_chunk)."""
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H,
-                                        DK, DV, BC, BK, BV, OP)
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
     dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
-    chunk_backward(src, dst, scr, q, k, v, dout, theta, le, lr, valid, last, max_norm,
-                   row0, dy_ptr, v_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr, dle_ptr, dlr_ptr, H,
-                   DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP)
+    chunk_backward(
+        src,
+        dst,
+        scr,
+        q,
+        k,
+        v,
+        dout,
+        theta,
+        le,
+        lr,
+        valid,
+        last,
+        max_norm,
+        row0,
+        dy_ptr,
+        v_ptr,
+        dq_ptr,
+        dk_ptr,
+        dv_ptr,
+        dth_ptr,
+        dle_ptr,
+        dlr_ptr,
+        H,
+        DK,
+        DT,
+        DV,
+        BK,
+        BT,
+        BV,
+        BC,
+        NT,
+        DEPTH,
+        ACT,
+        CLIP,
+        OP,
+    )
 
 
 @triton.jit
 def scan_backward_kernel(
-    dy_ptr, dstate_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, saved_ptr, replay_ptr, scratch_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr,
-    T, H, max_norm,
-    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
-    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, NT: tl.constexpr,
-    CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    NSTATE: tl.constexpr, CKPT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+    dy_ptr,
+    dstate_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    saved_ptr,
+    replay_ptr,
+    scratch_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dtheta_ptr,
+    dle_ptr,
+    dlr_ptr,
+    T,
+    H,
+    max_norm,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    NT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    NSTATE: tl.constexpr,
+    CKPT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
 ):
     """dstate_ptr holds the gradient of the end state on entry and that of the initial state
     on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, 2, BC, DT] (fp32)."""
@@ -305,11 +496,69 @@ def scan_backward_kernel(
         copy_flat(saved_ptr + (pid64 * n_ckpt + gi) * NSTATE, replay, NSTATE, 1024)
         tl.debug_barrier()
         for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
-            replay_chunk(replay + i * NSTATE, replay + (i + 1) * NSTATE, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr,
-                         lr_ptr, c0 + i, T, tok0, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
-                         CLIP, OP)
+            replay_chunk(
+                replay + i * NSTATE,
+                replay + (i + 1) * NSTATE,
+                q_ptr,
+                k_ptr,
+                v_ptr,
+                theta_ptr,
+                le_ptr,
+                lr_ptr,
+                c0 + i,
+                T,
+                tok0,
+                max_norm,
+                H,
+                DK,
+                DT,
+                DV,
+                BK,
+                BT,
+                BV,
+                CHUNK,
+                BC,
+                NT,
+                DEPTH,
+                ACT,
+                CLIP,
+                OP,
+            )
         for r in range(n_in_group):
             i = n_in_group - 1 - r
-            backward_chunk(replay + i * NSTATE, dst, scr, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
-                           dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, c0 + i, T, tok0, max_norm, H,
-                           DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+            backward_chunk(
+                replay + i * NSTATE,
+                dst,
+                scr,
+                dy_ptr,
+                q_ptr,
+                k_ptr,
+                v_ptr,
+                theta_ptr,
+                le_ptr,
+                lr_ptr,
+                dq_ptr,
+                dk_ptr,
+                dv_ptr,
+                dtheta_ptr,
+                dle_ptr,
+                dlr_ptr,
+                c0 + i,
+                T,
+                tok0,
+                max_norm,
+                H,
+                DK,
+                DT,
+                DV,
+                BK,
+                BT,
+                BV,
+                CHUNK,
+                BC,
+                NT,
+                DEPTH,
+                ACT,
+                CLIP,
+                OP,
+            )

@@ -60,8 +60,15 @@ def test_register_is_idempotent():
 
 
 def _args(**titans) -> TitansTrainArgs:
-    return TitansTrainArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16,
-                           titans=TitansConfig(pattern="GA", **titans))
+    return TitansTrainArgs(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=64,
+        multiple_of=16,
+        titans=TitansConfig(pattern="GA", **titans),
+    )
 
 
 def test_tensor_parallel_must_divide_memory_heads():
@@ -70,14 +77,18 @@ def test_tensor_parallel_must_divide_memory_heads():
         check_parallel_layout(_args(memory_heads=3, memory_head_dim=16), tp=2)
     check_parallel_layout(_args(memory_heads=4), tp=2)
     # without a memory layer the memory heads are not sharded, so not checked
-    check_parallel_layout(TitansTrainArgs(dim=64, n_layers=2, n_heads=4, titans=TitansConfig(pattern="A",
-                                          memory_heads=3)), tp=2)
+    check_parallel_layout(
+        TitansTrainArgs(dim=64, n_layers=2, n_heads=4, titans=TitansConfig(pattern="A", memory_heads=3)), tp=2
+    )
 
 
-@pytest.mark.parametrize("override, field", [
-    ("--parallelism.pipeline_parallel_degree", "parallelism.pipeline_parallel_degree"),
-    ("--parallelism.context_parallel_degree", "parallelism.context_parallel_degree"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("--parallelism.pipeline_parallel_degree", "parallelism.pipeline_parallel_degree"),
+        ("--parallelism.context_parallel_degree", "parallelism.context_parallel_degree"),
+    ],
+)
 def test_pipeline_and_context_parallel_are_rejected_before_training(override, field):
     register()
     job = ConfigManager().parse_args(["--job.config_file", CONFIG, override, "2"])
@@ -94,8 +105,15 @@ def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
     job = ConfigManager().parse_args(["--job.config_file", CONFIG, "--compile.enable"])
     dims = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
     torch.manual_seed(0)
-    args = TitansTrainArgs(dim=32, n_layers=2, n_heads=4, vocab_size=64, multiple_of=16, max_seq_len=16,
-                           titans=TitansConfig(pattern="GA", memory_heads=2, chunk_size=8, window=4, n_persistent=2))
+    args = TitansTrainArgs(
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        vocab_size=64,
+        multiple_of=16,
+        max_seq_len=16,
+        titans=TitansConfig(pattern="GA", memory_heads=2, chunk_size=8, window=4, n_persistent=2),
+    )
     eager = TitansTransformer(args)
     compiled = copy.deepcopy(eager)
     parallelize_titans(compiled, dims, job)

@@ -46,12 +46,20 @@ class TitansConfig:
 
     def memory_config(self, dim: int) -> MemoryConfig:
         return MemoryConfig(
-            dim=dim, n_heads=self.memory_heads, head_dim=self.memory_head_dim or None,
-            depth=self.memory_depth, expansion=self.memory_expansion,
-            activation=self.memory_activation, chunk_size=self.chunk_size,
-            conv_kernel=self.conv_kernel, max_lr=self.max_lr, max_momentum=self.max_momentum,
-            max_forget=self.max_forget, max_grad_norm=self.max_grad_norm,
-            gate_mode=self.gate_mode, backend=self.kernel,
+            dim=dim,
+            n_heads=self.memory_heads,
+            head_dim=self.memory_head_dim or None,
+            depth=self.memory_depth,
+            expansion=self.memory_expansion,
+            activation=self.memory_activation,
+            chunk_size=self.chunk_size,
+            conv_kernel=self.conv_kernel,
+            max_lr=self.max_lr,
+            max_momentum=self.max_momentum,
+            max_forget=self.max_forget,
+            max_grad_norm=self.max_grad_norm,
+            gate_mode=self.gate_mode,
+            backend=self.kernel,
         )
 
     def validate(self, dim: int, n_layers: int, seq_len: int | None = None) -> None:
@@ -68,8 +76,7 @@ class TitansConfig:
         _integer(self, "memory_heads", 1)
         _integer(self, "memory_head_dim", 0, "(0 = model.dim // memory_heads)")
         if not self.memory_head_dim and dim % self.memory_heads:
-            _fail("memory_heads", f"a divisor of model.dim={dim} (or set titans.memory_head_dim)",
-                  self.memory_heads)
+            _fail("memory_heads", f"a divisor of model.dim={dim} (or set titans.memory_head_dim)", self.memory_heads)
         _integer(self, "memory_depth", 1, "(1 = linear memory)")
         _check(self, "memory_expansion", self.memory_expansion > 0, "a number > 0")
         _one_of(self, "memory_activation", sorted(ACTIVATIONS))

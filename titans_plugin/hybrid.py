@@ -27,8 +27,17 @@ from titans_plugin.model import TitansModelArgs, TitansTransformer
 from titans_plugin.spec import apply_overrides, parse_layer_spec
 
 LLAMA_FIELDS = (
-    "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-    "ffn_dim_multiplier", "norm_eps", "rope_theta", "max_seq_len", "depth_init",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "max_seq_len",
+    "depth_init",
 )
 
 
@@ -53,8 +62,11 @@ def titans_args_from_llama(base, titans: TitansConfig | None = None) -> TitansMo
 
 
 def build_hybrid_model(base, spec: str | Sequence[str], titans: TitansConfig | None = None) -> TitansTransformer:
-    titans = dataclasses.replace(titans or TitansConfig(), pattern=spec if isinstance(spec, str) else "C",
-                                 layers=[] if isinstance(spec, str) else list(spec))
+    titans = dataclasses.replace(
+        titans or TitansConfig(),
+        pattern=spec if isinstance(spec, str) else "C",
+        layers=[] if isinstance(spec, str) else list(spec),
+    )
     return TitansTransformer(titans_args_from_llama(base, titans))
 
 

@@ -27,9 +27,7 @@ def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int =
     kv = args.n_kv_heads or args.n_heads
     for name, heads in (("n_heads", args.n_heads), ("n_kv_heads", kv)):
         if heads % tp:
-            raise ValueError(
-                f"parallelism.tensor_parallel_degree={tp} must divide the attention model.{name}={heads}"
-            )
+            raise ValueError(f"parallelism.tensor_parallel_degree={tp} must divide the attention model.{name}={heads}")
     if args.titans.uses_memory(args.n_layers) and args.titans.memory_heads % tp:
         raise ValueError(
             f"parallelism.tensor_parallel_degree={tp} must divide titans.memory_heads="

@@ -11,8 +11,7 @@ import os
 from functools import partial
 
 from torchtitan.components.tokenizer import HuggingFaceTokenizer
-from torchtitan.hf_datasets import DatasetConfig
-from torchtitan.hf_datasets import text_datasets
+from torchtitan.hf_datasets import DatasetConfig, text_datasets
 from torchtitan.hf_datasets.text_datasets import build_text_dataloader
 
 from titans_plugin.data.paths import CORPUS_FILE, TOKENIZER_DIR
@@ -59,9 +58,7 @@ def check_dataset(job_config) -> None:
     """Clear errors, naming the TOML field, before any data is read."""
     t = job_config.training
     if t.dataset not in text_datasets.DATASETS:
-        raise ValueError(
-            f"training.dataset must be one of {sorted(text_datasets.DATASETS)}, got {t.dataset!r}"
-        )
+        raise ValueError(f"training.dataset must be one of {sorted(text_datasets.DATASETS)}, got {t.dataset!r}")
     if t.dataset_path and not _is_hub_id(t.dataset_path) and not os.path.exists(os.path.expanduser(t.dataset_path)):
         raise ValueError(f"training.dataset_path={t.dataset_path!r} does not exist")
 
@@ -77,7 +74,7 @@ def tokenizer_path(job_config) -> str:
         return TOKENIZER_DIR
     if not os.path.isdir(path):
         raise ValueError(
-            f"model.hf_assets_path={path!r} is not a directory; use \"{BUILTIN_TOKENIZER}\" for the "
+            f'model.hf_assets_path={path!r} is not a directory; use "{BUILTIN_TOKENIZER}" for the '
             "tokenizer shipped with titans_plugin, or a folder with tokenizer.json"
         )
     return path

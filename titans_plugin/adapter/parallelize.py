@@ -39,7 +39,8 @@ def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> tor
     """The layout was checked against the model in TitansTrainArgs.update_from_config."""
     if parallel_dims.tp_enabled:
         apply_tensor_parallel(
-            model, parallel_dims.get_mesh("tp"),
+            model,
+            parallel_dims.get_mesh("tp"),
             loss_parallel=not job_config.parallelism.disable_loss_parallel,
         )
         logger.info("Applied head-parallel tensor parallelism to the Titans model")
@@ -47,8 +48,11 @@ def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> tor
     compile_model = job_config.compile.enable and "model" in job_config.compile.components
     if job_config.activation_checkpoint.mode != "none":
         apply_ac(
-            model, job_config.activation_checkpoint, model_compile_enabled=compile_model,
-            op_sac_save_list=SAC_SAVE_LIST, base_folder=job_config.job.dump_folder,
+            model,
+            job_config.activation_checkpoint,
+            model_compile_enabled=compile_model,
+            op_sac_save_list=SAC_SAVE_LIST,
+            base_folder=job_config.job.dump_folder,
         )
     if compile_model:
         apply_compile(model, job_config.compile)
@@ -56,7 +60,8 @@ def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> tor
     if parallel_dims.fsdp_enabled:
         names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
         apply_fsdp(
-            model, parallel_dims.get_mesh(names),
+            model,
+            parallel_dims.get_mesh(names),
             param_dtype=TORCH_DTYPE_MAP[job_config.training.mixed_precision_param],
             reduce_dtype=TORCH_DTYPE_MAP[job_config.training.mixed_precision_reduce],
             pp_enabled=parallel_dims.pp_enabled,

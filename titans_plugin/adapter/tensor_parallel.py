@@ -37,11 +37,18 @@ def _shard_param_on_heads(module: nn.Module, name: str, mesh: DeviceMesh) -> Non
 
 
 def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
-    parallelize_module(memory, mesh, {
-        "wq": ColwiseParallel(), "wk": ColwiseParallel(), "wv": ColwiseParallel(),
-        "w_gates": ColwiseParallel(), "w_out_gate": ColwiseParallel(),
-        "wo": RowwiseParallel(output_layouts=Replicate()),
-    })
+    parallelize_module(
+        memory,
+        mesh,
+        {
+            "wq": ColwiseParallel(),
+            "wk": ColwiseParallel(),
+            "wv": ColwiseParallel(),
+            "w_gates": ColwiseParallel(),
+            "w_out_gate": ColwiseParallel(),
+            "wo": RowwiseParallel(output_layouts=Replicate()),
+        },
+    )
     for name in ("conv_q", "conv_k", "conv_v", "out_norm_weight"):
         _shard_param_on_heads(memory, name, mesh)
     for i in range(len(memory.init_memory)):
@@ -51,7 +58,8 @@ def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
 def _inputs_to_replicated(module, inputs, mesh):
     return tuple(
         DTensor.from_local(t, mesh, [Replicate()], run_check=False)
-        if isinstance(t, torch.Tensor) and not isinstance(t, DTensor) else t
+        if isinstance(t, torch.Tensor) and not isinstance(t, DTensor)
+        else t
         for t in inputs
     )
 
@@ -87,24 +95,30 @@ def block_plan(block: nn.Module) -> dict:
         "feed_forward.w2": RowwiseParallel(output_layouts=Replicate()),
     }
     if getattr(block, "attention", None) is not None:
-        plan.update({
-            "attention.wq": ColwiseParallel(),
-            "attention.wk": ColwiseParallel(),
-            "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=Replicate()),
-        })
+        plan.update(
+            {
+                "attention.wq": ColwiseParallel(),
+                "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(),
+                "attention.wo": RowwiseParallel(output_layouts=Replicate()),
+            }
+        )
     return plan
 
 
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: bool) -> None:
-    parallelize_module(model, mesh, {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
-        "output": ColwiseParallel(
-            input_layouts=Replicate(),
-            output_layouts=Shard(-1) if loss_parallel else Replicate(),
-            use_local_output=not loss_parallel,
-        ),
-    })
+    parallelize_module(
+        model,
+        mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+            "output": ColwiseParallel(
+                input_layouts=Replicate(),
+                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                use_local_output=not loss_parallel,
+            ),
+        },
+    )
     for block in model.layers.values():
         parallelize_module(block, mesh, block_plan(block))
         memory = getattr(block, "memory", None)

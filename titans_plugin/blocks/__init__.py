@@ -23,6 +23,13 @@ def build_block(letter: str, layer_id: int, model_args, titans) -> TitansBlockBa
 
 
 __all__ = [
-    "AttentionBlock", "BLOCK_TYPES", "LMMBlock", "MACBlock", "MAGBlock", "MALBlock",
-    "SlidingWindowBlock", "TitansBlockBase", "build_block",
+    "AttentionBlock",
+    "BLOCK_TYPES",
+    "LMMBlock",
+    "MACBlock",
+    "MAGBlock",
+    "MALBlock",
+    "SlidingWindowBlock",
+    "TitansBlockBase",
+    "build_block",
 ]

@@ -149,14 +149,14 @@ class Attention(nn.Module):
         check_rope_length(freqs_cis, pos + T)
         k = self.wk(x).view(B, T, -1, self.head_dim)
         v = self.wv(x).view(B, T, -1, self.head_dim)
-        return apply_rope(k, freqs_cis[pos: pos + T]), v
+        return apply_rope(k, freqs_cis[pos : pos + T]), v
 
     def project(self, x, freqs_cis, pos: int):
         """q, k, v [B, T, H, D] with RoPE at absolute positions pos .. pos + T - 1."""
         B, T, _ = x.shape
         k, v = self.project_kv(x, freqs_cis, pos)
         q = self.wq(x).view(B, T, -1, self.head_dim)
-        return apply_rope(q, freqs_cis[pos: pos + T]), k, v
+        return apply_rope(q, freqs_cis[pos : pos + T]), k, v
 
     def forward(self, x, freqs_cis, cache: KVCache | None = None):
         """x [B, T, dim] -> (out [B, T, dim], cache for the next call)."""
@@ -176,5 +176,5 @@ class Attention(nn.Module):
             q_pos = torch.arange(pos, pos + T, device=x.device)
             out = masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
         keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
-        new_cache = KVCache(k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:], pos + T)
+        new_cache = KVCache(k[:, k.shape[1] - keep :], v[:, v.shape[1] - keep :], pos + T)
         return self.wo(out.reshape(B, T, -1)), new_cache

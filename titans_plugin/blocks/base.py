@@ -39,9 +39,7 @@ class TitansBlockBase(nn.Module):
         self.dim = dim
         self.attention_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
         self.ffn_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
-        self.feed_forward = FeedForward(
-            dim, ffn_hidden_dim(dim, model_args.multiple_of, model_args.ffn_dim_multiplier)
-        )
+        self.feed_forward = FeedForward(dim, ffn_hidden_dim(dim, model_args.multiple_of, model_args.ffn_dim_multiplier))
         if getattr(model_args, "depth_init", True):
             self.weight_init_std = 0.02 / (2 * (layer_id + 1)) ** 0.5
         else:
@@ -53,8 +51,9 @@ class TitansBlockBase(nn.Module):
 
     @staticmethod
     def _make_attention(model_args, window: int | None = None, n_persistent: int = 0) -> Attention:
-        return Attention(model_args.dim, model_args.n_heads, model_args.n_kv_heads,
-                         window=window, n_persistent=n_persistent)
+        return Attention(
+            model_args.dim, model_args.n_heads, model_args.n_kv_heads, window=window, n_persistent=n_persistent
+        )
 
     @staticmethod
     def _memory_config(model_args, titans) -> MemoryConfig:

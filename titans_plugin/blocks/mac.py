@@ -65,7 +65,7 @@ class MACBlock(TitansBlockBase):
             if cache.pos % L == 0 and cache.pos > 0 and cache.segment_k.shape[1]:
                 cache = self._begin_segment(cache)
             n = min(L - cache.pos % L, x.shape[1] - start)
-            o, cache = self._segment_piece(x[:, start:start + n], freqs_cis, cache)
+            o, cache = self._segment_piece(x[:, start : start + n], freqs_cis, cache)
             outs.append(o)
             start += n
         return torch.cat(outs, dim=1), cache
@@ -75,7 +75,9 @@ class MACBlock(TitansBlockBase):
         empty_k = cache.segment_k[:, :0]
         return cache._replace(
             segment_weights=cache.memory.memory.weights,
-            segment_k=empty_k, segment_v=cache.segment_v[:, :0], segment_pos=cache.segment_pos[:0],
+            segment_k=empty_k,
+            segment_v=cache.segment_v[:, :0],
+            segment_pos=cache.segment_pos[:0],
         )
 
     def _segment_piece(self, x, freqs_cis, cache: MACCache):

@@ -1,8 +1,8 @@
 """MAG, memory as a gate (paper section 4.2):
 
-    x --+--> SW-Attn([persistent || x]) ---> y --+
-        |                                       (x)--> o     (x) = MemoryGate
-        +--> NeuralMemory(x) ---------------> m -+
+x --+--> SW-Attn([persistent || x]) ---> y --+
+    |                                       (x)--> o     (x) = MemoryGate
+    +--> NeuralMemory(x) ---------------> m -+
 """
 
 from typing import NamedTuple

@@ -1,6 +1,6 @@
 """MAL, memory as a layer (paper section 4.3):
 
-    x -> NeuralMemory([persistent || x]) -> y -> SW-Attn(y) -> o
+x -> NeuralMemory([persistent || x]) -> y -> SW-Attn(y) -> o
 """
 
 from typing import NamedTuple

@@ -30,11 +30,13 @@ def make_persistent(n: int, dim: int) -> PersistentTokens | None:
 
 
 def run_prefixed_memory(
-    memory: NeuralMemory, persistent: PersistentTokens | None, x: torch.Tensor,
+    memory: NeuralMemory,
+    persistent: PersistentTokens | None,
+    x: torch.Tensor,
     state: NeuralMemoryState | None,
 ):
     if state is not None or persistent is None:
         return memory(x, state)
     prefix = persistent(x.shape[0], x.dtype)
     y, state = memory(torch.cat([prefix, x], dim=1), None)
-    return y[:, prefix.shape[1]:], state
+    return y[:, prefix.shape[1] :], state

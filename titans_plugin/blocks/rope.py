@@ -67,5 +67,3 @@ def check_rope_length(freqs_cis: torch.Tensor, end: int) -> None:
             f"sequence position {end} exceeds the RoPE table ({freqs_cis.shape[0]} positions): "
             f"raise model max_seq_len (training.seq_len in TOML)"
         )
-
-

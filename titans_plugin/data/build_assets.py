@@ -32,14 +32,21 @@ def train_tokenizer() -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=["<unk>", "<|begin_of_text|>", "<|end_of_text|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<unk>", "<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(generate(5000, seed=1), trainer=trainer)
     os.makedirs(TOKENIZER_DIR, exist_ok=True)
     tok.save(os.path.join(TOKENIZER_DIR, "tokenizer.json"))
-    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-              "add_bos_token": True, "add_eos_token": True, "model_max_length": 1 << 20}
+    config = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "add_bos_token": True,
+        "add_eos_token": True,
+        "model_max_length": 1 << 20,
+    }
     with open(os.path.join(TOKENIZER_DIR, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)
 

@@ -25,10 +25,26 @@ button anchor shell ribbon acorn teacup""".split()
 ADJECTIVES = """old quiet bright narrow warm cold small tall green blue golden silver
 dusty crowded empty windy sunny rainy hidden famous gentle busy""".split()
 COLORS = "red blue green yellow white black amber violet grey copper".split()
-WEATHER = ["It rained all morning.", "The wind came from the sea.", "The sky was clear and pale.",
-           "Snow fell on the roofs.", "Fog covered the hills.", "The sun was warm on the stones."]
-ACTIONS = ["walked to", "ran to", "looked around", "waited at", "sang near", "read in",
-           "slept in", "cleaned", "painted", "visited"]
+WEATHER = [
+    "It rained all morning.",
+    "The wind came from the sea.",
+    "The sky was clear and pale.",
+    "Snow fell on the roofs.",
+    "Fog covered the hills.",
+    "The sun was warm on the stones.",
+]
+ACTIONS = [
+    "walked to",
+    "ran to",
+    "looked around",
+    "waited at",
+    "sang near",
+    "read in",
+    "slept in",
+    "cleaned",
+    "painted",
+    "visited",
+]
 FEELINGS = ["happy", "tired", "curious", "worried", "calm", "proud", "hungry", "surprised"]
 
 

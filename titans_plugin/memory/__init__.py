@@ -2,6 +2,11 @@ from .config import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConf
 from .neural_memory import NeuralMemory, NeuralMemoryState
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "GATE_MODES", "MemoryConfig", "NeuralMemory", "NeuralMemoryState",
+    "ACTIVATIONS",
+    "BACKENDS",
+    "GATE_MODES",
+    "MemoryConfig",
+    "NeuralMemory",
+    "NeuralMemoryState",
     "TRITON_DEPTHS",
 ]

@@ -15,4 +15,4 @@ def causal_depthwise_conv(
         tail_BKC = x_BTC.new_zeros(B, K - 1, C)
     xp = torch.cat([tail_BKC.to(x_BTC.dtype), x_BTC], dim=1)  # [B, K - 1 + T, C]
     out = F.conv1d(xp.transpose(1, 2), weight_CK.unsqueeze(1).to(x_BTC.dtype), groups=C)
-    return out.transpose(1, 2), xp[:, xp.shape[1] - (K - 1):]
+    return out.transpose(1, 2), xp[:, xp.shape[1] - (K - 1) :]

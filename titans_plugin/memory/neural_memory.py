@@ -35,8 +35,11 @@ class NeuralMemoryState(NamedTuple):
     def detach(self) -> "NeuralMemoryState":
         tail = None if self.conv_tail is None else tuple(t.detach() for t in self.conv_tail)
         return NeuralMemoryState(
-            self.memory.detach(), self.chunk_start.detach(),
-            tuple(p.detach() for p in self.pending), tail, self.seen,
+            self.memory.detach(),
+            self.chunk_start.detach(),
+            tuple(p.detach() for p in self.pending),
+            tail,
+            self.seen,
         )
 
 
@@ -159,8 +162,12 @@ class NeuralMemory(nn.Module):
     def _scan(self, inputs, state: MemoryState):
         c = self.config
         return neural_memory_scan(
-            *inputs, state, chunk_size=c.chunk_size, activation=c.activation,
-            max_grad_norm=c.max_grad_norm, backend=c.backend,
+            *inputs,
+            state,
+            chunk_size=c.chunk_size,
+            activation=c.activation,
+            max_grad_norm=c.max_grad_norm,
+            backend=c.backend,
         )
 
     # -- forward --------------------------------------------------------------------
@@ -207,8 +214,11 @@ class NeuralMemory(nn.Module):
         Tensors, not floats: nothing synchronises until the logger reads them."""
         theta, eta, alpha = (g.detach() for g in gates)
         self.last_stats = {
-            "theta_mean": theta.mean(), "eta_mean": eta.mean(), "alpha_mean": alpha.mean(),
-            "surprise_rms": _rms(final.momentum), "weight_rms": _rms(final.weights),
+            "theta_mean": theta.mean(),
+            "eta_mean": eta.mean(),
+            "alpha_mean": alpha.mean(),
+            "surprise_rms": _rms(final.momentum),
+            "weight_rms": _rms(final.weights),
         }
 
     def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ class TitansTransformer(nn.Module):
         for layer in self.layers.values():
             layer.init_weights()
         self.norm.reset_parameters()
-        std = self.model_args.dim ** -0.5
+        std = self.model_args.dim**-0.5
         nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
 
     def get_attention_masks(self, input_batch, tokenizer, extra_inputs=None):
