@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from devtools.paths import REPO
 
 
 def rss_bytes() -> int:
@@ -33,9 +33,10 @@ def time_steps(step, warmup: int = 1, iters: int = 3) -> tuple[float, int]:
     return (time.perf_counter() - t0) / iters, peak_rss_bytes() - base
 
 
-def run_worker(script: str, args: list[str], python: str | None = None, timeout: int = 1800) -> dict:
-    """Run `script --worker ...` in a fresh process (clean peak memory); returns its JSON."""
-    cmd = [python or sys.executable, script, "--worker", *args]
+def run_worker(module: str, args: list[str], python: str | None = None, timeout: int = 1800) -> dict:
+    """Run `python -m module --worker ...` from the repository root in a fresh process
+    (clean peak memory); returns the JSON it printed last."""
+    cmd = [python or sys.executable, "-m", module, "--worker", *args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     if out.returncode != 0:

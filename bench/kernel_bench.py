@@ -3,8 +3,8 @@ against the exact chunked PyTorch path, SDPA causal attention and (when installe
 titans-pytorch 0.5.5, for T = 2K to 64K. Needs CUDA; on a machine without one it says so
 and exits 2 (the CPU numbers live in memory_bench.py).
 
-    python bench/kernel_bench.py                 # prints tables, writes docs/benchmarks.md
-    python bench/kernel_bench.py --T 4096 --no-write
+    python -m bench.kernel_bench                 # prints tables, writes docs/benchmarks.md
+    python -m bench.kernel_bench --T 4096 --no-write
 
 Shapes: 16 heads of 64, depth-2 memory with expansion 4 (hidden 256), chunk 64, bf16 inputs,
 fp32 state; B * T = 128K tokens at every length (B = 64 at 2K, 2 at 64K), so every row does
@@ -15,7 +15,7 @@ the same useful work. Useful FLOPs are titans_plugin.model.flops.memory_scan_for
 import argparse
 import sys
 
-from common import table, write_doc_section
+from bench.common import table, write_doc_section
 
 HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK, TOKENS = 16, 64, 2, 4, 64, 131072
 # Dense bf16 tensor-core peak (no sparsity), by device name.
@@ -43,6 +43,7 @@ def _time_ms(fn, iters: int) -> float:
 def _scan_inputs(B, T):
     import torch
     import torch.nn.functional as F
+
     from titans_plugin.kernels import MemoryState
 
     dev, bf = "cuda", torch.bfloat16
@@ -51,8 +52,10 @@ def _scan_inputs(B, T):
     v = torch.randn(B, T, HEADS, HEAD_DIM, device=dev).to(bf)
     gates = [torch.rand(B, T, HEADS, device=dev) * s for s in (0.1, 1.0, 0.1)]
     hidden = HEAD_DIM * EXPANSION
-    w = (torch.randn(B, HEADS, HEAD_DIM, hidden, device=dev) / HEAD_DIM ** 0.5,
-         torch.randn(B, HEADS, hidden, HEAD_DIM, device=dev) / hidden ** 0.5)
+    w = (
+        torch.randn(B, HEADS, HEAD_DIM, hidden, device=dev) / HEAD_DIM**0.5,
+        torch.randn(B, HEADS, hidden, HEAD_DIM, device=dev) / hidden**0.5,
+    )
     leaves = [q, k, v, *gates, *w]
     for t in leaves:
         t.requires_grad_()
@@ -62,24 +65,40 @@ def _scan_inputs(B, T):
 
 def measure(impl: str, T: int, iters: int) -> dict:
     import torch
+
     from titans_plugin.kernels import neural_memory_scan
 
     B = max(1, TOKENS // T)
     if impl == "sdpa":
-        q, k, v = (torch.randn(B, HEADS, T, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                   for _ in range(3))
-        fwd = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k, v = (
+            torch.randn(B, HEADS, T, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(3)
+        )
+
+        def fwd():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     elif impl == "titans-pytorch":
         from titans_pytorch import NeuralMemory
 
-        mem = NeuralMemory(dim=HEADS * HEAD_DIM, chunk_size=CHUNK, heads=HEADS, dim_head=HEAD_DIM,
-                           default_model_kwargs=dict(depth=DEPTH, expansion_factor=EXPANSION)).cuda()
+        mem = NeuralMemory(
+            dim=HEADS * HEAD_DIM,
+            chunk_size=CHUNK,
+            heads=HEADS,
+            dim_head=HEAD_DIM,
+            default_model_kwargs=dict(depth=DEPTH, expansion_factor=EXPANSION),
+        ).cuda()
         x = torch.randn(B, T, HEADS * HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        fwd = lambda: mem(x)[0]
+
+        def fwd():
+            return mem(x)[0]
     else:
         inputs, state, _ = _scan_inputs(B, T)
-        fwd = lambda: neural_memory_scan(*inputs, state, chunk_size=CHUNK, activation="silu",
-                                         max_grad_norm=1.0, backend=impl)[0]
+
+        def fwd():
+            return neural_memory_scan(
+                *inputs, state, chunk_size=CHUNK, activation="silu", max_grad_norm=1.0, backend=impl
+            )[0]
+
     with torch.no_grad():
         fwd_ms = _time_ms(fwd, iters)
     train_ms = _time_ms(lambda: fwd().float().sum().backward(), iters)
@@ -93,8 +112,9 @@ def _useful_tflops(r) -> tuple[float, float]:
     if r["impl"] == "sdpa":  # causal: half of 4 * T * D per query per head
         per_token = 2 * r["T"] * HEAD_DIM * HEADS
     else:
-        per_token = memory_scan_forward_flops(MemoryConfig(
-            dim=HEADS * HEAD_DIM, n_heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK))
+        per_token = memory_scan_forward_flops(
+            MemoryConfig(dim=HEADS * HEAD_DIM, n_heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK)
+        )
     flops = per_token * r["B"] * r["T"]
     return flops / r["fwd_ms"] / 1e9, 3 * flops / r["train_ms"] / 1e9
 
@@ -108,7 +128,7 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        print("kernel_bench.py needs a CUDA GPU; none here. CPU numbers: bench/memory_bench.py.")
+        print("kernel_bench.py needs a CUDA GPU; none here. CPU numbers: python -m bench.memory_bench.")
         sys.exit(2)
     name = torch.cuda.get_device_name()
     impls = ["triton", "chunk", "sdpa"]
@@ -124,23 +144,35 @@ def main() -> None:
             r = measure(impl, T, a.iters)
             results[impl, T] = r
             fwd_tf, train_tf = _useful_tflops(r)
-            rows.append([T, r["B"], impl, f"{r['fwd_ms']:.2f}", f"{r['train_ms']:.2f}",
-                         f"{r['B'] * T / r['train_ms'] * 1e3:,.0f}", f"{fwd_tf:.1f}", f"{train_tf:.1f}"])
+            rows.append(
+                [
+                    T,
+                    r["B"],
+                    impl,
+                    f"{r['fwd_ms']:.2f}",
+                    f"{r['train_ms']:.2f}",
+                    f"{r['B'] * T / r['train_ms'] * 1e3:,.0f}",
+                    f"{fwd_tf:.1f}",
+                    f"{train_tf:.1f}",
+                ]
+            )
             print(rows[-1], flush=True)
-    text = table(["T", "B", "implementation", "fwd ms", "fwd+bwd ms", "train tokens/s",
-                  "fwd TFLOP/s", "train TFLOP/s"], rows)
+    text = table(
+        ["T", "B", "implementation", "fwd ms", "fwd+bwd ms", "train tokens/s", "fwd TFLOP/s", "train TFLOP/s"], rows
+    )
     peak = _peak(name)
     lines = []
     for T in a.T:
         tri, ref = results["triton", T], results["chunk", T]
         _, tf = _useful_tflops(tri)
         share = f", {tf / peak:.1%} of bf16 peak" if peak else ""
-        lines.append(f"- T={T}: triton {ref['train_ms'] / tri['train_ms']:.1f}x the PyTorch path "
-                     f"(fwd+bwd){share}")
+        lines.append(f"- T={T}: triton {ref['train_ms'] / tri['train_ms']:.1f}x the PyTorch path (fwd+bwd){share}")
     verdict = "\n".join(lines)
-    doc = (f"Device: **{name}**, torch {torch.__version__}. Command: `python bench/kernel_bench.py`.\n"
-           f"Targets: >= 10x the PyTorch path; >= 25% of bf16 peak in useful FLOPs at T >= 4K.\n\n"
-           f"{text}\n\n{verdict}\n")
+    doc = (
+        f"Device: **{name}**, torch {torch.__version__}. Command: `python -m bench.kernel_bench`.\n"
+        f"Targets: >= 10x the PyTorch path; >= 25% of bf16 peak in useful FLOPs at T >= 4K.\n\n"
+        f"{text}\n\n{verdict}\n"
+    )
     print(doc)
     if not a.no_write:
         write_doc_section("benchmarks.md", "gpu-kernels", doc)

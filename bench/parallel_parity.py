@@ -1,21 +1,16 @@
 """Loss curves of every layout against one process, per block type: the table in
 docs/parallelism.md.
 
-    .venv/bin/python bench/parallel_parity.py        # ~6 minutes on 2 CPU cores
+    .venv/bin/python -m bench.parallel_parity        # ~6 minutes on 2 CPU cores
 
 Same set-up as integration_tests/test_parallel_parity.py (seed checkpoint, periodic
 corpus, 4 steps, torchrun on gloo)."""
 
 import os
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration_tests"))
-sys.path.insert(0, HERE)
-
-from common import machine, table, write_doc_section  # noqa: E402
-from parity_utils import make_seed_checkpoint, run_layout, write_periodic_corpus  # noqa: E402
+from bench.common import machine, table, write_doc_section
+from devtools.parity import make_seed_checkpoint, run_layout, write_periodic_corpus
 
 STEPS = 4
 PATTERNS = {"CA": "MAC + attention", "GA": "MAG + attention", "LA": "MAL + attention", "M": "LMM"}
@@ -36,12 +31,28 @@ def main() -> None:
                 row.append(f"{rel:.1e}")
             rows.append(row)
             print(row, flush=True)
-    text = "\n\n".join([
-        "### Measured parity (max relative loss difference over the first 4 steps vs one process)",
-        f"Machine: {machine()}, gloo. Command: `.venv/bin/python bench/parallel_parity.py`. "
-        "Debug flavor, seq_len 128, global batch 8, from one seed checkpoint. torchtitan logs losses to 5 decimals, so 0 means equal to every printed digit (|difference| < 1e-5); the integration tests allow 2e-4 relative.",
-        table(["model", "single-process losses", "FSDP2=2", "TP=2", "FSDP2 x TP2", "HSDP 2x2", "AC full", "AC selective"], rows),
-    ])
+    text = "\n\n".join(
+        [
+            "### Measured parity (max relative loss difference over the first 4 steps vs one process)",
+            f"Machine: {machine()}, gloo. Command: `.venv/bin/python -m bench.parallel_parity`. "
+            "Debug flavor, seq_len 128, global batch 8, from one seed checkpoint. torchtitan logs losses to "
+            "5 decimals, so 0 means equal to every printed digit (|difference| < 1e-5); the integration "
+            "tests allow 2e-4 relative.",
+            table(
+                [
+                    "model",
+                    "single-process losses",
+                    "FSDP2=2",
+                    "TP=2",
+                    "FSDP2 x TP2",
+                    "HSDP 2x2",
+                    "AC full",
+                    "AC selective",
+                ],
+                rows,
+            ),
+        ]
+    )
     print(text)
     write_doc_section("parallelism.md", "parity", text)
 

@@ -1,9 +1,9 @@
 """Long-range recall beyond the attention window: MAC, MAG, MAL, LMM vs sliding-window and
 full attention, trained from scratch on CPU at equal parameters and steps.
 
-    .venv-bench/bin/python bench/recall_suite.py            # ~20 min on 2 cores; tables,
+    .venv-bench/bin/python -m bench.recall_suite            # ~20 min on 2 cores; tables,
                                                             # docs/results.md, docs/recall.png
-    .venv-bench/bin/python bench/recall_suite.py --steps 50 --no-write   # smoke run
+    .venv-bench/bin/python -m bench.recall_suite --steps 50 --no-write   # smoke run
 
 Every model: 2 layers of one block type, width 64, 4 heads, window (and MAC segment) 16,
 memory chunk 16, depth-2 memory. The FFN width of each variant is chosen so that all
@@ -11,7 +11,7 @@ variants land within a few percent of the MAC model's parameter count (printed).
 `--steps` AdamW steps of 32 sequences of 96 tokens, every answer at least 4 windows (64
 tokens) behind its query; loss on the answers only. Evaluation: 256 fresh sequences per
 length, at 96 (distance >= 4 windows), 256 (>= 8) and 1024 tokens (>= 32 windows, lengths the
-models never trained on). Tasks: bench/recall_tasks.py. Two stacked sliding-window layers see
+models never trained on). Tasks: titans_plugin/evals/recall_tasks.py. Two stacked sliding-window layers see
 at most 2 x 16 = 32 tokens back, so they cannot reach any answer.
 """
 
@@ -21,10 +21,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine, publish, table
-from recall_tasks import IGNORE, TASKS, VOCAB, make_batch
 
+from bench.common import machine, publish, table
 from titans_plugin.config import TitansConfig
+from titans_plugin.evals.recall_tasks import IGNORE, TASKS, VOCAB, make_batch
 from titans_plugin.model import TitansModelArgs, TitansTransformer
 
 VARIANTS = {"MAC": "C", "MAG": "G", "MAL": "L", "LMM": "M", "SWA": "W", "Full attention": "A"}
@@ -35,10 +35,16 @@ EVAL_SAMPLES = 256
 
 def _args(letter: str, ffn_mult: float | None) -> TitansModelArgs:
     return TitansModelArgs(
-        dim=64, n_layers=2, n_heads=4, vocab_size=VOCAB, multiple_of=16, ffn_dim_multiplier=ffn_mult,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        vocab_size=VOCAB,
+        multiple_of=16,
+        ffn_dim_multiplier=ffn_mult,
         max_seq_len=max(t for t, _ in EVAL),
-        titans=TitansConfig(pattern=letter, memory_heads=4, window=WINDOW, segment_len=WINDOW,
-                            chunk_size=16, n_persistent=4),
+        titans=TitansConfig(
+            pattern=letter, memory_heads=4, window=WINDOW, segment_len=WINDOW, chunk_size=16, n_persistent=4
+        ),
     )
 
 
@@ -107,8 +113,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument("--tasks", nargs="*", default=list(TASKS))
-    p.add_argument("--train-len", type=int, default=TRAIN_T,
-                   help="training sequence length (answers stay >= 4 windows back)")
+    p.add_argument(
+        "--train-len", type=int, default=TRAIN_T, help="training sequence length (answers stay >= 4 windows back)"
+    )
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -120,11 +127,18 @@ def main() -> None:
             model, seconds, loss = train(args, task, a.steps, a.train_len)
             acc = [accuracy(model, task, T, d, seed=100 + i) for i, (T, d) in enumerate(EVAL)]
             results[task, name] = {"acc": acc}
-            rows.append([task, name, f"{_n_params(args):,}", f"{seconds:.0f}", f"{loss:.3f}",
-                         *[f"{100 * x:.1f}" for x in acc]])
+            rows.append(
+                [task, name, f"{_n_params(args):,}", f"{seconds:.0f}", f"{loss:.3f}", *[f"{100 * x:.1f}" for x in acc]]
+            )
             print(rows[-1], flush=True)
-    header = ["task", "model", "params", "train s", "final loss",
-              *[f"acc % T={T} (d>={d // WINDOW}w)" for T, d in EVAL]]
+    header = [
+        "task",
+        "model",
+        "params",
+        "train s",
+        "final loss",
+        *[f"acc % T={T} (d>={d // WINDOW}w)" for T, d in EVAL],
+    ]
     text = table(header, rows)
     verdict = []
     for task in a.tasks:
@@ -132,12 +146,17 @@ def main() -> None:
         met = [n for n, x in mem.items() if x >= 0.9]
         missed = [f"{n} {100 * x:.1f}%" for n, x in mem.items() if x < 0.9]
         swa = results.get((task, "SWA"))
-        verdict.append(f"- {task}: >= 90% at >= 4 windows: {', '.join(met) or 'none'}"
-                       + (f"; missed: {', '.join(missed)}" if missed else "")
-                       + (f". SWA: {100 * swa['acc'][0]:.1f}% (chance 6.25%)." if swa else "."))
-    doc = (f"Machine: {machine()}. Command: `.venv-bench/bin/python bench/recall_suite.py "
-           f"--steps {a.steps} --train-len {a.train_len}`. Each model trained once, seed 0.\n\n{text}\n\n" + "\n".join(verdict)
-           + "\n\n![recall accuracy vs distance](recall.png)\n")
+        verdict.append(
+            f"- {task}: >= 90% at >= 4 windows: {', '.join(met) or 'none'}"
+            + (f"; missed: {', '.join(missed)}" if missed else "")
+            + (f". SWA: {100 * swa['acc'][0]:.1f}% (chance 6.25%)." if swa else ".")
+        )
+    doc = (
+        f"Machine: {machine()}. Command: `.venv-bench/bin/python -m bench.recall_suite "
+        f"--steps {a.steps} --train-len {a.train_len}`. Each model trained once, seed 0.\n\n{text}\n\n"
+        + "\n".join(verdict)
+        + "\n\n![recall accuracy vs distance](recall.png)\n"
+    )
     publish(doc, "results.md", "recall", not a.no_write, lambda path: plot(results, path))
 
 

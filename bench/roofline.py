@@ -1,7 +1,7 @@
 """Roofline model of the Triton memory scan on an H100 (a model, not a measurement).
 
     python -m titans_plugin.kernels.compile_report --ci --json /tmp/report.json
-    python bench/roofline.py --report /tmp/report.json          # prints, writes docs/kernels.md
+    python -m bench.roofline --report /tmp/report.json          # prints, writes docs/kernels.md
 
 Per chunk and program (one program per (batch, head) walks the chunks; the state streams
 through L2 in hidden tiles), it counts from the kernels' structure:
@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from common import machine, publish, table
+from bench.common import machine, publish, table
 
 # H100 SXM: dense bf16 peak, SMs, L2 bandwidth. L2: per-SM ~64 B/clk at 1.755 GHz; the
 # aggregate figure is a commonly measured L2 read bandwidth, an assumption of the model.
@@ -43,11 +43,19 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
     replay = (every - 1) / every  # chunks rebuilt from a checkpoint in the backward
     step_no_output = (key_walks + 6) * U  # z, u and four updates
     bwd_flops = replay * step_no_output + (key_walks + 29 + 4 + 5) * U + 6 * small
-    bwd_bytes = (replay * (fwd_bytes) + (key_walks // 2) * state + 3 * (2 * state)  # walk 1: src, dst r/w
-                 + 2 * scratch + (state + 2 * scratch + state)  # walk 2
-                 + (state + 2 * scratch + 2 * state))  # walk 3
+    bwd_bytes = (
+        replay * (fwd_bytes)
+        + (key_walks // 2) * state
+        + 3 * (2 * state)  # walk 1: src, dst r/w
+        + 2 * scratch
+        + (state + 2 * scratch + state)  # walk 2
+        + (state + 2 * scratch + 2 * state)
+    )  # walk 3
     n_tiles = -(-H // tile)
-    steps = {"fwd": (key_walks // 2 + 1) * n_tiles, "bwd": (replay * (key_walks // 2 + 1) + key_walks // 2 + 3) * n_tiles}
+    steps = {
+        "fwd": (key_walks // 2 + 1) * n_tiles,
+        "bwd": (replay * (key_walks // 2 + 1) + key_walks // 2 + 3) * n_tiles,
+    }
     if not per_step:  # spilled values stored and reloaded once per chunk
         steps = {"fwd": 1, "bwd": 1 + replay}
     threads = 256
@@ -69,9 +77,14 @@ def predict(C, D, H, tile, every, clip, spills, programs, per_step=False):
     # Each wave runs `active` programs side by side; time per chunk for all programs:
     total = t * waves
     useful_tflops = m["useful"] * programs / total / 1e12
-    return {"time_us": t * 1e6, "useful_tflops": useful_tflops, "pct_peak": 100 * useful_tflops / PEAK_TFLOPS,
-            "bound_fwd": "L2" if (m["l2"]["fwd"] + m["spill"]["fwd"]) / l2_rate > m["flops"]["fwd"] / sm_peak else "tensor",
-            "executed_over_useful": (m["flops"]["fwd"] + m["flops"]["bwd"]) / m["useful"], **m}
+    return {
+        "time_us": t * 1e6,
+        "useful_tflops": useful_tflops,
+        "pct_peak": 100 * useful_tflops / PEAK_TFLOPS,
+        "bound_fwd": "L2" if (m["l2"]["fwd"] + m["spill"]["fwd"]) / l2_rate > m["flops"]["fwd"] / sm_peak else "tensor",
+        "executed_over_useful": (m["flops"]["fwd"] + m["flops"]["bwd"]) / m["useful"],
+        **m,
+    }
 
 
 def main() -> None:
@@ -82,8 +95,14 @@ def main() -> None:
     reports = json.load(open(args.report))
 
     def spill(kernel):
-        rows = [r for r in reports if r["kernel"] == kernel and r["arch"] == 90
-                and r["config"]["depth"] == 2 and r["config"]["dtype"] == "bf16"]
+        rows = [
+            r
+            for r in reports
+            if r["kernel"] == kernel
+            and r["arch"] == 90
+            and r["config"]["depth"] == 2
+            and r["config"]["dtype"] == "bf16"
+        ]
         if not rows:
             sys.exit(f"{args.report} has no sm_90 depth-2 bf16 {kernel} row")
         return rows[0]["spill_stores"]
@@ -95,30 +114,51 @@ def main() -> None:
         for T in (4096, 16384, 65536):
             r = predict(C, D, H, tile, every, True, spills, BH)
             worst = predict(C, D, H, tile, every, True, spills, BH, per_step=True)
-            rows.append([BH, T, f"{r['time_us'] * (T // C) / 1e3:.2f}", f"{r['useful_tflops']:.0f}",
-                         f"{r['pct_peak']:.1f}%", r["bound_fwd"], f"{worst['pct_peak']:.2f}%"])
+            rows.append(
+                [
+                    BH,
+                    T,
+                    f"{r['time_us'] * (T // C) / 1e3:.2f}",
+                    f"{r['useful_tflops']:.0f}",
+                    f"{r['pct_peak']:.1f}%",
+                    r["bound_fwd"],
+                    f"{worst['pct_peak']:.2f}%",
+                ]
+            )
     m = predict(C, D, H, tile, every, True, spills, 32)
-    MB = 1 / 2 ** 20
+    MB = 1 / 2**20
     notes = [
         f"Model inputs (default config: depth 2, head dim {D}, hidden {H}, chunk {C}, bf16, clip on, "
         f"hidden tile {tile}, checkpoint every {every} chunks): per chunk and program "
         f"{(m['flops']['fwd'] + m['flops']['bwd']) / 1e6:.0f} MFLOP executed for {m['useful'] / 1e6:.0f} MFLOP "
         f"useful ({m['executed_over_useful']:.2f}x: recomputation), L2 traffic "
         f"{(m['l2']['fwd'] + m['l2']['bwd']) * MB:.2f} MiB, spill traffic "
-        f"{(m['spill']['fwd'] + m['spill']['bwd']) * MB:.2f} MiB if spilled values move once per chunk (compile report: {spills['fwd']} B forward, "
+        f"{(m['spill']['fwd'] + m['spill']['bwd']) * MB:.2f} MiB if spilled values move once per chunk "
+        f"(compile report: {spills['fwd']} B forward, "
         f"{spills['bwd']} B backward spill stores per thread).",
         f"H100 assumptions: {PEAK_TFLOPS:.0f} TFLOP/s dense bf16 over {SMS} SMs, L2 {L2_PER_SM_GBS:.0f} GB/s per SM "
         f"and {L2_TOTAL_GBS:.0f} GB/s in all, one program per SM. Time per token does not depend on T (a "
         "sequential scan), so the percentage is flat in T; it depends on how many (batch, head) programs "
         "fill the SMs.",
     ]
-    header = ["B*H programs", "T", "fwd+bwd ms (per layer)", "useful TFLOP/s", "% of bf16 peak",
-              "forward bound by", "% of peak if spills move every tile step"]
-    text = "\n\n".join([
-        "### Roofline model: Triton memory scan on H100 (a model, not a measurement)",
-        f"Command: `python bench/roofline.py --report <compile_report --ci --json>`; spills from the sm_90 "
-        f"compile report; computed on {machine()}.",
-        table(header, rows), *notes])
+    header = [
+        "B*H programs",
+        "T",
+        "fwd+bwd ms (per layer)",
+        "useful TFLOP/s",
+        "% of bf16 peak",
+        "forward bound by",
+        "% of peak if spills move every tile step",
+    ]
+    text = "\n\n".join(
+        [
+            "### Roofline model: Triton memory scan on H100 (a model, not a measurement)",
+            f"Command: `python -m bench.roofline --report <compile_report --ci --json>`; spills from the sm_90 "
+            f"compile report; computed on {machine()}.",
+            table(header, rows),
+            *notes,
+        ]
+    )
     publish(text, "kernels.md", "Roofline model (H100)", write=not args.no_write)
 
 

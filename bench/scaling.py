@@ -1,6 +1,6 @@
 """Scaling with sequence length, and streaming far past any training length (CPU).
 
-    .venv-bench/bin/python bench/scaling.py        # tables + docs/scaling.png, writes docs/results.md
+    .venv-bench/bin/python -m bench.scaling        # tables + docs/scaling.png, writes docs/results.md
 
 1. One block of each kind at width 256 (LMM, MAG with window 512, full attention), batch 1,
    inference: time per token and peak memory from T = 1K to 64K, each in a fresh process.
@@ -11,10 +11,9 @@
 import argparse
 import json
 import os
-import sys
 import time
 
-from common import REPO, machine, peak_rss_bytes, rss_bytes, run_worker, table, write_doc_section
+from bench.common import REPO, machine, peak_rss_bytes, rss_bytes, run_worker, table, write_doc_section
 
 KINDS = {"M": "LMM", "G": "MAG (window 512)", "A": "full attention"}
 LENGTHS = [1024, 4096, 16384, 65536]
@@ -25,10 +24,12 @@ def _model(pattern: str, n_layers: int, dim: int, max_seq_len: int):
     from titans_plugin.config import TitansConfig
     from titans_plugin.model import TitansModelArgs, TitansTransformer
 
-    titans = TitansConfig(pattern=pattern, memory_heads=4, memory_depth=2, memory_expansion=4.0,
-                          chunk_size=64, window=512, n_persistent=4)
-    args = TitansModelArgs(dim=dim, n_layers=n_layers, n_heads=4, vocab_size=2048, multiple_of=64,
-                           max_seq_len=max_seq_len, titans=titans)
+    titans = TitansConfig(
+        pattern=pattern, memory_heads=4, memory_depth=2, memory_expansion=4.0, chunk_size=64, window=512, n_persistent=4
+    )
+    args = TitansModelArgs(
+        dim=dim, n_layers=n_layers, n_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=max_seq_len, titans=titans
+    )
     return TitansTransformer(args).eval()
 
 
@@ -79,7 +80,7 @@ def main() -> None:
         print(json.dumps(scale_worker(a.kind, a.T) if a.job == "scale" else stream_worker()))
         return
 
-    results = {k: [run_worker(__file__, ["--kind", k, "--T", str(T)]) for T in LENGTHS] for k in KINDS}
+    results = {k: [run_worker(__spec__.name, ["--kind", k, "--T", str(T)]) for T in LENGTHS] for k in KINDS}
     rows = []
     for i, T in enumerate(LENGTHS):
         row = [f"{T:,}"]
@@ -88,22 +89,29 @@ def main() -> None:
             row.append(f"{r['us_per_token']:.1f} us, {r['peak_mib']:,.0f} MiB")
         rows.append(row)
     t1 = table(["T"] + [f"{KINDS[k]}: time/token, peak" for k in KINDS], rows)
-    stream = run_worker(__file__, ["--job", "stream"])
+    stream = run_worker(__spec__.name, ["--job", "stream"])
     rss = stream["rss_mib"]
     quarter = len(rss) // 4
     late = rss[quarter:]
-    t2 = (f"Streamed {stream['tokens']:,} tokens through a 4-layer `MGMG` model (width 128) in pieces of "
-          f"{PIECE:,} at {stream['tok_s']:,.0f} tokens/s. Resident memory: {rss[0]:,.0f} MiB after the first "
-          f"piece, {rss[quarter]:,.0f} MiB at 256K tokens, {rss[-1]:,.0f} MiB at 1M; between 256K and 1M it "
-          f"stays within {min(late):,.0f}-{max(late):,.0f} MiB (allocator noise around a flat level, no trend).")
+    t2 = (
+        f"Streamed {stream['tokens']:,} tokens through a 4-layer `MGMG` model (width 128) in pieces of "
+        f"{PIECE:,} at {stream['tok_s']:,.0f} tokens/s. Resident memory: {rss[0]:,.0f} MiB after the first "
+        f"piece, {rss[quarter]:,.0f} MiB at 256K tokens, {rss[-1]:,.0f} MiB at 1M; between 256K and 1M it "
+        f"stays within {min(late):,.0f}-{max(late):,.0f} MiB (allocator noise around a flat level, no trend)."
+    )
     _plot(results, rss)
-    text = "\n\n".join([
-        "## Scaling with sequence length (CPU)",
-        f"Machine: {machine()}. Command: `.venv-bench/bin/python bench/scaling.py`. One block, width 256, "
-        "4 heads, memory 4 heads x 64 with a depth-2 MLP (hidden 256), chunk 64; batch 1, inference, "
-        "each point in a fresh process; peak = growth of resident memory during the call.",
-        t1, "![scaling](scaling.png)", "### Streaming 1M tokens", t2,
-    ])
+    text = "\n\n".join(
+        [
+            "## Scaling with sequence length (CPU)",
+            f"Machine: {machine()}. Command: `.venv-bench/bin/python -m bench.scaling`. One block, width 256, "
+            "4 heads, memory 4 heads x 64 with a depth-2 MLP (hidden 256), chunk 64; batch 1, inference, "
+            "each point in a fresh process; peak = growth of resident memory during the call.",
+            t1,
+            "![scaling](scaling.png)",
+            "### Streaming 1M tokens",
+            t2,
+        ]
+    )
     print(text)
     write_doc_section("results.md", "scaling", text)
 
@@ -131,5 +139,4 @@ def _plot(results: dict, rss: list) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -2,15 +2,12 @@
 on a fake process group of `world` ranks (no devices, no communication), and print rank
 0's local parameter shapes and placements as JSON.
 
-    python integration_tests/shard_plan_probe.py CONFIG --tp 4 --dp-shard 2 [torchtitan overrides]
+    python -m integration_tests.shard_plan_probe CONFIG --tp 4 --dp-shard 2 [torchtitan overrides]
 """
 
 import argparse
-import copy
 import json
 import sys
-
-import torch
 
 
 def main() -> None:
@@ -20,26 +17,26 @@ def main() -> None:
     p.add_argument("--dp-shard", type=int, required=True)
     a, overrides = p.parse_known_args()
 
-    import titans_plugin  # noqa: F401  (CPU support, train spec)
-    from torchtitan.config import ConfigManager
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed.utils import init_fake_mode
-    from torchtitan.protocols.train_spec import get_train_spec
+
+    from titans_plugin.adapter import parallelize_titans
+    from titans_plugin.adapter.build import build_model, load_job_config, train_args
 
     world = a.tp * a.dp_shard
-    job = ConfigManager().parse_args([
-        "--job.config_file", a.config, "--parallelism.tensor_parallel_degree", str(a.tp),
-        "--parallelism.data_parallel_shard_degree", str(a.dp_shard), *overrides,
-    ])
+    job = load_job_config(
+        a.config,
+        "--parallelism.tensor_parallel_degree",
+        str(a.tp),
+        "--parallelism.data_parallel_shard_degree",
+        str(a.dp_shard),
+        *overrides,
+    )
     init_fake_mode(world)
     dims = ParallelDims(dp_replicate=1, dp_shard=a.dp_shard, cp=1, tp=a.tp, pp=1, ep=1, etp=1, world_size=world)
     dims.build_mesh()
-    spec = get_train_spec("titans")
-    args = copy.deepcopy(spec.model_args[job.model.flavor])
-    args.update_from_config(job)
-    with torch.device("meta"):
-        model = spec.model_cls(args)
-    spec.parallelize_fn(model, dims, job)
+    model = build_model(train_args(job), device="meta")
+    parallelize_titans(model, dims, job)
     out = {}
     for name, param in model.named_parameters():
         local = param.to_local() if hasattr(param, "to_local") else param

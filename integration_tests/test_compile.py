@@ -3,14 +3,10 @@
 Tiny shapes (one memory chunk, one MAC segment): compilation time grows with the number of
 chunks, which dynamo unrolls; the graph structure is the same at any size."""
 
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-from test_blocks import tiny_model  # noqa: E402
+from devtools.models import tiny_model
 
 
 @pytest.mark.parametrize("pattern", ["C", "G", "L", "M", "W", "A"])

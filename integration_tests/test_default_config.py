@@ -1,25 +1,30 @@
-"""The main job's config, through torchrun: it trains, logs memory statistics, and saves a
-checkpoint that loads back into a freshly built model."""
+"""The main job's config, through torchrun: it trains, validates on the held-out stories,
+logs memory statistics, and saves a checkpoint that loads back into a freshly built model."""
 
 import glob
 import math
 import os
+import re
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
-from torchrun_utils import FAST, losses, run_torchrun
+from devtools.paths import REPO
+from devtools.torchrun import FAST, losses, run_torchrun
+from titans_plugin.adapter.build import build_model, load_dcp_checkpoint, load_job_config, train_args
 
 CONFIG = "train_configs/debug_mac.toml"
 STEPS = 12
+VALIDATE_EVERY = 6
+VAL_RE = re.compile(r"validate step:\s*(\d+)\s+\S*loss:\s*([-\w.]+)")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("default_run")
-    rc, log = run_torchrun(CONFIG, [*FAST, "--training.steps", str(STEPS), "--checkpoint.interval",
-                                    str(STEPS), "--job.dump_folder", str(out)])
+    validation = ["--validation.enable", "--validation.freq", str(VALIDATE_EVERY), "--validation.steps", "2"]
+    steps = ["--training.steps", str(STEPS), "--checkpoint.interval", str(STEPS)]
+    rc, log = run_torchrun(CONFIG, [*FAST, *validation, *steps, "--job.dump_folder", str(out)])
     assert rc == 0, log[-4000:]
     return out, log
 
@@ -32,6 +37,14 @@ def test_loss_is_finite_and_falls(run):
     first = curve[1]
     last = sum(curve[s] for s in range(STEPS - 2, STEPS + 1)) / 3
     assert last < first - 1.0, curve
+
+
+def test_validation_runs_on_its_schedule_with_a_finite_loss(run):
+    _, log = run
+    val = {int(m.group(1)): float(m.group(2)) for m in VAL_RE.finditer(log)}
+    assert sorted(val) == list(range(VALIDATE_EVERY, STEPS + 1, VALIDATE_EVERY)), log[-3000:]
+    assert all(math.isfinite(v) for v in val.values()), val
+    assert val[STEPS] < val[VALIDATE_EVERY] + 0.5, val  # held-out loss does not blow up while training
 
 
 def test_tensorboard_has_memory_statistics(run):
@@ -52,21 +65,11 @@ def test_checkpoint_loads_into_a_fresh_model(run):
     out, _ = run
     ckpt = os.path.join(out, "checkpoint", f"step-{STEPS}")
     assert os.path.exists(os.path.join(ckpt, ".metadata"))
-    import titans_plugin  # noqa: F401  registers the flavors
-    from titans_plugin.adapter.flavors import TITANS_FLAVORS
-    from titans_plugin.config import TitansConfig
-    from titans_plugin.model import TitansTransformer
-    import copy, tomllib
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), CONFIG), "rb") as f:
-        titans = TitansConfig(**tomllib.load(f)["titans"])
-    args = copy.deepcopy(TITANS_FLAVORS["debugmodel"])
-    args.titans, args.max_seq_len = titans, 256
-    model = TitansTransformer(args)
+    job = load_job_config(f"{REPO}/{CONFIG}", *FAST)
+    args = train_args(job)
+    model = build_model(args)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = model.state_dict()
-    dcp.load(state, checkpoint_id=ckpt)
-    model.load_state_dict(state)
+    load_dcp_checkpoint(model, ckpt)
     changed = [k for k in before if not torch.equal(before[k], model.state_dict()[k])]
     assert len(changed) == len(before), "every trained tensor should differ from a fresh init"
     tokens = torch.randint(0, args.vocab_size, (1, 64))

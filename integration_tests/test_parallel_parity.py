@@ -2,7 +2,7 @@
 
 import pytest
 
-from parity_utils import make_seed_checkpoint, run_layout, write_periodic_corpus
+from devtools.parity import make_seed_checkpoint, run_layout, write_periodic_corpus
 
 STEPS = 4
 # fp32 throughout; reductions in a different order differ in the last bits and grow a

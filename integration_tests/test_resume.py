@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from parity_utils import make_seed_checkpoint, run_layout, write_periodic_corpus
+from devtools.parity import make_seed_checkpoint, run_layout, write_periodic_corpus
 
 PATTERN = "CA"
 K, STEPS = 3, 6
@@ -16,8 +16,9 @@ def setup(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("resume"))
     corpus = write_periodic_corpus(os.path.join(work, "periodic.jsonl"))
     seed = make_seed_checkpoint(work, corpus, PATTERN)
-    full, dump = run_layout(work, corpus, PATTERN, "single", STEPS, seed,
-                            extra=["--checkpoint.interval", str(K)], name="uninterrupted")
+    full, dump = run_layout(
+        work, corpus, PATTERN, "single", STEPS, seed, extra=["--checkpoint.interval", str(K)], name="uninterrupted"
+    )
     assert sorted(full) == list(range(1, STEPS + 1))
     return work, corpus, seed, full, dump
 
@@ -34,14 +35,23 @@ def test_resume_same_layout_is_exact(setup):
 def test_checkpoint_saved_under_fsdp_resumes_under_tp(setup):
     work, corpus, seed, full, _ = setup
     # Same training.steps as the run it is compared with: the LR schedule depends on it.
-    _, fsdp_dump = run_layout(work, corpus, PATTERN, "fsdp2", STEPS, seed,
-                              extra=["--checkpoint.interval", str(K)], name="fsdp_first_k")
+    _, fsdp_dump = run_layout(
+        work, corpus, PATTERN, "fsdp2", STEPS, seed, extra=["--checkpoint.interval", str(K)], name="fsdp_first_k"
+    )
     step_k = os.path.join(fsdp_dump, "checkpoint", f"step-{K}")
     assert os.path.exists(step_k)
     # torchtitan 0.2.2 cannot reshard the dataloader's position to another data-parallel
     # degree; model, optimizer and scheduler state reshard (docs/parallelism.md).
-    resumed, _ = run_layout(work, corpus, PATTERN, "tp2", STEPS, step_k, name="tp_resumed",
-                            extra=["--checkpoint.exclude_from_loading", "dataloader"])
+    resumed, _ = run_layout(
+        work,
+        corpus,
+        PATTERN,
+        "tp2",
+        STEPS,
+        step_k,
+        name="tp_resumed",
+        extra=["--checkpoint.exclude_from_loading", "dataloader"],
+    )
     assert sorted(resumed) == list(range(K + 1, STEPS + 1)), resumed
     for step in resumed:
         assert resumed[step] == pytest.approx(full[step], rel=2e-4, abs=0)

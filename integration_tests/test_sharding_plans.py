@@ -7,14 +7,19 @@ import sys
 
 import pytest
 
-from torchrun_utils import REPO
+from devtools.paths import REPO
 
-PROBE = os.path.join(os.path.dirname(__file__), "shard_plan_probe.py")
+PROBE = "integration_tests.shard_plan_probe"
 
 
 def probe(config: str, tp: int, dp: int, *overrides: str) -> dict:
-    out = subprocess.run([sys.executable, PROBE, os.path.join(REPO, config), "--tp", str(tp), "--dp-shard", str(dp), *overrides],
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", PROBE, os.path.join(REPO, config), "--tp", str(tp), "--dp-shard", str(dp), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -25,7 +30,9 @@ def test_400m_tp4_fsdp2_per_rank_shapes(pattern):
     dim, heads, head_dim, hidden = 1024, 16, 64, 256
     world = 8
     # every parameter is a DTensor on the 2-D (fsdp, tp) mesh
-    assert all(len(p["placements"]) == 2 for p in params.values()), [n for n, p in params.items() if len(p["placements"]) != 2]
+    assert all(len(p["placements"]) == 2 for p in params.values()), [
+        n for n, p in params.items() if len(p["placements"]) != 2
+    ]
     layer = "layers.0"
     mem = f"{layer}.memory"
     expect = {
@@ -59,7 +66,21 @@ def test_400m_tp4_fsdp2_per_rank_shapes(pattern):
 
 
 def test_tp_degree_that_does_not_divide_memory_heads_fails_before_sharding():
-    out = subprocess.run([sys.executable, PROBE, os.path.join(REPO, "train_configs/paper_170m_mac.toml"), "--tp", "8", "--dp-shard", "1"],
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            PROBE,
+            os.path.join(REPO, "train_configs/paper_170m_mac.toml"),
+            "--tp",
+            "8",
+            "--dp-shard",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert out.returncode != 0
     assert "titans.memory_heads" in out.stderr or "model.n_heads" in out.stderr

@@ -3,22 +3,9 @@
 import pytest
 import torch
 
-from titans_plugin.config import TitansConfig
-from titans_plugin.model import TitansModelArgs, TitansTransformer
+from devtools.models import tiny_model
 from titans_plugin.model.flops import model_nparams_and_flops
 from titans_plugin.spec import apply_overrides, parse_layer_spec
-
-SMALL = dict(memory_heads=2, memory_head_dim=8, chunk_size=4, segment_len=6, window=5, n_persistent=2)
-
-
-def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> TitansTransformer:
-    torch.manual_seed(seed)
-    args = TitansModelArgs(
-        dim=32, n_layers=n_layers or max(2, len(pattern)), n_heads=4, n_kv_heads=2, vocab_size=50,
-        multiple_of=16, max_seq_len=64, titans=TitansConfig(pattern=pattern, **{**SMALL, **titans}),
-    )
-    return TitansTransformer(args).double()
-
 
 PATTERNS = ["A", "W", "C", "G", "L", "M", "CGLMWA"]
 
@@ -30,7 +17,7 @@ def test_model_is_causal(pattern):
     logits = m(tokens)
     for t in (0, 5, 6, 11, 17):
         changed = tokens.clone()
-        changed[:, t + 1:] = torch.randint(0, 50, changed[:, t + 1:].shape)
+        changed[:, t + 1 :] = torch.randint(0, 50, changed[:, t + 1 :].shape)
         assert torch.equal(m(changed)[:, : t + 1], logits[:, : t + 1]), t
 
 
@@ -43,7 +30,7 @@ def test_incremental_decoding_equals_full_pass(pattern, pieces):
     full = m(tokens)
     outs, caches, pos = [], None, 0
     for n in pieces:
-        logits, caches = m.forward_cached(tokens[:, pos:pos + n], caches)
+        logits, caches = m.forward_cached(tokens[:, pos : pos + n], caches)
         outs.append(logits)
         pos += n
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-11

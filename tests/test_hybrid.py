@@ -11,7 +11,8 @@ pytest.importorskip("torchtitan")
 from torchtitan.models.llama3 import Transformer, llama3_args  # noqa: E402
 
 from titans_plugin.config import TitansConfig  # noqa: E402
-from titans_plugin.convert import convert, main as convert_main  # noqa: E402
+from titans_plugin.convert import convert  # noqa: E402
+from titans_plugin.convert import main as convert_main
 from titans_plugin.hybrid import build_hybrid_model, swap_layers  # noqa: E402
 
 SMALL = TitansConfig(memory_heads=4, chunk_size=8, segment_len=16, window=16, n_persistent=2, memory_expansion=2)
@@ -105,22 +106,27 @@ def test_converter_output_loads_in_torchtitan_with_same_dimensions(tmp_path):
     src.write_bytes(LLAMA_8B_TOML)
     assert convert_main([str(src), "--pattern", "GGA", "-o", str(dst), "--set", "window=2048"]) == 0
 
-    import titans_plugin  # noqa: F401
-    from torchtitan.config import ConfigManager
-    from torchtitan.protocols.train_spec import get_train_spec
+    from titans_plugin.adapter.build import build_model, load_job_config, train_args
 
-    job = ConfigManager().parse_args(["--job.config_file", str(dst)])
+    job = load_job_config(str(dst))
     assert job.model.name == "titans" and job.titans.pattern == "GGA" and job.titans.window == 2048
     assert job.parallelism.tensor_parallel_degree == 8 and job.training.seq_len == 8192  # kept
-    args = copy.deepcopy(get_train_spec("titans").model_args[job.model.flavor])
-    args.update_from_config(job)
+    args = train_args(job)
     base = llama3_args["8B"]
-    for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-                  "ffn_dim_multiplier", "norm_eps", "rope_theta"):
+    for field in (
+        "dim",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "vocab_size",
+        "multiple_of",
+        "ffn_dim_multiplier",
+        "norm_eps",
+        "rope_theta",
+    ):
         assert getattr(args, field) == getattr(base, field), field
     assert args.titans.memory_heads == base.n_heads  # head dim 128, not the full width
-    with torch.device("meta"):
-        model = get_train_spec("titans").model_cls(args)
+    model = build_model(args, device="meta")
     assert model.layer_types[:3] == ["G", "G", "A"]
 
 
@@ -135,13 +141,18 @@ def test_converter_rejects_bad_pattern_before_writing(tmp_path, capsys):
 
 def test_converter_keeps_comments_layout_and_values():
     text = (
-        "# our 8B run\n[model]\nname = \"llama3\"  # the base\nflavor = \"8B\"\n\n"
+        '# our 8B run\n[model]\nname = "llama3"  # the base\nflavor = "8B"\n\n'
         "[training]\nseq_len = 8192   # long\nsteps = 1_000\n\n[optimizer]\nlr = 3e-4\n"
     )
     out = convert(text, "GGA", ["window=2048"])
     assert out.startswith("# our 8B run\n[model]\n")
-    for line in ("seq_len = 8192   # long", "steps = 1_000", "lr = 3e-4", 'flavor = "llama3_8B"',
-                 'name = "titans"  # the base'):
+    for line in (
+        "seq_len = 8192   # long",
+        "steps = 1_000",
+        "lr = 3e-4",
+        'flavor = "llama3_8B"',
+        'name = "titans"  # the base',
+    ):
         assert line in out.splitlines(), line
     parsed = tomllib.loads(out)
     assert parsed["titans"] == {"pattern": "GGA", "memory_heads": 32, "window": 2048}

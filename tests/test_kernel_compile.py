@@ -24,8 +24,14 @@ from titans_plugin.kernels import dispatch, triton_op
 # Spill stores per thread (bytes), by kernel and architecture. The sm_90 forwards are held to
 # the target (none); the rest are regression ceilings at the measured worst of depth 1 and 2
 # plus ~10-20% (docs/kernels.md), above the backward's target of 1 KiB.
-SPILL_CEILING = {("forward-train", 90): 0, ("forward-infer", 90): 0, ("backward", 90): 3584,
-                 ("forward-train", 80): 1088, ("forward-infer", 80): 1088, ("backward", 80): 8192}
+SPILL_CEILING = {
+    ("forward-train", 90): 0,
+    ("forward-infer", 90): 0,
+    ("backward", 90): 3584,
+    ("forward-train", 80): 1088,
+    ("forward-infer", 80): 1088,
+    ("backward", 80): 8192,
+}
 
 
 def _without_interpreter(args, **kw):
@@ -100,7 +106,7 @@ def test_auto_falls_back_to_chunk_with_one_warning(monkeypatch):
 
 
 def test_forced_triton_that_cannot_launch_is_an_error(monkeypatch):
-    from helpers import memory_inputs
+    from devtools.models import memory_inputs
 
     monkeypatch.setattr(triton_op, "launch_problem", lambda *a: "too much shared memory")
     inputs, state = memory_inputs(B=1, T=4, H=1, D=16, depth=1, dtype=torch.float32)

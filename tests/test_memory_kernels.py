@@ -3,18 +3,13 @@
 import pytest
 import torch
 
-from helpers import flat, max_rel_err, memory_inputs
+from devtools.models import flat, grads, max_rel_err, memory_inputs
 from titans_plugin.kernels import (
-    ACTIVATIONS, chunk_neural_memory, chunk_neural_memory_autograd, naive_neural_memory,
+    ACTIVATIONS,
+    chunk_neural_memory,
+    chunk_neural_memory_autograd,
+    naive_neural_memory,
 )
-
-
-def _grads(out, state, leaves, seed=1):
-    """Gradients of a random linear functional of outputs and final state."""
-    g = torch.Generator().manual_seed(seed)
-    targets = [out, *flat(state)]
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in targets)
-    return torch.autograd.grad(loss, leaves)
 
 
 def _assert_same(y, s, y_ref, s_ref, leaves):
@@ -22,7 +17,7 @@ def _assert_same(y, s, y_ref, s_ref, leaves):
     assert max_rel_err(y, y_ref) < 1e-12
     for a, b in zip(flat(s), flat(s_ref)):
         assert max_rel_err(a, b) < 1e-12
-    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+    for ga, gb in zip(grads(y, s, leaves), grads(y_ref, s_ref, leaves)):
         assert max_rel_err(ga, gb) < 1e-10
 
 
@@ -55,7 +50,7 @@ def test_every_activation_matches_reference(activation):
     y_ref, s_ref = naive_neural_memory(*inputs, state, activation=activation, chunk_size=4)
     y, s = chunk_neural_memory(*inputs, state, chunk_size=4, activation=activation)
     assert max_rel_err(y, y_ref) < 1e-12
-    for ga, gb in zip(_grads(y, s, leaves), _grads(y_ref, s_ref, leaves)):
+    for ga, gb in zip(grads(y, s, leaves), grads(y_ref, s_ref, leaves)):
         assert max_rel_err(ga, gb) < 1e-10
 
 
@@ -81,10 +76,12 @@ def test_gates_at_their_bounds_are_exact_and_differentiable():
     """alpha = 1 (forget everything) and eta = 0 (no momentum) hit log(0) in the closed form."""
     inputs, state = memory_inputs(T=11)
     q, k, v, theta, eta, alpha = inputs
-    eta = eta.clone(); alpha = alpha.clone()
+    eta = eta.clone()
+    alpha = alpha.clone()
     eta[:, 3] = 0.0
     alpha[:, 6] = 1.0
-    alpha.requires_grad_(); eta.requires_grad_()
+    alpha.requires_grad_()
+    eta.requires_grad_()
     y_ref, _ = naive_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size=4)
     y, s = chunk_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size=4)
     assert max_rel_err(y, y_ref) < 1e-12
@@ -99,10 +96,10 @@ def test_scan_is_causal(chunk):
     t = 6
     changed = [x.clone() for x in inputs]
     for x in changed:
-        x[:, t + 1:] = torch.rand_like(x[:, t + 1:])
+        x[:, t + 1 :] = torch.rand_like(x[:, t + 1 :])
     y2, _ = chunk_neural_memory(*changed, state, chunk_size=chunk)
     assert torch.equal(y[:, : t + 1], y2[:, : t + 1])
-    assert not torch.allclose(y[:, t + 1:], y2[:, t + 1:])
+    assert not torch.allclose(y[:, t + 1 :], y2[:, t + 1 :])
 
 
 def test_fp32_state_for_low_precision_inputs():

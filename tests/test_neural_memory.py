@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from helpers import flat, max_rel_err
-from titans_plugin.memory import MemoryConfig, NeuralMemory
+from devtools.models import flat, max_rel_err
 from titans_plugin.config import TitansConfig
+from titans_plugin.memory import MemoryConfig, NeuralMemory
 
 
 def _memory(seed=0, dtype=torch.float64, **kw):
@@ -35,7 +35,7 @@ def test_streaming_any_split_equals_one_call(depth, gate_mode, split):
     lengths = [1] * 23 if split == "one_token" else _split_lengths(23, seed=depth)
     ys, st, pos = [], None, 0
     for n in lengths:
-        o, st = m(x[:, pos:pos + n], st)
+        o, st = m(x[:, pos : pos + n], st)
         ys.append(o)
         pos += n
     assert st.seen == 23
@@ -51,7 +51,7 @@ def test_module_is_causal(gate_mode):
     y, _ = m(x)
     for t in (0, 5, 8, 15):
         x2 = x.clone()
-        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :])
         y2, _ = m(x2)
         assert torch.equal(y[:, : t + 1], y2[:, : t + 1]), t
 
@@ -95,11 +95,20 @@ def test_gates_respect_configured_bounds():
     assert 0 <= alpha.min() and alpha.max() <= 0.25
 
 
+def _state_tensors(s) -> list[torch.Tensor]:
+    return [*flat(s.memory), *flat(s.chunk_start), *s.pending, *(s.conv_tail or ())]
+
+
 def test_state_is_detachable_for_truncated_backprop():
     m = _memory()
-    x = torch.randn(1, 9, 24, dtype=torch.float64)
+    x = torch.randn(1, 9, 24, dtype=torch.float64)  # 9 tokens, chunk 4: one token pending
     _, s = m(x)
+    tensors = _state_tensors(s)
+    assert len(s.pending) == 6 and s.conv_tail is not None  # every kind of state is present
+    assert all(t.grad_fn is not None for t in tensors)  # the state is in the graph
     s = s.detach()
+    assert all(t.grad_fn is None and not t.requires_grad for t in _state_tensors(s))
+    assert s.seen == 9
     y, _ = m(x, s)
     y.sum().backward()  # no error: nothing from the first call is in the graph
 

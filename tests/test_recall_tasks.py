@@ -1,14 +1,10 @@
-"""The synthetic recall tasks (bench/recall_tasks.py) put every answer where the targets
+"""The synthetic recall tasks (titans_plugin/evals/recall_tasks.py) put every answer where the targets
 say, at least min_distance tokens before the query that asks for it."""
-
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
-from recall_tasks import IGNORE, NEEDLE, N_VALUES, QUERY, SEP, VOCAB, make_batch  # noqa: E402
+from titans_plugin.evals.recall_tasks import IGNORE, N_VALUES, NEEDLE, QUERY, SEP, VOCAB, make_batch
 
 
 def test_passkey_answer_is_the_needles_key_far_enough_back():

@@ -1,36 +1,30 @@
 """Every shipped config parses, validates and builds; the converted one is up to date."""
 
-import copy
 import glob
 import os
 import shlex
 
 import pytest
-import torch
+
+from devtools.paths import REPO
 
 pytest.importorskip("torchtitan")
 
-from torchtitan.config import ConfigManager  # noqa: E402
-from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
-
-import titans_plugin  # noqa: E402,F401
+from titans_plugin.adapter.build import build_model, load_job_config, train_args  # noqa: E402
 from titans_plugin.adapter.data import check_dataset  # noqa: E402
 from titans_plugin.convert import main as convert_main  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "train_configs", "*.toml")))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_validates_and_builds(path):
-    job = ConfigManager().parse_args(["--job.config_file", path])
+    job = load_job_config(path)
     assert job.model.name == "titans"
     if job.training.dataset.startswith("titans_"):
         check_dataset(job)  # remote datasets are only name-checked at run time
-    args = copy.deepcopy(get_train_spec("titans").model_args[job.model.flavor])
-    args.update_from_config(job)
-    with torch.device("meta"):
-        model = get_train_spec("titans").model_cls(args)
+    args = train_args(job)
+    model = build_model(args, device="meta")
     assert len(model.layers) == args.n_layers
 
 

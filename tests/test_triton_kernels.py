@@ -11,7 +11,9 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import flat, max_rel_err, memory_inputs
+
+from devtools.models import flat, grads, max_rel_err, memory_inputs
+from titans_plugin.config import TitansConfig
 from titans_plugin.kernels import (
     ACTIVATIONS,
     MemoryState,
@@ -22,9 +24,7 @@ from titans_plugin.kernels import (
     triton_neural_memory,
     triton_op,
 )
-
 from titans_plugin.memory import MemoryConfig, NeuralMemory
-from titans_plugin.config import TitansConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,18 +39,15 @@ def poison_outputs(monkeypatch):
 
 def _to(inputs, state, dtype, device=DEVICE):
     """fp32 (or fp16/bf16) leaf copies of fp64 reference inputs; the state stays fp32."""
-    cast = lambda t, dt: t.detach().to(device=device, dtype=dt).requires_grad_()
+
+    def cast(t, dt):
+        return t.detach().to(device=device, dtype=dt).requires_grad_()
+
     ins = [cast(t, dtype) if i < 3 else cast(t, torch.float32) for i, t in enumerate(inputs)]
-    st = MemoryState(tuple(cast(w, torch.float32) for w in state.weights),
-                     tuple(cast(s, torch.float32) for s in state.momentum))
+    st = MemoryState(
+        tuple(cast(w, torch.float32) for w in state.weights), tuple(cast(s, torch.float32) for s in state.momentum)
+    )
     return ins, st
-
-
-def _grads(y, state, leaves, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum()
-               for t in [y, *flat(state)])
-    return torch.autograd.grad(loss, leaves)
 
 
 def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, reference="chunk", **kw):
@@ -69,9 +66,9 @@ def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, refere
     assert max_rel_err(y.double().cpu(), y_ref) < tol
     for a, b in zip(flat(s), flat(s_ref)):
         assert max_rel_err(a.double().cpu(), b) < tol
-    grads = _grads(y, s, [*ins, *flat(st)])
-    grads_ref = _grads(y_ref, s_ref, [*ins_ref, *flat(st_ref)])
-    for name, a, b in zip(["q", "k", "v", "theta", "eta", "alpha", "state"], grads, grads_ref):
+    got = grads(y, s, [*ins, *flat(st)])
+    want = grads(y_ref, s_ref, [*ins_ref, *flat(st_ref)])
+    for name, a, b in zip(["q", "k", "v", "theta", "eta", "alpha", "state"], got, want):
         assert torch.isfinite(a).all(), name
         assert max_rel_err(a.double().cpu(), b) < grad_tol, name
 
@@ -146,8 +143,7 @@ def test_low_precision_inputs(dtype):
     inputs, state = memory_inputs(B=2, T=40, H=2, D=32, depth=2, hidden=64)
     # The reference sees the same rounded inputs, so only the computation differs.
     rounded = tuple(t.to(dtype).double() if i < 3 else t for i, t in enumerate(inputs))
-    _compare(rounded, state, tol=2e-2, grad_tol=3e-2, dtype=dtype, chunk_size=16,
-             activation="silu", max_grad_norm=1.0)
+    _compare(rounded, state, tol=2e-2, grad_tol=3e-2, dtype=dtype, chunk_size=16, activation="silu", max_grad_norm=1.0)
 
 
 def test_streaming_split_equals_one_call():
@@ -191,8 +187,9 @@ def _op_args(depth, requires_grad):
 def test_opcheck(depth):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch."""
     torch.library.opcheck(torch.ops.titans.memory_scan.default, _op_args(depth, True))
-    torch.library.opcheck(torch.ops.titans.memory_scan.default, _op_args(depth, False),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.titans.memory_scan.default, _op_args(depth, False), test_utils=("test_schema", "test_faketensor")
+    )
 
 
 def test_compiles_with_fullgraph():
@@ -245,7 +242,7 @@ def test_memory_module_on_triton_equals_chunk_backend(depth):
     y_ref, _ = ref(x)
     ys, state, pos = [], None, 0
     for n in (13, 3, 13):  # pieces end inside chunks
-        y, state = fast(x[:, pos:pos + n], state)
+        y, state = fast(x[:, pos : pos + n], state)
         ys.append(y)
         pos += n
     y = torch.cat(ys, 1)

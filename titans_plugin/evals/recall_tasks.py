@@ -61,8 +61,8 @@ def mqar_batch(B: int, T: int, min_distance: int, g: torch.Generator, n_pairs: i
     order = torch.stack([torch.randperm(n_pairs, generator=g) for _ in range(B)])
     q0 = T - span
     tokens[:, q0::2] = SEP
-    tokens[:, q0 + 1::2] = torch.gather(keys, 1, order)
-    targets[:, q0 + 1::2] = torch.gather(values, 1, order)
+    tokens[:, q0 + 1 :: 2] = torch.gather(keys, 1, order)
+    targets[:, q0 + 1 :: 2] = torch.gather(values, 1, order)
     return tokens, targets
 
 

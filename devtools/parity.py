@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 
-from torchrun_utils import losses, run_torchrun
+from devtools.torchrun import losses, run_torchrun
 
 CONFIG = "train_configs/debug_mac.toml"
 SEQ_LEN = 128
@@ -22,17 +22,53 @@ GLOBAL_BATCH = 8
 LAYOUTS = {  # name: (processes, extra arguments)
     "single": (1, ["--training.local_batch_size", "8"]),
     "fsdp2": (2, ["--training.local_batch_size", "4", "--parallelism.data_parallel_shard_degree", "2"]),
-    "tp2": (2, ["--training.local_batch_size", "8", "--parallelism.tensor_parallel_degree", "2",
-                "--parallelism.data_parallel_shard_degree", "1"]),
-    "fsdp2_tp2": (4, ["--training.local_batch_size", "4", "--parallelism.data_parallel_shard_degree", "2",
-                      "--parallelism.tensor_parallel_degree", "2"]),
+    "tp2": (
+        2,
+        [
+            "--training.local_batch_size",
+            "8",
+            "--parallelism.tensor_parallel_degree",
+            "2",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    ),
+    "fsdp2_tp2": (
+        4,
+        [
+            "--training.local_batch_size",
+            "4",
+            "--parallelism.data_parallel_shard_degree",
+            "2",
+            "--parallelism.tensor_parallel_degree",
+            "2",
+        ],
+    ),
     # 4 data-parallel ranks x 4 = 16: each rank holds all 4 windows, so the mean loss and
     # gradient equal the 8-window batch's
-    "hsdp": (4, ["--training.local_batch_size", "4", "--parallelism.data_parallel_replicate_degree", "2",
-                 "--parallelism.data_parallel_shard_degree", "2"]),
+    "hsdp": (
+        4,
+        [
+            "--training.local_batch_size",
+            "4",
+            "--parallelism.data_parallel_replicate_degree",
+            "2",
+            "--parallelism.data_parallel_shard_degree",
+            "2",
+        ],
+    ),
     "single_ac_full": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "full"]),
-    "single_ac_selective": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "selective",
-                                "--activation_checkpoint.selective_ac_option", "op"]),
+    "single_ac_selective": (
+        1,
+        [
+            "--training.local_batch_size",
+            "8",
+            "--activation_checkpoint.mode",
+            "selective",
+            "--activation_checkpoint.selective_ac_option",
+            "op",
+        ],
+    ),
 }
 
 
@@ -60,17 +96,38 @@ def write_periodic_corpus(path: str) -> str:
 
 def common_args(corpus: str, pattern: str, steps: int) -> list[str]:
     return [
-        "--titans.pattern", pattern, "--training.seq_len", str(SEQ_LEN), "--training.steps", str(steps),
-        "--training.dataset_path", corpus, "--validation.no-enable", "--metrics.log_freq", "1",
-        "--lr_scheduler.warmup_steps", "2", "--debug.seed", "0",
+        "--titans.pattern",
+        pattern,
+        "--training.seq_len",
+        str(SEQ_LEN),
+        "--training.steps",
+        str(steps),
+        "--training.dataset_path",
+        corpus,
+        "--validation.no-enable",
+        "--metrics.log_freq",
+        "1",
+        "--lr_scheduler.warmup_steps",
+        "2",
+        "--debug.seed",
+        "0",
     ]
 
 
 def make_seed_checkpoint(workdir: str, corpus: str, pattern: str) -> str:
     dump = os.path.join(workdir, f"seed_{pattern}")
-    rc, log = run_torchrun(CONFIG, [*common_args(corpus, pattern, 1), "--job.dump_folder", dump,
-                                    "--checkpoint.enable", "--checkpoint.create_seed_checkpoint",
-                                    "--parallelism.data_parallel_shard_degree", "1"])
+    rc, log = run_torchrun(
+        CONFIG,
+        [
+            *common_args(corpus, pattern, 1),
+            "--job.dump_folder",
+            dump,
+            "--checkpoint.enable",
+            "--checkpoint.create_seed_checkpoint",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    )
     assert rc == 0, log[-3000:]
     path = os.path.join(dump, "checkpoint", "step-0")
     assert os.path.exists(path), log[-3000:]
@@ -84,7 +141,10 @@ def run_layout(workdir, corpus, pattern, layout, steps, seed_ckpt=None, extra=()
     if seed_ckpt is not None:
         dst = os.path.join(dump, "checkpoint", os.path.basename(seed_ckpt))
         shutil.copytree(seed_ckpt, dst, dirs_exist_ok=True)
-    rc, log = run_torchrun(CONFIG, [*common_args(corpus, pattern, steps), *args, "--job.dump_folder", dump,
-                                    "--checkpoint.enable", *extra], nproc=nproc)
+    rc, log = run_torchrun(
+        CONFIG,
+        [*common_args(corpus, pattern, steps), *args, "--job.dump_folder", dump, "--checkpoint.enable", *extra],
+        nproc=nproc,
+    )
     assert rc == 0, log[-4000:]
     return losses(log), dump
