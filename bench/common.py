@@ -54,7 +54,8 @@ def machine() -> str:
         pass
     import torch
 
-    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {platform.system()}"
+    today = time.strftime("%Y-%m-%d")
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {platform.system()}, measured {today}"
 
 
 def write_doc_section(doc: str, name: str, text: str) -> None:

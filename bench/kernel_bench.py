@@ -14,6 +14,7 @@ the same useful work. Useful FLOPs are titans_plugin.model.flops.memory_scan_for
 
 import argparse
 import sys
+import time
 
 from bench.common import table, write_doc_section
 
@@ -169,7 +170,8 @@ def main() -> None:
         lines.append(f"- T={T}: triton {ref['train_ms'] / tri['train_ms']:.1f}x the PyTorch path (fwd+bwd){share}")
     verdict = "\n".join(lines)
     doc = (
-        f"Device: **{name}**, torch {torch.__version__}. Command: `python -m bench.kernel_bench`.\n"
+        f"Device: **{name}**, torch {torch.__version__}, measured {time.strftime('%Y-%m-%d')}. "
+        "Command: `python -m bench.kernel_bench`.\n"
         f"Targets: >= 10x the PyTorch path; >= 25% of bf16 peak in useful FLOPs at T >= 4K.\n\n"
         f"{text}\n\n{verdict}\n"
     )

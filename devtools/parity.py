@@ -44,6 +44,18 @@ LAYOUTS = {  # name: (processes, extra arguments)
             "2",
         ],
     ),
+    # plain data parallel (torchtitan's DDP branch): two full replicas, gradients all-reduced
+    "ddp2": (
+        2,
+        [
+            "--training.local_batch_size",
+            "4",
+            "--parallelism.data_parallel_replicate_degree",
+            "2",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    ),
     # 4 data-parallel ranks x 4 = 16: each rank holds all 4 windows, so the mean loss and
     # gradient equal the 8-window batch's
     "hsdp": (

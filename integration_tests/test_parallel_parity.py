@@ -1,4 +1,5 @@
-"""FSDP2, TP and FSDP2 x TP against one process, for every memory block type (torchrun, gloo)."""
+"""FSDP2, TP and FSDP2 x TP against one process for every memory block type, and for MAC
+also DDP, HSDP and activation checkpointing (torchrun, gloo)."""
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_layouts_match_single_process(pattern, corpus, tmp_path):
     assert reference[STEPS] < reference[1]
     layouts = ["fsdp2", "tp2", "fsdp2_tp2"]
     if pattern == "CA":  # activation checkpointing recomputes; the numbers must not move
-        layouts += ["hsdp", "single_ac_full", "single_ac_selective"]
+        layouts += ["ddp2", "hsdp", "single_ac_full", "single_ac_selective"]
     for layout in layouts:
         curve, _ = run_layout(str(tmp_path), corpus, pattern, layout, STEPS, seed)
         for step, loss in reference.items():
