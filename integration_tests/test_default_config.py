@@ -42,9 +42,10 @@ def test_loss_is_finite_and_falls(run):
 def test_validation_runs_on_its_schedule_with_a_finite_loss(run):
     _, log = run
     val = {int(m.group(1)): float(m.group(2)) for m in VAL_RE.finditer(log)}
-    assert sorted(val) == list(range(VALIDATE_EVERY, STEPS + 1, VALIDATE_EVERY)), log[-3000:]
+    # torchtitan validates after the first step and then every `freq` steps
+    assert sorted(val) == [1, *range(VALIDATE_EVERY, STEPS + 1, VALIDATE_EVERY)], log[-3000:]
     assert all(math.isfinite(v) for v in val.values()), val
-    assert val[STEPS] < val[VALIDATE_EVERY] + 0.5, val  # held-out loss does not blow up while training
+    assert val[STEPS] < val[1] - 1.0, val  # the held-out loss falls with training
 
 
 def test_tensorboard_has_memory_statistics(run):
