@@ -1,39 +1,47 @@
 """Long-range recall beyond the attention window: MAC, MAG, MAL, LMM vs sliding-window and
-full attention, trained from scratch on CPU at equal parameters and steps.
+full attention, trained from scratch on CPU at equal parameters and steps, over seeds.
 
-    .venv-bench/bin/python -m bench.recall_suite            # ~20 min on 2 cores; tables,
-                                                            # docs/results.md, docs/recall.png
-    .venv-bench/bin/python -m bench.recall_suite --steps 50 --no-write   # smoke run
+    python -m bench.recall_suite                 # default rows, ~25 min on 2 cores: tables,
+                                                 # docs/results.md, docs/recall.png
+    python -m bench.recall_suite --steps 50 --seeds 1 --no-write            # smoke run
+    python -m bench.recall_suite --variants MAG MAC --set max_grad_norm=0 \\
+        --section recall-clip-off                                          # an ablation
 
 Every model: 2 layers of one block type, width 64, 4 heads, window (and MAC segment) 16,
 memory chunk 16, depth-2 memory. The FFN width of each variant is chosen so that all
 variants land within a few percent of the MAC model's parameter count (printed). Training:
-`--steps` AdamW steps of 32 sequences of 96 tokens, every answer at least 4 windows (64
-tokens) behind its query; loss on the answers only. Evaluation: 256 fresh sequences per
-length, at 96 (distance >= 4 windows), 256 (>= 8) and 1024 tokens (>= 32 windows, lengths the
-models never trained on). Tasks: titans_plugin/evals/recall_tasks.py. Two stacked sliding-window layers see
-at most 2 x 16 = 32 tokens back, so they cannot reach any answer.
+`--steps` AdamW steps of 32 sequences of `--train-len` tokens, every answer at least 4
+windows (64 tokens) behind its query; loss on the answers only. Evaluation: 256 fresh
+sequences at the training length (answers >= 4 windows back), at 8x it (>= 32 windows) and
+at 32x it (>= 128 windows): lengths never trained on. Memory variants run `--seeds` seeds,
+the attention baselines one. Tasks: titans_plugin/evals/recall_tasks.py. Two stacked
+sliding-window layers see at most 2 x 16 = 32 tokens back, so they cannot reach any answer.
 """
 
 import argparse
 import os
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 from bench.common import machine, publish, table
 from titans_plugin.config import TitansConfig
-from titans_plugin.evals.recall_tasks import IGNORE, TASKS, VOCAB, make_batch
+from titans_plugin.evals.recall_tasks import IGNORE, N_VALUES, TASKS, VOCAB, make_batch
 from titans_plugin.model import TitansModelArgs, TitansTransformer
 
 VARIANTS = {"MAC": "C", "MAG": "G", "MAL": "L", "LMM": "M", "SWA": "W", "Full attention": "A"}
+MEMORY_VARIANTS = ("MAC", "MAG", "MAL", "LMM")
 WINDOW, TRAIN_T, BATCH, LR = 16, 96, 32, 3e-3
-EVAL = [(96, 4 * WINDOW), (256, 8 * WINDOW), (1024, 32 * WINDOW)]  # (seq_len, min distance)
-EVAL_SAMPLES = 256
+STRETCH = [(1, 4), (8, 32), (32, 128)]  # (x training length, min answer distance in windows)
+EVAL_SAMPLES, EVAL_TOKENS = 256, 32768  # eval batches hold at most this many tokens
+CHANCE = 1 / N_VALUES
 
 
-def _args(letter: str, ffn_mult: float | None) -> TitansModelArgs:
+def _args(letter: str, ffn_mult: float | None, max_len: int, overrides: dict) -> TitansModelArgs:
+    titans = dict(pattern=letter, memory_heads=4, window=WINDOW, segment_len=WINDOW, chunk_size=16, n_persistent=4)
     return TitansModelArgs(
         dim=64,
         n_layers=2,
@@ -41,29 +49,31 @@ def _args(letter: str, ffn_mult: float | None) -> TitansModelArgs:
         vocab_size=VOCAB,
         multiple_of=16,
         ffn_dim_multiplier=ffn_mult,
-        max_seq_len=max(t for t, _ in EVAL),
-        titans=TitansConfig(
-            pattern=letter, memory_heads=4, window=WINDOW, segment_len=WINDOW, chunk_size=16, n_persistent=4
-        ),
+        max_seq_len=max_len,
+        titans=TitansConfig(**{**titans, **overrides}),
     )
 
 
 def _n_params(args: TitansModelArgs) -> int:
-    return sum(p.numel() for p in TitansTransformer(args).parameters())
+    with torch.device("meta"):
+        return sum(p.numel() for p in TitansTransformer(args).parameters())
 
 
-def matched_args(letter: str, target: int) -> TitansModelArgs:
-    """The FFN multiplier (0.5 to 4 in steps of 0.05) whose model is closest to target."""
+def matched_args(letter: str, max_len: int, overrides: dict) -> TitansModelArgs:
+    """The FFN multiplier (0.5 to 4 in steps of 0.05) whose model is closest to the MAC
+    model's parameter count (at the default settings, so ablations keep the sizes)."""
+    target = _n_params(_args("C", None, max_len, {}))
     grid = [None] + [round(0.5 + 0.05 * i, 2) for i in range(71)]
-    return min((_args(letter, m) for m in grid), key=lambda a: abs(_n_params(a) - target))
+    return min((_args(letter, m, max_len, overrides) for m in grid), key=lambda a: abs(_n_params(a) - target))
 
 
 @torch.no_grad()
 def accuracy(model, task: str, T: int, min_distance: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
+    batch = max(1, min(64, EVAL_TOKENS // T))
     hits = total = 0
-    for _ in range(EVAL_SAMPLES // 64):
-        x, y = make_batch(task, 64, T, min_distance, g)
+    for _ in range(EVAL_SAMPLES // batch):
+        x, y = make_batch(task, batch, T, min_distance, g)
         pred = model(x).argmax(-1)
         mask = y != IGNORE
         hits += (pred[mask] == y[mask]).sum().item()
@@ -71,7 +81,11 @@ def accuracy(model, task: str, T: int, min_distance: int, seed: int) -> float:
     return hits / total
 
 
-def train(args: TitansModelArgs, task: str, steps: int, train_len: int = TRAIN_T, seed: int = 0):
+def run(job: tuple) -> dict:
+    """Train one (task, variant, seed) and evaluate it at every stretch. Runs in a worker."""
+    task, name, seed, steps, train_len, overrides = job
+    torch.set_num_threads(1)
+    args = matched_args(VARIANTS[name], 32 * train_len, overrides)
     torch.manual_seed(seed)
     model = TitansTransformer(args)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
@@ -83,81 +97,145 @@ def train(args: TitansModelArgs, task: str, steps: int, train_len: int = TRAIN_T
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model.eval(), time.perf_counter() - t0, loss.item()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    acc = [accuracy(model, task, k * train_len, d * WINDOW, seed=100 + i) for i, (k, d) in enumerate(STRETCH)]
+    return dict(task=task, name=name, seed=seed, acc=acc, loss=loss.item(), seconds=seconds, params=_n_params(args))
 
 
-def plot(results, path: str) -> None:
+def summarise(runs: list[dict]) -> dict:
+    """(task, name) -> mean / min / max accuracy per stretch, over seeds."""
+    out = {}
+    for task, name in {(r["task"], r["name"]) for r in runs}:
+        mine = [r for r in runs if r["task"] == task and r["name"] == name]
+        per_stretch = list(zip(*[r["acc"] for r in mine]))
+        out[task, name] = dict(
+            mean=[statistics.mean(a) for a in per_stretch],
+            lo=[min(a) for a in per_stretch],
+            hi=[max(a) for a in per_stretch],
+            seeds=len(mine),
+            params=mine[0]["params"],
+            seconds=statistics.mean(r["seconds"] for r in mine),
+            loss=statistics.mean(r["loss"] for r in mine),
+        )
+    return out
+
+
+def verdicts(summary: dict, tasks, names) -> list[str]:
+    lines = []
+    for task in tasks:
+        at1 = {n: summary[task, n]["lo"][0] for n in MEMORY_VARIANTS if (task, n) in summary}
+        met = [n for n, x in at1.items() if x >= 0.9]
+        missed = [f"{n} (worst seed {100 * x:.1f}%)" for n, x in at1.items() if x < 0.9]
+        line = f"- {task}, >= 90% at >= 4 windows in every seed: {', '.join(met) or 'none'}"
+        line += f"; missed: {', '.join(missed)}" if missed else ""
+        if (task, "SWA") in summary:
+            line += f". SWA {100 * summary[task, 'SWA']['mean'][0]:.1f}% (chance {100 * CHANCE:.2f}%)"
+        lines.append(line + ".")
+    if "passkey" in tasks:
+        at8 = {n: summary["passkey", n]["mean"][1] for n in ("MAG", "LMM") if ("passkey", n) in summary}
+        if at8:
+            lines.append(
+                "- passkey at 8x the training length (>= 32 windows), target >= 80% for MAG and LMM: "
+                + ", ".join(f"{n} {100 * x:.1f}% {'(met)' if x >= 0.8 else '(missed)'}" for n, x in at8.items())
+                + "."
+            )
+    return lines
+
+
+def plot(summary: dict, tasks, names, train_len: int, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4), sharey=True)
-    for ax, task in zip(axes, TASKS):
-        for name in VARIANTS:
-            r = results.get((task, name))
-            if r:
-                ax.plot([d // WINDOW for _, d in EVAL], [100 * a for a in r["acc"]], marker="o", label=name)
-        ax.set_title(task)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(11, 4), sharey=True, squeeze=False)
+    xs = [d for _, d in STRETCH]
+    for ax, task in zip(axes[0], tasks):
+        for name in names:
+            s = summary.get((task, name))
+            if s:
+                mean = [100 * a for a in s["mean"]]
+                err = [[m - 100 * lo for m, lo in zip(mean, s["lo"])], [100 * hi - m for m, hi in zip(mean, s["hi"])]]
+                ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=f"{name} ({s['seeds']} seeds)")
+        ax.set_title(f"{task} (trained at {train_len} tokens)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{d}\n({k}x len)" for k, d in STRETCH])
         ax.set_xlabel("minimum answer distance (attention windows)")
-        ax.axhline(100 / 16, color="grey", lw=0.8, ls=":")
-    axes[0].set_ylabel("accuracy %  (dotted: chance)")
-    axes[-1].legend(fontsize=8)
+        ax.axhline(100 * CHANCE, color="grey", lw=0.8, ls=":")
+    axes[0][0].set_ylabel("accuracy %: mean, bars min-max over seeds (dotted: chance)")
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _parse_set(items: list[str]) -> dict:
+    fields = TitansConfig.__dataclass_fields__
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
+        kind = type(fields[key].default)
+        out[key] = kind(value) if kind in (int, float) else value
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per memory variant (baselines run one)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument("--tasks", nargs="*", default=list(TASKS))
-    p.add_argument(
-        "--train-len", type=int, default=TRAIN_T, help="training sequence length (answers stay >= 4 windows back)"
-    )
+    p.add_argument("--train-len", type=int, default=TRAIN_T, help="training length (answers >= 4 windows back)")
+    p.add_argument("--set", nargs="*", default=[], help="[titans] overrides for every model, FIELD=VALUE")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="training runs in parallel")
+    p.add_argument("--section", default="recall", help="docs/results.md section (and PNG name) to write")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    target = _n_params(_args("C", None))
-    results, rows = {}, []
+    overrides = _parse_set(a.set)
+    jobs = [
+        (task, name, seed, a.steps, a.train_len, overrides)
+        for task in a.tasks
+        for name in a.variants
+        for seed in range(a.seeds if name in MEMORY_VARIANTS else 1)
+    ]
+    runs = []
+    with ProcessPoolExecutor(a.workers) as pool:
+        for r in pool.map(run, jobs):
+            runs.append(r)
+            print(r["task"], r["name"], f"seed {r['seed']}", [f"{100 * x:.1f}" for x in r["acc"]], flush=True)
+    summary = summarise(runs)
+    rows = []
     for task in a.tasks:
         for name in a.variants:
-            args = matched_args(VARIANTS[name], target)
-            model, seconds, loss = train(args, task, a.steps, a.train_len)
-            acc = [accuracy(model, task, T, d, seed=100 + i) for i, (T, d) in enumerate(EVAL)]
-            results[task, name] = {"acc": acc}
-            rows.append(
-                [task, name, f"{_n_params(args):,}", f"{seconds:.0f}", f"{loss:.3f}", *[f"{100 * x:.1f}" for x in acc]]
-            )
-            print(rows[-1], flush=True)
-    header = [
-        "task",
-        "model",
-        "params",
-        "train s",
-        "final loss",
-        *[f"acc % T={T} (d>={d // WINDOW}w)" for T, d in EVAL],
-    ]
-    text = table(header, rows)
-    verdict = []
-    for task in a.tasks:
-        mem = {n: results[task, n]["acc"][0] for n in ("MAC", "MAG", "MAL", "LMM") if (task, n) in results}
-        met = [n for n, x in mem.items() if x >= 0.9]
-        missed = [f"{n} {100 * x:.1f}%" for n, x in mem.items() if x < 0.9]
-        swa = results.get((task, "SWA"))
-        verdict.append(
-            f"- {task}: >= 90% at >= 4 windows: {', '.join(met) or 'none'}"
-            + (f"; missed: {', '.join(missed)}" if missed else "")
-            + (f". SWA: {100 * swa['acc'][0]:.1f}% (chance 6.25%)." if swa else ".")
-        )
+            s = summary[task, name]
+            cells = [
+                f"{100 * m:.1f}" + (f" ({100 * lo:.0f}-{100 * hi:.0f})" if s["seeds"] > 1 else "")
+                for m, lo, hi in zip(s["mean"], s["lo"], s["hi"])
+            ]
+            rows.append([task, name, f"{s['params']:,}", s["seeds"], f"{s['seconds']:.0f}", f"{s['loss']:.3f}", *cells])
+    header = ["task", "model", "params", "seeds", "train s", "final loss"]
+    header += [f"acc % at {k * a.train_len} ({k}x, d>={d}w)" for k, d in STRETCH]
+    command = f"python -m bench.recall_suite --steps {a.steps} --seeds {a.seeds} --train-len {a.train_len}"
+    if a.variants != list(VARIANTS):
+        command += " --variants " + " ".join(f"'{v}'" if " " in v else v for v in a.variants)
+    if a.tasks != list(TASKS):
+        command += " --tasks " + " ".join(a.tasks)
+    if a.set:
+        command += " --set " + " ".join(a.set)
+    if a.section != "recall":
+        command += f" --section {a.section}"
+    png = f"{a.section}.png"
     doc = (
-        f"Machine: {machine()}. Command: `.venv-bench/bin/python -m bench.recall_suite "
-        f"--steps {a.steps} --train-len {a.train_len}`. Each model trained once, seed 0.\n\n{text}\n\n"
-        + "\n".join(verdict)
-        + "\n\n![recall accuracy vs distance](recall.png)\n"
+        f"Machine: {machine()}. Command: `{command}`. "
+        f"Settings: {overrides or 'defaults'}. Accuracy: mean over seeds (min-max).\n\n{table(header, rows)}\n\n"
+        + "\n".join(verdicts(summary, a.tasks, a.variants))
+        + f"\n\n![recall accuracy vs distance]({png})\n"
     )
-    publish(doc, "results.md", "recall", not a.no_write, lambda path: plot(results, path))
+    publish(
+        doc, "results.md", a.section, not a.no_write, lambda path: plot(summary, a.tasks, a.variants, a.train_len, path)
+    )
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ from titans_plugin.model.flops import model_nparams_and_flops
 from titans_plugin.spec import apply_overrides, parse_layer_spec
 
 PATTERNS = ["A", "W", "C", "G", "L", "M", "CGLMWA"]
+# every block form: the defaults above, plus MAC storing the attention output and fused MAL
+FORMS = [(p, {}) for p in PATTERNS] + [("C", {"mac_memory_input": "attention"}), ("L", {"mal_form": "fused"})]
+FORM_IDS = [p + "".join(f"-{v}" for v in kw.values()) for p, kw in FORMS]
 
 
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_model_is_causal(pattern):
-    m = tiny_model(pattern)
+@pytest.mark.parametrize("pattern, form", FORMS, ids=FORM_IDS)
+def test_model_is_causal(pattern, form):
+    m = tiny_model(pattern, **form)
     tokens = torch.randint(0, 50, (2, 23))
     logits = m(tokens)
     for t in (0, 5, 6, 11, 17):
@@ -21,11 +24,11 @@ def test_model_is_causal(pattern):
         assert torch.equal(m(changed)[:, : t + 1], logits[:, : t + 1]), t
 
 
-@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("pattern, form", FORMS, ids=FORM_IDS)
 @pytest.mark.parametrize("pieces", [[1] * 23, [1, 1, 3, 5, 2, 7, 1, 3], [6, 6, 11]])
-def test_incremental_decoding_equals_full_pass(pattern, pieces):
+def test_incremental_decoding_equals_full_pass(pattern, form, pieces):
     """Piece lengths cross MAC segment (6), memory chunk (4) and window (5) boundaries."""
-    m = tiny_model(pattern)
+    m = tiny_model(pattern, **form)
     tokens = torch.randint(0, 50, (2, 23))
     full = m(tokens)
     outs, caches, pos = [], None, 0
@@ -64,6 +67,69 @@ def test_mac_attention_does_not_cross_segments():
     assert (frozen(changed)[:, 6:] - frozen(tokens)[:, 6:]).abs().max() < 1e-9
     live = tiny_model("C", n_layers=1)  # and with a live memory it does reach across
     assert (live(changed)[:, 6:] - live(tokens)[:, 6:]).abs().max() > 1e-6
+
+
+def test_mac_memory_input_changes_only_what_is_stored():
+    """Same weights: "attention" writes y, "residual" writes x + y. Written by hand for
+    one segment, the residual form equals the attention form fed x + y."""
+    residual = tiny_model("C", n_layers=1, seed=3)
+    attention = tiny_model("C", n_layers=1, seed=3, mac_memory_input="attention")
+    attention.load_state_dict(residual.state_dict())
+    tokens = torch.randint(0, 50, (2, 6))  # one segment
+    assert not torch.allclose(residual(tokens), attention(tokens))
+    block, h = residual.layers["0"], residual.tok_embeddings(tokens)
+    x = block.attention_norm(h)
+    freqs = residual.freqs_cis
+    q, k, v = block.attention.project(x, freqs, 0)
+    hm = block.memory.read(block.memory.query(x, None)[0], block.memory.initial_state(2).weights, x)
+    kh, vh = block.attention.project_kv(hm, freqs, 0)
+    pos = torch.arange(6)
+    from titans_plugin.blocks.attention import masked_attention
+
+    pk, pv = block.attention.persistent_kv()
+    y = block.attention.wo(
+        masked_attention(
+            q, torch.cat([kh, k], 1), torch.cat([vh, v], 1), pos, torch.cat([pos, pos]), None, pk, pv
+        ).reshape(2, 6, -1)
+    )
+    m, _ = block.memory(x + y, None)
+    mixed = block.gate(y, m)
+    out = h + mixed
+    out = out + block.feed_forward(block.ffn_norm(out))
+    want = residual.output(residual.norm(out))
+    assert (residual(tokens) - want).abs().max() < 1e-12
+
+
+def test_mal_forms_share_weights_and_stacked_adds_one_norm():
+    stacked, fused = tiny_model("L", n_layers=1, seed=4), tiny_model("L", n_layers=1, seed=4, mal_form="fused")
+    extra = set(stacked.state_dict()) - set(fused.state_dict())
+    assert extra == {"layers.0.memory_norm.weight"} and not set(fused.state_dict()) - set(stacked.state_dict())
+    block, x = stacked.layers["0"], torch.randn(2, 9, 32, dtype=torch.float64)
+    freqs = stacked.freqs_cis
+    h = x + block.memory(torch.cat([block.persistent(2, x.dtype), block.memory_norm(x)], 1), None)[0][:, 2:]
+    h = h + block.attention(block.attention_norm(h), freqs, None)[0]
+    want = h + block.feed_forward(block.ffn_norm(h))
+    assert (block(x, freqs) - want).abs().max() < 1e-12
+
+
+def _memory_gradient(pattern: str, seed: int, **form) -> float:
+    """Norm of the loss gradient reaching the first memory's q/k/v projections at init."""
+    m = tiny_model(pattern, n_layers=2, seed=seed, **form)
+    tokens = torch.randint(0, 50, (4, 23), generator=torch.Generator().manual_seed(10 + seed))
+    loss = torch.nn.functional.cross_entropy(m(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+    loss.backward()
+    memory = m.layers["0"].memory
+    return torch.cat([lin.weight.grad.flatten() for lin in (memory.wq, memory.wk, memory.wv)]).norm().item()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stacked_mal_memory_gets_a_gradient_like_mag(seed):
+    """Why MAL is stacked by default: fused, the memory's gradient at initialisation is
+    ~1000x smaller than MAG's (it reaches the stream only through the window's values)."""
+    mag = _memory_gradient("G", seed)
+    stacked = _memory_gradient("L", seed)
+    fused = _memory_gradient("L", seed, mal_form="fused")
+    assert mag / stacked < 20 and mag / fused > 200, (mag, stacked, fused)
 
 
 def test_spec_parsing_and_errors():
@@ -106,8 +172,9 @@ def test_flops_and_params_per_block_type():
     persistent_kv = 2  # MAG attends to 2 persistent tokens besides its window
     gate = 2 * 32
     assert per["G"] == 6 * (shared + attention + 2 * 32 + memory + gate) + 3 * scan + 12 * 4 * 8 * (5 + persistent_kv)
-    # MAL: persistent tokens prefix the memory's input, attention sees only the window.
-    assert per["L"] == 6 * (shared + memory + 2 * 32 + attention) + 3 * scan + 12 * 4 * 8 * 5
+    # MAL: persistent tokens prefix the memory's input, attention sees only the window;
+    # the stacked form has its own norm (32) before the memory.
+    assert per["L"] == 6 * (shared + memory + 2 * 32 + 32 + attention) + 3 * scan + 12 * 4 * 8 * 5
     # MAC: full attention over its segment's 6 tokens and their 6 retrieved memories plus
     # 2 persistent tokens, and a read of every query through the memory (2 * 2 * 8 * 32 * 2).
     read = 2 * (2 * 8 * 32) * 2

@@ -87,6 +87,15 @@ def test_16k_tokens_stay_finite_in_fp32():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_gates_start_at_their_configured_fractions():
+    m = _memory(lr_init=0.02, forget_init=1e-4, max_lr=0.5)
+    torch.nn.init.zeros_(m.w_gates.weight)  # only the biases speak
+    theta, eta, alpha = m._gates(torch.randn(1, 3, 24, dtype=torch.float64))
+    assert torch.allclose(theta, torch.full_like(theta, 0.02 * 0.5))
+    assert torch.allclose(eta, torch.full_like(eta, 0.9))
+    assert torch.allclose(alpha, torch.full_like(alpha, 1e-4))
+
+
 def test_gates_respect_configured_bounds():
     m = _memory(max_lr=0.05, max_momentum=0.5, max_forget=0.25)
     theta, eta, alpha = m._gates(100 * torch.randn(2, 9, 24, dtype=torch.float64))
@@ -129,12 +138,16 @@ def test_state_is_detachable_for_truncated_backprop():
         ("kernel", "cuda", "chunk"),
         ("conv_kernel", -1, ">= 0"),
         ("memory_expansion", 0, "> 0"),
+        ("lr_init", 1.0, "(0, 1)"),
+        ("forget_init", 0.0, "(0, 1)"),
+        ("mac_memory_input", "output", "['residual', 'attention']"),
+        ("mal_form", "parallel", "['stacked', 'fused']"),
     ],
 )
 def test_bad_configuration_names_field_and_allowed_values(field, value, allowed):
-    cfg = TitansConfig(**{"pattern": "M", "memory_heads": 2, field: value})
+    cfg = TitansConfig(**{"pattern": "CLM", "memory_heads": 2, field: value})
     with pytest.raises(ValueError) as err:
         cfg.validate(dim=24, n_layers=2)
     assert f"titans.{field} must be" in str(err.value) and allowed in str(err.value)
-    # A configuration without memory layers does not read the memory fields.
+    # A configuration without memory layers does not read the memory (or MAC, MAL) fields.
     dataclasses.replace(cfg, pattern="A").validate(dim=24, n_layers=2)

@@ -29,12 +29,20 @@ class TitansConfig:
     max_momentum: float = 1.0
     max_forget: float = 1.0
     max_grad_norm: float = 1.0  # per-token inner-gradient clip; 0 = off
+    lr_init: float = 0.1  # inner learning rate at initialisation, fraction of max_lr
+    forget_init: float = 0.01  # forgetting at initialisation, fraction of max_forget
     gate_mode: str = "token"
     kernel: str = "auto"  # auto (triton on CUDA, chunk elsewhere), chunk, triton, naive
     # attention around the memory
     segment_len: int = 128  # MAC
     window: int = 128  # MAG, MAL and W layers
     n_persistent: int = 4
+    # what MAC's memory stores: "residual" = the block's (normed) input plus the attention
+    # output, "attention" = the attention output alone (the paper's equation, literally)
+    mac_memory_input: str = "residual"
+    # MAL's layout: "stacked" = memory sub-layer then sliding-window sub-layer, each with its
+    # own pre-norm residual; "fused" = SW-Attn(memory(x)) inside one residual
+    mal_form: str = "stacked"
 
     def layer_types(self, n_layers: int) -> list[str]:
         if self.layers:
@@ -58,6 +66,8 @@ class TitansConfig:
             max_momentum=self.max_momentum,
             max_forget=self.max_forget,
             max_grad_norm=self.max_grad_norm,
+            lr_init=self.lr_init,
+            forget_init=self.forget_init,
             gate_mode=self.gate_mode,
             backend=self.kernel,
         )
@@ -86,6 +96,8 @@ class TitansConfig:
         _check(self, "max_momentum", 0 < self.max_momentum <= 1, "in (0, 1]")
         _check(self, "max_forget", 0 < self.max_forget <= 1, "in (0, 1]")
         _check(self, "max_grad_norm", self.max_grad_norm >= 0, "a number >= 0 (0 = no clipping)")
+        _check(self, "lr_init", 0 < self.lr_init < 1, "in (0, 1) (a fraction of titans.max_lr)")
+        _check(self, "forget_init", 0 < self.forget_init < 1, "in (0, 1) (a fraction of titans.max_forget)")
         _one_of(self, "gate_mode", list(GATE_MODES))
         _one_of(self, "kernel", list(BACKENDS))
         if self.kernel == "triton" and self.memory_depth not in TRITON_DEPTHS:
@@ -130,5 +142,18 @@ def _count(name: str):
     return check
 
 
+def _choice(name: str, allowed: tuple[str, ...]):
+    def check(config: TitansConfig, seq_len: int | None) -> None:
+        _one_of(config, name, list(allowed))
+
+    return check
+
+
 # How each block-type field (TitansBlockBase.config_fields) is checked.
-_BLOCK_FIELDS = {"segment_len": _span("segment_len"), "window": _span("window"), "n_persistent": _count("n_persistent")}
+_BLOCK_FIELDS = {
+    "segment_len": _span("segment_len"),
+    "window": _span("window"),
+    "n_persistent": _count("n_persistent"),
+    "mac_memory_input": _choice("mac_memory_input", ("residual", "attention")),
+    "mal_form": _choice("mal_form", ("stacked", "fused")),
+}

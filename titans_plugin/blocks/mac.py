@@ -2,8 +2,16 @@
 
     h      = M*_{t-1}(q(S(t)))                       read the memory from before the segment
     y      = Attn([persistent || h || S(t)])         full causal inside the segment
-    M_t    = update of M_{t-1} with y                the memory stores the attention output
-    o      = y (x) M*_t(y)                           read with the updated memory, gate
+    u      = S(t) + y                                what the memory stores (see below)
+    M_t    = update of M_{t-1} with u
+    o      = y (x) M*_t(u)                           read with the updated memory, gate
+
+What is stored is `titans.mac_memory_input`: "residual" (u = S(t) + y, the default) or
+"attention" (u = y, the paper's equation read literally). The attention output alone
+carries little of the token's identity (after training it is nearly uniform across a
+segment), so a memory written with it cannot tell one stored fact from another; adding
+the block's input, as the residual connection around the block would, restores that
+and is what makes MAC recall (docs/blocks.md has the measurements).
 
 Attention never crosses a segment boundary: what lies further back reaches a token only
 through the memory. Token t sees h_s and x_s for s <= t in its segment, so the block is
@@ -25,7 +33,7 @@ from .gate import MemoryGate
 
 
 class MACCache(NamedTuple):
-    memory: NeuralMemoryState | None  # the update stream (over attention outputs y)
+    memory: NeuralMemoryState | None  # the update stream (over what is stored, u)
     segment_weights: tuple[torch.Tensor, ...]  # memory weights at the segment start
     query_tail: torch.Tensor | None  # conv tail of the retrieval queries (over x)
     segment_k: torch.Tensor  # [B, S, H_kv, D]: keys of h and x tokens in this segment
@@ -38,12 +46,13 @@ class MACBlock(TitansBlockBase):
     letter = "C"
     variant = "mac"
     description = "MAC (memory as context)"
-    config_fields = ("segment_len", "n_persistent")
+    config_fields = ("segment_len", "n_persistent", "mac_memory_input")
     has_memory = True
 
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
         self.segment_len = titans.segment_len
+        self.store_residual = titans.mac_memory_input == "residual"
         self.attention = self._make_attention(model_args, None, titans.n_persistent)
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
@@ -95,7 +104,8 @@ class MACBlock(TitansBlockBase):
         pk, pv = self.attention.persistent_kv()
         y = masked_attention(q, seg_k, seg_v, positions, seg_pos, None, pk, pv)
         y = self.attention.wo(y.reshape(B, n, -1))
-        m, memory = self.memory(y, cache.memory)  # update with y, then read M*_t(y_t)
+        u = x + y if self.store_residual else y
+        m, memory = self.memory(u, cache.memory)  # update with u, then read M*_t(u_t)
         cache = MACCache(memory, cache.segment_weights, query_tail, seg_k, seg_v, seg_pos, pos + n)
         return self.gate(y, m), cache
 

@@ -1,9 +1,25 @@
-"""MAL, memory as a layer (paper section 4.3):
+"""MAL, memory as a layer (paper section 4.3): the memory, then sliding-window attention.
 
-x -> NeuralMemory([persistent || x]) -> y -> SW-Attn(y) -> o
+`titans.mal_form = "stacked"` (default): two pre-norm residual sub-layers, like a
+Transformer's attention and feed-forward,
+
+    h   = x + NeuralMemory([persistent || memory_norm(x)])
+    o   = h + SW-Attn(attention_norm(h))
+    out = o + feed_forward(ffn_norm(o))
+
+`"fused"`: one residual around both, out of the memory only through the attention's
+value projection (checkpoints trained before the stacked form load with it):
+
+    o   = x + SW-Attn(NeuralMemory([persistent || attention_norm(x)]))
+
+In the fused form the gradient that reaches the memory is hundreds of times smaller than
+in MAG at initialisation and MAL barely learns to recall; stacked, the memory writes to
+the residual stream directly (docs/blocks.md has the measurements).
 """
 
 from typing import NamedTuple
+
+from torch import nn
 
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
@@ -21,19 +37,35 @@ class MALBlock(TitansBlockBase):
     letter = "L"
     variant = "mal"
     description = "MAL (memory as layer)"
-    config_fields = ("window", "n_persistent")
+    config_fields = ("window", "n_persistent", "mal_form")
     has_memory = True
 
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
+        self.stacked = titans.mal_form == "stacked"
+        if self.stacked:
+            self.memory_norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.persistent = make_persistent(titans.n_persistent, model_args.dim)  # the memory's prefix
         self.attention = self._make_attention(model_args, titans.window)
 
+    def _memory(self, x, cache: MALCache | None):
+        return run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
+
     def mix(self, x, freqs_cis, cache: MALCache | None):
-        y, mem = run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
+        """The fused form's mixer (x already normed)."""
+        y, mem = self._memory(x, cache)
         o, kv = self.attention(y, freqs_cis, None if cache is None else cache.attention)
         return o, MALCache(mem, kv)
+
+    def forward_cached(self, x, freqs_cis, cache: MALCache | None):
+        if not self.stacked:
+            return super().forward_cached(x, freqs_cis, cache)
+        y, mem = self._memory(self.memory_norm(x), cache)
+        h = x + y
+        a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention)
+        h = h + a
+        return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
 
     def attention_context(self, seq_len: int) -> int:
         return min(self.attention.window, seq_len)

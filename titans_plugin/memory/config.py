@@ -26,6 +26,11 @@ class MemoryConfig:
     max_lr: float = 0.1  # theta_t in (0, max_lr): the inner learning rate
     max_momentum: float = 1.0  # eta_t in (0, max_momentum]
     max_forget: float = 1.0  # alpha_t in (0, max_forget]
+    # Gates at initialisation, as fractions of their maxima (the gate biases are set so).
+    # A small lr_init and forget_init start the memory retaining and writing little, which
+    # is what lets it hold a fact through far more filler than it was trained on.
+    lr_init: float = 0.1
+    forget_init: float = 0.01
     # Per-token clip of the inner gradient (all layers, per head); 0 = off. On by default:
     # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
     max_grad_norm: float = 1.0

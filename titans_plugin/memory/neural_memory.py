@@ -43,6 +43,10 @@ class NeuralMemoryState(NamedTuple):
         )
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
 def _local_heads(param: torch.Tensor) -> torch.Tensor:
     """This rank's heads of a per-head parameter. The one place the model meets a
     DTensor: tensor parallel (adapter/tensor_parallel.py) shards the per-head
@@ -98,11 +102,11 @@ class NeuralMemory(nn.Module):
         nn.init.trunc_normal_(self.w_gates.weight, std=0.02)
         with torch.no_grad():
             # Start with a modest step, strong momentum and little forgetting.
-            H = self.n_heads
+            H, cfg = self.n_heads, self.config
             bias = self.w_gates.bias.view(H, 3)
-            bias[:, 0].fill_(math.log(0.1 / 0.9))  # theta ~ 0.1 * max_lr
-            bias[:, 1].fill_(math.log(0.9 / 0.1))  # eta ~ 0.9 * max_momentum
-            bias[:, 2].fill_(math.log(0.01 / 0.99))  # alpha ~ 0.01 * max_forget
+            bias[:, 0].fill_(_logit(cfg.lr_init))  # theta ~ lr_init * max_lr
+            bias[:, 1].fill_(_logit(0.9))  # eta ~ 0.9 * max_momentum
+            bias[:, 2].fill_(_logit(cfg.forget_init))  # alpha ~ forget_init * max_forget
             for conv in (self.conv_q, self.conv_k, self.conv_v):
                 if conv is not None:
                     nn.init.uniform_(conv, -1 / math.sqrt(conv.shape[-1]), 1 / math.sqrt(conv.shape[-1]))
