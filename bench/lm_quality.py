@@ -5,19 +5,26 @@ Runs in the project environment (torchtitan) with the bench extra (matplotlib):
 `.venv/bin/pip install -e .[bench]` once, then
 
     .venv/bin/python -m bench.lm_quality                  # 6 runs of 400 steps, ~45 min on 2 cores
-    .venv/bin/python -m bench.lm_quality --steps 100 --configs debug_mac debug_attention
+    .venv/bin/python -m bench.lm_quality --configs debug_mac debug_mal   # re-measure two rows
+    .venv/bin/python -m bench.lm_quality --configs debug_mag --set max_grad_norm=0 --no-write
 
 Each run is `torchrun -m torchtitan.train` on train_configs/<name>.toml (debugmodel flavor:
 width 128, 4 layers; seq 512, batch 8), with checkpoints off and validation (10 batches of
 the held-out split) every `--val-every` steps. Parameter counts differ by block type (a
 memory adds its projections); the table prints them, as torchtitan reports them.
+
+Every measured row is kept in docs/lm_quality.json (with its date and command), so a run
+of some configs replaces those rows and keeps the others; the table and plot are drawn
+from all of them. Runs with `--set` overrides are ablations: printed, never stored.
 """
 
 import argparse
+import json
+import os
 import re
 import time
 
-from bench.common import machine, publish, table
+from bench.common import REPO, machine, publish, table
 from devtools.torchrun import losses, run_torchrun
 
 CONFIGS = {
@@ -32,7 +39,10 @@ VAL_RE = re.compile(r"validate step:\s*(\d+)\s+\S*loss:\s*([-\w.]+)")
 PARAMS_RE = re.compile(r"size:\s*([\d,]+)\s*total parameters")
 
 
-def run(name: str, steps: int, val_every: int) -> dict:
+RESULTS = os.path.join(REPO, "docs", "lm_quality.json")
+
+
+def run(name: str, steps: int, val_every: int, overrides: list[str]) -> dict:
     args = [
         "--training.steps",
         str(steps),
@@ -42,6 +52,9 @@ def run(name: str, steps: int, val_every: int) -> dict:
         "--job.dump_folder",
         f"./outputs/lm_quality/{name}",
     ]
+    for item in overrides:
+        key, _, value = item.partition("=")
+        args += [f"--titans.{key}", value]
     t0 = time.perf_counter()
     rc, log = run_torchrun(f"train_configs/{name}.toml", args, timeout=3600)
     if rc != 0:
@@ -50,11 +63,25 @@ def run(name: str, steps: int, val_every: int) -> dict:
     params = PARAMS_RE.search(log)
     return {
         "name": name,
+        "steps": steps,
         "train": losses(log),
         "val": val,
         "s": time.perf_counter() - t0,
         "params": params.group(1) if params else "?",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
     }
+
+
+def load_results() -> dict:
+    if not os.path.exists(RESULTS):
+        return {}
+    with open(RESULTS) as f:
+        stored = json.load(f)
+    for r in stored.values():  # JSON keys are strings
+        r["train"] = {int(k): v for k, v in r["train"].items()}
+        r["val"] = {int(k): v for k, v in r["val"].items()}
+    return stored
 
 
 def plot(results, path: str) -> None:
@@ -66,7 +93,8 @@ def plot(results, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         steps = [s for s in sorted(r["val"]) if s > 1]  # step 1 (loss ~8) would flatten the rest
-        ax.plot(steps, [r["val"][s] for s in steps], marker="o", label=CONFIGS[r["name"]])
+        label = f"{CONFIGS[r['name']]} ({r['date']})"  # rows stored with their final loss only plot as a point
+        ax.plot(steps, [r["val"][s] for s in steps], marker="o", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
     ax.legend(fontsize=8)
@@ -79,32 +107,45 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    p.add_argument("--set", nargs="*", default=[], help="[titans] overrides FIELD=VALUE (an ablation: not stored)")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
-    results = []
     for name in a.configs:
         if name not in CONFIGS:
             raise ValueError(f"--configs must be among {list(CONFIGS)}, got {name!r}")
-        results.append(run(name, a.steps, a.val_every))
-        r = results[-1]
-        print(name, r["params"], f"val {r['val']}", f"{r['s']:.0f}s", flush=True)
+    for item in a.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+    stored = load_results()
+    for name in a.configs:
+        r = run(name, a.steps, a.val_every, a.set)
+        print(name, a.set or "", r["params"], f"val {r['val']}", f"{r['s']:.0f}s", flush=True)
+        if not a.set:
+            stored[name] = r
+    if a.set or a.no_write:
+        return
+    with open(RESULTS, "w") as f:
+        json.dump(stored, f, indent=1, sort_keys=True)
+    results = [stored[name] for name in CONFIGS if name in stored]
     rows = [
         [
             CONFIGS[r["name"]],
             r["params"],
+            r["steps"],
             f"{r['train'][max(r['train'])]:.3f}",
             f"{r['val'][max(r['val'])]:.3f}" if r["val"] else "-",
             f"{r['s'] / 60:.1f}",
+            r["date"],
         ]
         for r in results
     ]
-    text = table(["model", "parameters", f"train loss @ {a.steps}", "validation loss", "minutes"], rows)
+    header = ["model", "parameters", "steps", "final train loss", "validation loss", "minutes", "measured"]
     doc = (
-        f"Machine: {machine()}. Command: `.venv/bin/python -m bench.lm_quality --steps {a.steps}`. "
-        f"Same flavor (debugmodel), data, batch, sequence length and steps for every row; "
-        f"{a.steps * 8 * 512:,} training tokens each.\n\n{text}\n\n![validation loss](lm_quality.png)\n"
+        f"Machine: {machine()}. Command: `.venv/bin/python -m bench.lm_quality --steps {a.steps}` "
+        f"(rows re-measured with `--configs NAME`). Same flavor (debugmodel), data, batch (8 x 512 tokens) "
+        f"and sequence length for every row.\n\n{table(header, rows)}\n\n![validation loss](lm_quality.png)\n"
     )
-    publish(doc, "results.md", "lm-quality", not a.no_write, lambda path: plot(results, path))
+    publish(doc, "results.md", "lm-quality", True, lambda path: plot(results, path))
 
 
 if __name__ == "__main__":

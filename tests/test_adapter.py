@@ -9,18 +9,19 @@ import sys
 import pytest
 import torch
 
+from devtools.paths import REPO
+
 pytest.importorskip("torchtitan")
 
-from torchtitan.config import ConfigManager  # noqa: E402
 from torchtitan.distributed import ParallelDims  # noqa: E402
 
 from titans_plugin.adapter import register  # noqa: E402
 from titans_plugin.adapter.args import TitansTrainArgs, check_parallel_layout  # noqa: E402
+from titans_plugin.adapter.build import load_job_config, train_args  # noqa: E402
 from titans_plugin.adapter.parallelize import parallelize_titans  # noqa: E402
 from titans_plugin.config import TitansConfig  # noqa: E402
 from titans_plugin.model import TitansTransformer  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "train_configs", "debug_mac.toml")
 
 
@@ -90,11 +91,9 @@ def test_tensor_parallel_must_divide_memory_heads():
     ],
 )
 def test_pipeline_and_context_parallel_are_rejected_before_training(override, field):
-    register()
-    job = ConfigManager().parse_args(["--job.config_file", CONFIG, override, "2"])
-    args = copy.deepcopy(TitansTrainArgs(dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64))
+    job = load_job_config(CONFIG, override, "2")
     with pytest.raises(ValueError, match=field.replace(".", r"\.") + "=?.* must be 1"):
-        args.update_from_config(job)
+        train_args(job)
 
 
 def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
@@ -102,7 +101,7 @@ def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
     every block is compiled, the loss and gradients match eager, and the per-layer memory
     statistics the metrics logger reads are still recorded."""
     register()
-    job = ConfigManager().parse_args(["--job.config_file", CONFIG, "--compile.enable"])
+    job = load_job_config(CONFIG, "--compile.enable")
     dims = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
     torch.manual_seed(0)
     args = TitansTrainArgs(

@@ -13,7 +13,7 @@ from torchtitan.models.llama3 import Transformer, llama3_args  # noqa: E402
 from titans_plugin.config import TitansConfig  # noqa: E402
 from titans_plugin.convert import convert  # noqa: E402
 from titans_plugin.convert import main as convert_main
-from titans_plugin.hybrid import build_hybrid_model, swap_layers  # noqa: E402
+from titans_plugin.hybrid import LLAMA_FIELDS, build_hybrid_model, swap_layers  # noqa: E402
 
 SMALL = TitansConfig(memory_heads=4, chunk_size=8, segment_len=16, window=16, n_persistent=2, memory_expansion=2)
 
@@ -113,18 +113,9 @@ def test_converter_output_loads_in_torchtitan_with_same_dimensions(tmp_path):
     assert job.parallelism.tensor_parallel_degree == 8 and job.training.seq_len == 8192  # kept
     args = train_args(job)
     base = llama3_args["8B"]
-    for field in (
-        "dim",
-        "n_layers",
-        "n_heads",
-        "n_kv_heads",
-        "vocab_size",
-        "multiple_of",
-        "ffn_dim_multiplier",
-        "norm_eps",
-        "rope_theta",
-    ):
-        assert getattr(args, field) == getattr(base, field), field
+    for field in LLAMA_FIELDS:
+        if field != "max_seq_len":  # training.seq_len sets it
+            assert getattr(args, field) == getattr(base, field), field
     assert args.titans.memory_heads == base.n_heads  # head dim 128, not the full width
     model = build_model(args, device="meta")
     assert model.layer_types[:3] == ["G", "G", "A"]
