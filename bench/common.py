@@ -44,7 +44,8 @@ def run_worker(module: str, args: list[str], python: str | None = None, timeout:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
+def machine(dated: bool = True) -> str:
+    """Cores, CPU model, torch and OS (and today's date, unless the rows carry their own)."""
     cpu = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
@@ -54,8 +55,8 @@ def machine() -> str:
         pass
     import torch
 
-    today = time.strftime("%Y-%m-%d")
-    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {platform.system()}, measured {today}"
+    text = f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {platform.system()}"
+    return text + (f", measured {time.strftime('%Y-%m-%d')}" if dated else "")
 
 
 def write_doc_section(doc: str, name: str, text: str) -> None:

@@ -7,6 +7,7 @@ Runs in the project environment (torchtitan) with the bench extra (matplotlib):
     .venv/bin/python -m bench.lm_quality                  # 6 runs of 400 steps, ~45 min on 2 cores
     .venv/bin/python -m bench.lm_quality --configs debug_mac debug_mal   # re-measure two rows
     .venv/bin/python -m bench.lm_quality --configs debug_mag --set max_grad_norm=0 --no-write
+    .venv/bin/python -m bench.lm_quality --render-only    # redraw table and plot from the JSON
 
 Each run is `torchrun -m torchtitan.train` on train_configs/<name>.toml (debugmodel flavor:
 width 128, 4 layers; seq 512, batch 8), with checkpoints off and validation (10 batches of
@@ -69,7 +70,7 @@ def run(name: str, steps: int, val_every: int, overrides: list[str]) -> dict:
         "s": time.perf_counter() - t0,
         "params": params.group(1) if params else "?",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "machine": machine(dated=False),
     }
 
 
@@ -109,7 +110,10 @@ def main() -> None:
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
     p.add_argument("--set", nargs="*", default=[], help="[titans] overrides FIELD=VALUE (an ablation: not stored)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="no runs: redraw the table and plot from the JSON")
     a = p.parse_args()
+    if a.render_only:
+        a.configs = []
     for name in a.configs:
         if name not in CONFIGS:
             raise ValueError(f"--configs must be among {list(CONFIGS)}, got {name!r}")
@@ -124,8 +128,9 @@ def main() -> None:
             stored[name] = r
     if a.set or a.no_write:
         return
-    with open(RESULTS, "w") as f:
-        json.dump(stored, f, indent=1, sort_keys=True)
+    if a.configs:
+        with open(RESULTS, "w") as f:
+            json.dump(stored, f, indent=1, sort_keys=True)
     results = [stored[name] for name in CONFIGS if name in stored]
     rows = [
         [
@@ -141,7 +146,7 @@ def main() -> None:
     ]
     header = ["model", "parameters", "steps", "final train loss", "validation loss", "minutes", "measured"]
     doc = (
-        f"Machine: {machine()}. Command: `.venv/bin/python -m bench.lm_quality --steps {a.steps}` "
+        f"Machine: {machine(dated=False)}. Command: `.venv/bin/python -m bench.lm_quality --steps {a.steps}` "
         f"(rows re-measured with `--configs NAME`). Same flavor (debugmodel), data, batch (8 x 512 tokens) "
         f"and sequence length for every row.\n\n{table(header, rows)}\n\n![validation loss](lm_quality.png)\n"
     )
