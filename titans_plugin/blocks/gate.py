@@ -7,7 +7,7 @@ from torch import nn
 class MemoryGate(nn.Module):
     """o = RMSNorm_y(y) * sigmoid(RMSNorm_m(m)): the memory branch decides, per channel,
     how much of the attention branch passes (MAG: y = SW-attention, m = M(x); MAC:
-    y = attention output, m = M*(y))."""
+    y = attention output, m = M*_t(u), u what MAC stores)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()

@@ -15,7 +15,7 @@ and is what makes MAC recall (docs/blocks.md has the measurements).
 
 Attention never crosses a segment boundary: what lies further back reaches a token only
 through the memory. Token t sees h_s and x_s for s <= t in its segment, so the block is
-causal; the update-then-read M*_t(y) is the memory's own causal scan.
+causal; the update-then-read M*_t(u) is the memory's own causal scan.
 
 A segment may be cut between calls (decoding): the cache keeps the segment's keys, the
 memory weights from its start, and the retrieval stream's conv tail.

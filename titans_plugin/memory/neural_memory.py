@@ -69,8 +69,8 @@ class NeuralMemory(nn.Module):
         H, D = config.n_heads, config.resolved_head_dim
         self.n_heads, self.head_dim = H, D
         inner = H * D
-        # The inner loop must not depend on the scale of what a block feeds it (MAC
-        # stores raw attention outputs): without this, a deep memory's step size grows
+        # The inner loop must not depend on the scale of what a block feeds it (MAC may
+        # store raw attention outputs): without this, a deep memory's step size grows
         # with its input and the scan diverges within a few training steps.
         self.input_norm = nn.RMSNorm(config.dim, eps=1e-6)
         self.wq = nn.Linear(config.dim, inner, bias=False)
