@@ -1,6 +1,7 @@
 """Turning llama3 models and configs into hybrids."""
 
 import copy
+import dataclasses
 import tomllib
 
 import pytest
@@ -69,6 +70,15 @@ def test_swap_on_meta_device_defers_init():
     swap_layers(model, "AG", SMALL)
     assert model.layers["1"].block_type == "G"
     assert next(model.layers["1"].parameters()).device.type == "meta"
+
+
+def test_swap_validates_the_fields_of_the_block_types_it_inserts():
+    with torch.device("meta"):
+        model = Transformer(copy.deepcopy(llama3_args["debugmodel"]))
+    bad = dataclasses.replace(SMALL, pattern="A", mal_form="parallel")
+    with pytest.raises(ValueError, match="titans.mal_form"):
+        swap_layers(model, {1: "L"}, bad)  # the config's own pattern has no MAL layer
+    assert swap_layers(model, {1: "G"}, bad) == [1]  # MAG does not read mal_form
 
 
 def test_build_hybrid_from_flavor_keeps_llama_sizes():

@@ -86,9 +86,11 @@ def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None) -> l
         raise ValueError("swap_layers needs model.layers to be an nn.ModuleDict keyed '0'..'n-1'")
     args = model.model_args
     titans = titans or TitansConfig()
-    titans.validate(args.dim, args.n_layers)
+    targets = _target_layers(len(model.layers), spec)
+    # validate the fields the swapped-in block types read, not those of titans.pattern
+    dataclasses.replace(titans, layers=list(targets.values())).validate(args.dim, args.n_layers)
     replaced = []
-    for index, letter in _target_layers(len(model.layers), spec).items():
+    for index, letter in targets.items():
         if letter == "A":
             continue
         old = model.layers[str(index)]
