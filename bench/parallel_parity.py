@@ -14,7 +14,7 @@ from devtools.parity import make_seed_checkpoint, run_layout, write_periodic_cor
 
 STEPS = 4
 PATTERNS = {"CA": "MAC + attention", "GA": "MAG + attention", "LA": "MAL + attention", "M": "LMM"}
-LAYOUTS = ["fsdp2", "tp2", "fsdp2_tp2", "hsdp", "single_ac_full", "single_ac_selective"]
+LAYOUTS = ["fsdp2", "tp2", "fsdp2_tp2", "ddp2", "hsdp", "single_ac_full", "single_ac_selective"]
 
 
 def main() -> None:
@@ -45,6 +45,7 @@ def main() -> None:
                     "FSDP2=2",
                     "TP=2",
                     "FSDP2 x TP2",
+                    "DDP=2",
                     "HSDP 2x2",
                     "AC full",
                     "AC selective",

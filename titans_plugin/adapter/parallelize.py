@@ -9,6 +9,7 @@ activations) is recomputed. docs/parallelism.md gives the measured memory and ti
 """
 
 import torch
+import torch.distributed as dist
 from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.activation_checkpoint import apply_ac
 from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
@@ -71,5 +72,20 @@ def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> tor
         if not accelerator_present():
             force_sum_reductions(model)
     elif parallel_dims.dp_replicate_enabled:
-        apply_ddp(model, parallel_dims.get_mesh("dp_replicate"), enable_compile=compile_model)
+        mesh = parallel_dims.get_mesh("dp_replicate")
+        apply_ddp(model, mesh, enable_compile=compile_model)
+        model.register_comm_hook(mesh.get_group(), sum_gradients)
     return model
+
+
+def sum_gradients(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: all-reduce with a sum, not DDP's default mean.
+
+    torchtitan divides each rank's summed loss by the token count of the whole global
+    batch, so the ranks' gradients already add up to the batch gradient; it disables
+    FSDP's division for that reason but not DDP's, whose mean would make every gradient
+    1/dp of the true one (the clip threshold then binds at a different step, and the run
+    departs from the single-process one).
+    """
+    work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
