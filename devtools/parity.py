@@ -2,8 +2,8 @@
 
 Every layout must start from the same weights and see the same global batch:
 - weights: torchtitan's seed checkpoint (written by one process, loaded by every layout);
-- data: 4 distinct documents repeated, each tokenising to exactly one training window
-  (seq_len + 1 tokens with BOS and EOS). Any split of the data across data-parallel ranks
+- data: 4 distinct windows repeated, each made of documents that tokenise (with BOS and
+  EOS) to exactly one training window, seq_len + 1 tokens. Any split of the data across data-parallel ranks
   then gives every rank the same 4 windows in order; with a local batch that is a multiple
   of 4, every global batch holds each window equally often, whatever the layout, at every
   step, before and after a resume.
@@ -84,7 +84,10 @@ LAYOUTS = {  # name: (processes, extra arguments)
 }
 
 
-def write_periodic_corpus(path: str) -> str:
+def write_periodic_corpus(path: str, doc_lengths: tuple[int, ...] = (SEQ_LEN + 1,)) -> str:
+    """4 training windows repeated; each window holds documents of `doc_lengths` tokens
+    (with BOS and EOS; they add up to one window, seq_len + 1)."""
+    assert sum(doc_lengths) == SEQ_LEN + 1 and min(doc_lengths) >= 3
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
     from titans_plugin.data.paths import TOKENIZER_DIR
@@ -96,9 +99,9 @@ def write_periodic_corpus(path: str) -> str:
         if s.startswith(" ") and s[1:].isalpha() and len(tok.encode(s, add_bos=False, add_eos=False)) == 1:
             words.append(s)
     rng = random.Random(0)
-    docs = ["".join(rng.choice(words) for _ in range(SEQ_LEN - 1)) for _ in range(4)]
-    for d in docs:
-        assert len(tok.encode(d, add_bos=True, add_eos=True)) == SEQ_LEN + 1
+    docs = ["".join(rng.choice(words) for _ in range(n - 2)) for _ in range(4) for n in doc_lengths]
+    for d, n in zip(docs, doc_lengths * 4):
+        assert len(tok.encode(d, add_bos=True, add_eos=True)) == n
     with open(path, "w") as f:
         for _ in range(64):
             for d in docs:
@@ -146,17 +149,18 @@ def make_seed_checkpoint(workdir: str, corpus: str, pattern: str) -> str:
     return path
 
 
-def run_layout(workdir, corpus, pattern, layout, steps, seed_ckpt=None, extra=(), name=None):
-    """Run `layout` for `steps`; start from `seed_ckpt` (a step-N folder) if given."""
+def run_layout(workdir, corpus, pattern, layout, steps, seed_ckpt=None, extra=(), name=None, log=False):
+    """Run `layout` for `steps`; start from `seed_ckpt` (a step-N folder) if given.
+    Returns the training losses and the dump folder (log=True: the printed log instead)."""
     nproc, args = LAYOUTS[layout]
     dump = os.path.join(workdir, name or f"{pattern}_{layout}")
     if seed_ckpt is not None:
         dst = os.path.join(dump, "checkpoint", os.path.basename(seed_ckpt))
         shutil.copytree(seed_ckpt, dst, dirs_exist_ok=True)
-    rc, log = run_torchrun(
+    rc, output = run_torchrun(
         CONFIG,
         [*common_args(corpus, pattern, steps), *args, "--job.dump_folder", dump, "--checkpoint.enable", *extra],
         nproc=nproc,
     )
-    assert rc == 0, log[-4000:]
-    return losses(log), dump
+    assert rc == 0, output[-4000:]
+    return losses(output), output if log else dump

@@ -60,9 +60,48 @@ def neural_memory_scan(
     activation: str,
     max_grad_norm: float | None = None,
     backend: str = "auto",
+    resets: torch.Tensor | None = None,
+    initial: MemoryState | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
+    """q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
+
+    resets [B, ceil(T / chunk_size)] (bool): row b restarts from `initial` (its weights,
+    zero momentum) before chunk i where resets[b, i], as if a new sequence began there:
+    packed documents, each laid out to start at a chunk boundary (blocks/documents.py).
+    The scan is cut at every chunk where some row restarts and each piece runs on the
+    unchanged kernels, so every backend honours it exactly, at the cost of one launch
+    per piece.
+    """
     backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm)
-    args = (q, k, v, theta, eta, alpha, state)
+    if resets is not None:
+        return _scan_with_resets(
+            (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm, backend
+        )
+    return _scan(backend, (q, k, v, theta, eta, alpha), state, chunk_size, activation, max_grad_norm)
+
+
+def _scan_with_resets(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, backend):
+    T = inputs[0].shape[1]
+    n_chunks = -(-T // chunk_size)
+    if initial is None or resets.shape != (inputs[0].shape[0], n_chunks):
+        raise ValueError(
+            f"resets must be [batch, ceil(T / chunk_size)] = {[inputs[0].shape[0], n_chunks]} with an initial "
+            f"state, got {list(resets.shape)} and initial={'given' if initial is not None else None}"
+        )
+    cuts = resets.any(0).nonzero().flatten().tolist()  # one host sync per call
+    bounds = sorted({0, *cuts, n_chunks})
+    outs = []
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        if first in cuts:
+            state = state.reset_rows(resets[:, first], initial)
+        piece = tuple(x[:, first * chunk_size : last * chunk_size] for x in inputs)
+        y, state = _scan(backend, piece, state, chunk_size, activation, max_grad_norm)
+        outs.append(y)
+    return torch.cat(outs, dim=1), state
+
+
+def _scan(backend, inputs, state, chunk_size, activation, max_grad_norm):
+    args = (*inputs, state)
     if backend == "chunk":
         return chunk_neural_memory(*args, chunk_size, activation, max_grad_norm)
     if backend == "triton":

@@ -24,6 +24,13 @@ class MemoryState(NamedTuple):
         s = tuple(torch.zeros_like(wl) for wl in w)
         return MemoryState(w, s)
 
+    def reset_rows(self, rows: torch.Tensor, initial: "MemoryState") -> "MemoryState":
+        """Rows [B] (bool) restart from `initial`: its weights, zero momentum."""
+        r = rows.view(-1, 1, 1, 1)
+        w = tuple(torch.where(r, i.to(x.dtype), x) for x, i in zip(self.weights, initial.weights))
+        s = tuple(torch.where(r, torch.zeros_like(x), x) for x in self.momentum)
+        return MemoryState(w, s)
+
     def detach(self) -> "MemoryState":
         return MemoryState(tuple(w.detach() for w in self.weights), tuple(s.detach() for s in self.momentum))
 

@@ -12,6 +12,8 @@ from titans_plugin.blocks import BLOCK_TYPES
 from titans_plugin.memory import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConfig
 from titans_plugin.spec import parse_layer_spec
 
+ATTN_MASK_TYPES = ("causal", "block_causal")
+
 
 @dataclass
 class TitansConfig:
@@ -43,6 +45,10 @@ class TitansConfig:
     # MAL's layout: "stacked" = memory sub-layer then sliding-window sub-layer, each with its
     # own pre-norm residual; "fused" = SW-Attn(memory(x)) inside one residual
     mal_form: str = "stacked"
+    # "causal": one sequence per row. "block_causal": rows pack documents that end with
+    # EOS; every layer (attention masks, memory state and chunk grid, MAC segments)
+    # treats each document as if it were alone (torchtitan llama3's mask type of that name)
+    attn_mask_type: str = "causal"
 
     def layer_types(self, n_layers: int) -> list[str]:
         if self.layers:
@@ -76,6 +82,7 @@ class TitansConfig:
         """Every check that can run before a model is built, naming the TOML field. Only
         the fields the chosen block types read are checked (blocks' config_fields)."""
         blocks = [BLOCK_TYPES[letter] for letter in set(self.layer_types(n_layers))]
+        _one_of(self, "attn_mask_type", list(ATTN_MASK_TYPES))
         if any(b.has_memory for b in blocks):
             self._validate_memory(dim)
         used = {name for b in blocks for name in b.config_fields}

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rope, check_rope_length
+from .documents import positions_in_document, same_document
+from .rope import apply_rope, rope_freqs
 
 
 class KVCache(NamedTuple):
@@ -76,14 +77,19 @@ def causal_attention(q, k, v):
     return out.transpose(1, 2)
 
 
-def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None):
-    """q [B, T, Hq, D] at positions q_pos [T]; k, v [B, S, Hkv, D] at k_pos [S]."""
-    mask, k, v = _with_persistent(visible(q_pos, k_pos, window), k, v, pk, pv)
+def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None, same_doc=None):
+    """q [B, T, Hq, D] at positions q_pos [T]; k, v [B, S, Hkv, D] at k_pos [S];
+    same_doc [B, T, S]: also require query and key to share a document."""
+    mask = visible(q_pos, k_pos, window)
+    if same_doc is not None:
+        mask = mask & same_doc
+    mask, k, v = _with_persistent(mask, k, v, pk, pv)
     return _sdpa(q, k, v, mask)
 
 
-def banded_attention(q, k, v, window: int, pk=None, pv=None):
-    """Sliding-window attention over one sequence (q, k, v aligned, positions 0..T-1)."""
+def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None):
+    """Sliding-window attention over one sequence (q, k, v aligned, positions 0..T-1);
+    doc_ids [B, T]: a query sees only keys of its own document."""
     B, T, Hq, D = q.shape
     W = window
     n = -(-T // W)
@@ -105,6 +111,11 @@ def banded_attention(q, k, v, window: int, pk=None, pv=None):
     mask = visible(i, j, window)  # same for every block...
     mask = mask.expand(n, W, 2 * W).clone()
     mask[0, :, :W] = False  # ...except that block 0 has no previous block
+    if doc_ids is not None:
+        ids = F.pad(doc_ids, (0, pad), value=-1)
+        ids_prev = F.pad(ids, (W, 0), value=-1)[:, : n * W]
+        ids_k = torch.cat([ids_prev.view(B, n, W), ids.view(B, n, W)], dim=2)
+        mask = mask & same_document(ids.view(B, n, W), ids_k)  # [B, n, W, 2W]
     mask, kb, vb = _with_persistent(mask, kb, vb, pk, pv)
     out = _sdpa(qb, kb, vb, mask)  # [B, n, W, Hq, D]
     return out.reshape(B, n * W, Hq, D)[:, :T]
@@ -143,27 +154,40 @@ class Attention(nn.Module):
         Np = p.shape[0]
         return self.wk(p).view(Np, -1, self.head_dim), self.wv(p).view(Np, -1, self.head_dim)
 
-    def project_kv(self, x, freqs_cis, pos: int):
-        """k, v [B, T, H_kv, D] with RoPE at absolute positions pos .. pos + T - 1."""
+    def project_kv(self, x, freqs_cis, pos):
+        """k, v [B, T, H_kv, D] with RoPE at positions pos .. pos + T - 1 (or at the
+        per-row positions pos [B, T])."""
         B, T, _ = x.shape
-        check_rope_length(freqs_cis, pos + T)
         k = self.wk(x).view(B, T, -1, self.head_dim)
         v = self.wv(x).view(B, T, -1, self.head_dim)
-        return apply_rope(k, freqs_cis[pos : pos + T]), v
+        return apply_rope(k, rope_freqs(freqs_cis, pos, T)), v
 
-    def project(self, x, freqs_cis, pos: int):
-        """q, k, v [B, T, H, D] with RoPE at absolute positions pos .. pos + T - 1."""
+    def project(self, x, freqs_cis, pos):
+        """q, k, v [B, T, H, D] with RoPE as in project_kv."""
         B, T, _ = x.shape
         k, v = self.project_kv(x, freqs_cis, pos)
         q = self.wq(x).view(B, T, -1, self.head_dim)
-        return apply_rope(q, freqs_cis[pos : pos + T]), k, v
+        return apply_rope(q, rope_freqs(freqs_cis, pos, T)), k, v
 
-    def forward(self, x, freqs_cis, cache: KVCache | None = None):
-        """x [B, T, dim] -> (out [B, T, dim], cache for the next call)."""
+    def forward(self, x, freqs_cis, cache: KVCache | None = None, doc_ids: torch.Tensor | None = None):
+        """x [B, T, dim] -> (out [B, T, dim], cache for the next call). doc_ids [B, T]
+        (packed documents, a whole sequence): no query sees another document's keys;
+        persistent tokens stay visible to every query."""
         B, T, _ = x.shape
         pos = 0 if cache is None else cache.pos
+        if doc_ids is not None:  # RoPE counts from each document's start, as alone
+            if cache is not None:
+                raise ValueError("document ids apply to a whole sequence, not to decoding with a cache")
+            pos = positions_in_document(doc_ids)
         q, k, v = self.project(x, freqs_cis, pos)
         pk, pv = self.persistent_kv()
+        if doc_ids is not None:
+            if self.window is not None and T > self.window:
+                out = banded_attention(q, k, v, self.window, pk, pv, doc_ids)
+            else:
+                t = torch.arange(T, device=x.device)
+                out = masked_attention(q, k, v, t, t, self.window, pk, pv, same_document(doc_ids, doc_ids))
+            return self.wo(out.reshape(B, T, -1)), None
         if cache is None and self.window is None and pk is None:
             out = causal_attention(q, k, v)  # fused causal kernel, no T x T mask
         elif cache is None and self.window is not None and T > self.window:

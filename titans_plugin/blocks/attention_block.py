@@ -18,8 +18,8 @@ class AttentionBlock(TitansBlockBase):
     def _window(self, titans) -> int | None:
         return None
 
-    def mix(self, x, freqs_cis, cache):
-        return self.attention(x, freqs_cis, cache)
+    def mix(self, x, freqs_cis, cache, docs=None):
+        return self.attention(x, freqs_cis, cache, docs)
 
     def attention_context(self, seq_len: int) -> int:
         window = self.attention.window

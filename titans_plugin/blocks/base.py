@@ -59,23 +59,26 @@ class TitansBlockBase(nn.Module):
     def _memory_config(model_args, titans) -> MemoryConfig:
         return titans.memory_config(model_args.dim)
 
-    def mix(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache):
-        """x [B, T, dim] (already normed) -> (out [B, T, dim], cache)."""
+    def mix(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache, docs: torch.Tensor | None = None):
+        """x [B, T, dim] (already normed) -> (out [B, T, dim], cache). docs [B, T]: the
+        document index of every token of a packed batch (blocks/documents.py); every
+        mixer then computes, for each document, what it computes for that document alone."""
         raise NotImplementedError
 
     def forward(self, x, freqs_cis, attention_masks=None, positions=None):
-        """Same signature as torchtitan's llama3 TransformerBlock."""
-        if attention_masks is not None or positions is not None:
-            raise ValueError(
-                f"{type(self).__name__} supports model.attn_type='sdpa' with causal masks only "
-                "(attention_masks and positions must be None)"
-            )
-        out, _ = self.forward_cached(x, freqs_cis, None)
+        """Same signature as torchtitan's llama3 TransformerBlock. attention_masks: None
+        (causal) or the document ids [B, T] that the model builds for
+        titans.attn_mask_type = "block_causal"."""
+        if positions is not None:
+            raise ValueError(f"{type(self).__name__} takes no positions (they must be None)")
+        out, _ = self.forward_cached(x, freqs_cis, None, docs=attention_masks)
         return out
 
-    def forward_cached(self, x, freqs_cis, cache):
+    def forward_cached(self, x, freqs_cis, cache, docs: torch.Tensor | None = None):
         """Process x [B, T, dim] continuing from `cache` (None = start of the sequence)."""
-        mixed, cache = self.mix(self.attention_norm(x), freqs_cis, cache)
+        if docs is not None and cache is not None:
+            raise ValueError("packed documents (docs) apply to a whole sequence, not to decoding with a cache")
+        mixed, cache = self.mix(self.attention_norm(x), freqs_cis, cache, docs)
         h = x + mixed
         return h + self.feed_forward(self.ffn_norm(h)), cache
 

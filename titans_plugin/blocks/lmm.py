@@ -3,6 +3,7 @@
 from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .base import TitansBlockBase
+from .documents import run_memory_on_documents
 
 
 class LMMBlock(TitansBlockBase):
@@ -15,5 +16,7 @@ class LMMBlock(TitansBlockBase):
         super().__init__(layer_id, model_args)
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
 
-    def mix(self, x, freqs_cis, cache: NeuralMemoryState | None):
+    def mix(self, x, freqs_cis, cache: NeuralMemoryState | None, docs=None):
+        if docs is not None:
+            return run_memory_on_documents(self.memory, x, docs), None
         return self.memory(x, cache)

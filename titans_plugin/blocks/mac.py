@@ -19,8 +19,14 @@ causal; the update-then-read M*_t(u) is the memory's own causal scan.
 
 A segment may be cut between calls (decoding): the cache keeps the segment's keys, the
 memory weights from its start, and the retrieval stream's conv tail.
+
+Packed documents: each document is moved to a slot that starts a segment (and a memory
+chunk), so its segments are the ones it has alone; at its first segment the memory, the
+segment weights that h is read from and the conv histories restart from the initial
+state, and its RoPE positions count from its own start.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -29,6 +35,7 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import masked_attention
 from .base import TitansBlockBase
+from .documents import DocumentLayout
 from .gate import MemoryGate
 
 
@@ -66,7 +73,9 @@ class MACBlock(TitansBlockBase):
         no_pos = torch.zeros(0, dtype=torch.long, device=x.device)
         return MACCache(None, weights, None, empty_k, empty_v, no_pos, 0)
 
-    def mix(self, x, freqs_cis, cache: MACCache | None):
+    def mix(self, x, freqs_cis, cache: MACCache | None, docs=None):
+        if docs is not None:
+            return self._mix_documents(x, freqs_cis, docs), None
         cache = cache or self._empty_cache(x, freqs_cis)
         L = self.segment_len
         outs, start = [], 0
@@ -79,6 +88,24 @@ class MACBlock(TitansBlockBase):
             start += n
         return torch.cat(outs, dim=1), cache
 
+    def _mix_documents(self, x, freqs_cis, docs):
+        L = self.segment_len
+        layout = DocumentLayout.build(docs, align=math.lcm(L, self.memory.config.chunk_size))
+        xs = layout.pack(x)
+        cache = self._empty_cache(xs, freqs_cis)
+        initial = cache.segment_weights
+        outs = []
+        for start in range(0, xs.shape[1], L):
+            sl = slice(start, start + L)
+            if start:
+                cache = self._begin_segment(cache)
+            new_doc = layout.starts[:, start].view(-1, 1, 1, 1)
+            weights = tuple(torch.where(new_doc, i, w) for i, w in zip(initial, cache.segment_weights))
+            cache = cache._replace(segment_weights=weights)
+            o, cache = self._segment_piece(xs[:, sl], freqs_cis, cache, layout.positions[:, sl], layout.starts[:, sl])
+            outs.append(o)
+        return layout.unpack(torch.cat(outs, dim=1))
+
     def _begin_segment(self, cache: MACCache) -> MACCache:
         """A new segment reads the memory as the previous segment left it."""
         empty_k = cache.segment_k[:, :0]
@@ -89,14 +116,16 @@ class MACBlock(TitansBlockBase):
             segment_pos=cache.segment_pos[:0],
         )
 
-    def _segment_piece(self, x, freqs_cis, cache: MACCache):
-        """Tokens x [B, n, dim] that all lie in one segment."""
+    def _segment_piece(self, x, freqs_cis, cache: MACCache, rope_pos=None, starts=None):
+        """Tokens x [B, n, dim] that all lie in one segment. Packed documents: rope_pos
+        [B, n] positions within each document, starts [B, n] document starts."""
         B, n, _ = x.shape
         pos = cache.pos
-        q_mem, query_tail = self.memory.query(x, cache.query_tail)
+        rope_pos = pos if rope_pos is None else rope_pos
+        q_mem, query_tail = self.memory.query(x, cache.query_tail, starts)
         h = self.memory.read(q_mem, cache.segment_weights, x)  # M*_{t-1}(q_t)
-        q, kx, vx = self.attention.project(x, freqs_cis, pos)
-        kh, vh = self.attention.project_kv(h, freqs_cis, pos)
+        q, kx, vx = self.attention.project(x, freqs_cis, rope_pos)
+        kh, vh = self.attention.project_kv(h, freqs_cis, rope_pos)
         positions = torch.arange(pos, pos + n, device=x.device)
         seg_k = torch.cat([cache.segment_k, kh, kx], dim=1)
         seg_v = torch.cat([cache.segment_v, vh, vx], dim=1)
@@ -105,7 +134,7 @@ class MACBlock(TitansBlockBase):
         y = masked_attention(q, seg_k, seg_v, positions, seg_pos, None, pk, pv)
         y = self.attention.wo(y.reshape(B, n, -1))
         u = x + y if self.store_residual else y
-        m, memory = self.memory(u, cache.memory)  # update with u, then read M*_t(u_t)
+        m, memory = self.memory(u, cache.memory, starts)  # update with u, then read M*_t(u_t)
         cache = MACCache(memory, cache.segment_weights, query_tail, seg_k, seg_v, seg_pos, pos + n)
         return self.gate(y, m), cache
 

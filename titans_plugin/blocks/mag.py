@@ -11,6 +11,7 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
+from .documents import run_memory_on_documents
 from .gate import MemoryGate
 
 
@@ -32,7 +33,10 @@ class MAGBlock(TitansBlockBase):
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 
-    def mix(self, x, freqs_cis, cache: MAGCache | None):
+    def mix(self, x, freqs_cis, cache: MAGCache | None, docs=None):
+        if docs is not None:
+            y, _ = self.attention(x, freqs_cis, None, docs)
+            return self.gate(y, run_memory_on_documents(self.memory, x, docs)), None
         y, kv = self.attention(x, freqs_cis, None if cache is None else cache.attention)
         m, mem = self.memory(x, None if cache is None else cache.memory)
         return self.gate(y, m), MAGCache(kv, mem)

@@ -25,6 +25,7 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
+from .documents import run_memory_on_documents
 from .prefixed_memory import make_persistent, run_prefixed_memory
 
 
@@ -49,21 +50,26 @@ class MALBlock(TitansBlockBase):
         self.persistent = make_persistent(titans.n_persistent, model_args.dim)  # the memory's prefix
         self.attention = self._make_attention(model_args, titans.window)
 
-    def _memory(self, x, cache: MALCache | None):
+    def _memory(self, x, cache: MALCache | None, docs=None):
+        if docs is not None:  # every document gets the persistent prefix
+            prefix = None if self.persistent is None else self.persistent.tokens
+            return run_memory_on_documents(self.memory, x, docs, prefix), None
         return run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
 
-    def mix(self, x, freqs_cis, cache: MALCache | None):
+    def mix(self, x, freqs_cis, cache: MALCache | None, docs=None):
         """The fused form's mixer (x already normed)."""
-        y, mem = self._memory(x, cache)
-        o, kv = self.attention(y, freqs_cis, None if cache is None else cache.attention)
+        y, mem = self._memory(x, cache, docs)
+        o, kv = self.attention(y, freqs_cis, None if cache is None else cache.attention, docs)
         return o, MALCache(mem, kv)
 
-    def forward_cached(self, x, freqs_cis, cache: MALCache | None):
+    def forward_cached(self, x, freqs_cis, cache: MALCache | None, docs=None):
         if not self.stacked:
-            return super().forward_cached(x, freqs_cis, cache)
-        y, mem = self._memory(self.memory_norm(x), cache)
+            return super().forward_cached(x, freqs_cis, cache, docs)
+        if docs is not None and cache is not None:
+            raise ValueError("packed documents (docs) apply to a whole sequence, not to decoding with a cache")
+        y, mem = self._memory(self.memory_norm(x), cache, docs)
         h = x + y
-        a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention)
+        a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention, docs)
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
 

@@ -54,11 +54,20 @@ def apply_rope(x_BTHD: torch.Tensor, freqs_TD: torch.Tensor) -> torch.Tensor:
     gradients off by ~100% under torch.compile, exact under aot_eager)."""
     B, T, H, D = x_BTHD.shape
     x = x_BTHD.float().reshape(B, T, H, D // 2, 2)
-    cos = freqs_TD.real.view(1, T, 1, D // 2)
-    sin = freqs_TD.imag.view(1, T, 1, D // 2)
+    cos = freqs_TD.real.view(-1, T, 1, D // 2)  # [T, D/2], or [B, T, D/2] per row
+    sin = freqs_TD.imag.view(-1, T, 1, D // 2)
     x_even, x_odd = x[..., 0], x[..., 1]
     out = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)
     return out.flatten(3).type_as(x_BTHD)
+
+
+def rope_freqs(freqs_cis: torch.Tensor, pos, T: int) -> torch.Tensor:
+    """Frequencies for T tokens from position `pos` (an int), or at per-row positions
+    `pos` [B, T] (packed documents, each counted from its own start)."""
+    if isinstance(pos, torch.Tensor):
+        return freqs_cis[pos]
+    check_rope_length(freqs_cis, pos + T)
+    return freqs_cis[pos : pos + T]
 
 
 def check_rope_length(freqs_cis: torch.Tensor, end: int) -> None:

@@ -115,27 +115,28 @@ class NeuralMemory(nn.Module):
             self.out_norm_weight.fill_(1.0)
 
     # -- pieces of the forward ------------------------------------------------------
-    def _project_one(self, lin, conv, x, tail):
+    def _project_one(self, lin, conv, x, tail, starts=None):
         """One of q, k, v: [B, T, H_local, D] after the causal conv and SiLU."""
         B, T, _ = x.shape
         h = lin(x)
         if conv is not None:
-            h, tail = causal_depthwise_conv(h, _local_heads(conv), tail)
+            h, tail = causal_depthwise_conv(h, _local_heads(conv), tail, starts)
         return F.silu(h).view(B, T, -1, self.head_dim), tail
 
-    def _project(self, x: torch.Tensor, conv_tail):
+    def _project(self, x: torch.Tensor, conv_tail, starts=None):
         """q, k, v [B, T, H_local, D] with conv, SiLU and L2-normalised q, k."""
         tails = conv_tail if conv_tail is not None else (None, None, None)
-        q, tq = self._project_one(self.wq, self.conv_q, x, tails[0])
-        k, tk = self._project_one(self.wk, self.conv_k, x, tails[1])
-        v, tv = self._project_one(self.wv, self.conv_v, x, tails[2])
+        q, tq = self._project_one(self.wq, self.conv_q, x, tails[0], starts)
+        k, tk = self._project_one(self.wk, self.conv_k, x, tails[1], starts)
+        v, tv = self._project_one(self.wv, self.conv_v, x, tails[2], starts)
         new_tails = (tq, tk, tv) if self.conv_q is not None else None
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_tails
 
     # -- retrieval without update (MAC reads the memory before attending) -------------
-    def query(self, x: torch.Tensor, conv_tail: torch.Tensor | None = None):
-        """Retrieval queries q [B, T, H, D] for x, and the conv tail of this query stream."""
-        q, tail = self._project_one(self.wq, self.conv_q, self.input_norm(x), conv_tail)
+    def query(self, x: torch.Tensor, conv_tail: torch.Tensor | None = None, starts: torch.Tensor | None = None):
+        """Retrieval queries q [B, T, H, D] for x, and the conv tail of this query stream
+        (starts [B, T]: document starts, as in forward)."""
+        q, tail = self._project_one(self.wq, self.conv_q, self.input_norm(x), conv_tail, starts)
         return F.normalize(q, dim=-1), tail
 
     def read(self, q_BTHD: torch.Tensor, weights, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +164,7 @@ class NeuralMemory(nn.Module):
     def read_flops_per_token(self) -> int:
         return self.config.read_flops_per_token()
 
-    def _scan(self, inputs, state: MemoryState):
+    def _scan(self, inputs, state: MemoryState, resets=None):
         c = self.config
         return neural_memory_scan(
             *inputs,
@@ -172,17 +173,38 @@ class NeuralMemory(nn.Module):
             activation=c.activation,
             max_grad_norm=c.max_grad_norm,
             backend=c.backend,
+            resets=resets,
+            initial=None if resets is None else self.initial_state(inputs[0].shape[0]),
         )
+
+    def _chunk_resets(self, starts: torch.Tensor, n_pending: int) -> torch.Tensor:
+        """Document starts [B, T] of this call -> restarts per chunk of the scanned
+        sequence (which begins n_pending tokens earlier, at a chunk boundary)."""
+        C = self.config.chunk_size
+        starts = F.pad(starts, (n_pending, 0))
+        off_grid = starts.clone()
+        off_grid[:, ::C] = False
+        if off_grid.any():
+            raise ValueError(
+                f"a document must start at a multiple of the memory's chunk size (titans.chunk_size={C}) "
+                "in the sequence the memory scans; blocks lay packed documents out that way "
+                "(blocks/documents.py)"
+            )
+        return starts[:, ::C]
 
     # -- forward --------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, state: NeuralMemoryState | None = None
+        self, x: torch.Tensor, state: NeuralMemoryState | None = None, starts: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, NeuralMemoryState]:
-        """x [B, T, dim] -> y [B, T, dim] and the state to continue from."""
+        """x [B, T, dim] -> y [B, T, dim] and the state to continue from.
+
+        starts [B, T] (bool): a document begins at these tokens; the memory restarts from
+        its initial state there (weights, momentum, conv history). A start must fall on
+        the chunk grid of the stream (blocks/documents.py lays documents out that way)."""
         B, T, _ = x.shape
         C = self.config.chunk_size
         x = self.input_norm(x)
-        q, k, v, conv_tail = self._project(x, None if state is None else state.conv_tail)
+        q, k, v, conv_tail = self._project(x, None if state is None else state.conv_tail, starts)
         new = (q, k, v, *self._gates(x))
         if state is None:
             chunk_start, seen = self.initial_state(B), 0
@@ -198,11 +220,18 @@ class NeuralMemory(nn.Module):
         # Full chunks first, then the unfinished tail from the boundary state: the
         # boundary state is what the next call must start from.
         n_full = seq[0].shape[1] // C * C
+        resets = None if starts is None else self._chunk_resets(starts, n_pending)
         outs, boundary = [], chunk_start
         if n_full:
-            y, boundary = self._scan(tuple(s[:, :n_full] for s in seq), chunk_start)
+            y, boundary = self._scan(
+                tuple(s[:, :n_full] for s in seq), chunk_start, None if resets is None else resets[:, : n_full // C]
+            )
             outs.append(y)
         pending = tuple(s[:, n_full:] for s in seq)
+        if resets is not None and resets.shape[1] > n_full // C:
+            # a document starting in the unfinished chunk: the next call re-runs that
+            # chunk from `boundary`, which must already be the restarted state
+            boundary = boundary.reset_rows(resets[:, -1], self.initial_state(B))
         final = boundary
         if pending[0].shape[1]:
             y, final = self._scan(pending, boundary)
@@ -227,7 +256,8 @@ class NeuralMemory(nn.Module):
 
     def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
-        y = y_BTHD.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local_heads(self.out_norm_weight).float()
+        dtype = torch.promote_types(y_BTHD.dtype, torch.float32)  # fp32 at least, fp64 kept
+        y = y_BTHD.to(dtype)
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local_heads(self.out_norm_weight).to(dtype)
         y = y.to(x.dtype).reshape(B, T, -1) * torch.sigmoid(self.w_out_gate(x))
         return self.wo(y)

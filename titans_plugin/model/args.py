@@ -34,5 +34,11 @@ class TitansModelArgs:
             raise ValueError(f"attention head dim {self.dim // self.n_heads} must be even for RoPE")
         self.titans.validate(self.dim, self.n_layers, seq_len or self.max_seq_len)
 
+    @property
+    def attn_type(self) -> str:
+        """What torchtitan's trainer and validator read: for "varlen" they call the
+        model's get_attention_masks and pass its result (the document ids) to forward."""
+        return "varlen" if self.titans.attn_mask_type == "block_causal" else "sdpa"
+
     def layer_types(self) -> list[str]:
         return self.titans.layer_types(self.n_layers)

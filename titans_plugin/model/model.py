@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from titans_plugin.blocks import build_block
+from titans_plugin.blocks.documents import check_document_ids, document_ids
 from titans_plugin.blocks.rope import precompute_freqs_cis
 
 from .args import TitansModelArgs
@@ -47,20 +48,48 @@ class TitansTransformer(nn.Module):
         nn.init.trunc_normal_(self.output.weight, std=std, a=-3 * std, b=3 * std)
 
     def get_attention_masks(self, input_batch, tokenizer, extra_inputs=None):
-        """Blocks attend causally (within windows/segments) by construction; like llama3
-        with sdpa, there are no masks to build. torchtitan treats TypeError as 'none'."""
-        raise TypeError("Titans models build their causal masks inside each block")
+        """titans.attn_mask_type = "block_causal": the document index of every token
+        (documents end with the tokenizer's EOS), which forward hands to every block.
+        Plain causal models build their masks inside each block; torchtitan treats
+        TypeError as 'no masks'."""
+        if self.model_args.titans.attn_mask_type != "block_causal":
+            raise TypeError("Titans models build their causal masks inside each block")
+        if tokenizer.eos_id is None:
+            raise ValueError("titans.attn_mask_type='block_causal' needs a tokenizer with an EOS token")
+        return document_ids(input_batch, tokenizer.eos_id)
 
     def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
+        """attention_masks: None, or document ids [B, T] (get_attention_masks) for a
+        packed batch."""
+        if attention_masks is not None:
+            check_document_ids(attention_masks, tokens.shape)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis, attention_masks=attention_masks, positions=positions)
         return self.output(self.norm(h))
 
     @torch.no_grad()
-    def forward_cached(self, tokens: torch.Tensor, caches: list | None = None):
+    def forward_cached(self, tokens: torch.Tensor, caches: list | None = None, starts: torch.Tensor | None = None):
         """Incremental decoding: logits for `tokens` [B, T] continuing from `caches`
-        (None at the start). Feeding a sequence in any pieces gives the full-pass logits."""
+        (None at the start). Feeding a sequence in any pieces gives the full-pass logits.
+
+        starts [T] or [B, T] (bool): a new document begins at these tokens (position 0
+        included) and starts from empty caches, as it would alone; the same positions in
+        every row (rows of a batch share their caches' position)."""
+        if starts is None:
+            return self._forward_cached(tokens, caches)
+        starts = starts.expand(tokens.shape)
+        if (starts != starts[:1]).any():
+            raise ValueError("forward_cached: starts must mark the same positions in every row")
+        cuts = starts[0].nonzero().flatten().tolist()
+        bounds = sorted({0, *cuts, tokens.shape[1]})
+        outs = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            out, caches = self._forward_cached(tokens[:, lo:hi], None if lo in cuts else caches)
+            outs.append(out)
+        return torch.cat(outs, dim=1), caches
+
+    def _forward_cached(self, tokens: torch.Tensor, caches: list | None):
         h = self.tok_embeddings(tokens)
         caches = caches or [None] * len(self.layers)
         new_caches = []

@@ -1,0 +1,130 @@
+"""Packed documents: where each document of a packed batch sits, and a layout that gives
+every document a fresh, aligned start.
+
+A pretraining batch packs several documents into each row (torchtitan's text datasets
+concatenate BOS ... EOS documents and cut the stream into windows). With
+`titans.attn_mask_type = "block_causal"` the model computes, for every token, the index
+of its document within its row (`document_ids`) and hands that to every block.
+
+Attention honours it with a mask. A memory layer needs more: run alone on a document,
+its chunk grid (and MAC's segment grid) starts at the document's first token, and its
+state starts from the learned initial memory. `DocumentLayout` moves every document of
+a row to a slot that is a multiple of `align` (the chunk size, or MAC's segment length),
+with `lead` free slots in front (MAL's persistent prefix), and pads the rest. In that
+layout every grid is anchored at every document start, the scan only has to restart its
+state at chunk starts (`starts`), and whatever a pad slot computes never reaches a real
+token: pads come after their document's last token, causally, and the next document
+restarts the state. The cost is the padding: under `align` slots per document.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+
+def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[B, T] index of each token's document within its row: a document ends with its
+    EOS token (torchtitan's block_causal convention), so the count of EOS tokens before
+    a position is its document index. The first document of a row may be the tail of one
+    cut by the previous window; it is treated as a document of its own."""
+    eos = (tokens == eos_id).long()
+    ids = torch.zeros_like(tokens, dtype=torch.long)
+    ids[:, 1:] = torch.cumsum(eos[:, :-1], dim=1)
+    return ids
+
+
+def same_document(ids_q: torch.Tensor, ids_k: torch.Tensor) -> torch.Tensor:
+    """[..., T, S] True where query and key belong to the same document."""
+    return ids_q.unsqueeze(-1) == ids_k.unsqueeze(-2)
+
+
+def positions_in_document(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] position of each token within its document (0 at its first token)."""
+    t = torch.arange(ids.shape[1], device=ids.device)
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return t - torch.cummax(torch.where(first, t, 0), dim=1).values
+
+
+def check_document_ids(ids: torch.Tensor, shape) -> None:
+    """The attention_masks a packed batch passes: what document_ids returns for the tokens."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.shape != shape:
+        raise ValueError(
+            f"attention_masks must be document ids: an integer tensor shaped like the tokens {list(shape)} "
+            f"(titans.attn_mask_type='block_causal'), got {type(ids).__name__} "
+            f"{getattr(ids, 'dtype', '')} {list(getattr(ids, 'shape', []))}"
+        )
+    if ids.shape[1] and (ids[:, 0].ne(0).any() or (ids[:, 1:] - ids[:, :-1]).lt(0).any()):
+        raise ValueError("document ids must start at 0 in every row and never decrease")
+
+
+def _ceil_to(x: torch.Tensor, m: int) -> torch.Tensor:
+    return (x + m - 1) // m * m
+
+
+class DocumentLayout(NamedTuple):
+    """Row-wise re-layout of a packed batch, [B, T] -> [B, T'] slots.
+
+    slot_of    [B, T]  slot of every token
+    starts     [B, T'] True at the first slot of each document (its lead slots first)
+    positions  [B, T'] position of a slot within its document (0 at the first token,
+               negative on lead slots; pads continue their document's count, clamped to T-1)
+    doc_of     [B, T'] document index of each slot (pads belong to the document before)
+    lead       slots in front of each document
+    """
+
+    slot_of: torch.Tensor
+    starts: torch.Tensor
+    positions: torch.Tensor
+    doc_of: torch.Tensor
+    lead: int
+
+    @staticmethod
+    def build(ids: torch.Tensor, align: int, lead: int = 0) -> "DocumentLayout":
+        B, T = ids.shape
+        ids = ids.long()
+        lengths = torch.zeros(B, T, dtype=torch.long, device=ids.device)
+        lengths.scatter_add_(1, ids, torch.ones_like(ids))
+        footprint = torch.where(lengths > 0, _ceil_to(lengths + lead, align), 0)
+        slot_start = torch.cumsum(footprint, 1) - footprint  # where each document's slots begin
+        token_start = torch.cumsum(lengths, 1) - lengths
+        t = torch.arange(T, device=ids.device)
+        slot_of = slot_start.gather(1, ids) + lead + t - token_start.gather(1, ids)
+        n_slots = int(footprint.sum(1).max()) if T else 0
+        starts = torch.zeros(B, n_slots + 1, dtype=torch.bool, device=ids.device)
+        # documents of length 0 (ids past the last document) all write to a dropped column
+        starts.scatter_(1, torch.where(lengths > 0, slot_start, n_slots), True)
+        starts = starts[:, :n_slots]
+        doc_of = torch.cumsum(starts.long(), 1) - 1
+        s = torch.arange(n_slots, device=ids.device)
+        positions = (s - slot_start.gather(1, doc_of) - lead).clamp(max=max(T - 1, 0))
+        return DocumentLayout(slot_of, starts, positions, doc_of, lead)
+
+    @property
+    def n_slots(self) -> int:
+        return self.starts.shape[1]
+
+    def pack(self, x: torch.Tensor, lead_fill: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, ...] -> [B, T', ...]: pads are zeros, lead slots `lead_fill` [lead, ...]."""
+        index = self.slot_of.view(*self.slot_of.shape, *[1] * (x.dim() - 2)).expand_as(x)
+        out = x.new_zeros(x.shape[0], self.n_slots, *x.shape[2:]).scatter(1, index, x)
+        if self.lead and lead_fill is not None:
+            on_lead = (self.positions < 0).view(*self.positions.shape, *[1] * (x.dim() - 2))
+            fill = lead_fill.to(x.dtype)[(self.positions + self.lead).clamp(0, self.lead - 1)]
+            out = torch.where(on_lead, fill, out)
+        return out
+
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:
+        """y [B, T', ...] -> [B, T, ...]: each token's slot."""
+        index = self.slot_of.view(*self.slot_of.shape, *[1] * (y.dim() - 2))
+        return y.gather(1, index.expand(*self.slot_of.shape, *y.shape[2:]))
+
+
+def run_memory_on_documents(memory, x: torch.Tensor, docs: torch.Tensor, prefix: torch.Tensor | None = None):
+    """A memory layer over the packed batch x [B, T, dim]: every document scanned from
+    the initial memory on its own chunk grid, as if it were alone; `prefix` [N_p, dim]
+    (MAL's persistent tokens) opens every document's stream, its outputs dropped."""
+    lead = 0 if prefix is None else prefix.shape[0]
+    layout = DocumentLayout.build(docs, align=memory.config.chunk_size, lead=lead)
+    y, _ = memory(layout.pack(x, prefix), None, starts=layout.starts)
+    return layout.unpack(y)
