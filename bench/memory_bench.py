@@ -111,7 +111,7 @@ def main() -> None:
 
     text = "\n\n".join(
         [
-            "### Neural memory, forward + backward, CPU (issue: chunk-parallel path)",
+            "### Neural memory, forward + backward, CPU",
             f"Machine: {machine()}. Command: `.venv-bench/bin/python -m bench.memory_bench`. "
             f"B={B}, width {DIM}, {HEADS} heads of {HEAD_DIM}, chunk {CHUNK}, depth {DEPTH}, expansion {EXPANSION}; "
             "peak = growth of resident memory during the timed steps, in a fresh process.",

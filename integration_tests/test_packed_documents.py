@@ -1,5 +1,5 @@
 """Packed documents under torchrun (gloo): with titans.attn_mask_type = "block_causal",
-FSDP2 and TP match one process for MAC and MAG, the masks change the run (the windows
+FSDP2 and TP match one process for MAC, MAG and MAL, the masks change the run (the windows
 hold three documents each), and validation runs on the packed validation corpus."""
 
 import math
@@ -33,7 +33,7 @@ def corpus(tmp_path_factory):
     return write_periodic_corpus(str(tmp_path_factory.mktemp("data") / "packed.jsonl"), DOC_LENGTHS)
 
 
-@pytest.mark.parametrize("pattern", ["CA", "GA"])
+@pytest.mark.parametrize("pattern", ["CA", "GA", "LA"])
 def test_packed_layouts_match_single_process(pattern, corpus, tmp_path):
     seed = make_seed_checkpoint(str(tmp_path), corpus, pattern)
     reference, dump = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed, extra=PACKED)

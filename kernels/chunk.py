@@ -202,21 +202,35 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
     return dq, da[0], dv, dtheta, dle, dlr, dW, dS
 
 
+def _restart(W, S, rows, init):
+    """Rows [B] (bool) of the chunk-start state restart from init, with zero momentum."""
+    r = rows.view(-1, 1, 1, 1)
+    return [torch.where(r, i, w) for i, w in zip(init, W)], [torch.where(r, torch.zeros_like(s), s) for s in S]
+
+
 class _ChunkScan(torch.autograd.Function):
-    """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum)."""
+    """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum).
+
+    resets [B, n_chunks] (bool) or None: rows restart from `init` (the last n_layers
+    tensors of `state`) before those chunks; the backward sends those chunks' start-state
+    gradient to init instead of to the chunk before."""
 
     @staticmethod
-    def forward(ctx, q, k, v, theta, le, lr, chunk_size, act_name, max_norm, n_layers, *state):
+    def forward(ctx, q, k, v, theta, le, lr, chunk_size, act_name, max_norm, n_layers, resets, *state):
         act = get_activation(act_name)
-        W, S = list(state[:n_layers]), list(state[n_layers:])
+        W, S = list(state[:n_layers]), list(state[n_layers : 2 * n_layers])
+        init = state[2 * n_layers :]
+        restart_at = set() if resets is None else set(resets.any(0).nonzero().flatten().tolist())
         T = q.shape[2]
         starts = list(range(0, T, chunk_size))
         # Chunk-start states are only kept when a backward can follow: inference holds
         # one state at a time, whatever the length.
         keep = any(ctx.needs_input_grad)
         saved_W, saved_S, outs = [], [], []
-        for start in starts:
+        for i, start in enumerate(starts):
             sl = slice(start, min(start + chunk_size, T))
+            if i in restart_at:
+                W, S = _restart(W, S, resets[:, i], init)
             if keep:
                 saved_W.append(W)
                 saved_S.append(S)
@@ -227,6 +241,7 @@ class _ChunkScan(torch.autograd.Function):
         flat_states = [t for W_, S_ in zip(saved_W, saved_S) for t in (*W_, *S_)]
         ctx.save_for_backward(q, k, v, theta, le, lr, *flat_states)
         ctx.meta = (chunk_size, act_name, max_norm, n_layers, len(starts))
+        ctx.resets, ctx.restart_at, ctx.n_init = resets, restart_at, len(init)
         return (torch.cat(outs, dim=2), *W, *S)
 
     @staticmethod
@@ -244,6 +259,7 @@ class _ChunkScan(torch.autograd.Function):
             name: torch.zeros_like(t)
             for name, t in (("q", q), ("k", k), ("v", v), ("theta", theta), ("le", le), ("lr", lr))
         }
+        dinit = [torch.zeros_like(flat[j]) for j in range(ctx.n_init)]
         for i in range(n_chunks - 1, -1, -1):
             W = flat[2 * L * i : 2 * L * i + L]
             S = flat[2 * L * i + L : 2 * L * (i + 1)]
@@ -257,6 +273,11 @@ class _ChunkScan(torch.autograd.Function):
                 grads[name][:, :, sl] = gval
             for name, gval in zip(("theta", "le", "lr"), (dth, dle, dlr)):
                 grads[name][..., sl] = gval
+            if i in ctx.restart_at:  # this chunk began from init, not from the chunk before
+                r = ctx.resets[:, i].view(-1, 1, 1, 1)
+                dinit = [d + torch.where(r, g, torch.zeros_like(g)) for d, g in zip(dinit, dW_next)]
+                dW_next = [torch.where(r, torch.zeros_like(g), g) for g in dW_next]
+                dS_next = [torch.where(r, torch.zeros_like(g), g) for g in dS_next]
         return (
             grads["q"],
             grads["k"],
@@ -268,8 +289,10 @@ class _ChunkScan(torch.autograd.Function):
             None,
             None,
             None,
+            None,
             *dW_next,
             *dS_next,
+            *dinit,
         )
 
 
@@ -284,20 +307,38 @@ def chunk_neural_memory(
     chunk_size: int = 64,
     activation: str = "silu",
     max_grad_norm: float | None = None,
+    resets: torch.Tensor | None = None,
+    initial: MemoryState | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Same contract as naive_neural_memory, computed chunk by chunk.
 
     q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
     A ragged tail (T not a multiple of chunk_size, or T < chunk_size) is one shorter chunk
-    and still updates the memory.
+    and still updates the memory. resets [B, n_chunks] with `initial`: rows restart from
+    initial's weights (zero momentum) before those chunks, inside the one chunk loop
+    (kernels/dispatch.py documents the contract).
     """
     get_activation(activation)  # validate the name before any work
     q, k, v, theta, le, lr, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
     L = len(state.weights)
     if q.shape[2] == 0:
         return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
+    init = () if resets is None else tuple(w.to(q.dtype) for w in initial.weights)
     out = _ChunkScan.apply(
-        q, k, v, theta, le, lr, chunk_size, activation, max_grad_norm or 0.0, L, *state.weights, *state.momentum
+        q,
+        k,
+        v,
+        theta,
+        le,
+        lr,
+        chunk_size,
+        activation,
+        max_grad_norm or 0.0,
+        L,
+        resets,
+        *state.weights,
+        *state.momentum,
+        *init,
     )
     y, W, S = out[0], out[1 : 1 + L], out[1 + L :]
     return y.transpose(1, 2), MemoryState(tuple(W), tuple(S))

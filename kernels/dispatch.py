@@ -68,11 +68,15 @@ def neural_memory_scan(
     resets [B, ceil(T / chunk_size)] (bool): row b restarts from `initial` (its weights,
     zero momentum) before chunk i where resets[b, i], as if a new sequence began there:
     packed documents, each laid out to start at a chunk boundary (blocks/documents.py).
-    The scan is cut at every chunk where some row restarts and each piece runs on the
-    unchanged kernels, so every backend honours it exactly, at the cost of one launch
-    per piece.
+    The chunked path restarts rows inside its chunk loop; for the others the scan is cut
+    at every chunk where some row restarts and each piece runs on the unchanged kernels
+    (one launch per piece).
     """
     backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm)
+    if resets is not None and backend == "chunk":  # restarts inside its own chunk loop
+        _check_resets(q, resets, initial, chunk_size)
+        args = (q, k, v, theta, eta, alpha, state, chunk_size, activation, max_grad_norm)
+        return chunk_neural_memory(*args, resets, initial)
     if resets is not None:
         return _scan_with_resets(
             (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm, backend
@@ -80,14 +84,18 @@ def neural_memory_scan(
     return _scan(backend, (q, k, v, theta, eta, alpha), state, chunk_size, activation, max_grad_norm)
 
 
-def _scan_with_resets(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, backend):
-    T = inputs[0].shape[1]
-    n_chunks = -(-T // chunk_size)
-    if initial is None or resets.shape != (inputs[0].shape[0], n_chunks):
+def _check_resets(q, resets, initial, chunk_size) -> int:
+    n_chunks = -(-q.shape[1] // chunk_size)
+    if initial is None or resets.shape != (q.shape[0], n_chunks):
         raise ValueError(
-            f"resets must be [batch, ceil(T / chunk_size)] = {[inputs[0].shape[0], n_chunks]} with an initial "
+            f"resets must be [batch, ceil(T / chunk_size)] = {[q.shape[0], n_chunks]} with an initial "
             f"state, got {list(resets.shape)} and initial={'given' if initial is not None else None}"
         )
+    return n_chunks
+
+
+def _scan_with_resets(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, backend):
+    n_chunks = _check_resets(inputs[0], resets, initial, chunk_size)
     cuts = resets.any(0).nonzero().flatten().tolist()  # one host sync per call
     bounds = sorted({0, *cuts, n_chunks})
     outs = []

@@ -129,3 +129,10 @@ def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
     assert set(stats) == {"theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms"}
     for key, value in eager.layers["0"].memory.last_stats.items():
         assert abs(float(stats[key]) - float(value)) <= 1e-5 * abs(float(value)), key
+
+
+def test_packed_documents_with_compile_fail_before_training():
+    job = load_job_config(CONFIG, "--titans.attn_mask_type", "block_causal", "--compile.enable")
+    with pytest.raises(ValueError, match=r"attn_mask_type='block_causal' cannot run with compile\.enable"):
+        train_args(job)
+    train_args(load_job_config(CONFIG, "--titans.attn_mask_type", "block_causal"))

@@ -87,15 +87,23 @@ def test_scan_restarts_match_separate_scans(backend):
 # kernel has none). Triton: below, against this.
 CASES = [(p, "chunk") for p in ["A", "W", "G", "L", "M", "C", "CGALWM"]]
 CASES += [(p, "naive") for p in ["G", "L", "M"]]
+# MAC segments shorter than the conv history: the history must not carry a previous
+# document into a document's second segment
+SHORT_SEGMENTS = dict(segment_len=2, chunk_size=2, conv_kernel=4)
 
 
-@pytest.mark.parametrize("pattern, kernel", CASES)
-def test_packed_batch_equals_each_document_alone(pattern, kernel):
-    model = tiny_model(pattern, n_layers=len(pattern) if len(pattern) > 1 else 2, kernel=kernel)
+@pytest.mark.parametrize(
+    "pattern, kernel, overrides", [(p, k, {}) for p, k in CASES] + [("C", "chunk", SHORT_SEGMENTS)]
+)
+def test_packed_batch_equals_each_document_alone(pattern, kernel, overrides):
+    model = tiny_model(pattern, n_layers=len(pattern) if len(pattern) > 1 else 2, kernel=kernel, **overrides)
     tol = dict(rtol=1e-9, atol=1e-10)
     model.model_args.titans.attn_mask_type = "block_causal"
     tokens, docs = packed_batch()
-    logits = model(tokens, attention_masks=document_ids(tokens, EOS))
+    ids = document_ids(tokens, EOS)
+    logits = model(tokens, attention_masks=ids)
+    # ids need only change where a document starts: any other numbering is the same batch
+    torch.testing.assert_close(model(tokens, attention_masks=3 * ids + 7), logits, rtol=0, atol=0)
     g = torch.Generator().manual_seed(3)
     weights = torch.randn(logits.shape, generator=g, dtype=logits.dtype)
     (logits * weights).sum().backward()
@@ -160,6 +168,6 @@ def test_bad_document_ids_and_mask_type_fail_clearly():
     with pytest.raises(ValueError, match="attention_masks must be document ids"):
         model(tokens, attention_masks=torch.ones(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="never decrease"):
-        model(tokens, attention_masks=document_ids(tokens, EOS).flip(1))
+        model(tokens, attention_masks=document_ids(tokens, EOS).flip(1) - 3)
     with pytest.raises(ValueError, match=r"titans.attn_mask_type must be one of \['causal', 'block_causal'\]"):
         TitansConfig(attn_mask_type="document").validate(32, 2)

@@ -35,6 +35,19 @@ def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int =
         )
 
 
+def check_compile(args: TitansModelArgs, compile_config) -> None:
+    """Packed documents are laid out by where they start, which per-block
+    torch.compile(fullgraph=True) cannot trace."""
+    enabled = compile_config is not None and compile_config.enable and "model" in compile_config.components
+    if enabled and args.titans.attn_mask_type == "block_causal":
+        raise ValueError(
+            "titans.attn_mask_type='block_causal' cannot run with compile.enable = true (components "
+            "including 'model'): the document layout depends on where documents start, which "
+            "torch.compile(fullgraph=True) cannot trace. Set compile.enable = false, or leave 'model' "
+            "out of compile.components, or titans.attn_mask_type = 'causal'"
+        )
+
+
 @dataclass
 class TitansTrainArgs(TitansModelArgs, BaseModelArgs):
     def update_from_config(self, job_config, **kwargs) -> None:
@@ -51,6 +64,7 @@ class TitansTrainArgs(TitansModelArgs, BaseModelArgs):
         self.validate(seq_len=job_config.training.seq_len)
         p = job_config.parallelism
         check_parallel_layout(self, p.tensor_parallel_degree, p.pipeline_parallel_degree, p.context_parallel_degree)
+        check_compile(self, getattr(job_config, "compile", None))
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
         return model_nparams_and_flops(model, seq_len)

@@ -77,6 +77,22 @@ def causal_attention(q, k, v):
     return out.transpose(1, 2)
 
 
+def document_causal_attention(q, k, v, doc_ids):
+    """Full causal attention inside each document of a packed batch: the fused causal
+    kernel on each document's span, so no [T, T] mask and no work across documents."""
+    B, T = doc_ids.shape
+    change = (doc_ids[:, 1:] != doc_ids[:, :-1]).nonzero().tolist()  # one host sync
+    cuts = [[0] for _ in range(B)]
+    for b, t in change:
+        cuts[b].append(t + 1)
+    rows = []
+    for b in range(B):
+        bounds = [*cuts[b], T]
+        spans = [causal_attention(*(x[b : b + 1, lo:hi] for x in (q, k, v))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        rows.append(torch.cat(spans, dim=1))
+    return torch.cat(rows, dim=0)
+
+
 def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None, same_doc=None):
     """q [B, T, Hq, D] at positions q_pos [T]; k, v [B, S, Hkv, D] at k_pos [S];
     same_doc [B, T, S]: also require query and key to share a document."""
@@ -182,7 +198,9 @@ class Attention(nn.Module):
         q, k, v = self.project(x, freqs_cis, pos)
         pk, pv = self.persistent_kv()
         if doc_ids is not None:
-            if self.window is not None and T > self.window:
+            if self.window is None and pk is None:
+                out = document_causal_attention(q, k, v, doc_ids)
+            elif self.window is not None and T > self.window:
                 out = banded_attention(q, k, v, self.window, pk, pv, doc_ids)
             else:
                 t = torch.arange(T, device=x.device)

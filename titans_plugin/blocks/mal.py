@@ -52,7 +52,8 @@ class MALBlock(TitansBlockBase):
 
     def _memory(self, x, cache: MALCache | None, docs=None):
         if docs is not None:  # every document gets the persistent prefix
-            prefix = None if self.persistent is None else self.persistent.tokens
+            # through the module: under tensor parallel its output is a local tensor
+            prefix = None if self.persistent is None else self.persistent(1, x.dtype)[0]
             return run_memory_on_documents(self.memory, x, docs, prefix), None
         return run_prefixed_memory(self.memory, self.persistent, x, None if cache is None else cache.memory)
 

@@ -14,7 +14,9 @@ def causal_depthwise_conv(
     (zeros at the start). Returns the output and the last K - 1 inputs as the next tail.
 
     starts_BT (bool): a document begins at these tokens; a tap never reaches back past the
-    start of its token's document (nor into the tail, once a document has begun)."""
+    start of its token's document (nor into the tail, once a document has begun), and the
+    returned tail holds zeros for inputs before the last start, so a later call cannot
+    reach them either."""
     B, T, C = x_BTC.shape
     K = weight_CK.shape[-1]
     if tail_BKC is None:
@@ -28,4 +30,7 @@ def causal_depthwise_conv(
         last_start = torch.cummax(torch.where(starts_BT, t, -K), dim=1).values  # -K: none yet
         reach = (t - last_start).unsqueeze(-1)  # how far back this token's document goes
         out = sum(w[:, K - 1 - m] * xp[:, K - 1 - m : K - 1 - m + T] * (m <= reach) for m in range(K))
+        tail = xp[:, xp.shape[1] - (K - 1) :]
+        tail_pos = torch.arange(T - K + 1, T, device=x_BTC.device)  # negative: the old tail
+        return out, tail * (tail_pos >= last_start[:, -1:]).unsqueeze(-1)
     return out, xp[:, xp.shape[1] - (K - 1) :]
