@@ -159,3 +159,46 @@ def test_converter_keeps_comments_layout_and_values():
     assert parsed["titans"] == {"pattern": "GGA", "memory_heads": 32, "window": 2048}
     assert parsed["experimental"]["custom_import"] == "titans_plugin"
     assert convert(out.replace("titans", "llama3", 1).replace('"llama3_8B"', '"8B"'), "G").count("[titans]") == 1
+
+
+SHARED = {
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+    "attention_norm.weight",
+    "ffn_norm.weight",
+}
+
+
+def test_swap_keeps_the_weights_the_new_block_shares():
+    from titans_plugin.hybrid import shared_weights
+
+    model = _llama()
+    old = {i: copy.deepcopy(model.layers[str(i)]) for i in (1, 2, 3)}
+    swap_layers(model, {1: "G", 2: "L", 3: "C"}, dataclasses.replace(SMALL, memory_out_init="zero"))
+    for i, o in old.items():
+        new = model.layers[str(i)]
+        assert set(shared_weights(o, new)) == SHARED, i
+        for name in SHARED:
+            assert torch.equal(new.state_dict()[name], o.state_dict()[name]), (i, name)
+        assert torch.count_nonzero(new.memory.wo.weight) == 0  # memory_out_init = "zero"
+        assert new.memory.init_memory[0].std() > 0  # what is new is initialised, not copied
+    fresh = _llama()
+    swap_layers(fresh, {1: "G"}, SMALL, keep_weights=False)
+    assert not torch.equal(fresh.layers["1"].attention.wq.weight, old[1].attention.wq.weight)
+
+
+def test_mal_with_a_zero_memory_output_starts_as_the_transformer():
+    """Stacked MAL with memory_out_init = "zero" and a window covering the sequence
+    computes what the llama3 model computed, so continued training starts from its loss."""
+    model = _llama()
+    tokens = torch.randint(0, 2048, (2, 16))
+    with torch.no_grad():
+        before = model(tokens)
+        swap_layers(model, {0: "L", 2: "L"}, dataclasses.replace(SMALL, memory_out_init="zero"))
+        after = model(tokens)
+    assert (after - before).abs().max() <= 1e-5

@@ -33,6 +33,7 @@ class TitansConfig:
     max_grad_norm: float = 1.0  # per-token inner-gradient clip; 0 = off
     lr_init: float = 0.1  # inner learning rate at initialisation, fraction of max_lr
     forget_init: float = 0.01  # forgetting at initialisation, fraction of max_forget
+    memory_out_init: str = "normal"  # "zero": memory output projection starts at zero
     gate_mode: str = "token"
     kernel: str = "auto"  # auto (triton on CUDA, chunk elsewhere), chunk, triton, naive
     # attention around the memory
@@ -74,6 +75,7 @@ class TitansConfig:
             max_grad_norm=self.max_grad_norm,
             lr_init=self.lr_init,
             forget_init=self.forget_init,
+            out_init=self.memory_out_init,
             gate_mode=self.gate_mode,
             backend=self.kernel,
         )
@@ -105,6 +107,7 @@ class TitansConfig:
         _check(self, "max_grad_norm", self.max_grad_norm >= 0, "a number >= 0 (0 = no clipping)")
         _check(self, "lr_init", 0 < self.lr_init < 1, "in (0, 1) (a fraction of titans.max_lr)")
         _check(self, "forget_init", 0 < self.forget_init < 1, "in (0, 1) (a fraction of titans.max_forget)")
+        _one_of(self, "memory_out_init", ["normal", "zero"])
         _one_of(self, "gate_mode", list(GATE_MODES))
         _one_of(self, "kernel", list(BACKENDS))
         if self.kernel == "triton" and self.memory_depth not in TRITON_DEPTHS:

@@ -77,11 +77,17 @@ def _target_layers(n_layers: int, spec) -> dict[int, str]:
     return dict(enumerate(parse_layer_spec(spec, n_layers)))
 
 
-def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None) -> list[int]:
+def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None, keep_weights: bool = True) -> list[int]:
     """Replace layers in place. `spec`: a pattern string, a per-layer list, or a mapping
     {0-based index: letter}; layers whose letter is 'A' are left untouched. Returns the
     indices replaced. New layers are built on the replaced layer's device and dtype and
-    initialised (unless on the meta device, where the model's init_weights will do it)."""
+    initialised (unless on the meta device, where the model's init_weights will do it).
+
+    keep_weights: every parameter the new block shares with the old one (same name and
+    shape: attention wq/wk/wv/wo, feed-forward w1/w2/w3, attention_norm, ffn_norm) is
+    copied from it; only what is new (memory, gates, persistent tokens, MAL's
+    memory_norm) keeps its fresh initialisation. On the meta device there is nothing to
+    copy yet: load the converted checkpoint instead."""
     if not isinstance(getattr(model, "layers", None), nn.ModuleDict):
         raise ValueError("swap_layers needs model.layers to be an nn.ModuleDict keyed '0'..'n-1'")
     args = model.model_args
@@ -99,6 +105,24 @@ def swap_layers(model: nn.Module, spec, titans: TitansConfig | None = None) -> l
             new = build_block(letter, index, args, titans)
         if ref.device.type != "meta":
             new.init_weights()
+            if keep_weights:
+                copy_shared_weights(old, new)
         model.layers[str(index)] = new.to(dtype=ref.dtype)
         replaced.append(index)
     return replaced
+
+
+def shared_weights(old: nn.Module, new: nn.Module) -> list[str]:
+    """Names of the parameters and buffers `new` shares with `old`: same name, same shape."""
+    theirs = old.state_dict()
+    return [k for k, v in new.state_dict().items() if k in theirs and theirs[k].shape == v.shape]
+
+
+@torch.no_grad()
+def copy_shared_weights(old: nn.Module, new: nn.Module) -> list[str]:
+    """Copy every shared parameter (shared_weights) from old into new; returns their names."""
+    theirs, mine = old.state_dict(), new.state_dict()
+    names = shared_weights(old, new)
+    for name in names:
+        mine[name].copy_(theirs[name])
+    return names

@@ -31,6 +31,9 @@ class MemoryConfig:
     # is what lets it hold a fact through far more filler than it was trained on.
     lr_init: float = 0.1
     forget_init: float = 0.01
+    # "zero": the output projection starts at zero, so the memory adds nothing until it
+    # has learned to (a function-preserving start when converting a trained Transformer)
+    out_init: str = "normal"
     # Per-token clip of the inner gradient (all layers, per head); 0 = off. On by default:
     # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
     max_grad_norm: float = 1.0

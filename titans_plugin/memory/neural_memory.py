@@ -98,7 +98,10 @@ class NeuralMemory(nn.Module):
         self.input_norm.reset_parameters()
         for lin in (self.wq, self.wk, self.wv, self.w_out_gate):
             nn.init.trunc_normal_(lin.weight, std=0.02)
-        nn.init.trunc_normal_(self.wo.weight, std=init_std)
+        if self.config.out_init == "zero":
+            nn.init.zeros_(self.wo.weight)
+        else:
+            nn.init.trunc_normal_(self.wo.weight, std=init_std)
         nn.init.trunc_normal_(self.w_gates.weight, std=0.02)
         with torch.no_grad():
             # Start with a modest step, strong momentum and little forgetting.
