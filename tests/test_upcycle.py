@@ -1,5 +1,5 @@
 """Upcycling a trained Transformer checkpoint into a hybrid checkpoint (single process;
-integration_tests/test_upcycle.py runs it sharded and trains from the result)."""
+integration_tests/test_upcycle_torchrun.py runs it sharded and trains from the result)."""
 
 import os
 
