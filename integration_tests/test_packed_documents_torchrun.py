@@ -39,8 +39,9 @@ def test_packed_layouts_match_single_process(pattern, corpus, tmp_path):
     reference, dump = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed, extra=PACKED)
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert reference[STEPS] < reference[1]
-    causal, _ = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed, name=f"{pattern}_causal")
-    assert causal[1] != reference[1], "block_causal must change what the model computes on packed windows"
+    if pattern == "CA":  # the masks matter: without them the same windows give another run
+        causal, _ = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed, name=f"{pattern}_causal")
+        assert causal[1] != reference[1], "block_causal must change what the model computes on packed windows"
     for layout in ["fsdp2", "tp2"]:
         curve, _ = run_layout(str(tmp_path), corpus, pattern, layout, STEPS, seed, extra=PACKED)
         for step, loss in reference.items():
