@@ -94,7 +94,8 @@ def upcycle(source: str, config: str, output: str, overrides: list[str] = (), lo
     n_bytes = sum(state[k].numel() * state[k].element_size() for k in shared)
     log(f"copying {len(shared)} tensors ({n_bytes / 2**20:,.1f} MiB) from {source}")
     dcp.load({k: state[k] for k in shared}, checkpoint_id=source)
-    log(f"initialised {len(new)} new tensors ({', '.join(sorted({k.split('.')[-2] for k in new}))[:200]})")
+    parts = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in new})  # memory, gate, ...
+    log(f"initialised {len(new)} new tensors (per layer: {', '.join(parts)})")
     log(f"writing {len(state)} tensors to {output}")
     dcp.save(state, checkpoint_id=output)
     log("done")
