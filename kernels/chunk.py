@@ -202,12 +202,6 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
     return dq, da[0], dv, dtheta, dle, dlr, dW, dS
 
 
-def _restart(W, S, rows, init):
-    """Rows [B] (bool) of the chunk-start state restart from init, with zero momentum."""
-    r = rows.view(-1, 1, 1, 1)
-    return [torch.where(r, i, w) for i, w in zip(init, W)], [torch.where(r, torch.zeros_like(s), s) for s in S]
-
-
 class _ChunkScan(torch.autograd.Function):
     """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum).
 
@@ -230,7 +224,7 @@ class _ChunkScan(torch.autograd.Function):
         for i, start in enumerate(starts):
             sl = slice(start, min(start + chunk_size, T))
             if i in restart_at:
-                W, S = _restart(W, S, resets[:, i], init)
+                W, S = MemoryState(tuple(W), tuple(S)).reset_rows(resets[:, i], MemoryState(init, ()))
             if keep:
                 saved_W.append(W)
                 saved_S.append(S)
