@@ -76,14 +76,12 @@ class DocumentLayout(NamedTuple):
     starts     [B, T'] True at the first slot of each document (its lead slots first)
     positions  [B, T'] position of a slot within its document (0 at the first token,
                negative on lead slots; pads continue their document's count, clamped to T-1)
-    doc_of     [B, T'] document index of each slot (pads belong to the document before)
     lead       slots in front of each document
     """
 
     slot_of: torch.Tensor
     starts: torch.Tensor
     positions: torch.Tensor
-    doc_of: torch.Tensor
     lead: int
 
     @staticmethod
@@ -102,10 +100,10 @@ class DocumentLayout(NamedTuple):
         # documents of length 0 (ids past the last document) all write to a dropped column
         starts.scatter_(1, torch.where(lengths > 0, slot_start, n_slots), True)
         starts = starts[:, :n_slots]
-        doc_of = torch.cumsum(starts.long(), 1) - 1
+        doc_of = torch.cumsum(starts.long(), 1) - 1  # pads belong to the document before
         s = torch.arange(n_slots, device=ids.device)
         positions = (s - slot_start.gather(1, doc_of) - lead).clamp(max=max(T - 1, 0))
-        return DocumentLayout(slot_of, starts, positions, doc_of, lead)
+        return DocumentLayout(slot_of, starts, positions, lead)
 
     @property
     def n_slots(self) -> int:
