@@ -57,7 +57,8 @@ def naive_neural_memory(
         q_t, k_t, v_t = (x[:, t].to(dtype).unsqueeze(-2) for x in (q, k, v))  # [B, H, 1, D]
         theta_t, eta_t, alpha_t = (g[:, t].to(dtype)[..., None, None] for g in (theta, eta, alpha))
         with torch.enable_grad():
-            leaves = [w if w.requires_grad else w.detach().requires_grad_() for w in chunk_start]
+            # Under no_grad a view of a parameter still says requires_grad, with no graph.
+            leaves = [w if outer_grad and w.requires_grad else w.detach().requires_grad_() for w in chunk_start]
             # Summing over batch and heads is fine: each (b, h) owns its weights.
             loss = (memory_mlp(k_t, leaves, act) - v_t).pow(2).sum()
             grads = torch.autograd.grad(loss, leaves, create_graph=outer_grad)

@@ -103,18 +103,28 @@ def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None, same_doc=N
     return _sdpa(q, k, v, mask)
 
 
-def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None):
+def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None, past=None):
     """Sliding-window attention over one sequence (q, k, v aligned, positions 0..T-1);
-    doc_ids [B, T]: a query sees only keys of its own document."""
+    doc_ids [B, T]: a query sees only keys of its own document. past: keys and values
+    [B, n, H_kv, D] of the n < window positions before position 0 (context parallel: the
+    end of the previous shard), else none."""
     B, T, Hq, D = q.shape
     W = window
     n = -(-T // W)
     pad = n * W - T
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-    # keys of block i: positions [(i-1)W, (i+1)W); block -1 is zeros, masked out below
-    k_prev = F.pad(k, (0, 0, 0, 0, W, 0))[:, : n * W]
-    v_prev = F.pad(v, (0, 0, 0, 0, W, 0))[:, : n * W]
+    n_past = 0 if past is None else past[0].shape[1]
+    # keys of block i: positions [(i-1)W, (i+1)W); block -1 is the past, zero-padded in
+    # front to W and masked out below where there is none
+    if past is None:
+        k_prev = F.pad(k, (0, 0, 0, 0, W, 0))[:, : n * W]
+        v_prev = F.pad(v, (0, 0, 0, 0, W, 0))[:, : n * W]
+    else:
+        k_prev, v_prev = (
+            torch.cat([F.pad(p.to(t.dtype), (0, 0, 0, 0, W - n_past, 0)), t], dim=1)[:, : n * W]
+            for p, t in zip(past, (k, v))
+        )
 
     def blocks(t):
         return t.reshape(B, n, W, *t.shape[2:])
@@ -126,7 +136,7 @@ def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None):
     j = torch.arange(2 * W, device=q.device) - W  # key offset relative to block start
     mask = visible(i, j, window)  # same for every block...
     mask = mask.expand(n, W, 2 * W).clone()
-    mask[0, :, :W] = False  # ...except that block 0 has no previous block
+    mask[0, :, : W - n_past] = False  # ...except that block 0 has no previous block (or part of one)
     if doc_ids is not None:
         ids = F.pad(doc_ids, (0, pad), value=-1)
         ids_prev = F.pad(ids, (W, 0), value=-1)[:, : n * W]
@@ -184,6 +194,25 @@ class Attention(nn.Module):
         k, v = self.project_kv(x, freqs_cis, pos)
         q = self.wq(x).view(B, T, -1, self.head_dim)
         return apply_rope(q, rope_freqs(freqs_cis, pos, T)), k, v
+
+    def forward_shard(self, x, freqs_cis, shard):
+        """Context parallel: x [B, T, dim] is one contiguous shard of the sequence
+        (blocks/sequence_shard.py); the keys and values of earlier positions come from the
+        shards before it: the last window - 1, or all of them without a window."""
+        B, T, _ = x.shape
+        pos = shard.offset
+        q, k, v = self.project(x, freqs_cis, pos)
+        pk, pv = self.persistent_kv()
+        past = shard.previous((k, v), None if self.window is None else self.window - 1)
+        if self.window is not None and T > self.window:
+            out = banded_attention(q, k, v, self.window, pk, pv, past=past)
+        else:
+            n = past[0].shape[1]
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+            q_pos = torch.arange(pos, pos + T, device=x.device)
+            k_pos = torch.arange(pos - n, pos + T, device=x.device)
+            out = masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
+        return self.wo(out.reshape(B, T, -1))
 
     def forward(self, x, freqs_cis, cache: KVCache | None = None, doc_ids: torch.Tensor | None = None):
         """x [B, T, dim] -> (out [B, T, dim], cache for the next call). doc_ids [B, T]

@@ -21,6 +21,10 @@ class AttentionBlock(TitansBlockBase):
     def mix(self, x, freqs_cis, cache, docs=None):
         return self.attention(x, freqs_cis, cache, docs)
 
+    def forward_shard(self, x, freqs_cis, shard):
+        """Context parallel: no state chain, only the earlier keys (blocks/attention.py)."""
+        return self._residual(x, self.attention.forward_shard(self.attention_norm(x), freqs_cis, shard))
+
     def attention_context(self, seq_len: int) -> int:
         window = self.attention.window
         return seq_len if window is None else min(window, seq_len)

@@ -65,12 +65,15 @@ class TitansBlockBase(nn.Module):
         mixer then computes, for each document, what it computes for that document alone."""
         raise NotImplementedError
 
-    def forward(self, x, freqs_cis, attention_masks=None, positions=None):
-        """Same signature as torchtitan's llama3 TransformerBlock. attention_masks: None
-        (causal) or the document ids [B, T] that the model builds for
-        titans.attn_mask_type = "block_causal"."""
+    def forward(self, x, freqs_cis, attention_masks=None, positions=None, shard=None):
+        """torchtitan's llama3 TransformerBlock signature. attention_masks: None (causal)
+        or the document ids [B, T] that the model builds for
+        titans.attn_mask_type = "block_causal". shard: context parallel, x is this
+        SequenceShard of the sequence (blocks/sequence_shard.py)."""
         if positions is not None:
             raise ValueError(f"{type(self).__name__} takes no positions (they must be None)")
+        if shard is not None:
+            return self.forward_shard(x, freqs_cis, shard)
         out, _ = self.forward_cached(x, freqs_cis, None, docs=attention_masks)
         return out
 
@@ -79,8 +82,17 @@ class TitansBlockBase(nn.Module):
         if docs is not None and cache is not None:
             raise ValueError("packed documents (docs) apply to a whole sequence, not to decoding with a cache")
         mixed, cache = self.mix(self.attention_norm(x), freqs_cis, cache, docs)
+        return self._residual(x, mixed), cache
+
+    def _residual(self, x, mixed):
         h = x + mixed
-        return h + self.feed_forward(self.ffn_norm(h)), cache
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def forward_shard(self, x, freqs_cis, shard):
+        """Context parallel. By default the block continues from the cache the previous
+        shard ended with, as decoding would, and hands its own on: exact for every block,
+        but each shard waits for the one before it. Blocks with parallel parts override."""
+        return shard.serial(lambda x, cache: self.forward_cached(x, freqs_cis, cache), x)
 
     def init_weights(self) -> None:
         """Children with an output projection (attention, memory, feed-forward) take the

@@ -41,5 +41,14 @@ class MAGBlock(TitansBlockBase):
         m, mem = self.memory(x, None if cache is None else cache.memory)
         return self.gate(y, m), MAGCache(kv, mem)
 
+    def forward_shard(self, x, freqs_cis, shard):
+        """Context parallel: the attention runs first, needing only the earlier keys,
+        while the previous shard may still be scanning; then the memory continues from
+        the state that shard hands over."""
+        xn = self.attention_norm(x)
+        y = self.attention.forward_shard(xn, freqs_cis, shard)
+        m = shard.serial(self.memory, xn)
+        return self._residual(x, self.gate(y, m))
+
     def attention_context(self, seq_len: int) -> int:
         return min(self.attention.window, seq_len) + self.attention.n_persistent

@@ -10,6 +10,7 @@ from torch import nn
 from titans_plugin.blocks import build_block
 from titans_plugin.blocks.documents import check_document_ids, document_ids
 from titans_plugin.blocks.rope import precompute_freqs_cis
+from titans_plugin.blocks.sequence_shard import contiguous_shard, flush_sends
 
 from .args import TitansModelArgs
 
@@ -29,7 +30,14 @@ class TitansTransformer(nn.Module):
             self.layers[str(i)] = build_block(letter, i, model_args, model_args.titans)
         self.norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
         self.output = nn.Linear(model_args.dim, model_args.vocab_size, bias=False)
+        self.sequence_group = None  # context parallel: the ranks that share each sequence
         self.init_weights()
+
+    def shard_sequence(self, group) -> None:
+        """Context parallel over `group` (a process group): from now on forward receives
+        one shard of each sequence (torchtitan shards the batch before the model) and
+        exchanges with the other shards what the blocks need (blocks/sequence_shard.py)."""
+        self.sequence_group = group
 
     def _precompute_freqs_cis(self) -> torch.Tensor:
         a = self.model_args
@@ -60,13 +68,27 @@ class TitansTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
         """attention_masks: None, or document ids [B, T] (get_attention_masks) for a
-        packed batch."""
+        packed batch. positions [B, T]: context parallel only, where in the sequence the
+        trainer's shard of tokens lies."""
+        if self.sequence_group is not None:
+            return self._forward_shard(tokens, positions)
+        if positions is not None:
+            raise ValueError("positions are given only under context parallel (shard_sequence)")
         if attention_masks is not None:
             check_document_ids(attention_masks, tokens.shape)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
-            h = layer(h, self.freqs_cis, attention_masks=attention_masks, positions=positions)
+            h = layer(h, self.freqs_cis, attention_masks=attention_masks)
         return self.output(self.norm(h))
+
+    def _forward_shard(self, tokens: torch.Tensor, positions) -> torch.Tensor:
+        flush_sends()  # the last backward's gradient sends (received by now)
+        shard, tokens, restore = contiguous_shard(self.sequence_group, tokens, positions)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers.values():
+            h = layer(h, self.freqs_cis, shard=shard)
+        flush_sends()  # the next shard has what this forward sent once its own forward is done
+        return self.output(self.norm(restore(h)))
 
     @torch.no_grad()
     def forward_cached(self, tokens: torch.Tensor, caches: list | None = None, starts: torch.Tensor | None = None):

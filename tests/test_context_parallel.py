@@ -1,0 +1,94 @@
+"""Context parallel: P processes (gloo), each holding one shard of every sequence, give
+the single-process logits and parameter gradients for every block type, fp64 to 1e-9.
+
+The shard lengths are chosen to cut through what a block carries across the boundary:
+MAC segments and memory chunks that straddle two shards, MAL's persistent prefix that
+puts the memory's chunk grid off the shard grid, windows longer than a shard (keys from
+two shards back) and shorter ones (a halo from the neighbour), and torchtitan's
+head-tail layout (each rank holds two separate chunks of the sequence)."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from devtools.models import max_rel_err, tiny_model
+
+PATTERNS = ["A", "W", "G", "L", "M", "C", "CGALWM"]
+# Relative to each tensor's largest entry. fp64; a shard that starts inside a memory chunk
+# re-runs that chunk from its start state in another order, and the gate gradients'
+# sums cancel (measured up to 1.4e-8 for MAL, whose prefix puts every shard start
+# mid-chunk; under 1e-10 otherwise).
+TOL = 1e-7
+
+
+def _check(actual, expected, what):
+    err = max_rel_err(actual, expected)
+    assert err <= TOL, f"{what}: relative error {err:.2e}"
+
+
+def _positions(rank: int, size: int, T: int, layout: str) -> torch.Tensor:
+    if layout == "contiguous":
+        n = T // size
+        return torch.arange(rank * n, (rank + 1) * n)
+    n = T // (2 * size)  # head-tail: chunks rank and 2P - 1 - rank
+    head = torch.arange(rank * n, (rank + 1) * n)
+    tail = torch.arange((2 * size - 1 - rank) * n, (2 * size - rank) * n)
+    return torch.cat([head, tail])
+
+
+def _worker(rank, size, store_path, T, layout, cases):
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=size)
+    try:
+        torch.manual_seed(0)
+        tokens = torch.randint(0, 50, (2, T))
+        weight = torch.randn(2, T, 50, dtype=torch.float64)  # the loss: a random linear functional
+        for pattern, titans in cases:
+            reference = tiny_model(pattern, **titans)
+            logits = reference(tokens)
+            (logits * weight).sum().backward()
+
+            model = tiny_model(pattern, **titans)
+            model.shard_sequence(dist.group.WORLD)
+            pos = _positions(rank, size, T, layout)
+            local = model(tokens[:, pos], positions=pos.expand(2, -1))
+            _check(local, logits[:, pos].detach(), f"{pattern} {titans} logits")
+            (local * weight[:, pos]).sum().backward()
+            for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                dist.all_reduce(g)
+                _check(g, q.grad, f"{pattern} {titans} grad {name}")
+            with torch.no_grad():  # no autograd: the same exchanges, no gradients
+                _check(model(tokens[:, pos], positions=pos.expand(2, -1)), local.detach(), f"{pattern} no_grad")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(size, T, layout, cases):
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(size, os.path.join(d, "store"), T, layout, cases), nprocs=size, join=True)
+
+
+def test_two_shards_match_one_process():
+    """T = 24 over 2: shards of 12 (3 chunks, 2 segments, halo of window - 1 = 4)."""
+    _run(2, 24, "contiguous", [(p, {}) for p in PATTERNS] + [("L", {"mal_form": "fused"})])
+
+
+def test_three_shards_cut_segments_and_reach_past_a_neighbour():
+    """T = 24 over 3: shards of 8 cut MAC segments of 6; a window of 10 needs keys from
+    two shards back (all-gathered); a chunk of 4 with MAL's 2-token prefix is cut in two."""
+    cases = [(p, {}) for p in ("C", "L", "G")] + [(p, {"window": 10}) for p in ("W", "G", "L")]
+    _run(3, 24, "contiguous", cases)
+
+
+def test_head_tail_layout():
+    """torchtitan's default load balancer: each rank holds two chunks of the sequence."""
+    _run(2, 24, "headtail", [(p, {}) for p in ("CGALWM", "A")])
+
+
+@pytest.mark.parametrize("backend", ["naive"])
+def test_per_token_reference_scan(backend):
+    _run(2, 24, "contiguous", [("M", {"kernel": backend}), ("G", {"kernel": backend})])

@@ -1,0 +1,265 @@
+"""Context parallel: one rank's contiguous shard of the sequence, and what crosses shards.
+
+With `parallelism.context_parallel_degree = P` the sequence of every row is cut into P
+contiguous shards of T / P tokens; rank r holds tokens [r T/P, (r + 1) T/P). A block
+then needs from the shards before it exactly what it would have carried in its decoding
+cache had it processed them itself:
+
+- a memory layer (and MAC, whose segments interleave attention and memory) continues
+  from the state the previous rank ended with: `serial` receives it, runs the block, and
+  hands the end state on; in the backward the state's gradient flows back the same way.
+  This chain is sequential over ranks, as the scan is over tokens.
+- attention needs the keys and values of earlier positions: a sliding window the last
+  window - 1 (`previous`, a point-to-point halo when one shard holds them), full
+  attention all of them (an all-gather). These do not wait for any scan.
+
+Each exchange is an autograd Function whose backward sends the gradient back along the
+path the values came, so the loss on every rank reaches every parameter as in one
+process. Outside of autograd (validation, no_grad) the same messages flow without it.
+"""
+
+import pickle
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+# Sends not yet known to be complete, with the buffers they read (kept alive until then).
+# Process-wide: the backward's sends outlive the forward's SequenceShard.
+_OUTSTANDING: list = []
+
+
+def flush_sends() -> None:
+    """Wait for every send posted so far (their buffers may then be freed)."""
+    for work, _ in _OUTSTANDING:
+        work.wait()
+    _OUTSTANDING.clear()
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    group: dist.ProcessGroup
+    rank: int  # position of this shard in the sequence (the rank in `group`)
+    size: int  # number of shards
+    length: int  # tokens per shard
+
+    @staticmethod
+    def of(group: dist.ProcessGroup, local_len: int) -> "SequenceShard":
+        return SequenceShard(group, dist.get_rank(group), dist.get_world_size(group), local_len)
+
+    @property
+    def offset(self) -> int:
+        """Position of this shard's first token in the whole sequence."""
+        return self.rank * self.length
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def _peer(self, shard: int) -> int:
+        return dist.get_global_rank(self.group, shard)
+
+    # -- point-to-point primitives ----------------------------------------------------
+    def _send(self, tensor: torch.Tensor, shard: int) -> None:
+        tensor = tensor.detach().contiguous()
+        _OUTSTANDING.append((dist.isend(tensor, self._peer(shard), group=self.group), tensor))
+
+    def _recv(self, shape, dtype, device, shard: int) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype, device=device)
+        dist.recv(out, self._peer(shard), group=self.group)
+        return out
+
+    def _send_tree(self, tree, shard: int, device) -> list[torch.Tensor]:
+        """Send any pytree (NamedTuples of tensors, ints, None) to `shard`; returns its
+        distinct floating-point tensors, the ones whose gradients come back. A tensor
+        that appears twice (a memory state that is also its chunk-start state) travels once."""
+        leaves, spec = tree_flatten(tree)
+        tensors, index, layout = [], {}, []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                if id(leaf) not in index:
+                    index[id(leaf)] = len(tensors)
+                    tensors.append(leaf)
+                layout.append(("tensor", index[id(leaf)]))
+            else:
+                layout.append(("value", leaf))
+        meta = pickle.dumps((spec, layout, [(t.shape, t.dtype) for t in tensors]))
+        header = torch.tensor([len(meta)], dtype=torch.int64, device=device)
+        self._send(header, shard)
+        self._send(torch.frombuffer(bytearray(meta), dtype=torch.uint8).to(device), shard)
+        for t in tensors:
+            self._send(t, shard)
+        return [t for t in tensors if t.is_floating_point()]
+
+    def _recv_tree(self, shard: int, device):
+        """What _send_tree sent: (the pytree, its distinct floating-point tensors, a
+        function that rebuilds the pytree from replacements for those tensors)."""
+        header = self._recv((1,), torch.int64, device, shard)
+        meta = self._recv((int(header.item()),), torch.uint8, device, shard)
+        spec, layout, shapes = pickle.loads(meta.cpu().numpy().tobytes())
+        tensors = [self._recv(shape, dtype, device, shard) for shape, dtype in shapes]
+        floats = [i for i, t in enumerate(tensors) if t.is_floating_point()]
+
+        def rebuild(replacements):
+            ts = list(tensors)
+            for i, r in zip(floats, replacements):
+                ts[i] = r
+            return tree_unflatten([ts[v] if kind == "tensor" else v for kind, v in layout], spec)
+
+        return rebuild, [tensors[i] for i in floats]
+
+    # -- the state chain (memory scans, MAC) ------------------------------------------
+    def serial(self, step, x: torch.Tensor):
+        """out, state = step(x, state) continuing from the previous shard's end state
+        (None on the first shard); hands the end state to the next shard. Returns out."""
+        state = None
+        if not self.is_first:
+            rebuild, floats = self._recv_tree(self.rank - 1, x.device)
+            if torch.is_grad_enabled():
+                floats = list(_StateFromPrevious.apply(self, x, *floats))
+            state = rebuild(floats)
+        out, state = step(x, state)
+        if not self.is_last:
+            floats = self._send_tree(state, self.rank + 1, x.device)
+            if torch.is_grad_enabled() and out.requires_grad:
+                out = _StateToNext.apply(self, out, *floats)
+        return out
+
+    # -- attention's earlier keys -------------------------------------------------------
+    def previous(self, tensors: tuple[torch.Tensor, ...], n: int | None) -> tuple[torch.Tensor, ...]:
+        """For each [B, T_local, ...] tensor, its values at the n positions before this
+        shard (all earlier positions when n is None; fewer near the start). Every shard
+        must call this with the same n: it is an exchange between all of them."""
+        if n is not None and n <= self.length:  # one neighbour holds them: a halo
+            if self.size == 1:
+                return tuple(t[:, :0] for t in tensors)
+            return _FromPrevious.apply(self, n, *tensors)
+        gathered = _AllGatherSequence.apply(self, *tensors)
+        start = 0 if n is None else max(0, self.offset - n)
+        return tuple(g[:, start : self.offset] for g in gathered)
+
+
+class _StateFromPrevious(torch.autograd.Function):
+    """Identity on the received state; backward sends its gradient to the previous shard."""
+
+    @staticmethod
+    def forward(ctx, shard, anchor, *received):
+        ctx.shard = shard
+        return tuple(t.view_as(t) for t in received)
+
+    @staticmethod
+    def backward(ctx, *grads):  # unused outputs arrive as zeros (materialised grads)
+        for g in grads:
+            ctx.shard._send(g, ctx.shard.rank - 1)
+        return (None, None, *([None] * len(grads)))
+
+
+class _StateToNext(torch.autograd.Function):
+    """Identity on out; backward receives the sent state's gradient from the next shard
+    and adds it to the state's graph."""
+
+    @staticmethod
+    def forward(ctx, shard, out, *sent):
+        ctx.shard = shard
+        ctx.specs = [(t.shape, t.dtype, t.device) for t in sent]
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        shard = ctx.shard
+        grads = [shard._recv(shape, dtype, device, shard.rank + 1) for shape, dtype, device in ctx.specs]
+        return (None, grad_out, *grads)
+
+
+class _FromPrevious(torch.autograd.Function):
+    """The last n positions of the previous shard (a halo), for each tensor."""
+
+    @staticmethod
+    def forward(ctx, shard, n, *tensors):
+        ctx.shard, ctx.n = shard, n
+        ctx.specs = [(t.shape, t.dtype, t.device) for t in tensors]
+        if not shard.is_last:
+            for t in tensors:
+                shard._send(t[:, t.shape[1] - n :], shard.rank + 1)
+        if shard.is_first:
+            return tuple(t[:, :0].clone() for t in tensors)
+        return tuple(shard._recv((t.shape[0], n, *t.shape[2:]), t.dtype, t.device, shard.rank - 1) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        shard, n = ctx.shard, ctx.n
+        if not shard.is_first:
+            for g in grads:
+                shard._send(g, shard.rank - 1)
+        result = []
+        for shape, dtype, device in ctx.specs:
+            g = torch.zeros(shape, dtype=dtype, device=device)
+            if not shard.is_last:
+                g[:, shape[1] - n :] = shard._recv((shape[0], n, *shape[2:]), dtype, device, shard.rank + 1)
+            result.append(g)
+        return (None, None, *result)
+
+
+class _AllGatherSequence(torch.autograd.Function):
+    """Every shard's tensor, concatenated along the sequence (dim 1); backward sums each
+    shard's gradient over the ranks that read it."""
+
+    @staticmethod
+    def forward(ctx, shard, *tensors):
+        ctx.shard = shard
+        out = []
+        for t in tensors:
+            parts = [torch.empty_like(t) for _ in range(shard.size)]
+            dist.all_gather(parts, t.contiguous(), group=shard.group)
+            out.append(torch.cat(parts, dim=1))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        shard = ctx.shard
+        result = []
+        for g in grads:
+            g = g.contiguous()
+            dist.all_reduce(g, group=shard.group)
+            result.append(g[:, shard.offset : shard.offset + shard.length])
+        return (None, *result)
+
+
+def contiguous_shard(group: dist.ProcessGroup, tokens: torch.Tensor, positions: torch.Tensor | None):
+    """This rank's contiguous shard, from the tokens the trainer handed it.
+
+    torchtitan shards every row before the model sees it, by default with its head-tail
+    load balancer (rank r gets chunks r and 2P - 1 - r of 2P); `positions` [B, T_local]
+    says which positions it gave. Returns (shard, this shard's tokens [B, T_local], restore),
+    where restore maps hidden states [B, T_local, dim] of the contiguous shard back to the
+    positions the trainer gave (its labels are laid out that way). With contiguous
+    positions (context_parallel_load_balancer None) both are the identity."""
+    B, T_local = tokens.shape
+    shard = SequenceShard.of(group, T_local)
+    if positions is None:
+        return shard, tokens, lambda h: h
+    mine = positions[0].to(torch.long)
+    if (positions != positions[:1]).any():
+        raise ValueError("context parallel: every row must hold the same positions")
+    everyone = [torch.empty_like(mine) for _ in range(shard.size)]
+    dist.all_gather(everyone, mine.contiguous(), group=group)
+    order = torch.cat(everyone)
+    if torch.equal(order, torch.arange(order.numel(), device=order.device)):
+        return shard, tokens, lambda h: h
+    parts = [torch.empty_like(tokens) for _ in range(shard.size)]
+    dist.all_gather(parts, tokens.contiguous(), group=group)
+    in_order = torch.empty(B, order.numel(), dtype=tokens.dtype, device=tokens.device)
+    in_order[:, order] = torch.cat(parts, dim=1)
+    tokens = in_order[:, shard.offset : shard.offset + T_local]
+
+    def restore(h: torch.Tensor) -> torch.Tensor:
+        (whole,) = _AllGatherSequence.apply(shard, h)
+        return whole[:, mine]
+
+    return shard, tokens, restore
