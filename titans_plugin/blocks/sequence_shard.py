@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-
 # Sends not yet known to be complete, with the buffers they read (kept alive until then).
 # Process-wide: the backward's sends outlive the forward's SequenceShard.
 _OUTSTANDING: list = []
