@@ -69,6 +69,47 @@ LAYOUTS = {  # name: (processes, extra arguments)
             "2",
         ],
     ),
+    # context parallel: each sequence cut into shards, torchtitan's head-tail layout
+    "cp2": (
+        2,
+        [
+            "--training.local_batch_size",
+            "8",
+            "--parallelism.context_parallel_degree",
+            "2",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    ),
+    "cp2_tp2": (
+        4,
+        [
+            "--training.local_batch_size",
+            "8",
+            "--parallelism.context_parallel_degree",
+            "2",
+            "--parallelism.tensor_parallel_degree",
+            "2",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+        ],
+    ),
+    # contiguous shards (no load balancer) with full activation checkpointing
+    "cp2_contiguous_ac": (
+        2,
+        [
+            "--training.local_batch_size",
+            "8",
+            "--parallelism.context_parallel_degree",
+            "2",
+            "--parallelism.context_parallel_load_balancer",
+            "None",
+            "--parallelism.data_parallel_shard_degree",
+            "1",
+            "--activation_checkpoint.mode",
+            "full",
+        ],
+    ),
     "single_ac_full": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "full"]),
     "single_ac_selective": (
         1,

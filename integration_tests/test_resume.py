@@ -1,5 +1,6 @@
 """Checkpoint at step k, stop, resume: the following losses equal the uninterrupted run's,
-also when the checkpoint was saved under FSDP2 and is resumed under TP."""
+also when the checkpoint was saved under FSDP2 and is resumed under TP, and from one
+process to context parallel and back."""
 
 import os
 
@@ -55,3 +56,22 @@ def test_checkpoint_saved_under_fsdp_resumes_under_tp(setup):
     assert sorted(resumed) == list(range(K + 1, STEPS + 1)), resumed
     for step in resumed:
         assert resumed[step] == pytest.approx(full[step], rel=2e-4, abs=0)
+
+
+def test_resume_across_context_parallel_and_back(setup):
+    """single -> cp = 2: the one-process checkpoint resumed with each sequence split over
+    two ranks; cp = 2 -> single: a checkpoint saved under cp resumed by one process. Both
+    continue the uninterrupted run to its printed digits (the data-parallel degree is 1
+    in both layouts, so the dataloader's position carries over too)."""
+    work, corpus, seed, full, dump = setup
+    step_k = os.path.join(dump, "checkpoint", f"step-{K}")
+    on_cp, _ = run_layout(work, corpus, PATTERN, "cp2", STEPS, step_k, name="cp_resumed")
+    _, cp_dump = run_layout(
+        work, corpus, PATTERN, "cp2", STEPS, seed, extra=["--checkpoint.interval", str(K)], name="cp_first_k"
+    )
+    cp_step_k = os.path.join(cp_dump, "checkpoint", f"step-{K}")
+    back, _ = run_layout(work, corpus, PATTERN, "single", STEPS, cp_step_k, name="single_after_cp")
+    for resumed in (on_cp, back):
+        assert sorted(resumed) == list(range(K + 1, STEPS + 1)), resumed
+        for step in resumed:
+            assert f"{resumed[step]:.5f}" == f"{full[step]:.5f}", (step, resumed, full)

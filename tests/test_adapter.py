@@ -83,17 +83,36 @@ def test_tensor_parallel_must_divide_memory_heads():
     )
 
 
+def test_pipeline_parallel_is_rejected_before_training():
+    job = load_job_config(CONFIG, "--parallelism.pipeline_parallel_degree", "2")
+    with pytest.raises(ValueError, match=r"parallelism\.pipeline_parallel_degree must be 1"):
+        train_args(job)
+
+
 @pytest.mark.parametrize(
-    "override, field",
+    "overrides, message",
     [
-        ("--parallelism.pipeline_parallel_degree", "parallelism.pipeline_parallel_degree"),
-        ("--parallelism.context_parallel_degree", "parallelism.context_parallel_degree"),
+        # head-tail (the default) cuts 512 into 2 x 3 chunks
+        ([], r"training\.seq_len=512 must be a multiple of 6"),
+        (["--titans.attn_mask_type", "block_causal"], r"titans\.attn_mask_type='block_causal' cannot run"),
+        (["--parallelism.context_parallel_load_balancer", "ptrr"], r"context_parallel_load_balancer='ptrr'"),
+        (["--compile.enable"], r"context_parallel_degree=3 cannot run with compile\.enable"),
     ],
 )
-def test_pipeline_and_context_parallel_are_rejected_before_training(override, field):
-    job = load_job_config(CONFIG, override, "2")
-    with pytest.raises(ValueError, match=field.replace(".", r"\.") + "=?.* must be 1"):
+def test_context_parallel_layouts_that_cannot_work_fail_before_training(overrides, message):
+    job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3", "--training.seq_len", "516", *overrides)
+    if not overrides:
+        job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3")
+    with pytest.raises(ValueError, match=message):
         train_args(job)
+
+
+def test_context_parallel_layouts_that_work_pass():
+    train_args(load_job_config(CONFIG, "--parallelism.context_parallel_degree", "2"))
+    job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3", "--training.seq_len", "516")
+    job.parallelism.context_parallel_load_balancer = None  # contiguous: 516 = 3 x 172
+    job.validation.enable = False
+    train_args(job)
 
 
 def test_parallelize_compiles_every_block_and_keeps_memory_statistics():

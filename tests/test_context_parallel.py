@@ -7,6 +7,7 @@ puts the memory's chunk grid off the shard grid, windows longer than a shard (ke
 two shards back) and shorter ones (a halo from the neighbour), and torchtitan's
 head-tail layout (each rank holds two separate chunks of the sequence)."""
 
+import datetime
 import os
 import tempfile
 
@@ -40,25 +41,41 @@ def _positions(rank: int, size: int, T: int, layout: str) -> torch.Tensor:
     return torch.cat([head, tail])
 
 
+def _checkpoint_blocks(model) -> None:
+    """Activation checkpointing as torchtitan's full mode applies it: every block
+    re-runs its forward in the backward."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for name, block in list(model.layers.items()):
+        model.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
 def _worker(rank, size, store_path, T, layout, cases):
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=size)
+    # a mismatched exchange fails in a minute instead of hanging
+    timeout = datetime.timedelta(seconds=60)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=size, timeout=timeout)
     try:
         torch.manual_seed(0)
         tokens = torch.randint(0, 50, (2, T))
         weight = torch.randn(2, T, 50, dtype=torch.float64)  # the loss: a random linear functional
         for pattern, titans in cases:
+            titans = dict(titans)
+            checkpointed = titans.pop("checkpoint", False)
             reference = tiny_model(pattern, **titans)
             logits = reference(tokens)
             (logits * weight).sum().backward()
 
             model = tiny_model(pattern, **titans)
             model.shard_sequence(dist.group.WORLD)
+            if checkpointed:
+                _checkpoint_blocks(model)
             pos = _positions(rank, size, T, layout)
             local = model(tokens[:, pos], positions=pos.expand(2, -1))
             _check(local, logits[:, pos].detach(), f"{pattern} {titans} logits")
             (local * weight[:, pos]).sum().backward()
             for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                g = p.grad  # every rank must have one: FSDP reduces those that exist
+                assert g is not None, f"{pattern}: no gradient for {name} on rank {rank}"
                 dist.all_reduce(g)
                 _check(g, q.grad, f"{pattern} {titans} grad {name}")
             with torch.no_grad():  # no autograd: the same exchanges, no gradients
@@ -82,6 +99,12 @@ def test_three_shards_cut_segments_and_reach_past_a_neighbour():
     two shards back (all-gathered); a chunk of 4 with MAL's 2-token prefix is cut in two."""
     cases = [(p, {}) for p in ("C", "L", "G")] + [(p, {"window": 10}) for p in ("W", "G", "L")]
     _run(3, 24, "contiguous", cases)
+
+
+def test_activation_checkpointing_replays_exchanges():
+    """A recomputed block must not exchange again (the other shards are not recomputing
+    theirs at that moment): it replays what the first forward received."""
+    _run(2, 24, "contiguous", [("CGALWM", {"checkpoint": True}), ("A", {"checkpoint": True, "window": 20})])
 
 
 def test_head_tail_layout():

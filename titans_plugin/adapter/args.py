@@ -11,16 +11,11 @@ from titans_plugin.model import TitansModelArgs
 from titans_plugin.model.flops import model_nparams_and_flops
 
 
-def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int = 1) -> None:
+def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1) -> None:
     """Fail before training when a sharding layout cannot work."""
     if pp > 1:
         raise ValueError(
             "parallelism.pipeline_parallel_degree must be 1 for Titans models (pipelining is not supported)"
-        )
-    if cp > 1:
-        raise ValueError(
-            "parallelism.context_parallel_degree must be 1 for Titans models: the memory scan is "
-            "sequential over the sequence"
         )
     if tp <= 1:
         return
@@ -35,11 +30,52 @@ def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1, cp: int =
         )
 
 
+CP_LOAD_BALANCERS = ("headtail", None)
+
+
+def check_context_parallel(
+    args: TitansModelArgs, cp: int, load_balancer: str | None, seq_lens: dict[str, int], compile_enabled: bool
+) -> None:
+    """Context parallel (blocks/sequence_shard.py): torchtitan cuts every sequence into cp
+    shards (2 cp chunks with its head-tail load balancer), which the model reorders into
+    contiguous shards."""
+    if cp <= 1:
+        return
+    if load_balancer not in CP_LOAD_BALANCERS:
+        raise ValueError(
+            f"parallelism.context_parallel_load_balancer={load_balancer!r} is not supported for Titans models: "
+            "use 'headtail' (the default) or None (contiguous shards, no reordering)"
+        )
+    if args.titans.attn_mask_type == "block_causal":
+        raise ValueError(
+            f"titans.attn_mask_type='block_causal' cannot run with parallelism.context_parallel_degree={cp}: "
+            "packed documents are laid out over the whole sequence. Use attn_mask_type = 'causal' or "
+            "context_parallel_degree = 1"
+        )
+    if compile_enabled:
+        raise ValueError(
+            f"parallelism.context_parallel_degree={cp} cannot run with compile.enable = true (components "
+            "including 'model'): the shards exchange states point to point, which torch.compile(fullgraph=True) "
+            "cannot trace. Set compile.enable = false or context_parallel_degree = 1"
+        )
+    chunks = 2 * cp if load_balancer == "headtail" else cp
+    for name, length in seq_lens.items():
+        if length % chunks:
+            raise ValueError(
+                f"{name}={length} must be a multiple of {chunks} with parallelism.context_parallel_degree={cp} "
+                f"and context_parallel_load_balancer={load_balancer!r} (the sequence is cut into {chunks} "
+                "equal chunks)"
+            )
+
+
+def _compile_enabled(compile_config) -> bool:
+    return compile_config is not None and compile_config.enable and "model" in compile_config.components
+
+
 def check_compile(args: TitansModelArgs, compile_config) -> None:
     """Packed documents are laid out by where they start, which per-block
     torch.compile(fullgraph=True) cannot trace."""
-    enabled = compile_config is not None and compile_config.enable and "model" in compile_config.components
-    if enabled and args.titans.attn_mask_type == "block_causal":
+    if _compile_enabled(compile_config) and args.titans.attn_mask_type == "block_causal":
         raise ValueError(
             "titans.attn_mask_type='block_causal' cannot run with compile.enable = true (components "
             "including 'model'): the document layout depends on where documents start, which "
@@ -63,8 +99,19 @@ class TitansTrainArgs(TitansModelArgs, BaseModelArgs):
         self.max_seq_len = max(job_config.training.seq_len, val_len)
         self.validate(seq_len=job_config.training.seq_len)
         p = job_config.parallelism
-        check_parallel_layout(self, p.tensor_parallel_degree, p.pipeline_parallel_degree, p.context_parallel_degree)
-        check_compile(self, getattr(job_config, "compile", None))
+        check_parallel_layout(self, p.tensor_parallel_degree, p.pipeline_parallel_degree)
+        compile_config = getattr(job_config, "compile", None)
+        check_compile(self, compile_config)
+        seq_lens = {"training.seq_len": job_config.training.seq_len}
+        if val_len:
+            seq_lens["validation.seq_len"] = val_len
+        check_context_parallel(
+            self,
+            p.context_parallel_degree,
+            p.context_parallel_load_balancer,
+            seq_lens,
+            _compile_enabled(compile_config),
+        )
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
         return model_nparams_and_flops(model, seq_len)

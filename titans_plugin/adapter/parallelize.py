@@ -38,6 +38,12 @@ SAC_SAVE_LIST = {
 
 def parallelize_titans(model: torch.nn.Module, parallel_dims, job_config) -> torch.nn.Module:
     """The layout was checked against the model in TitansTrainArgs.update_from_config."""
+    if parallel_dims.cp_enabled:
+        # torchtitan shards each batch on the sequence before the model; the model
+        # exchanges across shards what its blocks need (blocks/sequence_shard.py). The
+        # gradients are summed over the cp ranks by FSDP, whose mesh includes them.
+        model.shard_sequence(parallel_dims.get_mesh("cp").get_group())
+        logger.info("Applied context parallelism (contiguous sequence shards) to the Titans model")
     if parallel_dims.tp_enabled:
         apply_tensor_parallel(
             model,

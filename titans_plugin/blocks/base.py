@@ -92,7 +92,14 @@ class TitansBlockBase(nn.Module):
         """Context parallel. By default the block continues from the cache the previous
         shard ended with, as decoding would, and hands its own on: exact for every block,
         but each shard waits for the one before it. Blocks with parallel parts override."""
-        return shard.serial(lambda x, cache: self.forward_cached(x, freqs_cis, cache), x)
+        out = shard.serial(lambda x, cache: self.forward_cached(x, freqs_cis, cache), x)
+        return shard.reads_all(out, self.sequence_start_parameters())
+
+    def sequence_start_parameters(self) -> list[nn.Parameter]:
+        """Parameters read only where a sequence starts: the learned initial memory (and
+        MAL's persistent prefix). Under context parallel only the first shard reads them."""
+        memory = getattr(self, "memory", None)
+        return [] if memory is None else list(memory.init_memory)
 
     def init_weights(self) -> None:
         """Children with an output projection (attention, memory, feed-forward) take the

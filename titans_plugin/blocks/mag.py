@@ -47,7 +47,7 @@ class MAGBlock(TitansBlockBase):
         the state that shard hands over."""
         xn = self.attention_norm(x)
         y = self.attention.forward_shard(xn, freqs_cis, shard)
-        m = shard.serial(self.memory, xn)
+        m = shard.reads_all(shard.serial(self.memory, xn), self.sequence_start_parameters())
         return self._residual(x, self.gate(y, m))
 
     def attention_context(self, seq_len: int) -> int:

@@ -74,5 +74,9 @@ class MALBlock(TitansBlockBase):
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
 
+    def sequence_start_parameters(self):
+        prefix = [] if self.persistent is None else [self.persistent.tokens]
+        return super().sequence_start_parameters() + prefix
+
     def attention_context(self, seq_len: int) -> int:
         return min(self.attention.window, seq_len)

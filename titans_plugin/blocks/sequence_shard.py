@@ -19,11 +19,12 @@ process. Outside of autograd (validation, no_grad) the same messages flow withou
 """
 
 import pickle
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 # Sends not yet known to be complete, with the buffers they read (kept alive until then).
 # Process-wide: the backward's sends outlive the forward's SequenceShard.
@@ -37,16 +38,39 @@ def flush_sends() -> None:
     _OUTSTANDING.clear()
 
 
-@dataclass(frozen=True)
+def _recomputing() -> bool:
+    """Activation checkpointing re-runs a block's forward inside the backward. The other
+    shards do not re-run theirs then, so the exchanges of the first run are replayed from
+    a log instead of repeated."""
+    return torch._C._current_graph_task_id() != -1
+
+
+@dataclass
 class SequenceShard:
     group: dist.ProcessGroup
     rank: int  # position of this shard in the sequence (the rank in `group`)
     size: int  # number of shards
     length: int  # tokens per shard
+    # what this block's exchanges returned, in order, for a recompute to replay
+    log: deque = field(default_factory=deque)
 
     @staticmethod
     def of(group: dist.ProcessGroup, local_len: int) -> "SequenceShard":
         return SequenceShard(group, dist.get_rank(group), dist.get_world_size(group), local_len)
+
+    def for_block(self) -> "SequenceShard":
+        """The same shard with a log of its own: one per block, which activation
+        checkpointing recomputes on its own."""
+        return replace(self, log=deque())
+
+    def _once(self, exchange, *args):
+        """exchange(*args) the first time; its result again when recomputed."""
+        if _recomputing():
+            return self.log.popleft()
+        result = exchange(*args)
+        if torch.is_grad_enabled():
+            self.log.append(tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, result))
+        return result
 
     @property
     def offset(self) -> int:
@@ -76,18 +100,10 @@ class SequenceShard:
 
     def _send_tree(self, tree, shard: int, device) -> list[torch.Tensor]:
         """Send any pytree (NamedTuples of tensors, ints, None) to `shard`; returns its
-        distinct floating-point tensors, the ones whose gradients come back. A tensor
-        that appears twice (a memory state that is also its chunk-start state) travels once."""
-        leaves, spec = tree_flatten(tree)
-        tensors, index, layout = [], {}, []
-        for leaf in leaves:
-            if isinstance(leaf, torch.Tensor):
-                if id(leaf) not in index:
-                    index[id(leaf)] = len(tensors)
-                    tensors.append(leaf)
-                layout.append(("tensor", index[id(leaf)]))
-            else:
-                layout.append(("value", leaf))
+        distinct floating-point tensors, the ones whose gradients come back."""
+        spec, layout, tensors = _distinct_leaves(tree)
+        if _recomputing():  # sent the first time
+            return [t for t in tensors if t.is_floating_point()]
         meta = pickle.dumps((spec, layout, [(t.shape, t.dtype) for t in tensors]))
         header = torch.tensor([len(meta)], dtype=torch.int64, device=device)
         self._send(header, shard)
@@ -119,7 +135,7 @@ class SequenceShard:
         (None on the first shard); hands the end state to the next shard. Returns out."""
         state = None
         if not self.is_first:
-            rebuild, floats = self._recv_tree(self.rank - 1, x.device)
+            rebuild, floats = self._once(self._recv_tree, self.rank - 1, x.device)
             if torch.is_grad_enabled():
                 floats = list(_StateFromPrevious.apply(self, x, *floats))
             state = rebuild(floats)
@@ -130,6 +146,18 @@ class SequenceShard:
                 out = _StateToNext.apply(self, out, *floats)
         return out
 
+    def reads_all(self, out: torch.Tensor, start_only: list) -> torch.Tensor:
+        """out, with a zero contribution from the parameters that only the first shard
+        reads: every rank then has a gradient (of zeros) for every parameter, which
+        FSDP's reduce-scatter needs (it reduces the parameters that have one, and the
+        ranks must agree on which)."""
+        if self.is_first or not torch.is_grad_enabled():
+            return out
+        for p in start_only:
+            local = p.to_local() if hasattr(p, "to_local") else p  # tensor parallel: this rank's heads
+            out = out + 0 * local.sum().to(out.dtype)
+        return out
+
     # -- attention's earlier keys -------------------------------------------------------
     def previous(self, tensors: tuple[torch.Tensor, ...], n: int | None) -> tuple[torch.Tensor, ...]:
         """For each [B, T_local, ...] tensor, its values at the n positions before this
@@ -138,10 +166,26 @@ class SequenceShard:
         if n is not None and n <= self.length:  # one neighbour holds them: a halo
             if self.size == 1:
                 return tuple(t[:, :0] for t in tensors)
-            return _FromPrevious.apply(self, n, *tensors)
-        gathered = _AllGatherSequence.apply(self, *tensors)
+            return self._once(_FromPrevious.apply, self, n, *tensors)
+        gathered = self._once(_AllGatherSequence.apply, self, *tensors)
         start = 0 if n is None else max(0, self.offset - n)
         return tuple(g[:, start : self.offset] for g in gathered)
+
+
+def _distinct_leaves(tree):
+    """(spec, layout, tensors) of a pytree: a tensor that appears twice (a memory state
+    that is also its chunk-start state) is listed once and travels once."""
+    leaves, spec = tree_flatten(tree)
+    tensors, index, layout = [], {}, []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if id(leaf) not in index:
+                index[id(leaf)] = len(tensors)
+                tensors.append(leaf)
+            layout.append(("tensor", index[id(leaf)]))
+        else:
+            layout.append(("value", leaf))
+    return spec, layout, tensors
 
 
 class _StateFromPrevious(torch.autograd.Function):

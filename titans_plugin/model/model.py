@@ -86,7 +86,7 @@ class TitansTransformer(nn.Module):
         shard, tokens, restore = contiguous_shard(self.sequence_group, tokens, positions)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
-            h = layer(h, self.freqs_cis, shard=shard)
+            h = layer(h, self.freqs_cis, shard=shard.for_block())
         flush_sends()  # the next shard has what this forward sent once its own forward is done
         return self.output(self.norm(restore(h)))
 
