@@ -7,16 +7,12 @@ puts the memory's chunk grid off the shard grid, windows longer than a shard (ke
 two shards back) and shorter ones (a halo from the neighbour), and torchtitan's
 head-tail layout (each rank holds two separate chunks of the sequence)."""
 
-import datetime
-import os
-import tempfile
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from devtools.models import max_rel_err, tiny_model
+from devtools.ranks import run_ranks
 
 PATTERNS = ["A", "W", "G", "L", "M", "C", "CGALWM"]
 # Relative to each tensor's largest entry. fp64; a shard that starts inside a memory chunk
@@ -50,43 +46,36 @@ def _checkpoint_blocks(model) -> None:
         model.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def _worker(rank, size, store_path, T, layout, cases):
-    # a mismatched exchange fails in a minute instead of hanging
-    timeout = datetime.timedelta(seconds=60)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=size, timeout=timeout)
-    try:
-        torch.manual_seed(0)
-        tokens = torch.randint(0, 50, (2, T))
-        weight = torch.randn(2, T, 50, dtype=torch.float64)  # the loss: a random linear functional
-        for pattern, titans in cases:
-            titans = dict(titans)
-            checkpointed = titans.pop("checkpoint", False)
-            reference = tiny_model(pattern, **titans)
-            logits = reference(tokens)
-            (logits * weight).sum().backward()
+def _worker(rank, size, T, layout, cases):
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (2, T))
+    weight = torch.randn(2, T, 50, dtype=torch.float64)  # the loss: a random linear functional
+    for pattern, titans in cases:
+        titans = dict(titans)
+        checkpointed = titans.pop("checkpoint", False)
+        reference = tiny_model(pattern, **titans)
+        logits = reference(tokens)
+        (logits * weight).sum().backward()
 
-            model = tiny_model(pattern, **titans)
-            model.shard_sequence(dist.group.WORLD)
-            if checkpointed:
-                _checkpoint_blocks(model)
-            pos = _positions(rank, size, T, layout)
-            local = model(tokens[:, pos], positions=pos.expand(2, -1))
-            _check(local, logits[:, pos].detach(), f"{pattern} {titans} logits")
-            (local * weight[:, pos]).sum().backward()
-            for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
-                g = p.grad  # every rank must have one: FSDP reduces those that exist
-                assert g is not None, f"{pattern}: no gradient for {name} on rank {rank}"
-                dist.all_reduce(g)
-                _check(g, q.grad, f"{pattern} {titans} grad {name}")
-            with torch.no_grad():  # no autograd: the same exchanges, no gradients
-                _check(model(tokens[:, pos], positions=pos.expand(2, -1)), local.detach(), f"{pattern} no_grad")
-    finally:
-        dist.destroy_process_group()
+        model = tiny_model(pattern, **titans)
+        model.shard_sequence(dist.group.WORLD)
+        if checkpointed:
+            _checkpoint_blocks(model)
+        pos = _positions(rank, size, T, layout)
+        local = model(tokens[:, pos], positions=pos.expand(2, -1))
+        _check(local, logits[:, pos].detach(), f"{pattern} {titans} logits")
+        (local * weight[:, pos]).sum().backward()
+        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+            g = p.grad  # every rank must have one: FSDP reduces those that exist
+            assert g is not None, f"{pattern}: no gradient for {name} on rank {rank}"
+            dist.all_reduce(g)
+            _check(g, q.grad, f"{pattern} {titans} grad {name}")
+        with torch.no_grad():  # no autograd: the same exchanges, no gradients
+            _check(model(tokens[:, pos], positions=pos.expand(2, -1)), local.detach(), f"{pattern} no_grad")
 
 
 def _run(size, T, layout, cases):
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(size, os.path.join(d, "store"), T, layout, cases), nprocs=size, join=True)
+    run_ranks(_worker, size, T, layout, cases)
 
 
 def test_two_shards_match_one_process():

@@ -1,28 +1,38 @@
-"""Tensor-parallel plan for Titans blocks: head-parallel attention and memory.
+"""Tensor-parallel plan for Titans blocks: head-parallel attention and memory, with
+sequence parallelism between them.
 
 Inside a block every projection into heads is column-wise (each rank holds whole heads),
-every projection out of heads is row-wise (one all-reduce), and the memory scan runs on
-the local heads with no communication. Per-head parameters that are not Linear weights
-(the learned initial memory, the per-head output norm, the conv channels) are sharded on
-their head dimension. Norms, gates and persistent tokens are replicated.
+every projection out of heads is row-wise, and the memory scan runs on the local heads
+with no communication. Per-head parameters that are not Linear weights (the learned
+initial memory, the per-head output norm, the conv channels) are sharded on their head
+dimension. Norms, gates and persistent tokens are replicated.
+
+Sequence parallel, as torchtitan's llama3 plan: the residual stream between sub-layers is
+sharded on the sequence (each TP rank holds T / tp tokens of it), so are the norms that
+read it. A sub-layer's norm all-gathers its output (the mixer and the feed-forward see
+the whole sequence) and the sub-layer's last row-wise projection reduce-scatters back to
+the rank's tokens. Where a row-wise output is read on the whole sequence (MAC's
+retrieval, attention and memory update per segment; MAL's memory, whose persistent
+prefix is cut after its projection) it stays an all-reduce, and is cut to the rank's
+tokens where it joins the stream (the blocks' identity hooks `mixer_output`, MAL's
+`memory_output`).
 
 Norms and persistent tokens are replicated DTensors (every parameter must be a DTensor
-for torchtitan's gradient-norm clipping under TP) whose modules return local tensors, so
-the model computes on plain tensors; the only DTensor the model itself meets is a
-per-head parameter of the memory (NeuralMemory's one helper, _local_heads).
-
-The residual stream between blocks is replicated (no sequence parallel): MAC reads the
-memory and projects retrieved tokens through the same attention weights outside of a
-single module call, which module-input hooks cannot see. The communication volume per
-block is the same as with sequence parallel (all-reduce = reduce-scatter + all-gather);
-what it costs is activation memory for the norms, which docs/parallelism.md quantifies.
+for torchtitan's gradient-norm clipping under TP) whose modules take and return local
+tensors, so the model computes on plain tensors; the only DTensor the model itself meets
+is a per-head parameter of the memory (NeuralMemory's one helper, _local_heads).
 """
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    parallelize_module,
+)
 
 from titans_plugin.blocks.prefixed_memory import PersistentTokens
 from titans_plugin.memory import NeuralMemory
@@ -36,7 +46,10 @@ def _shard_param_on_heads(module: nn.Module, name: str, mesh: DeviceMesh) -> Non
     module.register_parameter(name, sharded)
 
 
-def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
+SEQUENCE = Shard(1)
+
+
+def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh, output) -> None:
     parallelize_module(
         memory,
         mesh,
@@ -46,7 +59,7 @@ def _shard_memory(memory: NeuralMemory, mesh: DeviceMesh) -> None:
             "wv": ColwiseParallel(),
             "w_gates": ColwiseParallel(),
             "w_out_gate": ColwiseParallel(),
-            "wo": RowwiseParallel(output_layouts=Replicate()),
+            "wo": RowwiseParallel(output_layouts=output),
         },
     )
     for name in ("conv_q", "conv_k", "conv_v", "out_norm_weight"):
@@ -68,13 +81,29 @@ def _output_to_local(module, output, mesh):
     return output.to_local() if isinstance(output, DTensor) else output
 
 
-def _replicate_with_local_output(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Norm weights and persistent tokens become replicated DTensors (gradient-norm
-    clipping needs every parameter to be a DTensor under TP); the module takes and
-    returns local tensors. With a replicated residual stream every rank computes the same
-    gradient for them, so no reduction is needed."""
+def _sequence_parallel_norm(norm: nn.Module, mesh: DeviceMesh, gather: bool) -> None:
+    """A norm over the rank's tokens of the sequence-sharded stream. Its weight is a
+    replicated DTensor, whose gradient DTensor sums over the ranks' tokens. gather: return
+    the whole sequence (what the sub-layer after it reads); its gradient arrives already
+    summed over the ranks (each column-wise projection all-reduces its input's), so the
+    backward keeps the rank's part."""
+
+    def inputs(module, args, mesh):
+        return tuple(DTensor.from_local(t, mesh, [SEQUENCE], run_check=False) for t in args)
+
+    def output(module, out, mesh):
+        return out.redistribute(mesh, [Replicate()]).to_local() if gather else out.to_local()
+
+    distribute_module(norm, mesh, input_fn=inputs, output_fn=output)
+
+
+def _replicate_with_local_output(model: nn.Module, mesh: DeviceMesh, skip: set) -> None:
+    """Norm weights and persistent tokens that read the whole sequence become replicated
+    DTensors (gradient-norm clipping needs every parameter to be a DTensor under TP); the
+    module takes and returns local tensors. Every rank computes the same gradient for
+    them, so no reduction is needed."""
     for module in model.modules():
-        if isinstance(module, (nn.RMSNorm, PersistentTokens)):
+        if isinstance(module, (nn.RMSNorm, PersistentTokens)) and module not in skip:
             distribute_module(module, mesh, input_fn=_inputs_to_replicated, output_fn=_output_to_local)
 
 
@@ -88,11 +117,22 @@ def _replicate_remaining(model: nn.Module, mesh: DeviceMesh) -> None:
                 module.register_parameter(name, replicated)
 
 
-def block_plan(block: nn.Module) -> dict:
+def _memory_output_replicated(block: nn.Module) -> bool:
+    """The memory output is read on the whole sequence in MAC (per segment: retrieved
+    tokens feed its attention, whose output feeds the memory update) and MAL (its
+    persistent prefix is cut from the output after the projection; fused, its attention
+    reads it): there it stays all-reduced."""
+    return block.letter in ("C", "L")
+
+
+def block_plan(block: nn.Module, sequence_parallel: bool = True) -> dict:
+    """The block's Linear layers; sequence_parallel False: every sub-layer output is
+    all-reduced and the stream stays replicated."""
+    stream = SEQUENCE if sequence_parallel else Replicate()
     plan = {
         "feed_forward.w1": ColwiseParallel(),
         "feed_forward.w3": ColwiseParallel(),
-        "feed_forward.w2": RowwiseParallel(output_layouts=Replicate()),
+        "feed_forward.w2": RowwiseParallel(output_layouts=stream),
     }
     if getattr(block, "attention", None) is not None:
         plan.update(
@@ -100,18 +140,45 @@ def block_plan(block: nn.Module) -> dict:
                 "attention.wq": ColwiseParallel(),
                 "attention.wk": ColwiseParallel(),
                 "attention.wv": ColwiseParallel(),
-                "attention.wo": RowwiseParallel(output_layouts=Replicate()),
+                "attention.wo": RowwiseParallel(output_layouts=Replicate() if block.letter == "C" else stream),
             }
         )
+    # whole-sequence outputs cut to the rank's tokens before the residual add
+    to_stream = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=SEQUENCE, use_local_output=True)
+    if sequence_parallel and block.letter == "C":
+        plan["mixer_output"] = to_stream
+    if sequence_parallel and block.letter == "L" and block.stacked:
+        plan["memory_output"] = to_stream
     return plan
 
 
+def _sequence_norms(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(norms that read the sharded stream and gather for the sub-layer after them,
+    norms that read sharded tensors and stay sharded: MAG's gate over the sub-layer outputs)."""
+    gathering = [block.attention_norm, block.ffn_norm]
+    if getattr(block, "memory_norm", None) is not None:
+        gathering.append(block.memory_norm)
+    sharded = []
+    if block.letter == "G":
+        sharded = [block.gate.norm_y, block.gate.norm_m]
+    return gathering, sharded
+
+
+def sequence_parallel_applies(model: nn.Module) -> bool:
+    """Packed documents run each memory layer on a re-laid-out sequence whose output is
+    unpacked after the memory's row-wise projection, which needs the whole sequence:
+    those models keep a replicated stream."""
+    return model.model_args.titans.attn_mask_type != "block_causal"
+
+
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: bool) -> None:
+    sequence_parallel = sequence_parallel_applies(model)
+    stream = SEQUENCE if sequence_parallel else Replicate()
     parallelize_module(
         model,
         mesh,
         {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
             "output": ColwiseParallel(
                 input_layouts=Replicate(),
                 output_layouts=Shard(-1) if loss_parallel else Replicate(),
@@ -119,10 +186,23 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: boo
             ),
         },
     )
+    sequence_norms = set()
+    if sequence_parallel:
+        sequence_norms.add(model.norm)
+        _sequence_parallel_norm(model.norm, mesh, gather=True)
     for block in model.layers.values():
-        parallelize_module(block, mesh, block_plan(block))
+        parallelize_module(block, mesh, block_plan(block, sequence_parallel))
         memory = getattr(block, "memory", None)
         if memory is not None:
-            _shard_memory(memory, mesh)
-    _replicate_with_local_output(model, mesh)
+            replicated = not sequence_parallel or _memory_output_replicated(block)
+            _shard_memory(memory, mesh, Replicate() if replicated else SEQUENCE)
+        if not sequence_parallel:
+            continue
+        gathering, sharded = _sequence_norms(block)
+        for norm in gathering:
+            _sequence_parallel_norm(norm, mesh, gather=True)
+        for norm in sharded:
+            _sequence_parallel_norm(norm, mesh, gather=False)
+        sequence_norms.update(gathering + sharded)
+    _replicate_with_local_output(model, mesh, skip=sequence_norms)
     _replicate_remaining(model, mesh)

@@ -40,6 +40,9 @@ class TitansBlockBase(nn.Module):
         self.attention_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
         self.ffn_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
         self.feed_forward = FeedForward(dim, ffn_hidden_dim(dim, model_args.multiple_of, model_args.ffn_dim_multiplier))
+        # Identity; a hook for the tensor-parallel plan (adapter/tensor_parallel.py) where
+        # a mixer's output covers the whole sequence and the stream is sequence-sharded.
+        self.mixer_output = nn.Identity()
         if getattr(model_args, "depth_init", True):
             self.weight_init_std = 0.02 / (2 * (layer_id + 1)) ** 0.5
         else:
@@ -82,7 +85,7 @@ class TitansBlockBase(nn.Module):
         if docs is not None and cache is not None:
             raise ValueError("packed documents (docs) apply to a whole sequence, not to decoding with a cache")
         mixed, cache = self.mix(self.attention_norm(x), freqs_cis, cache, docs)
-        return self._residual(x, mixed), cache
+        return self._residual(x, self.mixer_output(mixed)), cache
 
     def _residual(self, x, mixed):
         h = x + mixed
@@ -107,7 +110,7 @@ class TitansBlockBase(nn.Module):
         for child in self.children():
             if hasattr(child, "init_weights"):
                 child.init_weights(self.weight_init_std)
-            else:
+            elif hasattr(child, "reset_parameters"):
                 child.reset_parameters()
 
     # -- cost, torchtitan's MFU convention (model/flops.py) ---------------------------

@@ -46,6 +46,7 @@ class MALBlock(TitansBlockBase):
         self.stacked = titans.mal_form == "stacked"
         if self.stacked:
             self.memory_norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
+            self.memory_output = nn.Identity()  # a hook for the tensor-parallel plan, as mixer_output
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.persistent = make_persistent(titans.n_persistent, model_args.dim)  # the memory's prefix
         self.attention = self._make_attention(model_args, titans.window)
@@ -69,7 +70,7 @@ class MALBlock(TitansBlockBase):
         if docs is not None and cache is not None:
             raise ValueError("packed documents (docs) apply to a whole sequence, not to decoding with a cache")
         y, mem = self._memory(self.memory_norm(x), cache, docs)
-        h = x + y
+        h = x + self.memory_output(y)
         a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention, docs)
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)

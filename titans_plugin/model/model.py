@@ -88,7 +88,8 @@ class TitansTransformer(nn.Module):
         for layer in self.layers.values():
             h = layer(h, self.freqs_cis, shard=shard.for_block())
         flush_sends()  # the next shard has what this forward sent once its own forward is done
-        return self.output(self.norm(restore(h)))
+        # the norm first: under sequence parallel it gathers the shard's tokens
+        return self.output(restore(self.norm(h)))
 
     @torch.no_grad()
     def forward_cached(self, tokens: torch.Tensor, caches: list | None = None, starts: torch.Tensor | None = None):
