@@ -1,7 +1,7 @@
 """Loss curves of every layout against one process, per block type: the table in
 docs/parallelism.md.
 
-    .venv/bin/python -m bench.parallel_parity        # ~6 minutes on 2 CPU cores
+    .venv/bin/python -m bench.parallel_parity        # ~15 minutes on 2 CPU cores
 
 Same set-up as integration_tests/test_parallel_parity.py (seed checkpoint, periodic
 corpus, 4 steps, torchrun on gloo)."""
@@ -14,7 +14,18 @@ from devtools.parity import make_seed_checkpoint, run_layout, write_periodic_cor
 
 STEPS = 4
 PATTERNS = {"CA": "MAC + attention", "GA": "MAG + attention", "LA": "MAL + attention", "M": "LMM"}
-LAYOUTS = ["fsdp2", "tp2", "fsdp2_tp2", "ddp2", "hsdp", "single_ac_full", "single_ac_selective"]
+LAYOUTS = [
+    "fsdp2",
+    "tp2",
+    "fsdp2_tp2",
+    "ddp2",
+    "hsdp",
+    "single_ac_full",
+    "single_ac_selective",
+    "cp2",
+    "cp2_tp2",
+    "cp2_contiguous_ac",
+]
 
 
 def main() -> None:
@@ -37,7 +48,9 @@ def main() -> None:
             f"Machine: {machine()}, gloo. Command: `.venv/bin/python -m bench.parallel_parity`. "
             "Debug flavor, seq_len 128, global batch 8, from one seed checkpoint. torchtitan logs losses to "
             "5 decimals, so 0 means equal to every printed digit (|difference| < 1e-5); the integration "
-            "tests allow 2e-4 relative.",
+            "tests allow 2e-4 relative. TP is with sequence parallel; CP=2 uses torchtitan's default head-tail "
+            "load balancer; CP contiguous + AC: `context_parallel_load_balancer` None and full activation "
+            "checkpointing.",
             table(
                 [
                     "model",
@@ -49,6 +62,9 @@ def main() -> None:
                     "HSDP 2x2",
                     "AC full",
                     "AC selective",
+                    "CP=2",
+                    "CP2 x TP2",
+                    "CP contiguous + AC",
                 ],
                 rows,
             ),

@@ -4,6 +4,7 @@ distributed code paths without torchrun)."""
 import datetime
 import os
 import tempfile
+import traceback
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,6 +16,10 @@ def _entry(rank, size, store_path, fn, args):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=size, timeout=timeout)
     try:
         fn(rank, size, *args)
+    except BaseException:
+        # spawn reports only the first rank that failed, often a symptom of another's
+        traceback.print_exc()
+        raise
     finally:
         dist.destroy_process_group()
 

@@ -104,3 +104,21 @@ def test_head_tail_layout():
 @pytest.mark.parametrize("backend", ["naive"])
 def test_per_token_reference_scan(backend):
     _run(2, 24, "contiguous", [("M", {"kernel": backend}), ("G", {"kernel": backend})])
+
+
+def test_continued_causal_attention_in_blocks_equals_one_mask():
+    """A shard's queries over all earlier keys, in query blocks recomputed in the
+    backward, against one dense mask: outputs and gradients (persistent tokens included)."""
+    from titans_plugin.blocks.attention import continued_causal_attention, masked_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 7, 4, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 12, 2, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    pk, pv = (torch.randn(3, 2, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    w = torch.randn(2, 7, 4, 8, dtype=torch.float64, generator=g)
+    leaves = (q, k, v, pk, pv)
+    blocked = continued_causal_attention(q, k, v, 5, pk, pv, block=3)
+    dense = masked_attention(q, k, v, torch.arange(5, 12), torch.arange(12), None, pk, pv)
+    torch.testing.assert_close(blocked, dense, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((blocked * w).sum(), leaves), torch.autograd.grad((dense * w).sum(), leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .documents import positions_in_document, same_document
 from .rope import apply_rope, rope_freqs
@@ -101,6 +102,32 @@ def masked_attention(q, k, v, q_pos, k_pos, window, pk=None, pv=None, same_doc=N
         mask = mask & same_doc
     mask, k, v = _with_persistent(mask, k, v, pk, pv)
     return _sdpa(q, k, v, mask)
+
+
+def continued_causal_attention(q, k, v, pos: int, pk=None, pv=None, block: int = 1024):
+    """Full causal attention of q [B, T, H, D] at positions pos .. pos + T - 1 over k, v
+    [B, pos + T, H_kv, D] at positions 0 .. pos + T - 1 (context parallel: a shard's
+    queries over every earlier key). SDPA's fused causal path aligns the diagonal to the
+    first key, not the last, so this needs a mask; a dense one ([T, pos + T], and a float
+    copy inside SDPA) would be saved for the backward in every layer. Instead the queries
+    go in blocks, each over the keys up to its last position, each recomputed in the
+    backward: only q, k and v are kept."""
+    T = q.shape[1]
+    outs = []
+    for lo in range(0, T, block):
+        hi = min(T, lo + block)
+        args = (q[:, lo:hi], k[:, : pos + hi], v[:, : pos + hi])
+        q_pos = torch.arange(pos + lo, pos + hi, device=q.device)
+        k_pos = torch.arange(pos + hi, device=q.device)
+
+        def attend(q_blk, k_blk, v_blk, q_pos=q_pos, k_pos=k_pos):
+            return masked_attention(q_blk, k_blk, v_blk, q_pos, k_pos, None, pk, pv)
+
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(attend, *args, use_reentrant=False))
+        else:
+            outs.append(attend(*args))
+    return torch.cat(outs, dim=1)
 
 
 def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None, past=None):
@@ -206,6 +233,10 @@ class Attention(nn.Module):
         past = shard.previous((k, v), None if self.window is None else self.window - 1)
         if self.window is not None and T > self.window:
             out = banded_attention(q, k, v, self.window, pk, pv, past=past)
+        elif self.window is None:
+            out = continued_causal_attention(
+                q, torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1), pos, pk, pv
+            )
         else:
             n = past[0].shape[1]
             k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)

@@ -95,8 +95,16 @@ class TitansBlockBase(nn.Module):
         """Context parallel. By default the block continues from the cache the previous
         shard ended with, as decoding would, and hands its own on: exact for every block,
         but each shard waits for the one before it. Blocks with parallel parts override."""
-        out = shard.serial(lambda x, cache: self.forward_cached(x, freqs_cis, cache), x)
-        return shard.reads_all(out, self.sequence_start_parameters())
+
+        def step(x, cache):
+            out, cache = self.forward_cached(x, freqs_cis, cache)
+            return out, self.cache_to_hand_over(cache)
+
+        return shard.reads_all(shard.serial(step, x), self.sequence_start_parameters())
+
+    def cache_to_hand_over(self, cache):
+        """The part of the end-of-shard cache the next shard reads (all of it by default)."""
+        return cache
 
     def sequence_start_parameters(self) -> list[nn.Parameter]:
         """Parameters read only where a sequence starts: the learned initial memory (and

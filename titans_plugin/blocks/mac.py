@@ -106,6 +106,13 @@ class MACBlock(TitansBlockBase):
             outs.append(o)
         return layout.unpack(torch.cat(outs, dim=1))
 
+    def cache_to_hand_over(self, cache: MACCache) -> MACCache:
+        """A shard that ends on a segment boundary hands over only the memory: the next
+        shard starts a segment, which attends to none of this one's keys."""
+        if cache.pos % self.segment_len == 0 and cache.segment_k.shape[1]:
+            return self._begin_segment(cache)
+        return cache
+
     def _begin_segment(self, cache: MACCache) -> MACCache:
         """A new segment reads the memory as the previous segment left it."""
         empty_k = cache.segment_k[:, :0]

@@ -38,6 +38,19 @@ def flush_sends() -> None:
     _OUTSTANDING.clear()
 
 
+_FLUSH_QUEUED_FOR: list = [None]  # the backward pass whose end will flush
+
+
+def _flush_when_backward_ends() -> None:
+    """A send posted in the backward completes before that backward returns: a rank
+    that finished its backward may otherwise leave (or tear down its process group)
+    with a gradient still on its way to a rank that waits for it."""
+    task = torch._C._current_graph_task_id()
+    if task != -1 and _FLUSH_QUEUED_FOR[0] != task:
+        _FLUSH_QUEUED_FOR[0] = task
+        torch.autograd.Variable._execution_engine.queue_callback(flush_sends)
+
+
 def _recomputing() -> bool:
     """Activation checkpointing re-runs a block's forward inside the backward. The other
     shards do not re-run theirs then, so the exchanges of the first run are replayed from
@@ -92,6 +105,7 @@ class SequenceShard:
     def _send(self, tensor: torch.Tensor, shard: int) -> None:
         tensor = tensor.detach().contiguous()
         _OUTSTANDING.append((dist.isend(tensor, self._peer(shard), group=self.group), tensor))
+        _flush_when_backward_ends()
 
     def _recv(self, shape, dtype, device, shard: int) -> torch.Tensor:
         out = torch.empty(shape, dtype=dtype, device=device)
@@ -113,8 +127,8 @@ class SequenceShard:
         return [t for t in tensors if t.is_floating_point()]
 
     def _recv_tree(self, shard: int, device):
-        """What _send_tree sent: (the pytree, its distinct floating-point tensors, a
-        function that rebuilds the pytree from replacements for those tensors)."""
+        """What _send_tree sent: (a function that rebuilds the pytree from replacements
+        for its distinct floating-point tensors, those tensors)."""
         header = self._recv((1,), torch.int64, device, shard)
         meta = self._recv((int(header.item()),), torch.uint8, device, shard)
         spec, layout, shapes = pickle.loads(meta.cpu().numpy().tobytes())
@@ -136,13 +150,15 @@ class SequenceShard:
         state = None
         if not self.is_first:
             rebuild, floats = self._once(self._recv_tree, self.rank - 1, x.device)
+            # Both ends decide on grad mode alone, so a sender that waits for a gradient
+            # always has a receiver that sends one.
             if torch.is_grad_enabled():
-                floats = list(_StateFromPrevious.apply(self, x, *floats))
+                floats = list(_StateFromPrevious.apply(self, *(t.requires_grad_() for t in floats)))
             state = rebuild(floats)
         out, state = step(x, state)
         if not self.is_last:
             floats = self._send_tree(state, self.rank + 1, x.device)
-            if torch.is_grad_enabled() and out.requires_grad:
+            if torch.is_grad_enabled():
                 out = _StateToNext.apply(self, out, *floats)
         return out
 
@@ -192,7 +208,7 @@ class _StateFromPrevious(torch.autograd.Function):
     """Identity on the received state; backward sends its gradient to the previous shard."""
 
     @staticmethod
-    def forward(ctx, shard, anchor, *received):
+    def forward(ctx, shard, *received):
         ctx.shard = shard
         return tuple(t.view_as(t) for t in received)
 
@@ -200,7 +216,7 @@ class _StateFromPrevious(torch.autograd.Function):
     def backward(ctx, *grads):  # unused outputs arrive as zeros (materialised grads)
         for g in grads:
             ctx.shard._send(g, ctx.shard.rank - 1)
-        return (None, None, *([None] * len(grads)))
+        return (None, *([None] * len(grads)))
 
 
 class _StateToNext(torch.autograd.Function):
