@@ -149,8 +149,8 @@ def main() -> None:
         "PyTorch scan, contiguous shards, one thread per process. Peak: the largest over the ranks of the "
         "live tensors over one forward + backward (torch's MemTracker: exact, machine independent). Step: "
         f"median of {a.iters}; waiting: the most time any rank spent in point-to-point receives (the "
-        "previous shard's end state in the forward, the next shard's gradient in the backward, halos). P = 4 runs 4 processes on 2 "
-        "cores, so only its memory is reported.\n\n" + table(head, rows)
+        "previous shard's end state in the forward, the next shard's gradient in the backward, halos). "
+        "P = 4 runs 4 processes on 2 cores, so only its memory is reported.\n\n" + table(head, rows)
     )
     publish(doc, "parallelism.md", "cp", write=not a.no_write)
 
