@@ -222,6 +222,21 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, -1, self.head_dim)
         return apply_rope(q, rope_freqs(freqs_cis, pos, T)), k, v
 
+    def _attend_continuing(self, q, k, v, past, pos: int, pk, pv):
+        """q, k, v of T tokens at positions pos .. pos + T - 1, continuing after `past`:
+        the keys and values of the n positions just before pos (n = pos without a
+        window, min(window - 1, pos) with one). No mask larger than a block is kept."""
+        T = q.shape[1]
+        if self.window is not None and T > self.window:
+            return banded_attention(q, k, v, self.window, pk, pv, past=past)
+        n = past[0].shape[1]
+        k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        if self.window is None:
+            return continued_causal_attention(q, k, v, pos, pk, pv)
+        q_pos = torch.arange(pos, pos + T, device=q.device)
+        k_pos = torch.arange(pos - n, pos + T, device=q.device)
+        return masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
+
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: x [B, T, dim] is one contiguous shard of the sequence
         (blocks/sequence_shard.py); the keys and values of earlier positions come from the
@@ -231,18 +246,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x, freqs_cis, pos)
         pk, pv = self.persistent_kv()
         past = shard.previous((k, v), None if self.window is None else self.window - 1)
-        if self.window is not None and T > self.window:
-            out = banded_attention(q, k, v, self.window, pk, pv, past=past)
-        elif self.window is None:
-            out = continued_causal_attention(
-                q, torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1), pos, pk, pv
-            )
-        else:
-            n = past[0].shape[1]
-            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-            q_pos = torch.arange(pos, pos + T, device=x.device)
-            k_pos = torch.arange(pos - n, pos + T, device=x.device)
-            out = masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
+        out = self._attend_continuing(q, k, v, past, pos, pk, pv)
         return self.wo(out.reshape(B, T, -1))
 
     def forward(self, x, freqs_cis, cache: KVCache | None = None, doc_ids: torch.Tensor | None = None):
@@ -268,15 +272,10 @@ class Attention(nn.Module):
             return self.wo(out.reshape(B, T, -1)), None
         if cache is None and self.window is None and pk is None:
             out = causal_attention(q, k, v)  # fused causal kernel, no T x T mask
-        elif cache is None and self.window is not None and T > self.window:
-            out = banded_attention(q, k, v, self.window, pk, pv)
         else:
-            if cache is not None:
-                k = torch.cat([cache.k, k], dim=1)
-                v = torch.cat([cache.v, v], dim=1)
-            k_pos = torch.arange(pos + T - k.shape[1], pos + T, device=x.device)
-            q_pos = torch.arange(pos, pos + T, device=x.device)
-            out = masked_attention(q, k, v, q_pos, k_pos, self.window, pk, pv)
+            past = (k[:, :0], v[:, :0]) if cache is None else (cache.k, cache.v)
+            out = self._attend_continuing(q, k, v, past, pos, pk, pv)
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
         new_cache = KVCache(k[:, k.shape[1] - keep :], v[:, v.shape[1] - keep :], pos + T)
         return self.wo(out.reshape(B, T, -1)), new_cache
