@@ -14,8 +14,9 @@ the whole sequence) and the sub-layer's last row-wise projection reduce-scatters
 the rank's tokens. Where a row-wise output is read on the whole sequence (MAC's
 retrieval, attention and memory update per segment; MAL's memory, whose persistent
 prefix is cut after its projection) it stays an all-reduce, and is cut to the rank's
-tokens where it joins the stream (the blocks' identity hooks `mixer_output`, MAL's
-`memory_output`).
+tokens where it joins the stream (an identity hook: `mixer_output`, MAL's
+`memory_output`). Each block type declares these (blocks/base.py:
+`whole_sequence_outputs`, `joins_stream`, `stream_norms`, `token_norms`).
 
 Norms and persistent tokens are replicated DTensors (every parameter must be a DTensor
 for torchtitan's gradient-norm clipping under TP) whose modules take and return local
@@ -117,14 +118,6 @@ def _replicate_remaining(model: nn.Module, mesh: DeviceMesh) -> None:
                 module.register_parameter(name, replicated)
 
 
-def _memory_output_replicated(block: nn.Module) -> bool:
-    """The memory output is read on the whole sequence in MAC (per segment: retrieved
-    tokens feed its attention, whose output feeds the memory update) and MAL (its
-    persistent prefix is cut from the output after the projection; fused, its attention
-    reads it): there it stays all-reduced."""
-    return block.letter in ("C", "L")
-
-
 def block_plan(block: nn.Module, sequence_parallel: bool = True) -> dict:
     """The block's Linear layers; sequence_parallel False: every sub-layer output is
     all-reduced and the stream stays replicated."""
@@ -140,28 +133,16 @@ def block_plan(block: nn.Module, sequence_parallel: bool = True) -> dict:
                 "attention.wq": ColwiseParallel(),
                 "attention.wk": ColwiseParallel(),
                 "attention.wv": ColwiseParallel(),
-                "attention.wo": RowwiseParallel(output_layouts=Replicate() if block.letter == "C" else stream),
+                "attention.wo": RowwiseParallel(
+                    output_layouts=Replicate() if "attention.wo" in block.whole_sequence_outputs else stream
+                ),
             }
         )
     # whole-sequence outputs cut to the rank's tokens before the residual add
     to_stream = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=SEQUENCE, use_local_output=True)
-    if sequence_parallel and block.letter == "C":
-        plan["mixer_output"] = to_stream
-    if sequence_parallel and block.letter == "L" and block.stacked:
-        plan["memory_output"] = to_stream
+    if sequence_parallel and block.joins_stream is not None:
+        plan[block.joins_stream] = to_stream
     return plan
-
-
-def _sequence_norms(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(norms that read the sharded stream and gather for the sub-layer after them,
-    norms that read sharded tensors and stay sharded: MAG's gate over the sub-layer outputs)."""
-    gathering = [block.attention_norm, block.ffn_norm]
-    if getattr(block, "memory_norm", None) is not None:
-        gathering.append(block.memory_norm)
-    sharded = []
-    if block.letter == "G":
-        sharded = [block.gate.norm_y, block.gate.norm_m]
-    return gathering, sharded
 
 
 def sequence_parallel_applies(model: nn.Module) -> bool:
@@ -194,15 +175,14 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, loss_parallel: boo
         parallelize_module(block, mesh, block_plan(block, sequence_parallel))
         memory = getattr(block, "memory", None)
         if memory is not None:
-            replicated = not sequence_parallel or _memory_output_replicated(block)
+            replicated = not sequence_parallel or "memory.wo" in block.whole_sequence_outputs
             _shard_memory(memory, mesh, Replicate() if replicated else SEQUENCE)
         if not sequence_parallel:
             continue
-        gathering, sharded = _sequence_norms(block)
-        for norm in gathering:
-            _sequence_parallel_norm(norm, mesh, gather=True)
-        for norm in sharded:
-            _sequence_parallel_norm(norm, mesh, gather=False)
-        sequence_norms.update(gathering + sharded)
+        for names, gather in ((block.stream_norms(), True), (block.token_norms, False)):
+            for name in names:
+                norm = block.get_submodule(name)
+                _sequence_parallel_norm(norm, mesh, gather=gather)
+                sequence_norms.add(norm)
     _replicate_with_local_output(model, mesh, skip=sequence_norms)
     _replicate_remaining(model, mesh)

@@ -31,6 +31,13 @@ class TitansBlockBase(nn.Module):
     # [titans] fields this block type reads, validated only when a layer uses it.
     config_fields: ClassVar[tuple[str, ...]] = ()
     has_memory: ClassVar[bool] = False
+    # Sequence parallel (adapter/tensor_parallel.py): the row-wise projections whose output
+    # the block reads on the whole sequence (they stay all-reduced), the identity module
+    # where such an output joins the stream, and norms over sub-layer outputs that keep
+    # the rank's tokens (the stream's own norms, stream_norms, gather).
+    whole_sequence_outputs: ClassVar[tuple[str, ...]] = ()
+    joins_stream: ClassVar[str | None] = None
+    token_norms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, layer_id: int, model_args):
         super().__init__()
@@ -87,6 +94,10 @@ class TitansBlockBase(nn.Module):
         mixed, cache = self.mix(self.attention_norm(x), freqs_cis, cache, docs)
         return self._residual(x, self.mixer_output(mixed)), cache
 
+    def stream_norms(self) -> list[str]:
+        """Norms that read the residual stream (under sequence parallel: the rank's tokens)."""
+        return ["attention_norm", "ffn_norm"]
+
     def _residual(self, x, mixed):
         h = x + mixed
         return h + self.feed_forward(self.ffn_norm(h))
@@ -100,7 +111,7 @@ class TitansBlockBase(nn.Module):
             out, cache = self.forward_cached(x, freqs_cis, cache)
             return out, self.cache_to_hand_over(cache)
 
-        return shard.reads_all(shard.serial(step, x), self.sequence_start_parameters())
+        return shard.serial(step, x, self.sequence_start_parameters())
 
     def cache_to_hand_over(self, cache):
         """The part of the end-of-shard cache the next shard reads (all of it by default)."""

@@ -55,6 +55,9 @@ class MACBlock(TitansBlockBase):
     description = "MAC (memory as context)"
     config_fields = ("segment_len", "n_persistent", "mac_memory_input")
     has_memory = True
+    # per segment, retrieved tokens feed the attention, whose output feeds the update
+    whole_sequence_outputs = ("attention.wo", "memory.wo")
+    joins_stream = "mixer_output"
 
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)

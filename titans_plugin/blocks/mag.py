@@ -26,6 +26,7 @@ class MAGBlock(TitansBlockBase):
     description = "MAG (memory as gate)"
     config_fields = ("window", "n_persistent")
     has_memory = True
+    token_norms = ("gate.norm_y", "gate.norm_m")  # the gate reads both sub-layers per token
 
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
@@ -47,7 +48,7 @@ class MAGBlock(TitansBlockBase):
         the state that shard hands over."""
         xn = self.attention_norm(x)
         y = self.attention.forward_shard(xn, freqs_cis, shard)
-        m = shard.reads_all(shard.serial(self.memory, xn), self.sequence_start_parameters())
+        m = shard.serial(self.memory, xn, self.sequence_start_parameters())
         return self._residual(x, self.gate(y, m))
 
     def attention_context(self, seq_len: int) -> int:

@@ -40,6 +40,9 @@ class MALBlock(TitansBlockBase):
     description = "MAL (memory as layer)"
     config_fields = ("window", "n_persistent", "mal_form")
     has_memory = True
+    # its persistent prefix is cut from the memory output after the projection (fused:
+    # and the attention reads it)
+    whole_sequence_outputs = ("memory.wo",)
 
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
@@ -74,6 +77,13 @@ class MALBlock(TitansBlockBase):
         a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention, docs)
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
+
+    @property
+    def joins_stream(self) -> str | None:
+        return "memory_output" if self.stacked else None
+
+    def stream_norms(self) -> list[str]:
+        return super().stream_norms() + (["memory_norm"] if self.stacked else [])
 
     def sequence_start_parameters(self):
         prefix = [] if self.persistent is None else [self.persistent.tokens]

@@ -144,9 +144,11 @@ class SequenceShard:
         return rebuild, [tensors[i] for i in floats]
 
     # -- the state chain (memory scans, MAC) ------------------------------------------
-    def serial(self, step, x: torch.Tensor):
+    def serial(self, step, x: torch.Tensor, start_only: list = ()):
         """out, state = step(x, state) continuing from the previous shard's end state
-        (None on the first shard); hands the end state to the next shard. Returns out."""
+        (None on the first shard); hands the end state to the next shard. Returns out.
+        start_only: the parameters step reads only at the start of the sequence (see
+        _reads_all)."""
         state = None
         if not self.is_first:
             rebuild, floats = self._once(self._recv_tree, self.rank - 1, x.device)
@@ -160,9 +162,9 @@ class SequenceShard:
             floats = self._send_tree(state, self.rank + 1, x.device)
             if torch.is_grad_enabled():
                 out = _StateToNext.apply(self, out, *floats)
-        return out
+        return self._reads_all(out, start_only)
 
-    def reads_all(self, out: torch.Tensor, start_only: list) -> torch.Tensor:
+    def _reads_all(self, out: torch.Tensor, start_only) -> torch.Tensor:
         """out, with a zero contribution from the parameters that only the first shard
         reads: every rank then has a gradient (of zeros) for every parameter, which
         FSDP's reduce-scatter needs (it reduces the parameters that have one, and the

@@ -71,6 +71,8 @@ class TitansTransformer(nn.Module):
         packed batch. positions [B, T]: context parallel only, where in the sequence the
         trainer's shard of tokens lies."""
         if self.sequence_group is not None:
+            if attention_masks is not None:
+                raise ValueError("packed documents (attention_masks) cannot run under context parallel")
             return self._forward_shard(tokens, positions)
         if positions is not None:
             raise ValueError("positions are given only under context parallel (shard_sequence)")
@@ -82,7 +84,6 @@ class TitansTransformer(nn.Module):
         return self.output(self.norm(h))
 
     def _forward_shard(self, tokens: torch.Tensor, positions) -> torch.Tensor:
-        flush_sends()  # the last backward's gradient sends (received by now)
         shard, tokens, restore = contiguous_shard(self.sequence_group, tokens, positions)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
