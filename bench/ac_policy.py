@@ -24,9 +24,9 @@ from torchtitan.config import ActivationCheckpoint
 from torchtitan.distributed.activation_checkpoint import apply_ac
 
 from bench.common import machine, publish, table
+from devtools.models import debug_model
 from titans_plugin.adapter.parallelize import SAC_SAVE_LIST
-from titans_plugin.config import TitansConfig
-from titans_plugin.model import TitansModelArgs, TitansTransformer
+from titans_plugin.model import TitansTransformer
 
 LLAMA3_SAVE_LIST = SAC_SAVE_LIST - {torch.ops.aten.bmm.default, torch.ops.titans.memory_scan.default}
 POLICIES = {
@@ -36,24 +36,6 @@ POLICIES = {
     "selective op, llama3's list": (ActivationCheckpoint(mode="selective", selective_ac_option="op"), LLAMA3_SAVE_LIST),
     "selective op, plugin's list": (ActivationCheckpoint(mode="selective", selective_ac_option="op"), SAC_SAVE_LIST),
 }
-
-
-def build(pattern: str, seq_len: int) -> TitansTransformer:
-    """The debug flavor's sizes with debug_mac.toml's [titans] settings."""
-    torch.manual_seed(0)
-    titans = TitansConfig(
-        pattern=pattern,
-        memory_heads=4,
-        memory_expansion=2.0,
-        chunk_size=32,
-        segment_len=128,
-        window=128,
-        n_persistent=4,
-    )
-    args = TitansModelArgs(
-        dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=seq_len, titans=titans
-    )
-    return TitansTransformer(args)
 
 
 def step(model: torch.nn.Module, tokens: torch.Tensor) -> None:
@@ -94,7 +76,7 @@ def main() -> None:
     tokens = torch.randint(0, 2048, (a.batch, a.seq_len + 1), generator=torch.Generator().manual_seed(0))
     rows = []
     for pattern in a.patterns:
-        base = build(pattern, a.seq_len)
+        base = debug_model(pattern, a.seq_len)
         results = {name: measure(base, policy, tokens, a.iters) for name, policy in POLICIES.items()}
         none_peak, none_time = results["none"]
         for name, (peak, seconds) in results.items():

@@ -26,29 +26,11 @@ import torch.nn.functional as F
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bench.common import machine, publish, table
+from devtools.models import debug_model
 from devtools.ranks import run_ranks
 from titans_plugin.blocks import sequence_shard
-from titans_plugin.config import TitansConfig
-from titans_plugin.model import TitansModelArgs, TitansTransformer
 
 VOCAB = 2048
-
-
-def build(pattern: str, seq_len: int) -> TitansTransformer:
-    torch.manual_seed(0)
-    titans = TitansConfig(
-        pattern=pattern,
-        memory_heads=4,
-        memory_expansion=2.0,
-        chunk_size=32,
-        segment_len=128,
-        window=128,
-        n_persistent=4,
-    )
-    args = TitansModelArgs(
-        dim=128, n_layers=4, n_heads=4, vocab_size=VOCAB, multiple_of=64, max_seq_len=seq_len, titans=titans
-    )
-    return TitansTransformer(args)
 
 
 def _step(model, tokens, labels, total):
@@ -101,7 +83,7 @@ def _rank(rank, size, pattern, seq_len, iters, timed, out_dir):
     data = torch.randint(0, VOCAB, (1, seq_len + 1), generator=torch.Generator().manual_seed(0))
     n = seq_len // size
     tokens, labels = data[:, rank * n : (rank + 1) * n], data[:, 1 + rank * n : 1 + (rank + 1) * n]
-    model = build(pattern, seq_len)
+    model = debug_model(pattern, seq_len)
     model.shard_sequence(dist.group.WORLD)
     result = _measure(model, tokens, labels, seq_len, iters, timed)
     with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
@@ -114,7 +96,7 @@ def measure(pattern: str, seq_len: int, size: int, iters: int):
     if size == 1:
         torch.set_num_threads(1)
         data = torch.randint(0, VOCAB, (1, seq_len + 1), generator=torch.Generator().manual_seed(0))
-        return _measure(build(pattern, seq_len), data[:, :-1], data[:, 1:], seq_len, iters, timed)
+        return _measure(debug_model(pattern, seq_len), data[:, :-1], data[:, 1:], seq_len, iters, timed)
     with tempfile.TemporaryDirectory() as d:
         run_ranks(_rank, size, pattern, seq_len, iters, timed, d)
         results = [json.load(open(os.path.join(d, f"{r}.json"))) for r in range(size)]

@@ -29,6 +29,25 @@ def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> T
     return TitansTransformer(args).double()
 
 
+def debug_model(pattern: str, seq_len: int) -> TitansTransformer:
+    """The debug flavor's sizes (dim 128, 4 layers) with debug_mac.toml's [titans]
+    settings, fp32: the model the CPU benchmarks measure."""
+    torch.manual_seed(0)
+    titans = TitansConfig(
+        pattern=pattern,
+        memory_heads=4,
+        memory_expansion=2.0,
+        chunk_size=32,
+        segment_len=128,
+        window=128,
+        n_persistent=4,
+    )
+    args = TitansModelArgs(
+        dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=seq_len, titans=titans
+    )
+    return TitansTransformer(args)
+
+
 def memory_inputs(
     B=2, T=13, H=3, D=5, depth=2, hidden=7, dtype=torch.float64, seed=0, requires_grad=False, momentum=True
 ):
