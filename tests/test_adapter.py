@@ -92,27 +92,34 @@ def test_pipeline_parallel_is_rejected_before_training():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        # head-tail (the default) cuts 512 into 2 x 3 chunks
+        # head-tail (the default) cuts each sequence into 2 x 3 chunks
         ([], r"training\.seq_len=512 must be a multiple of 6"),
+        (["--training.seq_len", "516"], r"validation\.seq_len=512 must be a multiple of 6"),
         (["--titans.attn_mask_type", "block_causal"], r"titans\.attn_mask_type='block_causal' cannot run"),
         (["--parallelism.context_parallel_load_balancer", "ptrr"], r"context_parallel_load_balancer='ptrr'"),
         (["--compile.enable"], r"context_parallel_degree=3 cannot run with compile\.enable"),
     ],
 )
 def test_context_parallel_layouts_that_cannot_work_fail_before_training(overrides, message):
-    job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3", "--training.seq_len", "516", *overrides)
-    if not overrides:
-        job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3")
+    job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3", *overrides)
     with pytest.raises(ValueError, match=message):
         train_args(job)
 
 
 def test_context_parallel_layouts_that_work_pass():
     train_args(load_job_config(CONFIG, "--parallelism.context_parallel_degree", "2"))
-    job = load_job_config(CONFIG, "--parallelism.context_parallel_degree", "3", "--training.seq_len", "516")
-    job.parallelism.context_parallel_load_balancer = None  # contiguous: 516 = 3 x 172
-    job.validation.enable = False
-    train_args(job)
+    contiguous = ["--parallelism.context_parallel_load_balancer", "None"]  # 516 = 3 x 172, not 6 x 86
+    train_args(
+        load_job_config(
+            CONFIG,
+            "--parallelism.context_parallel_degree",
+            "3",
+            "--training.seq_len",
+            "516",
+            *contiguous,
+            "--validation.no-enable",
+        )
+    )
 
 
 def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
