@@ -108,7 +108,7 @@ def test_context_parallel_layouts_that_cannot_work_fail_before_training(override
 
 def test_context_parallel_layouts_that_work_pass():
     train_args(load_job_config(CONFIG, "--parallelism.context_parallel_degree", "2"))
-    contiguous = ["--parallelism.context_parallel_load_balancer", "None"]  # 516 = 3 x 172, not 6 x 86
+    contiguous = ["--parallelism.context_parallel_load_balancer", "None"]  # 513 = 3 x 171, not 6 x k
     train_args(
         load_job_config(
             CONFIG,
