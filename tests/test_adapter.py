@@ -115,7 +115,7 @@ def test_context_parallel_layouts_that_work_pass():
             "--parallelism.context_parallel_degree",
             "3",
             "--training.seq_len",
-            "516",
+            "513",
             *contiguous,
             "--validation.no-enable",
         )
