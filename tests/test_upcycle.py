@@ -57,8 +57,10 @@ def test_upcycle_refuses_mismatches_and_overwrites(transformer, tmp_path, capsys
     _, path = transformer
     with pytest.raises(ValueError, match=r"tok_embeddings.weight is \[2048, 256\] in the checkpoint and \[2048, 128\]"):
         plan({"tok_embeddings.weight": (2048, 128)}, {"tok_embeddings.weight": (2048, 256)}, path)
-    with pytest.raises(ValueError, match="shares no parameter"):
+    with pytest.raises(ValueError, match="has no x"):
         plan({"x": (1,)}, {"y": (1,)}, path)
+    with pytest.raises(ValueError, match="has 1 layers and the hybrid 2"):
+        plan({"layers.0.a": (1,), "layers.1.a": (1,)}, {"layers.0.a": (1,)}, path)
     out = tmp_path / "hybrid"
     out.mkdir()
     (out / "keep.txt").write_text("data")
