@@ -3,6 +3,7 @@
 naive            per-token reference (the definition)
 chunk_autograd   the chunked closed form through plain autograd (reference for chunk)
 chunk            exact chunk-parallel PyTorch path with a hand-written backward (runs everywhere)
+state_response   how a linear memory's scan depends on its start state (context parallel)
 triton_op        Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1): forward in
                  triton_scan.py, backward in triton_scan_bwd.py, per-chunk pieces in triton_chunk.py
 triton_compile   ahead-of-time compiles for an sm_<arch> target (dispatch's shared-memory check)
@@ -16,6 +17,7 @@ from .chunk_autograd import chunk_neural_memory_autograd
 from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
 from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
+from .state_response import add_start_state, state_response
 from .triton_op import SUPPORTED_DEPTHS as TRITON_DEPTHS
 from .triton_op import triton_neural_memory
 
@@ -23,6 +25,7 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "MemoryState",
+    "add_start_state",
     "chunk_neural_memory",
     "chunk_neural_memory_autograd",
     "get_activation",
@@ -30,6 +33,7 @@ __all__ = [
     "naive_neural_memory",
     "neural_memory_scan",
     "resolve_backend",
+    "state_response",
     "TRITON_DEPTHS",
     "triton_neural_memory",
 ]

@@ -98,6 +98,12 @@ def test_pipeline_parallel_is_rejected_before_training():
         (["--titans.attn_mask_type", "block_causal"], r"titans\.attn_mask_type='block_causal' cannot run"),
         (["--parallelism.context_parallel_load_balancer", "ptrr"], r"context_parallel_load_balancer='ptrr'"),
         (["--compile.enable"], r"context_parallel_degree=3 cannot run with compile\.enable"),
+        (
+            ["--training.seq_len", "516", "--validation.seq_len", "516", "--titans.cp_scan", "parallel"]
+            + ["--titans.memory_depth", "1", "--titans.max_grad_norm", "0"],
+            r"training\.seq_len=516 gives 172 tokens per context-parallel shard, which must be a multiple of "
+            r"titans\.chunk_size=32 with titans\.cp_scan='parallel'",
+        ),
     ],
 )
 def test_context_parallel_layouts_that_cannot_work_fail_before_training(overrides, message):

@@ -122,3 +122,27 @@ def test_continued_causal_attention_in_blocks_equals_one_mask():
     torch.testing.assert_close(blocked, dense, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad((blocked * w).sum(), leaves), torch.autograd.grad((dense * w).sum(), leaves)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+LINEAR = {"memory_depth": 1, "max_grad_norm": 0.0, "cp_scan": "parallel"}
+
+
+def test_linear_memory_scans_from_zero_in_parallel():
+    """cp_scan = "parallel": every shard but the first scans from zero and adds the state
+    it receives (kernels/state_response.py). 2 and 3 shards, head-tail, checkpointed, and
+    MAC/MAL layers (which stay serial) in the same model."""
+    cases = [(p, LINEAR) for p in ("M", "G", "CGALWM")] + [("GM", {**LINEAR, "gate_mode": "chunk"})]
+    _run(2, 24, "contiguous", cases)
+    _run(3, 24, "contiguous", [("MG", LINEAR), ("MG", {**LINEAR, "checkpoint": True})])
+    _run(2, 32, "headtail", [("MG", LINEAR)])
+
+
+def test_parallel_scan_is_refused_where_it_is_not_exact():
+    from titans_plugin.config import TitansConfig
+
+    with pytest.raises(ValueError, match=r"titans.memory_depth must be 1 with titans.cp_scan='parallel'"):
+        TitansConfig(pattern="M", cp_scan="parallel", max_grad_norm=0).validate(32, 2, 24)
+    with pytest.raises(ValueError, match=r"titans.max_grad_norm must be 0 with titans.cp_scan='parallel'"):
+        TitansConfig(pattern="M", cp_scan="parallel", memory_depth=1).validate(32, 2, 24)
+    with pytest.raises(ValueError, match=r"titans.cp_scan must be one of \['serial', 'parallel'\]"):
+        TitansConfig(pattern="M", cp_scan="ring").validate(32, 2, 24)

@@ -13,6 +13,7 @@ from titans_plugin.memory import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTH
 from titans_plugin.spec import parse_layer_spec
 
 ATTN_MASK_TYPES = ("causal", "block_causal")
+CP_SCANS = ("serial", "parallel")
 
 
 @dataclass
@@ -50,6 +51,11 @@ class TitansConfig:
     # EOS; every layer (attention masks, memory state and chunk grid, MAC segments)
     # treats each document as if it were alone (torchtitan llama3's mask type of that name)
     attn_mask_type: str = "causal"
+    # context parallel: how a shard's memory scan continues from the shard before it.
+    # "serial": waits for its end state (any memory). "parallel": scans from zero and adds
+    # the start state when it arrives (exact for a linear memory, memory_depth = 1, without
+    # the inner-gradient clip, max_grad_norm = 0; LMM and MAG layers; blocks/sharded_memory.py)
+    cp_scan: str = "serial"
 
     def layer_types(self, n_layers: int) -> list[str]:
         if self.layers:
@@ -112,6 +118,10 @@ class TitansConfig:
         _one_of(self, "kernel", list(BACKENDS))
         if self.kernel == "triton" and self.memory_depth not in TRITON_DEPTHS:
             _fail("memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.kernel='triton'", self.memory_depth)
+        _one_of(self, "cp_scan", list(CP_SCANS))
+        if self.cp_scan == "parallel":  # the scan is affine in its start state only then
+            _check(self, "memory_depth", self.memory_depth == 1, "1 with titans.cp_scan='parallel' (a linear memory)")
+            _check(self, "max_grad_norm", self.max_grad_norm == 0, "0 with titans.cp_scan='parallel' (no clip)")
 
 
 def _fail(name: str, allowed: str, value) -> None:

@@ -66,6 +66,12 @@ def check_context_parallel(
                 f"and context_parallel_load_balancer={load_balancer!r} (the sequence is cut into {chunks} "
                 "equal chunks)"
             )
+        shard, chunk = length // cp, args.titans.chunk_size
+        if args.titans.cp_scan == "parallel" and shard % chunk:
+            raise ValueError(
+                f"{name}={length} gives {shard} tokens per context-parallel shard, which must be a multiple of "
+                f"titans.chunk_size={chunk} with titans.cp_scan='parallel' (each shard scans whole chunks from zero)"
+            )
 
 
 def _compile_enabled(compile_config) -> bool:

@@ -4,6 +4,7 @@ from titans_plugin.memory import NeuralMemory, NeuralMemoryState
 
 from .base import TitansBlockBase
 from .documents import run_memory_on_documents
+from .sharded_memory import run_sharded_memory
 
 
 class LMMBlock(TitansBlockBase):
@@ -15,8 +16,17 @@ class LMMBlock(TitansBlockBase):
     def __init__(self, layer_id: int, model_args, titans):
         super().__init__(layer_id, model_args)
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
+        self.parallel_scan = titans.cp_scan == "parallel"
 
     def mix(self, x, freqs_cis, cache: NeuralMemoryState | None, docs=None):
         if docs is not None:
             return run_memory_on_documents(self.memory, x, docs), None
         return self.memory(x, cache)
+
+    def forward_shard(self, x, freqs_cis, shard):
+        """Context parallel: only the memory's scan continues from the previous shard
+        (blocks/sharded_memory.py); the feed-forward does not wait for the next one."""
+        m = run_sharded_memory(
+            self.memory, self.attention_norm(x), shard, self.sequence_start_parameters(), self.parallel_scan
+        )
+        return self._residual(x, self.mixer_output(m))

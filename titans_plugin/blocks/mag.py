@@ -13,6 +13,7 @@ from .attention import KVCache
 from .base import TitansBlockBase
 from .documents import run_memory_on_documents
 from .gate import MemoryGate
+from .sharded_memory import run_sharded_memory
 
 
 class MAGCache(NamedTuple):
@@ -33,6 +34,7 @@ class MAGBlock(TitansBlockBase):
         self.attention = self._make_attention(model_args, titans.window, titans.n_persistent)
         self.memory = NeuralMemory(self._memory_config(model_args, titans))
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
+        self.parallel_scan = titans.cp_scan == "parallel"
 
     def mix(self, x, freqs_cis, cache: MAGCache | None, docs=None):
         if docs is not None:
@@ -45,10 +47,10 @@ class MAGBlock(TitansBlockBase):
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: the attention runs first, needing only the earlier keys,
         while the previous shard may still be scanning; then the memory continues from
-        the state that shard hands over."""
+        the state that shard hands over (blocks/sharded_memory.py)."""
         xn = self.attention_norm(x)
         y = self.attention.forward_shard(xn, freqs_cis, shard)
-        m = shard.serial(self.memory, xn, self.sequence_start_parameters())
+        m = run_sharded_memory(self.memory, xn, shard, self.sequence_start_parameters(), self.parallel_scan)
         return self._residual(x, self.gate(y, m))
 
     def attention_context(self, seq_len: int) -> int:

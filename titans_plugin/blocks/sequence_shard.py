@@ -82,7 +82,9 @@ class SequenceShard:
             return self.log.popleft()
         result = exchange(*args)
         if torch.is_grad_enabled():
-            self.log.append(tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, result))
+            # requires_grad as the first time: whether an op saves a tensor depends on it,
+            # and a recompute must save exactly what the first run saved
+            self.log.append(tree_map(_detached_like, result))
         return result
 
     @property
@@ -188,6 +190,10 @@ class SequenceShard:
         gathered = self._once(_AllGatherSequence.apply, self, *tensors)
         start = 0 if n is None else max(0, self.offset - n)
         return tuple(g[:, start : self.offset] for g in gathered)
+
+
+def _detached_like(t):
+    return t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
 
 
 def _distinct_leaves(tree):

@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from titans_plugin.kernels import MemoryState, get_activation, memory_mlp, neural_memory_scan
+from titans_plugin.kernels import (
+    MemoryState,
+    add_start_state,
+    get_activation,
+    memory_mlp,
+    neural_memory_scan,
+    state_response,
+)
+from titans_plugin.kernels.state import state_dtype
 
 from .config import MemoryConfig
 from .conv import causal_depthwise_conv
@@ -41,6 +49,18 @@ class NeuralMemoryState(NamedTuple):
             tail,
             self.seen,
         )
+
+
+class ZeroStartScan(NamedTuple):
+    """scan_from_zero's result: the memory input (normed), the output and end state from
+    a zero state, the response to the start state, the gates."""
+
+    xn: torch.Tensor
+    y0: torch.Tensor
+    end0: MemoryState
+    U: torch.Tensor
+    P: MemoryState
+    gates: tuple[torch.Tensor, ...]
 
 
 def _logit(p: float) -> float:
@@ -151,12 +171,21 @@ class NeuralMemory(nn.Module):
     def _gates(self, x: torch.Tensor):
         """theta in (0, max_lr), eta in (0, max_momentum), alpha in (0, max_forget): [B, T, H]."""
         B, T, _ = x.shape
-        z = self.w_gates(x).float().view(B, T, -1, 3)
+        z = self.w_gates(x)
+        z = z.to(torch.promote_types(z.dtype, torch.float32)).view(B, T, -1, 3)  # fp32 at least, fp64 kept
         c = self.config
         theta = c.max_lr * torch.sigmoid(z[..., 0])
         eta = c.max_momentum * torch.sigmoid(z[..., 1])
         alpha = c.max_forget * torch.sigmoid(z[..., 2])
         return theta, eta, alpha
+
+    def _gate_layout(self, seq: tuple) -> tuple:
+        """q, k, v and the gates of a sequence that starts at a chunk boundary, with
+        gate_mode = "chunk" giving every token its chunk's first gates."""
+        if self.config.gate_mode != "chunk":
+            return seq
+        first = torch.arange(seq[0].shape[1], device=seq[0].device) // self.config.chunk_size * self.config.chunk_size
+        return seq[:3] + tuple(g[:, first] for g in seq[3:])
 
     def initial_state(self, batch_size: int) -> MemoryState:
         return MemoryState.from_initial(tuple(_local_heads(w) for w in self.init_memory), batch_size)
@@ -216,9 +245,7 @@ class NeuralMemory(nn.Module):
             chunk_start, seen = state.chunk_start, state.seen
             seq = tuple(torch.cat([p.to(n.dtype), n], dim=1) for p, n in zip(state.pending, new))
         n_pending = seq[0].shape[1] - T  # the sequence now starts at a chunk boundary
-        if self.config.gate_mode == "chunk":
-            first = torch.arange(seq[0].shape[1], device=x.device) // C * C
-            seq = seq[:3] + tuple(g[:, first] for g in seq[3:])
+        seq = self._gate_layout(seq)
 
         # Full chunks first, then the unfinished tail from the boundary state: the
         # boundary state is what the next call must start from.
@@ -244,6 +271,43 @@ class NeuralMemory(nn.Module):
         if self.training:
             self._record_stats(new[3:], final)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
+
+    # -- context parallel for a linear memory (blocks/sharded_memory.py) ---------------
+    def conv_tail_after(self, x_before: torch.Tensor):
+        """The conv tail that tokens x_before [B, n, dim] (the n <= K - 1 tokens just
+        before a shard; fewer at the start of the sequence) leave behind."""
+        if self.conv_q is None:
+            return None
+        xn = self.input_norm(x_before)
+        pad = self.config.conv_kernel - 1 - x_before.shape[1]
+        return tuple(F.pad(lin(xn), (0, 0, pad, 0)) for lin in (self.wq, self.wk, self.wv))
+
+    def scan_from_zero(self, x: torch.Tensor, conv_tail) -> ZeroStartScan:
+        """The scan of x (whole chunks, a chunk boundary first) from a zero state, and
+        its response to the start state (kernels/state_response.py): everything a shard
+        can compute before the previous shard's end state arrives. Depth 1, no clip."""
+        B, T, _ = x.shape
+        c = self.config
+        if c.depth != 1 or c.max_grad_norm or T % c.chunk_size:
+            raise ValueError(
+                f"a scan from zero needs a linear memory (depth 1, got {c.depth}) without the clip "
+                f"(max_grad_norm 0, got {c.max_grad_norm}) over whole chunks ({T} tokens, chunk_size {c.chunk_size})"
+            )
+        xn = self.input_norm(x)
+        q, k, v, _ = self._project(xn, conv_tail)
+        seq = self._gate_layout((q, k, v, *self._gates(xn)))
+        shape = (B, q.shape[2], self.head_dim, self.head_dim)
+        zero = torch.zeros(shape, dtype=state_dtype(q), device=x.device)
+        y0, end0 = self._scan(seq, MemoryState((zero,), (zero,)))
+        U, P = state_response(q, k, *seq[3:], chunk_size=c.chunk_size, activation=c.activation, backend=c.backend)
+        return ZeroStartScan(xn, y0, end0, U, P, seq[3:])
+
+    def continue_from(self, scan: ZeroStartScan, start: MemoryState) -> tuple[torch.Tensor, MemoryState]:
+        """The output for the start state the previous shard ended with, and this shard's end state."""
+        y, end = add_start_state(scan.y0, scan.end0, scan.U, scan.P, start)
+        if self.training:
+            self._record_stats(scan.gates, end)
+        return self._output(scan.xn, y), end
 
     def _record_stats(self, gates, final: MemoryState) -> None:
         """Detached summaries of the last training forward, for the metrics logger.
