@@ -9,4 +9,4 @@ source scripts/setup_env.sh
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collects no test: that is a failure here too.
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=30 "$@"

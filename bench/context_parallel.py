@@ -2,6 +2,7 @@
 
     python -m bench.context_parallel            # prints the table, writes docs/parallelism.md
     python -m bench.context_parallel --no-write
+    python -m bench.context_parallel --linear   # a linear memory: cp_scan serial against parallel
 
 For each model (the debug flavor's sizes, 4 layers, debug_mac.toml's [titans] settings),
 one long sequence is trained for a step in one process and split over P = 2 and 4
@@ -78,27 +79,33 @@ def _measure(model, tokens, labels, total, iters, timed):
     return peak, statistics.median(times), statistics.median(waits)
 
 
-def _rank(rank, size, pattern, seq_len, iters, timed, out_dir):
+# --linear: an LMM with a linear memory and no inner-gradient clip, scanned both ways
+LINEAR = {"memory_depth": 1, "max_grad_norm": 0.0}
+SCANS = {"serial": {**LINEAR, "cp_scan": "serial"}, "parallel": {**LINEAR, "cp_scan": "parallel"}}
+
+
+def _rank(rank, size, pattern, seq_len, iters, timed, out_dir, overrides):
     torch.set_num_threads(1)
     data = torch.randint(0, VOCAB, (1, seq_len + 1), generator=torch.Generator().manual_seed(0))
     n = seq_len // size
     tokens, labels = data[:, rank * n : (rank + 1) * n], data[:, 1 + rank * n : 1 + (rank + 1) * n]
-    model = debug_model(pattern, seq_len)
+    model = debug_model(pattern, seq_len, **overrides)
     model.shard_sequence(dist.group.WORLD)
     result = _measure(model, tokens, labels, seq_len, iters, timed)
     with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
         json.dump(result, f)
 
 
-def measure(pattern: str, seq_len: int, size: int, iters: int):
+def measure(pattern: str, seq_len: int, size: int, iters: int, overrides: dict | None = None):
     """(max peak MiB over ranks, step seconds, max wait seconds) for `size` shards."""
     timed = size <= os.cpu_count()
     if size == 1:
         torch.set_num_threads(1)
         data = torch.randint(0, VOCAB, (1, seq_len + 1), generator=torch.Generator().manual_seed(0))
-        return _measure(debug_model(pattern, seq_len), data[:, :-1], data[:, 1:], seq_len, iters, timed)
+        model = debug_model(pattern, seq_len, **(overrides or {}))
+        return _measure(model, data[:, :-1], data[:, 1:], seq_len, iters, timed)
     with tempfile.TemporaryDirectory() as d:
-        run_ranks(_rank, size, pattern, seq_len, iters, timed, d)
+        run_ranks(_rank, size, pattern, seq_len, iters, timed, d, overrides or {})
         results = [json.load(open(os.path.join(d, f"{r}.json"))) for r in range(size)]
     peak = max(r[0] for r in results)
     if not timed:
@@ -113,7 +120,10 @@ def main() -> None:
     p.add_argument("--shards", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--linear", action="store_true", help="LMM with a linear memory: cp_scan serial vs parallel")
     a = p.parse_args()
+    if a.linear:
+        return linear(a)
     head = ["model", "P", "peak MiB per rank", "vs P = 1", "step s", "waiting on other shards s", "share of the step"]
     rows = []
     for pattern in a.patterns:
@@ -135,6 +145,25 @@ def main() -> None:
         "P = 4 runs 4 processes on 2 cores, so only its memory is reported.\n\n" + table(head, rows)
     )
     publish(doc, "parallelism.md", "cp", write=not a.no_write)
+
+
+def linear(a) -> None:
+    head = ["cp_scan", "P", "peak MiB per rank", "step s", "waiting on other shards s", "share of the step"]
+    rows = []
+    for name, overrides in SCANS.items():
+        for size in [s for s in a.shards if s > 1]:
+            peak, seconds, wait = measure("M", a.seq_len, size, a.iters, overrides)
+            timing = ["—", "—", "—"] if seconds is None else [f"{seconds:.2f}", f"{wait:.2f}", f"{wait / seconds:.0%}"]
+            rows.append([f"`{name}`", str(size), f"{peak:.0f}", *timing])
+            print(table(head, rows[-1:]), flush=True)
+    peak, seconds, _ = measure("M", a.seq_len, 1, a.iters, LINEAR)
+    doc = (
+        "### Measured: a linear memory's scan across shards, serial against parallel\n\n"
+        f"Machine: {machine()}. Command: `python -m bench.context_parallel --linear`. The `M` model above "
+        f"with a linear memory (memory_depth = 1, max_grad_norm = 0), one sequence of {a.seq_len} tokens, "
+        f"otherwise as above. One process: peak {peak:.0f} MiB, step {seconds:.2f} s.\n\n" + table(head, rows)
+    )
+    publish(doc, "parallelism.md", "cp_linear", write=not a.no_write)
 
 
 if __name__ == "__main__":

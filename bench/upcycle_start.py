@@ -63,7 +63,7 @@ def main() -> None:
     a = p.parse_args()
     results = measure(a.pretrain)
     reference = results["Transformer (the checkpoint)"]
-    rows = [[label, f"{loss:.3f}", f"{loss - reference:+.3f}"] for label, loss in results.items()]
+    rows = [[label, f"{loss:.4f}", f"{loss - reference:+.4f}"] for label, loss in results.items()]
     rows.append(
         ["chance (uniform over the vocabulary)", f"{math.log(VOCAB):.3f}", f"{math.log(VOCAB) - reference:+.3f}"]
     )

@@ -29,9 +29,9 @@ def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> T
     return TitansTransformer(args).double()
 
 
-def debug_model(pattern: str, seq_len: int) -> TitansTransformer:
+def debug_model(pattern: str, seq_len: int, **overrides) -> TitansTransformer:
     """The debug flavor's sizes (dim 128, 4 layers) with debug_mac.toml's [titans]
-    settings, fp32: the model the CPU benchmarks measure."""
+    settings (and [titans] overrides), fp32: the model the CPU benchmarks measure."""
     torch.manual_seed(0)
     titans = TitansConfig(
         pattern=pattern,
@@ -41,6 +41,7 @@ def debug_model(pattern: str, seq_len: int) -> TitansTransformer:
         segment_len=128,
         window=128,
         n_persistent=4,
+        **overrides,
     )
     args = TitansModelArgs(
         dim=128, n_layers=4, n_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=seq_len, titans=titans
