@@ -65,7 +65,7 @@ def main() -> None:
     reference = results["Transformer (the checkpoint)"]
     rows = [[label, f"{loss:.4f}", f"{loss - reference:+.4f}"] for label, loss in results.items()]
     rows.append(
-        ["chance (uniform over the vocabulary)", f"{math.log(VOCAB):.3f}", f"{math.log(VOCAB) - reference:+.3f}"]
+        ["chance (uniform over the vocabulary)", f"{math.log(VOCAB):.4f}", f"{math.log(VOCAB) - reference:+.2f}"]
     )
     text = "\n\n".join(
         [

@@ -53,6 +53,10 @@ def _worker(rank, size, T, layout, cases):
     for pattern, titans in cases:
         titans = dict(titans)
         checkpointed = titans.pop("checkpoint", False)
+        if "query_block" in titans:  # ring attention's query blocks, small enough to cut a shard
+            from titans_plugin.blocks import ring_attention
+
+            ring_attention.QUERY_BLOCK = titans.pop("query_block")
         reference = tiny_model(pattern, **titans)
         logits = reference(tokens)
         (logits * weight).sum().backward()
@@ -99,6 +103,13 @@ def test_activation_checkpointing_replays_exchanges():
 def test_head_tail_layout():
     """torchtitan's default load balancer: each rank holds two chunks of the sequence."""
     _run(2, 24, "headtail", [(p, {}) for p in ("CGALWM", "A")])
+
+
+def test_ring_attention_over_four_shards_in_query_blocks():
+    """Full attention passes key/value blocks along the shards (blocks/ring_attention.py):
+    shard 3 receives three blocks and sends gradients back through two others; query
+    blocks of 5 cut every shard of 8."""
+    _run(4, 32, "contiguous", [("A", {"query_block": 5}), ("AM", {"checkpoint": True})])
 
 
 @pytest.mark.parametrize("backend", ["naive"])

@@ -1,0 +1,134 @@
+"""Full causal attention over contiguous sequence shards, passing key/value blocks along
+the shards instead of gathering them (context parallel, blocks/sequence_shard.py).
+
+Shard r needs the keys and values of shards 0..r. They travel as a chain: shard r sends
+its own block to r + 1, then forwards each block it receives from r - 1, so shard r + 1
+receives blocks r, r - 1, ..., 0 one at a time and never holds more than one besides its
+own. Each block's attention is merged into the running output through its log-sum-exp,
+as flash attention merges key blocks.
+
+The backward runs the same chain for the keys and values again and a chain the other way
+for their gradients: shard r receives from r + 1 the gradient of block j summed over the
+shards after it, adds its own queries' part and passes it on to r - 1, until it reaches
+shard j. No shard holds the whole sequence's keys, values or their gradients.
+
+Per shard and layer: it receives r blocks of keys and values in the forward (as many as an
+all-gather would deliver to the last shard), r again in the backward, and r gradient blocks.
+"""
+
+import torch
+import torch.distributed as dist
+
+QUERY_BLOCK = 1024  # scores of at most this many queries against one key block are live at once
+
+
+def _expand_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    return t.repeat_interleave(n_heads // t.shape[2], dim=2)
+
+
+def _scores(q, k, causal: bool, start: int):
+    """[B, H, Tq, Tk] scores of queries q (positions start.. within the block) on keys k."""
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    if causal:
+        q_pos = torch.arange(start, start + q.shape[1], device=q.device)
+        s = s.masked_fill(torch.arange(k.shape[1], device=q.device) > q_pos[:, None], float("-inf"))
+    return s
+
+
+def _block_forward(q, k, v, causal: bool):
+    """out [B, Tq, H, D], lse [B, H, Tq] of q over one key block (fp32 math)."""
+    k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
+    outs, lses = [], []
+    for i in range(0, q.shape[1], QUERY_BLOCK):
+        s = _scores(q[:, i : i + QUERY_BLOCK], k, causal, i)
+        lse = torch.logsumexp(s, dim=-1)
+        outs.append(torch.einsum("bhqk,bkhd->bqhd", torch.exp(s - lse.unsqueeze(-1)), v))
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=-1)
+
+
+def _merge(out, lse, out_b, lse_b):
+    new = torch.logaddexp(lse, lse_b)
+    w, w_b = (torch.exp(x - new).transpose(1, 2).unsqueeze(-1) for x in (lse, lse_b))
+    return out * w + out_b * w_b, new
+
+
+def _block_backward(q, k, v, dout, lse, delta, causal: bool):
+    """dq, dk, dv of one key block, with the softmax normalised by the whole row (lse)."""
+    n_heads, n_kv = q.shape[2], k.shape[2]
+    ke, ve = _expand_kv(k, n_heads), _expand_kv(v, n_heads)
+    dq = torch.empty_like(q)
+    dk, dv = torch.zeros_like(ke), torch.zeros_like(ve)
+    for i in range(0, q.shape[1], QUERY_BLOCK):
+        sl = slice(i, i + QUERY_BLOCK)
+        p = torch.exp(_scores(q[:, sl], ke, causal, i) - lse[..., sl].unsqueeze(-1))
+        dv += torch.einsum("bhqk,bqhd->bkhd", p, dout[:, sl])
+        dp = torch.einsum("bqhd,bkhd->bhqk", dout[:, sl], ve)
+        ds = p * (dp - delta[..., sl].unsqueeze(-1)) * q.shape[-1] ** -0.5
+        dq[:, sl] = torch.einsum("bhqk,bkhd->bqhd", ds, ke)
+        dk += torch.einsum("bhqk,bqhd->bkhd", ds, q[:, sl])
+    group = n_heads // n_kv  # grouped heads: sum each KV head's queries
+    return dq, dk.unflatten(2, (n_kv, group)).sum(3), dv.unflatten(2, (n_kv, group)).sum(3)
+
+
+def _ring_forward(shard, q, k, v):
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q32, k32, v32 = q.to(dtype), k.to(dtype), v.to(dtype)
+    out, lse = _block_forward(q32, k32, v32, causal=True)
+    if not shard.is_last:
+        shard._send(k, shard.rank + 1), shard._send(v, shard.rank + 1)
+    for _ in range(shard.rank):  # blocks r - 1, ..., 0
+        kb, vb = (shard._recv(t.shape, t.dtype, t.device, shard.rank - 1) for t in (k, v))
+        if not shard.is_last:
+            shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)
+        out, lse = _merge(out, lse, *_block_forward(q32, kb.to(dtype), vb.to(dtype), causal=False))
+    return out.to(q.dtype), lse
+
+
+class _RingAttention(torch.autograd.Function):
+    """Carries the backward of an attention output computed by _ring_forward."""
+
+    @staticmethod
+    def forward(ctx, shard, q, k, v, out, lse):
+        ctx.shard = shard
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, dout):
+        shard = ctx.shard
+        q, k, v, out, lse = ctx.saved_tensors
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        q32, dout32 = q.to(dtype), dout.to(dtype)
+        delta = (dout32 * out.to(dtype)).sum(-1).transpose(1, 2)  # [B, H, Tq]
+        dq = torch.zeros_like(q32)
+        for j in range(shard.rank, -1, -1):  # own block first, then r - 1, ..., 0
+            if j == shard.rank:
+                kb, vb = k, v
+            else:
+                kb, vb = (shard._recv(t.shape, t.dtype, t.device, shard.rank - 1) for t in (k, v))
+            if not shard.is_last:
+                shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)
+            dq_j, dk_j, dv_j = _block_backward(q32, kb.to(dtype), vb.to(dtype), dout32, lse, delta, j == shard.rank)
+            dq += dq_j
+            if not shard.is_last:  # block j's gradient from the queries of the shards after this one
+                dk_j = dk_j + shard._recv(dk_j.shape, dk_j.dtype, dk_j.device, shard.rank + 1)
+                dv_j = dv_j + shard._recv(dv_j.shape, dv_j.dtype, dv_j.device, shard.rank + 1)
+            if j == shard.rank:
+                dk, dv = dk_j, dv_j
+            else:
+                shard._send(dk_j, shard.rank - 1), shard._send(dv_j, shard.rank - 1)
+        return None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def ring_causal_attention(shard, q, k, v):
+    """Causal attention of this shard's queries q [B, T, H, D] over the keys and values of
+    every position up to theirs; k, v [B, T, H_kv, D] are this shard's. Under activation
+    checkpointing a recompute replays the first forward's output (the other shards are not
+    recomputing at that moment) and the backward is the same."""
+    if shard.size == 1 or not dist.is_initialized():
+        raise ValueError("ring attention needs a SequenceShard of several shards")
+    out, lse = shard._once(_ring_forward, shard, q.detach(), k.detach(), v.detach())
+    if not torch.is_grad_enabled():
+        return out
+    return _RingAttention.apply(shard, q, k, v, out, lse)
