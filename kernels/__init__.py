@@ -17,7 +17,7 @@ from .chunk_autograd import chunk_neural_memory_autograd
 from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
 from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
-from .state_response import add_start_state, state_response
+from .state_response import add_start_state, response_output, state_response
 from .triton_op import SUPPORTED_DEPTHS as TRITON_DEPTHS
 from .triton_op import triton_neural_memory
 
@@ -33,6 +33,7 @@ __all__ = [
     "naive_neural_memory",
     "neural_memory_scan",
     "resolve_backend",
+    "response_output",
     "state_response",
     "TRITON_DEPTHS",
     "triton_neural_memory",

@@ -50,8 +50,13 @@ def state_response(q, k, theta, eta, alpha, *, chunk_size: int, activation: str,
     )
 
 
-def add_start_state(y0, end0: MemoryState, U, P: MemoryState, start: MemoryState):
-    """The scan from `start`, given the scan from zero (y0, end0) and the response (U, P)."""
-    X = torch.cat([start.weights[0], start.momentum[0]], dim=-2)  # [B, H, 2D, D_v]
-    y = y0.to(X.dtype) + torch.einsum("bthi,bhij->bthj", U.to(X.dtype), X)
-    return y, MemoryState((end0.weights[0] + P.weights[0] @ X,), (end0.momentum[0] + P.momentum[0] @ X,))
+def add_start_state(end0: MemoryState, P: MemoryState, start: MemoryState):
+    """(X, end): the start state stacked [B, H, 2D, D_v] and the end state of the scan from
+    `start`, given the scan's end from zero (end0) and its response P."""
+    X = torch.cat([start.weights[0], start.momentum[0]], dim=-2)
+    return X, MemoryState((end0.weights[0] + P.weights[0] @ X,), (end0.momentum[0] + P.momentum[0] @ X,))
+
+
+def response_output(y0: torch.Tensor, U: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The outputs of the scan from the stacked start state X, given those from zero (y0)."""
+    return y0.to(X.dtype) + torch.einsum("bthi,bhij->bthj", U.to(X.dtype), X)

@@ -57,6 +57,11 @@ def _worker(rank, size, T, layout, cases):
             from titans_plugin.blocks import ring_attention
 
             ring_attention.QUERY_BLOCK = titans.pop("query_block")
+            ring_attention.RING_DEVICES = ("reference",)  # the written-out math, in query blocks
+        if titans.pop("gather", False):  # full attention as on devices without the ring kernel
+            from titans_plugin.blocks import attention
+
+            attention.RING_DEVICES = ()
         reference = tiny_model(pattern, **titans)
         logits = reference(tokens)
         (logits * weight).sum().backward()
@@ -105,11 +110,34 @@ def test_head_tail_layout():
     _run(2, 24, "headtail", [(p, {}) for p in ("CGALWM", "A")])
 
 
-def test_ring_attention_over_four_shards_in_query_blocks():
+def test_ring_attention_over_four_shards():
     """Full attention passes key/value blocks along the shards (blocks/ring_attention.py):
-    shard 3 receives three blocks and sends gradients back through two others; query
-    blocks of 5 cut every shard of 8."""
-    _run(4, 32, "contiguous", [("A", {"query_block": 5}), ("AM", {"checkpoint": True})])
+    shard 3 receives three blocks and sends gradients back through two others. Also its
+    reference math in query blocks of 5 (cutting every shard of 8), and the all-gather
+    that devices without the fused kernel use."""
+    _run(4, 32, "contiguous", [("AM", {"checkpoint": True}), ("A", {"query_block": 5}), ("A", {"gather": True})])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_block_attention_equals_its_reference(dtype):
+    """SDPA's CPU flash kernel with its log-sum-exp, per key block and merged, against the
+    written-out math: outputs and the gradients with the whole row's softmax."""
+    from titans_plugin.blocks import ring_attention as ra
+
+    g = torch.Generator().manual_seed(0)
+    q, dout = (torch.randn(2, 7, 4, 8, generator=g, dtype=dtype) for _ in range(2))
+    k1, v1, k2, v2 = (torch.randn(2, 7, 2, 8, generator=g, dtype=dtype) for _ in range(4))
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    results = []
+    for fused in (True, False):
+        forward = ra._block_forward if fused else ra._block_forward_reference
+        backward = ra._block_backward if fused else ra._block_backward_reference
+        out, lse = ra._merge(*forward(q, k2, v2, True), *forward(q, k1, v1, False))
+        out = out.to(dtype)
+        grads = [backward(q, k, v, dout, out, lse, causal) for k, v, causal in ((k2, v2, True), (k1, v1, False))]
+        results.append((out, lse, *[t for g3 in grads for t in g3]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.to(dtype), b.to(dtype), **tol)
 
 
 @pytest.mark.parametrize("backend", ["naive"])

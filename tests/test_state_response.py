@@ -4,7 +4,7 @@ the start state (kernels/state_response.py), for every backend that runs here.""
 import pytest
 import torch
 
-from titans_plugin.kernels import MemoryState, add_start_state, neural_memory_scan, state_response
+from titans_plugin.kernels import MemoryState, add_start_state, neural_memory_scan, response_output, state_response
 
 
 def _inputs(B=2, T=24, H=3, D=4, seed=0):
@@ -32,7 +32,8 @@ def test_scan_from_a_start_state_is_zero_start_plus_its_response(backend, chunk_
     )
     y0, end0 = neural_memory_scan(q, k, v, theta, eta, alpha, zero, **opts, max_grad_norm=None)
     U, P = state_response(q, k, theta, eta, alpha, **opts)
-    y2, end2 = add_start_state(y0, end0, U, P, start)
+    X, end2 = add_start_state(end0, P, start)
+    y2 = response_output(y0, U, X)
     assert (y2 - y).abs().max() < 1e-10
     assert (end2.weights[0] - end.weights[0]).abs().max() < 1e-10
     assert (end2.momentum[0] - end.momentum[0]).abs().max() < 1e-10
@@ -53,4 +54,5 @@ def test_the_clip_makes_the_scan_non_affine():
     zero = MemoryState((torch.zeros_like(start.weights[0]),), (torch.zeros_like(start.momentum[0]),))
     y0, end0 = neural_memory_scan(q, k, v, theta, eta, alpha, zero, **opts)
     U, P = state_response(q, k, theta, eta, alpha, chunk_size=8, activation="silu", backend="chunk")
-    assert (add_start_state(y0, end0, U, P, start)[0] - y).abs().max() > 1e-3
+    X, _ = add_start_state(end0, P, start)
+    assert (response_output(y0, U, X) - y).abs().max() > 1e-3

@@ -149,11 +149,13 @@ def _upcycle_on_rank(rank, size, folder, out):
     upcycle(folder, MAL, out, HYBRID, log=lambda *_: None)
 
 
-def test_hugging_face_upcycle_sharded_over_two_processes(hf_folder, tmp_path):
+def test_hugging_face_upcycle_sharded_over_three_processes(hf_folder, tmp_path):
+    """Three FSDP shards split the 4 query heads and 2 KV heads unevenly: the q/k row
+    permutation cannot run on the shards."""
     weights, folder = hf_folder
     single, sharded = str(tmp_path / "single"), str(tmp_path / "sharded")
     upcycle(folder, MAL, single, HYBRID, log=lambda *_: None)
-    run_ranks(_upcycle_on_rank, 2, folder, sharded)
+    run_ranks(_upcycle_on_rank, 3, folder, sharded)
     tokens = torch.randint(0, 2048, (2, 64), generator=torch.Generator().manual_seed(4))
     (_, one_state), (two, two_state) = _converted_logits(single, tokens), _converted_logits(sharded, tokens)
     for name in one_state:
@@ -174,6 +176,11 @@ def test_hugging_face_mismatches_name_the_first_one(tmp_path):
     tied = {k: v for k, v in _hf_weights().items() if k != "lm_head.weight"}
     with pytest.raises(ValueError, match="has no output.weight"):
         convert(tied, "tied")  # no config.json saying the embedding is tied
+    folder = _save_hf(_hf_weights(), tmp_path / "theta")
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"rope_theta": 500000.0, "num_key_value_heads": 2, "rope_scaling": None}, f)
+    with pytest.raises(ValueError, match=r"rope_theta=500000.0 and the hybrid's model.flavor has rope_theta=10000.0"):
+        upcycle(folder, MAL, str(tmp_path / "theta-out"), HYBRID)
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ValueError, match="neither a torchtitan DCP step folder"):
         upcycle(str(tmp_path / "empty"), MAL, str(tmp_path / "x"), HYBRID)

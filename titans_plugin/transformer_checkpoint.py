@@ -78,20 +78,68 @@ class HuggingFaceCheckpoint:
     def load(self, targets: dict) -> None:
         """Read into `targets` (our names) in place. Hugging Face stores wq/wk rows in its
         rotate-half order: the adapter permutes a copy of each to that order, DCP fills it,
-        and the adapter's inverse brings it back into ours."""
+        and the adapter's inverse brings it back into ours. The permutation splits rows by
+        head, which an FSDP shard need not hold whole (8 KV heads over 16 processes), so
+        wq and wk are read whole, one layer at a time, and each process keeps its shard."""
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.tensor import DTensor, distribute_tensor
 
         if self.tied and "output.weight" in targets:
             targets = dict(targets)
             dcp.load({"model.embed_tokens.weight": targets.pop("output.weight")}, storage_reader=self.reader(self.path))
             if not targets:
                 return
-        in_hf_order = self.adapter.to_hf(targets)
+        whole = {
+            name: torch.empty(t.shape, dtype=t.dtype, device=t.device)
+            for name, t in targets.items()
+            if name.endswith(PERMUTED)
+        }
+        in_hf_order = self.adapter.to_hf({**targets, **whole})
         dcp.load(in_hf_order, storage_reader=self.reader(self.path))
         with torch.no_grad():
             for name, value in self.adapter.from_hf(in_hf_order).items():
-                if value is not targets[name]:
-                    targets[name].copy_(value)
+                target = targets[name]
+                if value is target:
+                    continue  # read in place
+                if isinstance(target, DTensor):
+                    value = distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
+                target.copy_(value)
+
+    def check_sizes(self, model_args) -> None:
+        """config.json against the model's sizes, before any tensor is read: a flavor with
+        other RoPE settings or norm epsilon would load every weight and compute something
+        else."""
+        config = _config(self.path)
+        scaling = config.get("rope_scaling") or None
+        expected = {
+            "hidden_size": ("dim", model_args.dim),
+            "num_hidden_layers": ("n_layers", model_args.n_layers),
+            "num_attention_heads": ("n_heads", model_args.n_heads),
+            "num_key_value_heads": ("n_kv_heads", model_args.n_kv_heads or model_args.n_heads),
+            "vocab_size": ("vocab_size", model_args.vocab_size),
+            "rope_theta": ("rope_theta", model_args.rope_theta),
+            "rms_norm_eps": ("norm_eps", model_args.norm_eps),
+        }
+        for key, (field, ours) in expected.items():
+            if key in config and config[key] != ours:
+                raise ValueError(
+                    f"{self.path}/config.json has {key}={config[key]} and the hybrid's model.flavor has "
+                    f"{field}={ours}: choose the flavor with the checkpoint's sizes"
+                )
+        ours = model_args.rope_scaling
+        if "rope_scaling" in config and (scaling is None) != (ours is None):
+            raise ValueError(
+                f"{self.path}/config.json has rope_scaling={scaling} and the hybrid's model.flavor "
+                f"{'has' if ours else 'has no'} RoPE scaling ({ours}): choose the flavor that matches"
+            )
+        if scaling is not None and ours is not None and scaling.get("factor") != ours.scaling_factor:
+            raise ValueError(
+                f"{self.path}/config.json has rope_scaling.factor={scaling.get('factor')} and the hybrid's "
+                f"model.flavor has scaling_factor={ours.scaling_factor}"
+            )
+
+
+PERMUTED = ("attention.wq.weight", "attention.wk.weight")  # rows in rotate-half order on the Hub
 
 
 def _config(path: str) -> dict:
@@ -109,7 +157,9 @@ def open_checkpoint(path: str, model_args) -> DcpCheckpoint | HuggingFaceCheckpo
     if os.path.exists(os.path.join(path, ".metadata")):
         return DcpCheckpoint(path)
     if glob.glob(os.path.join(path, "*.safetensors")):
-        return HuggingFaceCheckpoint(path, model_args)
+        checkpoint = HuggingFaceCheckpoint(path, model_args)
+        checkpoint.check_sizes(model_args)
+        return checkpoint
     raise ValueError(
         f"{path!r} is neither a torchtitan DCP step folder (no .metadata) nor a Hugging Face "
         "Llama folder (no *.safetensors)"

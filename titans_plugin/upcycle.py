@@ -37,7 +37,7 @@ def _layer(name: str) -> int | None:
 def plan(model_shapes: dict, checkpoint_shapes: dict, source: str) -> tuple[list[str], list[str]]:
     """(names to copy, names to initialise); raises, naming the first mismatch, when the
     checkpoint is not a Transformer of the hybrid's sizes."""
-    hint = "(model sizes must be the checkpoint's; only [titans] may differ)"
+    hint = "(the hybrid's model.flavor must have the checkpoint's sizes; only [titans] may differ)"
     ours = {_layer(k) for k in model_shapes} - {None}
     theirs = {_layer(k) for k in checkpoint_shapes} - {None}
     if ours != theirs:

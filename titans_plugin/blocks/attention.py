@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .documents import positions_in_document, same_document
-from .ring_attention import ring_causal_attention
+from .ring_attention import RING_DEVICES, ring_causal_attention
 from .rope import apply_rope, rope_freqs
 
 
@@ -242,12 +242,13 @@ class Attention(nn.Module):
         """Context parallel: x [B, T, dim] is one contiguous shard of the sequence
         (blocks/sequence_shard.py); the keys and values of earlier positions come from the
         shards before it: the last window - 1, or all of them without a window (passed
-        along the shards by ring attention; gathered when there are persistent tokens)."""
+        along the shards by ring attention where its kernel is tested; gathered when
+        there are persistent tokens, and on other devices)."""
         B, T, _ = x.shape
         pos = shard.offset
         q, k, v = self.project(x, freqs_cis, pos)
         pk, pv = self.persistent_kv()
-        if self.window is None and pk is None and shard.size > 1:  # keys from every earlier shard
+        if self.window is None and pk is None and shard.size > 1 and x.device.type in RING_DEVICES:
             return self.wo(ring_causal_attention(shard, q, k, v).reshape(B, T, -1))
         past = shard.previous((k, v), None if self.window is None else self.window - 1)
         out = self._attend_continuing(q, k, v, past, pos, pk, pv)

@@ -12,18 +12,56 @@ for their gradients: shard r receives from r + 1 the gradient of block j summed 
 shards after it, adds its own queries' part and passes it on to r - 1, until it reaches
 shard j. No shard holds the whole sequence's keys, values or their gradients.
 
-Per shard and layer: it receives r blocks of keys and values in the forward (as many as an
-all-gather would deliver to the last shard), r again in the backward, and r gradient blocks.
+Per shard and layer: shard r receives r blocks of keys and values in the forward (as many
+as an all-gather would deliver to the last shard) and sends r + 1 on (none from the last),
+the same again in the backward, and r gradient blocks (fp32) each way.
+
+Each block's attention is SDPA's fused CPU flash-attention kernel, which also returns the
+log-sum-exp the merge needs; `_block_*_reference` is the same math written out, which the
+tests compare it with. On other devices (CUDA) the attention gathers the keys and values
+instead (Attention.forward_shard): the fused kernels there are not tested here.
 """
 
 import torch
 import torch.distributed as dist
 
-QUERY_BLOCK = 1024  # scores of at most this many queries against one key block are live at once
+from .sequence_shard import wait_sends
+
+QUERY_BLOCK = 1024  # reference path: scores of at most this many queries against one key block
+RING_DEVICES = ("cpu",)  # where the fused block kernel below is tested; elsewhere attention gathers
 
 
 def _expand_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.repeat_interleave(n_heads // t.shape[2], dim=2)
+
+
+def _sum_groups(g: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """Gradient of _expand_kv: each KV head gets the sum over its query heads."""
+    return g.unflatten(2, (n_kv, g.shape[2] // n_kv)).sum(3)
+
+
+# -- one key block: fused kernel (SDPA's CPU flash attention, which returns the
+#    log-sum-exp) and the reference it is tested against ---------------------------------
+def _block_forward(q, k, v, causal: bool):
+    """out [B, Tq, H, D] (q's dtype), lse [B, H, Tq] of q over one key block."""
+    if q.device.type not in RING_DEVICES:
+        return _block_forward_reference(q, k, v, causal)
+    heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(heads(q), heads(k), heads(v), 0.0, causal)
+    return out.transpose(1, 2), lse
+
+
+def _block_backward(q, k, v, dout, out, lse, causal: bool):
+    """dq, dk, dv of one key block, for the softmax over the whole row (out, lse: the
+    merged output and log-sum-exp over every block)."""
+    if q.device.type not in RING_DEVICES:
+        return _block_backward_reference(q, k, v, dout, out, lse, causal)
+    heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        t(dout), heads(q), heads(k), heads(v), t(out), lse, 0.0, causal
+    )
+    return t(dq), _sum_groups(t(dk), k.shape[2]), _sum_groups(t(dv), v.shape[2])
 
 
 def _scores(q, k, causal: bool, start: int):
@@ -35,9 +73,9 @@ def _scores(q, k, causal: bool, start: int):
     return s
 
 
-def _block_forward(q, k, v, causal: bool):
-    """out [B, Tq, H, D], lse [B, H, Tq] of q over one key block (fp32 math)."""
-    k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
+def _block_forward_reference(q, k, v, causal: bool):
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(dtype), _expand_kv(k, q.shape[2]).to(dtype), _expand_kv(v, q.shape[2]).to(dtype)
     outs, lses = [], []
     for i in range(0, q.shape[1], QUERY_BLOCK):
         s = _scores(q[:, i : i + QUERY_BLOCK], k, causal, i)
@@ -47,16 +85,12 @@ def _block_forward(q, k, v, causal: bool):
     return torch.cat(outs, dim=1), torch.cat(lses, dim=-1)
 
 
-def _merge(out, lse, out_b, lse_b):
-    new = torch.logaddexp(lse, lse_b)
-    w, w_b = (torch.exp(x - new).transpose(1, 2).unsqueeze(-1) for x in (lse, lse_b))
-    return out * w + out_b * w_b, new
-
-
-def _block_backward(q, k, v, dout, lse, delta, causal: bool):
-    """dq, dk, dv of one key block, with the softmax normalised by the whole row (lse)."""
+def _block_backward_reference(q, k, v, dout, out, lse, causal: bool):
+    dtype = torch.promote_types(q.dtype, torch.float32)
     n_heads, n_kv = q.shape[2], k.shape[2]
-    ke, ve = _expand_kv(k, n_heads), _expand_kv(v, n_heads)
+    q, dout = q.to(dtype), dout.to(dtype)
+    ke, ve = _expand_kv(k, n_heads).to(dtype), _expand_kv(v, n_heads).to(dtype)
+    delta = (dout * out.to(dtype)).sum(-1).transpose(1, 2)  # [B, H, Tq]
     dq = torch.empty_like(q)
     dk, dv = torch.zeros_like(ke), torch.zeros_like(ve)
     for i in range(0, q.shape[1], QUERY_BLOCK):
@@ -67,22 +101,35 @@ def _block_backward(q, k, v, dout, lse, delta, causal: bool):
         ds = p * (dp - delta[..., sl].unsqueeze(-1)) * q.shape[-1] ** -0.5
         dq[:, sl] = torch.einsum("bhqk,bkhd->bqhd", ds, ke)
         dk += torch.einsum("bhqk,bqhd->bkhd", ds, q[:, sl])
-    group = n_heads // n_kv  # grouped heads: sum each KV head's queries
-    return dq, dk.unflatten(2, (n_kv, group)).sum(3), dv.unflatten(2, (n_kv, group)).sum(3)
+    return dq, _sum_groups(dk, n_kv), _sum_groups(dv, n_kv)
 
 
+def _merge(out, lse, out_b, lse_b):
+    new = torch.logaddexp(lse, lse_b)
+    w, w_b = (torch.exp(x - new).transpose(1, 2).unsqueeze(-1) for x in (lse, lse_b))
+    return out * w + out_b.to(out.dtype) * w_b, new
+
+
+# -- the chain ------------------------------------------------------------------------
 def _ring_forward(shard, q, k, v):
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    q32, k32, v32 = q.to(dtype), k.to(dtype), v.to(dtype)
-    out, lse = _block_forward(q32, k32, v32, causal=True)
+    out, lse = _block_forward(q, k, v, causal=True)
+    out = out.to(torch.promote_types(q.dtype, torch.float32))
+    sends = []
     if not shard.is_last:
-        shard._send(k, shard.rank + 1), shard._send(v, shard.rank + 1)
+        sends += [shard._send(k, shard.rank + 1), shard._send(v, shard.rank + 1)]
     for _ in range(shard.rank):  # blocks r - 1, ..., 0
         kb, vb = (shard._recv(t.shape, t.dtype, t.device, shard.rank - 1) for t in (k, v))
         if not shard.is_last:
-            shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)
-        out, lse = _merge(out, lse, *_block_forward(q32, kb.to(dtype), vb.to(dtype), causal=False))
+            sends += [shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)]
+        out, lse = _merge(out, lse, *_block_forward(q, kb, vb, causal=False))
+    _wait(sends)
     return out.to(q.dtype), lse
+
+
+def _wait(sends) -> None:
+    """This layer's sends complete before it returns, so their buffers (whole key/value
+    blocks) do not pile up over the layers; the receivers take them in this same layer."""
+    wait_sends(sends)
 
 
 class _RingAttention(torch.autograd.Function):
@@ -98,26 +145,26 @@ class _RingAttention(torch.autograd.Function):
     def backward(ctx, dout):
         shard = ctx.shard
         q, k, v, out, lse = ctx.saved_tensors
-        dtype = torch.promote_types(q.dtype, torch.float32)
-        q32, dout32 = q.to(dtype), dout.to(dtype)
-        delta = (dout32 * out.to(dtype)).sum(-1).transpose(1, 2)  # [B, H, Tq]
-        dq = torch.zeros_like(q32)
+        dq = torch.zeros(q.shape, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+        sends = []
         for j in range(shard.rank, -1, -1):  # own block first, then r - 1, ..., 0
             if j == shard.rank:
                 kb, vb = k, v
             else:
                 kb, vb = (shard._recv(t.shape, t.dtype, t.device, shard.rank - 1) for t in (k, v))
             if not shard.is_last:
-                shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)
-            dq_j, dk_j, dv_j = _block_backward(q32, kb.to(dtype), vb.to(dtype), dout32, lse, delta, j == shard.rank)
+                sends += [shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)]
+            dq_j, dk_j, dv_j = _block_backward(q, kb, vb, dout, out, lse, j == shard.rank)
             dq += dq_j
+            dk_j, dv_j = dk_j.to(dq.dtype), dv_j.to(dq.dtype)
             if not shard.is_last:  # block j's gradient from the queries of the shards after this one
                 dk_j = dk_j + shard._recv(dk_j.shape, dk_j.dtype, dk_j.device, shard.rank + 1)
                 dv_j = dv_j + shard._recv(dv_j.shape, dv_j.dtype, dv_j.device, shard.rank + 1)
             if j == shard.rank:
                 dk, dv = dk_j, dv_j
             else:
-                shard._send(dk_j, shard.rank - 1), shard._send(dv_j, shard.rank - 1)
+                sends += [shard._send(dk_j, shard.rank - 1), shard._send(dv_j, shard.rank - 1)]
+        _wait(sends)
         return None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 

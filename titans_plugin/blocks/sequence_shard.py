@@ -38,6 +38,14 @@ def flush_sends() -> None:
     _OUTSTANDING.clear()
 
 
+def wait_sends(works: list) -> None:
+    """Wait for these sends (posted by _send) and forget them: a gloo send may be waited
+    on once only."""
+    for work in works:
+        work.wait()
+    _OUTSTANDING[:] = [(w, t) for w, t in _OUTSTANDING if all(w is not x for x in works)]
+
+
 _FLUSH_QUEUED_FOR: list = [None]  # the backward pass whose end will flush
 
 
@@ -104,10 +112,14 @@ class SequenceShard:
         return dist.get_global_rank(self.group, shard)
 
     # -- point-to-point primitives ----------------------------------------------------
-    def _send(self, tensor: torch.Tensor, shard: int) -> None:
+    def _send(self, tensor: torch.Tensor, shard: int):
+        """Post a send; returns its work. The buffer stays alive until the send completes."""
         tensor = tensor.detach().contiguous()
-        _OUTSTANDING.append((dist.isend(tensor, self._peer(shard), group=self.group), tensor))
+        work = dist.isend(tensor, self._peer(shard), group=self.group)
+        _OUTSTANDING[:] = [(w, t) for w, t in _OUTSTANDING if not w.is_completed()]  # free what has gone
+        _OUTSTANDING.append((work, tensor))
         _flush_when_backward_ends()
+        return work
 
     def _recv(self, shape, dtype, device, shard: int) -> torch.Tensor:
         out = torch.empty(shape, dtype=dtype, device=device)
@@ -146,11 +158,11 @@ class SequenceShard:
         return rebuild, [tensors[i] for i in floats]
 
     # -- the state chain (memory scans, MAC) ------------------------------------------
-    def serial(self, step, x: torch.Tensor, start_only: list = ()):
+    def serial(self, step, x: torch.Tensor, start_only: list = (), finish=None):
         """out, state = step(x, state) continuing from the previous shard's end state
-        (None on the first shard); hands the end state to the next shard. Returns out.
-        start_only: the parameters step reads only at the start of the sequence (see
-        _reads_all)."""
+        (None on the first shard); hands the end state to the next shard. Returns out,
+        or finish(out): work that the next shard need not wait for. start_only: the
+        parameters step reads only at the start of the sequence (see _reads_all)."""
         state = None
         if not self.is_first:
             rebuild, floats = self._once(self._recv_tree, self.rank - 1, x.device)
@@ -164,6 +176,8 @@ class SequenceShard:
             floats = self._send_tree(state, self.rank + 1, x.device)
             if torch.is_grad_enabled():
                 out = _StateToNext.apply(self, out, *floats)
+        if finish is not None:
+            out = finish(out)
         return self._reads_all(out, start_only)
 
     def _reads_all(self, out: torch.Tensor, start_only) -> torch.Tensor:

@@ -34,4 +34,7 @@ def run_sharded_memory(memory, x, shard: SequenceShard, start_only: list, parall
         # the next shard's gradient for the tokens it sent), which runs only if used.
         return out if before is None else out + 0 * before.sum()
     scan = memory.scan_from_zero(x, None if before is None else memory.conv_tail_after(before))
-    return shard.serial(lambda x, start: memory.continue_from(scan, start), x, start_only)
+    # the end state goes to the next shard before this shard's output projections
+    return shard.serial(
+        lambda x, start: memory.hand_over(scan, start), x, start_only, finish=lambda X: memory.output_from(scan, X)
+    )

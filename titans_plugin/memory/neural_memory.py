@@ -23,6 +23,7 @@ from titans_plugin.kernels import (
     get_activation,
     memory_mlp,
     neural_memory_scan,
+    response_output,
     state_response,
 )
 from titans_plugin.kernels.state import state_dtype
@@ -76,6 +77,18 @@ def _local_heads(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if hasattr(param, "to_local") else param
 
 
+def _copy_whole(param: torch.Tensor, values: torch.Tensor) -> None:
+    """param <- values (the whole tensor), also when FSDP or tensor parallel shards param:
+    a sharded parameter cannot be viewed per head when its shards split heads (12 gate
+    biases over 8 processes)."""
+    values = values.to(device=param.device, dtype=param.dtype)
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        values = distribute_tensor(values, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(values)
+
+
 def _rms(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Root of the mean over tensors of each tensor's mean square (detached, fp32)."""
     return torch.stack([t.detach().float().pow(2).mean() for t in tensors]).mean().sqrt()
@@ -125,11 +138,11 @@ class NeuralMemory(nn.Module):
         nn.init.trunc_normal_(self.w_gates.weight, std=0.02)
         with torch.no_grad():
             # Start with a modest step, strong momentum and little forgetting.
-            H, cfg = self.n_heads, self.config
-            bias = self.w_gates.bias.view(H, 3)
-            bias[:, 0].fill_(_logit(cfg.lr_init))  # theta ~ lr_init * max_lr
-            bias[:, 1].fill_(_logit(0.9))  # eta ~ 0.9 * max_momentum
-            bias[:, 2].fill_(_logit(cfg.forget_init))  # alpha ~ forget_init * max_forget
+            cfg = self.config
+            # head-major [H, 3]: theta ~ lr_init * max_lr, eta ~ 0.9 * max_momentum,
+            # alpha ~ forget_init * max_forget
+            per_head = torch.tensor([_logit(cfg.lr_init), _logit(0.9), _logit(cfg.forget_init)])
+            _copy_whole(self.w_gates.bias, per_head.repeat(self.n_heads))
             for conv in (self.conv_q, self.conv_k, self.conv_v):
                 if conv is not None:
                     nn.init.uniform_(conv, -1 / math.sqrt(conv.shape[-1]), 1 / math.sqrt(conv.shape[-1]))
@@ -290,24 +303,35 @@ class NeuralMemory(nn.Module):
         c = self.config
         if c.depth != 1 or c.max_grad_norm or T % c.chunk_size:
             raise ValueError(
-                f"a scan from zero needs a linear memory (depth 1, got {c.depth}) without the clip "
-                f"(max_grad_norm 0, got {c.max_grad_norm}) over whole chunks ({T} tokens, chunk_size {c.chunk_size})"
+                "a scan from zero (titans.cp_scan='parallel') needs titans.memory_depth=1 (got "
+                f"{c.depth}), titans.max_grad_norm=0 (got {c.max_grad_norm}) and whole chunks per shard "
+                f"({T} tokens, titans.chunk_size={c.chunk_size})"
             )
         xn = self.input_norm(x)
         q, k, v, _ = self._project(xn, conv_tail)
         seq = self._gate_layout((q, k, v, *self._gates(xn)))
         shape = (B, q.shape[2], self.head_dim, self.head_dim)
-        zero = torch.zeros(shape, dtype=state_dtype(q), device=x.device)
+        sd = state_dtype(q)
+        zero = torch.zeros(shape, dtype=sd, device=x.device)
         y0, end0 = self._scan(seq, MemoryState((zero,), (zero,)))
-        U, P = state_response(q, k, *seq[3:], chunk_size=c.chunk_size, activation=c.activation, backend=c.backend)
+        # U in the state's dtype: from bf16 inputs it would come back rounded to bf16
+        U, P = state_response(
+            q.to(sd), k.to(sd), *seq[3:], chunk_size=c.chunk_size, activation=c.activation, backend=c.backend
+        )
         return ZeroStartScan(xn, y0, end0, U, P, seq[3:])
 
-    def continue_from(self, scan: ZeroStartScan, start: MemoryState) -> tuple[torch.Tensor, MemoryState]:
-        """The output for the start state the previous shard ended with, and this shard's end state."""
-        y, end = add_start_state(scan.y0, scan.end0, scan.U, scan.P, start)
+    def hand_over(self, scan: ZeroStartScan, start: MemoryState) -> tuple[torch.Tensor, MemoryState]:
+        """This shard's end state, given the state it starts from (the previous shard's
+        end): one small matmul. Returns the start state stacked [B, H, 2D, D] for
+        output_from, and the end state for the next shard."""
+        X, end = add_start_state(scan.end0, scan.P, start)
         if self.training:
             self._record_stats(scan.gates, end)
-        return self._output(scan.xn, y), end
+        return X, end
+
+    def output_from(self, scan: ZeroStartScan, X: torch.Tensor) -> torch.Tensor:
+        """The memory's output for the start state X (from hand_over)."""
+        return self._output(scan.xn, response_output(scan.y0, scan.U, X))
 
     def _record_stats(self, gates, final: MemoryState) -> None:
         """Detached summaries of the last training forward, for the metrics logger.
