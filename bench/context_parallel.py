@@ -136,8 +136,9 @@ def main() -> None:
             print(table(head, rows[-1:]), flush=True)
     doc = (
         "### Measured: context parallel on CPU\n\n"
-        f"Machine: {machine()}. Command: `python -m bench.context_parallel`. Debug flavor (dim 128, 4 "
-        f"layers), debug_mac.toml's [titans] settings, one sequence of {a.seq_len} tokens, fp32, chunked "
+        f"Machine: {machine()}. Command: `python -m bench.context_parallel --iters {a.iters}`. "
+        "Debug flavor (dim 128, 4 layers), debug_mac.toml's [titans] settings, one sequence of "
+        f"{a.seq_len} tokens, fp32, chunked "
         "PyTorch scan, contiguous shards, one thread per process. Peak: the largest over the ranks of the "
         "live tensors over one forward + backward (torch's MemTracker: exact, machine independent). Step: "
         f"median of {a.iters}; waiting: the most time any rank spent in point-to-point receives (the "
@@ -159,7 +160,8 @@ def linear(a) -> None:
     peak, seconds, _ = measure("M", a.seq_len, 1, a.iters, LINEAR)
     doc = (
         "### Measured: a linear memory's scan across shards, serial against parallel\n\n"
-        f"Machine: {machine()}. Command: `python -m bench.context_parallel --linear`. The `M` model above "
+        f"Machine: {machine()}. Command: `python -m bench.context_parallel --linear --iters {a.iters}`. "
+        "The `M` model above "
         f"with a linear memory (memory_depth = 1, max_grad_norm = 0), one sequence of {a.seq_len} tokens, "
         f"otherwise as above. One process: peak {peak:.0f} MiB, step {seconds:.2f} s.\n\n" + table(head, rows)
     )
