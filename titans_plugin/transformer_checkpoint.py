@@ -51,6 +51,8 @@ class HuggingFaceCheckpoint:
         from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
         self.path = path
+        self.config = _config(path)
+        self._check_sizes(model_args)
         self.adapter = Llama3StateDictAdapter(model_args, None)  # only its names and q/k permutation
         self.reader = HuggingFaceStorageReader
         metadata = HuggingFaceStorageReader(path).read_metadata()
@@ -61,7 +63,7 @@ class HuggingFaceCheckpoint:
                 self.shapes[name] = tuple(m.size)
         # Llama 3.2 1B/3B tie the output projection to the embedding and store it once;
         # torchtitan's llama3 keeps two matrices, so the output starts as a copy.
-        self.tied = "output.weight" not in self.shapes and _config(path).get("tie_word_embeddings", False)
+        self.tied = "output.weight" not in self.shapes and self.config.get("tie_word_embeddings", False)
         if self.tied and "tok_embeddings.weight" in self.shapes:
             self.shapes["output.weight"] = self.shapes["tok_embeddings.weight"]
 
@@ -105,11 +107,11 @@ class HuggingFaceCheckpoint:
                     value = distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
                 target.copy_(value)
 
-    def check_sizes(self, model_args) -> None:
+    def _check_sizes(self, model_args) -> None:
         """config.json against the model's sizes, before any tensor is read: a flavor with
         other RoPE settings or norm epsilon would load every weight and compute something
         else."""
-        config = _config(self.path)
+        config = self.config
         scaling = config.get("rope_scaling") or None
         expected = {
             "hidden_size": ("dim", model_args.dim),
@@ -157,9 +159,7 @@ def open_checkpoint(path: str, model_args) -> DcpCheckpoint | HuggingFaceCheckpo
     if os.path.exists(os.path.join(path, ".metadata")):
         return DcpCheckpoint(path)
     if glob.glob(os.path.join(path, "*.safetensors")):
-        checkpoint = HuggingFaceCheckpoint(path, model_args)
-        checkpoint.check_sizes(model_args)
-        return checkpoint
+        return HuggingFaceCheckpoint(path, model_args)
     raise ValueError(
         f"{path!r} is neither a torchtitan DCP step folder (no .metadata) nor a Hugging Face "
         "Llama folder (no *.safetensors)"

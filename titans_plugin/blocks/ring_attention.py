@@ -122,14 +122,10 @@ def _ring_forward(shard, q, k, v):
         if not shard.is_last:
             sends += [shard._send(kb, shard.rank + 1), shard._send(vb, shard.rank + 1)]
         out, lse = _merge(out, lse, *_block_forward(q, kb, vb, causal=False))
-    _wait(sends)
-    return out.to(q.dtype), lse
-
-
-def _wait(sends) -> None:
-    """This layer's sends complete before it returns, so their buffers (whole key/value
-    blocks) do not pile up over the layers; the receivers take them in this same layer."""
+    # this layer's sends complete before it returns, so their buffers (whole key/value
+    # blocks) do not pile up over the layers; the receivers take them in this same layer
     wait_sends(sends)
+    return out.to(q.dtype), lse
 
 
 class _RingAttention(torch.autograd.Function):
@@ -164,7 +160,7 @@ class _RingAttention(torch.autograd.Function):
                 dk, dv = dk_j, dv_j
             else:
                 sends += [shard._send(dk_j, shard.rank - 1), shard._send(dv_j, shard.rank - 1)]
-        _wait(sends)
+        wait_sends(sends)  # as in _ring_forward
         return None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
