@@ -40,10 +40,12 @@ class Config:
     chunk: int
     dtype: torch.dtype
     clip: bool
+    resets: bool = False  # the variant that restarts rows (packed documents)
 
     def label(self) -> str:
         width = f"D{self.head_dim}" + (f" h{self.hidden}" if self.depth == 2 else "")
-        return f"depth {self.depth} {width} C{self.chunk} {TYPE_NAME[self.dtype]} clip {'on' if self.clip else 'off'}"
+        label = f"depth {self.depth} {width} C{self.chunk} {TYPE_NAME[self.dtype]} clip {'on' if self.clip else 'off'}"
+        return label + (" restarts" if self.resets else "")
 
 
 @dataclasses.dataclass
@@ -84,7 +86,8 @@ def variations() -> list[Config]:
         Config(1, 128, 0, 64, torch.bfloat16, True),
     ]
     rows += [Config(2, 64, 256, 64, dt, True) for dt in (torch.float16, torch.float32)]
-    return rows + [Config(2, 64, 256, 64, torch.bfloat16, False)]
+    rows += [Config(2, 64, 256, 64, torch.bfloat16, False)]
+    return rows + [Config(2, 64, 256, 64, torch.bfloat16, True, resets=True)]
 
 
 def ci() -> list[Config]:
@@ -157,7 +160,9 @@ def _sass_counts(cubin: bytes) -> tuple[dict, int]:
 def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
     """kernel: 'forward-train' (saves checkpoints), 'forward-infer' or 'backward'."""
     every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
-    meta = kernel_meta(cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch)
+    meta = kernel_meta(
+        cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch, cfg.resets
+    )
     compiled = compile_for(kernel, meta, cfg.dtype, arch)
     tensor_core, n_instr = _sass_counts(compiled.asm["cubin"])
     return Report(

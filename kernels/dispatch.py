@@ -26,6 +26,7 @@ def resolve_backend(
     activation: str,
     chunk_size: int = 64,
     max_grad_norm: float | None = None,
+    resets: bool = False,
 ) -> str:
     """'auto' is the Triton kernels on CUDA wherever they support the configuration
     (depth 1 or 2, fp32/bf16/fp16 inputs) and compile within the device's shared memory,
@@ -39,7 +40,7 @@ def resolve_backend(
     if q.device.type != "cuda":
         return "chunk"
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device) or launch_problem(
-        q, state, chunk_size, activation, max_grad_norm
+        q, state, chunk_size, activation, max_grad_norm, resets
     )
     if reason is None:
         return "triton"
@@ -67,16 +68,18 @@ def neural_memory_scan(
 
     resets [B, ceil(T / chunk_size)] (bool): row b restarts from `initial` (its weights,
     zero momentum) before chunk i where resets[b, i], as if a new sequence began there:
-    packed documents, each laid out to start at a chunk boundary (blocks/documents.py).
-    The chunked path restarts rows inside its chunk loop; for the others the scan is cut
-    at every chunk where some row restarts and each piece runs on the unchanged kernels
-    (one launch per piece).
+    packed documents, each laid out to start at a chunk boundary (kernels/lanes.py).
+    The chunked path restarts rows inside its chunk loop and the Triton kernels inside
+    theirs (one launch); the per-token reference is cut at every chunk where some row
+    restarts and runs on each piece.
     """
-    backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm)
-    if resets is not None and backend == "chunk":  # restarts inside its own chunk loop
+    backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm, resets is not None)
+    if resets is not None and backend != "naive":  # restarts inside its own chunk loop
         _check_resets(q, resets, initial, chunk_size)
         args = (q, k, v, theta, eta, alpha, state, chunk_size, activation, max_grad_norm)
-        return chunk_neural_memory(*args, resets, initial)
+        if backend == "chunk":
+            return chunk_neural_memory(*args, resets, initial)
+        return triton_neural_memory(*args, resets=resets, initial=initial)
     if resets is not None:
         return _scan_with_resets(
             (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm, backend
@@ -95,14 +98,18 @@ def _check_resets(q, resets, initial, chunk_size) -> int:
 
 
 def _scan_with_resets(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, backend):
+    """The scan cut at every chunk where some row restarts. The pieces come from one
+    split, whose backward is one concatenation (slicing every piece would zero-fill the
+    whole input's gradient once per piece)."""
     n_chunks = _check_resets(inputs[0], resets, initial, chunk_size)
+    T = inputs[0].shape[1]
     cuts = resets.any(0).nonzero().flatten().tolist()  # one host sync per call
     bounds = sorted({0, *cuts, n_chunks})
+    sizes = [min(last * chunk_size, T) - first * chunk_size for first, last in zip(bounds[:-1], bounds[1:])]
     outs = []
-    for first, last in zip(bounds[:-1], bounds[1:]):
+    for first, piece in zip(bounds, zip(*(x.split(sizes, dim=1) for x in inputs))):
         if first in cuts:
             state = state.reset_rows(resets[:, first], initial)
-        piece = tuple(x[:, first * chunk_size : last * chunk_size] for x in inputs)
         y, state = _scan(backend, piece, state, chunk_size, activation, max_grad_norm)
         outs.append(y)
     return torch.cat(outs, dim=1), state

@@ -221,6 +221,29 @@ def copy_flat(src, dst, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def zero_flat(dst, n, BLOCK: tl.constexpr):
+    """dst[:n] = 0, BLOCK floats at a time."""
+    offs = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        tl.store(dst + start + offs, tl.zeros([BLOCK], dtype=tl.float32), mask=start + offs < n)
+
+
+@triton.jit(noinline=True)
+def restart_state(st, init_ptr, resets_ptr, ci, T, H, CHUNK: tl.constexpr, NSTATE: tl.constexpr):
+    """Packed documents: if this program's row restarts at chunk ci (resets_ptr [B,
+    n_chunks], int8), the state at st becomes the row's initial weights (init_ptr [B*H,
+    NSTATE / 2], this program's row) with zero momentum. Not inlined, and it derives its
+    offsets from the program id, so the chunk loop holds nothing more across it."""
+    pid = tl.program_id(0)
+    n_chunks = tl.cdiv(T, CHUNK)
+    if tl.load(resets_ptr + (pid // H).to(tl.int64) * n_chunks + ci) != 0:
+        NW: tl.constexpr = NSTATE // 2  # weights first, then momentum (pack_state)
+        copy_flat(init_ptr + pid.to(tl.int64) * NW, st, NW, 1024)
+        zero_flat(st + NW, NW, 1024)
+    tl.debug_barrier()  # the chunk that follows reads what other threads wrote
+
+
+@triton.jit
 def segment_sum(x, idx):
     """out[t, s] = sum_{s < j <= t} x_j (lower triangle; the rest is masked by the caller).
     Summed per entry, not as cumsum_t - cumsum_s: a chunk of near-total forgetting makes

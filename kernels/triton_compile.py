@@ -14,7 +14,19 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     t = "*" + TYPE_NAME[dtype]
     f = "*fp32"
     if kernel.startswith("forward"):
-        names = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f, state_ptr=f, y_ptr=t, saved_ptr=f)
+        names = dict(
+            q_ptr=t,
+            k_ptr=t,
+            v_ptr=t,
+            theta_ptr=f,
+            le_ptr=f,
+            lr_ptr=f,
+            state_ptr=f,
+            y_ptr=t,
+            saved_ptr=f,
+            resets_ptr="*i8",
+            init_ptr=f,
+        )
     else:
         names = dict(
             dy_ptr=t,
@@ -34,6 +46,9 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
             dtheta_ptr=f,
             dle_ptr=f,
             dlr_ptr=f,
+            resets_ptr="*i8",
+            init_ptr=f,
+            dinit_ptr=f,
         )
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
 

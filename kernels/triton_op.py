@@ -68,7 +68,12 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
 
 
 def launch_problem(
-    q: Tensor, state: MemoryState, chunk_size: int, activation: str, max_grad_norm: float | None
+    q: Tensor,
+    state: MemoryState,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float | None,
+    resets: bool = False,
 ) -> str | None:
     """Why the kernels for this configuration cannot launch on q's CUDA device (None when
     they can, and always None under the interpreter, which has no per-block limits)."""
@@ -88,6 +93,7 @@ def launch_problem(
         q.dtype,
         checkpoint_interval(state_size(DK, hidden, DV), chunk_size),
         _arch(q.device),
+        resets,
     )
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return device_problem(tuple(sorted(meta.items())), q.dtype, index)
@@ -118,9 +124,11 @@ def kernel_meta(
     dtype: torch.dtype,
     checkpoint_every: int,
     arch: int | None = None,
+    resets: bool = False,
 ) -> dict:
     """Compile-time parameters of both kernels for one configuration on sm_<arch> (None:
-    the interpreter); also what kernels/compile_report.py compiles."""
+    the interpreter); also what kernels/compile_report.py compiles. resets: the variant
+    that restarts rows (packed documents)."""
     DT = hidden if hidden else DV  # the tiled width: hidden units, or W's columns at depth 1
     BT = min(HIDDEN_TILE, pad(DT))  # read at call time: tests shrink it to get several tiles
     BC = pad(chunk_size)
@@ -140,6 +148,7 @@ def kernel_meta(
         "ACT": ACTIVATION_CODES[activation],
         "CLIP": clip,
         "OP": OPERAND_CODES[dtype],
+        "RESETS": resets,
         "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
         # Without it ptxas caps an 8-warp sm_80 kernel at 128 registers and spills 2.5x more;
         # on sm_90 the same cap makes ptxas spill more, so it is left to ptxas there.
@@ -154,7 +163,7 @@ def _arch(device: torch.device) -> int | None:
     return 10 * major + minor
 
 
-def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every):
+def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets):
     return kernel_meta(
         q.shape[3],
         hidden,
@@ -165,6 +174,7 @@ def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every)
         q.dtype,
         checkpoint_every,
         _arch(q.device),
+        resets.numel() > 0,
     )
 
 
@@ -182,6 +192,8 @@ def memory_scan(
     log_eta: Tensor,
     log_retain: Tensor,
     state: Tensor,
+    resets: Tensor,
+    init: Tensor,
     hidden: int,
     chunk_size: int,
     activation: str,
@@ -190,9 +202,11 @@ def memory_scan(
     checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """q, k [B, T, H, DK], v [B, T, H, DV] (fp32/bf16/fp16, contiguous); theta and
-    log-gates fp32 [B, T, H]; state fp32 [B, H, N]. Returns y [B, T, H, DV] in q's dtype,
-    the end state, and the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]: the
-    state at the start of every checkpoint_every-th chunk (empty unless save_states)."""
+    log-gates fp32 [B, T, H]; state fp32 [B, H, N]. resets int8 [B, n_chunks] with init
+    fp32 [B, H, N / 2] (packed documents: a row restarts from its init weights, zero
+    momentum, before every flagged chunk), or both empty. Returns y [B, T, H, DV] in q's
+    dtype, the end state, and the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]:
+    the state at the start of every checkpoint_every-th chunk (empty unless save_states)."""
     from .triton_scan import scan_forward_kernel
 
     B, T, H = q.shape[:3]
@@ -211,11 +225,13 @@ def memory_scan(
         state_out,
         y,
         saved,
+        resets,
+        init,
         T,
         H,
         max_grad_norm,
         SAVE=save_states,
-        **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every),
+        **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets),
     )
     return y, state_out, saved
 
@@ -229,6 +245,8 @@ def _memory_scan_fake(
     log_eta,
     log_retain,
     state,
+    resets,
+    init,
     hidden,
     chunk_size,
     activation,
@@ -252,18 +270,21 @@ def memory_scan_backward(
     log_eta: Tensor,
     log_retain: Tensor,
     saved: Tensor,
+    resets: Tensor,
+    init: Tensor,
     hidden: int,
     chunk_size: int,
     activation: str,
     max_grad_norm: float,
     checkpoint_every: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients w.r.t. (q, k, v, theta, log_eta, log_retain, state) from the gradients of
-    y and of the end state, recomputing the chunks of each checkpoint group."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. (q, k, v, theta, log_eta, log_retain, state, init) from the
+    gradients of y and of the end state, recomputing the chunks of each checkpoint group
+    (init's gradient is empty without resets)."""
     from .triton_scan_bwd import scan_backward_kernel
 
     B, T, H = q.shape[:3]
-    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every)
+    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
@@ -271,6 +292,7 @@ def memory_scan_backward(
     dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
     replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
     scratch = _empty((B * H, 2, meta["BC"], meta["DT"]), torch.float32, q.device)
+    dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
     scan_backward_kernel[(B * H,)](
         dy,
         dstate0,
@@ -287,12 +309,15 @@ def memory_scan_backward(
         dk,
         dv,
         *dgates,
+        resets,
+        init,
+        dinit,
         T,
         H,
         max_grad_norm,
         **meta,
     )
-    return dq, dk, dv, *dgates, dstate0
+    return dq, dk, dv, *dgates, dstate0, dinit
 
 
 @memory_scan_backward.register_fake
@@ -306,6 +331,8 @@ def _memory_scan_backward_fake(
     log_eta,
     log_retain,
     saved,
+    resets,
+    init,
     hidden,
     chunk_size,
     activation,
@@ -320,12 +347,15 @@ def _memory_scan_backward_fake(
         theta.new_empty(theta.shape),
         theta.new_empty(theta.shape),
         dstate.new_empty(dstate.shape),
+        init.new_empty(init.shape),
     )
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation, max_norm, save, every = inputs
-    ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2])
+    q, k, v, theta, log_eta, log_retain, state, resets, init, hidden, chunk_size, activation, max_norm, save, every = (
+        inputs
+    )
+    ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2], resets, init)
     ctx.meta = (hidden, chunk_size, activation, max_norm, save, every)
     ctx.state_shape = state.shape
 
@@ -334,7 +364,7 @@ def _backward(ctx, dy, dstate, _dsaved):
     hidden, chunk_size, activation, max_norm, saved_states, every = ctx.meta
     if not saved_states:
         raise RuntimeError("titans::memory_scan ran with save_states=False; it cannot be differentiated")
-    q, k, v, theta, log_eta, log_retain, saved = ctx.saved_tensors
+    q, k, v, theta, log_eta, log_retain, saved, resets, init = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
     if dstate is None:
@@ -349,13 +379,16 @@ def _backward(ctx, dy, dstate, _dsaved):
         log_eta,
         log_retain,
         saved,
+        resets,
+        init,
         hidden,
         chunk_size,
         activation,
         max_norm,
         every,
     )
-    return (*grads, None, None, None, None, None, None)
+    *grads, dinit = grads
+    return (*grads, None, dinit, None, None, None, None, None, None)
 
 
 memory_scan.register_autograd(_backward, setup_context=_setup_context)
@@ -363,8 +396,13 @@ memory_scan.register_autograd(_backward, setup_context=_setup_context)
 
 def pack_state(state: MemoryState) -> Tensor:
     """(W1, [W2]), (S1, [S2]) each [B, H, D_in, D_out] -> one fp32 [B, H, N] buffer."""
-    parts = (*state.weights, *state.momentum)
-    return torch.cat([p.float().reshape(*p.shape[:2], -1) for p in parts], dim=-1).contiguous()
+    return pack_weights((*state.weights, *state.momentum))
+
+
+def pack_weights(weights: tuple[Tensor, ...]) -> Tensor:
+    """(W1, [W2]) each [B, H, D_in, D_out] -> one fp32 [B, H, N / 2] buffer: the weights
+    half of pack_state's layout."""
+    return torch.cat([w.float().reshape(*w.shape[:2], -1) for w in weights], dim=-1).contiguous()
 
 
 def unpack_state(flat: Tensor, like: MemoryState) -> MemoryState:
@@ -388,17 +426,20 @@ def triton_neural_memory(
     activation: str = "silu",
     max_grad_norm: float | None = None,
     checkpoint_every: int | None = None,
+    resets: Tensor | None = None,
+    initial: MemoryState | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract as chunk_neural_memory (q, k [B, T, H, D_k], v [B, T, H, D_v], gates
-    [B, T, H]), computed by the Triton kernels. y comes back in q's dtype (the chunked
-    PyTorch path returns fp32); the state is fp32."""
+    [B, T, H], resets [B, n_chunks] with initial), computed by the Triton kernels in one
+    launch, restarts included. y comes back in q's dtype (the chunked PyTorch path returns
+    fp32); the state is fp32."""
     get_activation(activation)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size}")
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device)
     if reason:
         raise ValueError(reason)
-    problem = launch_problem(q, state, chunk_size, activation, max_grad_norm)
+    problem = launch_problem(q, state, chunk_size, activation, max_grad_norm, resets is not None)
     if problem:
         raise ValueError(
             f"titans.kernel = 'triton' cannot run here: {problem}; use 'auto' (falls back to 'chunk') or 'chunk'"
@@ -409,7 +450,11 @@ def triton_neural_memory(
     log_eta, log_retain = log_gates(eta, alpha, torch.float32)
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
     flat = pack_state(state)
-    inputs = (q, k.to(q.dtype), v.to(q.dtype), theta.float(), log_eta, log_retain, flat)
+    if resets is None:
+        flags, init = q.new_zeros(0, dtype=torch.int8), flat.new_zeros(0)
+    else:
+        flags, init = resets.to(torch.int8), pack_weights(initial.weights)
+    inputs = (q, k.to(q.dtype), v.to(q.dtype), theta.float(), log_eta, log_retain, flat, flags, init)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     if checkpoint_every is None:
         checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)

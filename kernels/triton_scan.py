@@ -43,6 +43,7 @@ from .triton_chunk import (
     mm_nt,
     mm_tn,
     operand,
+    restart_state,
     row_at,
     rowsum,
     store_tile,
@@ -337,6 +338,8 @@ def scan_forward_kernel(
     state_ptr,
     y_ptr,
     saved_ptr,
+    resets_ptr,
+    init_ptr,
     T,
     H,
     max_norm,
@@ -356,12 +359,19 @@ def scan_forward_kernel(
     CLIP: tl.constexpr,
     SAVE: tl.constexpr,
     OP: tl.constexpr,
+    RESETS: tl.constexpr,
 ):
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
     state on entry and the end state on exit. With SAVE, the state at the start of every
     CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
-    checkpoints, from which it recomputes the chunks in between."""
+    checkpoints, from which it recomputes the chunks in between. With RESETS (packed
+    documents), a row restarts from its initial weights (init_ptr) before every chunk
+    that resets_ptr flags; a checkpoint holds the restarted state."""
     for ci in range(tl.cdiv(T, CHUNK)):
+        if RESETS:
+            restart_state(
+                state_ptr + tl.program_id(0).to(tl.int64) * NSTATE, init_ptr, resets_ptr, ci, T, H, CHUNK, NSTATE
+            )
         if SAVE:
             save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK, NSTATE, CKPT)
         forward_chunk(

@@ -39,12 +39,14 @@ from .triton_chunk import (
     mm_nt,
     mm_tn,
     operand,
+    restart_state,
     rev_cumsum,
     rowsum,
     segment_sum_adjoint,
     store_gate,
     store_tile,
     store_tokens,
+    zero_flat,
 )
 from .triton_scan import chunk_step, end_coefficients, inner_errors, layer1_tile
 
@@ -439,6 +441,26 @@ def backward_chunk(
     )
 
 
+@triton.jit(noinline=True)
+def restart_gradient(dst, dinit_ptr, resets_ptr, ci, T, H, CHUNK: tl.constexpr, NSTATE: tl.constexpr):
+    """Packed documents: if this program's row restarted at chunk ci, the gradient of that
+    chunk's start state (at dst) belongs to the row's initial weights (added to dinit_ptr
+    [B*H, NSTATE / 2]) and none of it reaches the chunk before (dst becomes zero)."""
+    pid = tl.program_id(0)
+    n_chunks = tl.cdiv(T, CHUNK)
+    tl.debug_barrier()  # the chunk's backward has written all of dst
+    if tl.load(resets_ptr + (pid // H).to(tl.int64) * n_chunks + ci) != 0:
+        NW: tl.constexpr = NSTATE // 2
+        offs = tl.arange(0, 1024)
+        dinit = dinit_ptr + pid.to(tl.int64) * NW
+        for start in range(0, NW, 1024):
+            m = start + offs < NW
+            g = tl.load(dst + start + offs, mask=m)
+            tl.store(dinit + start + offs, tl.load(dinit + start + offs, mask=m) + g, mask=m)
+        zero_flat(dst, NSTATE, 1024)
+    tl.debug_barrier()
+
+
 @triton.jit
 def scan_backward_kernel(
     dy_ptr,
@@ -458,6 +480,9 @@ def scan_backward_kernel(
     dtheta_ptr,
     dle_ptr,
     dlr_ptr,
+    resets_ptr,
+    init_ptr,
+    dinit_ptr,
     T,
     H,
     max_norm,
@@ -476,9 +501,13 @@ def scan_backward_kernel(
     CKPT: tl.constexpr,
     CLIP: tl.constexpr,
     OP: tl.constexpr,
+    RESETS: tl.constexpr,
 ):
     """dstate_ptr holds the gradient of the end state on entry and that of the initial state
-    on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, 2, BC, DT] (fp32)."""
+    on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, 2, BC, DT] (fp32). With
+    RESETS, the replay restarts rows where the forward did, and the gradient of a
+    restarted chunk's start state goes to dinit_ptr ([B*H, NSTATE / 2], zeroed by the
+    caller) instead of to the chunk before."""
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -524,6 +553,8 @@ def scan_backward_kernel(
                 CLIP,
                 OP,
             )
+            if RESETS:
+                restart_state(replay + (i + 1) * NSTATE, init_ptr, resets_ptr, c0 + i + 1, T, H, CHUNK, NSTATE)
         for r in range(n_in_group):
             i = n_in_group - 1 - r
             backward_chunk(
@@ -562,3 +593,5 @@ def scan_backward_kernel(
                 CLIP,
                 OP,
             )
+            if RESETS:
+                restart_gradient(dst, dinit_ptr, resets_ptr, c0 + i, T, H, CHUNK, NSTATE)

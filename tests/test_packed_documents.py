@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from devtools.models import memory_inputs, tiny_model
-from titans_plugin.blocks.documents import DocumentLayout, document_ids
-from titans_plugin.kernels import MemoryState, neural_memory_scan
+from titans_plugin.blocks.documents import DocumentLayout, document_ids, document_starts
+from titans_plugin.kernels import DocumentLanes, MemoryState, neural_memory_scan
 
 EOS = 1
 # Ragged rows: 1-token documents, boundaries inside chunks (4), segments (6) and windows
@@ -52,6 +52,31 @@ def test_layout_aligns_every_document_and_round_trips():
     for b, s in starts:  # lead slots hold the fill, then the document's first token
         assert torch.equal(packed[b, s : s + 2], fill)
         assert layout.positions[b, s + 2] == 0
+
+
+def test_lanes_give_every_document_its_own_chunk_grid():
+    """The scan's layout: each document whole and in order from a chunk start, a restart
+    there, zeros on pads, and lanes balanced (longest first)."""
+    tokens, docs = packed_batch()
+    starts = document_starts(document_ids(tokens, EOS))
+    C = 4
+    lanes = DocumentLanes.build(starts, chunk_size=C)
+    x = torch.arange(1.0, tokens.numel() + 1).view(*tokens.shape, 1)  # nonzero token labels
+    packed = lanes.pack(x)
+    assert torch.equal(lanes.unpack(packed, tokens.shape[0]), x)
+    slots = packed.view(lanes.n_lanes, -1)
+    begin = starts.flatten().nonzero().flatten().tolist()
+    found = []
+    for lane, step in lanes.resets.nonzero().tolist():
+        first = int(slots[lane, step * C]) - 1  # the flat token that opens this chunk
+        n = len(docs[begin.index(first)])
+        assert torch.equal(slots[lane, step * C : step * C + n], torch.arange(first + 1.0, first + n + 1))
+        assert not slots[lane, step * C + n : (step + -(-n // C)) * C].any()  # pads
+        found.append(first)
+    assert sorted(found) == begin  # every document restarts exactly once
+    # chunks per document 1, 2, 1, 4 and 5, 1, 1, 1 (16) over 2 lanes (as many as rows):
+    # longest first, 8 steps each
+    assert lanes.resets.shape == (2, 8)
 
 
 @pytest.mark.parametrize("backend", ["chunk", "naive", "triton"])

@@ -94,6 +94,41 @@ def test_several_state_tiles_and_checkpoint_groups(depth, clip, monkeypatch):
     _compare(inputs, state, chunk_size=16, activation="silu", max_grad_norm=clip, checkpoint_every=3)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_restarts_inside_the_kernels(depth, monkeypatch):
+    """Packed documents in one launch: rows restart from their initial weights (zero
+    momentum) before flagged chunks. Restarts at the first chunk, at a checkpoint group's
+    start, inside a group (the backward's replay restarts too) and at the last, ragged
+    chunk; three state tiles. Against the chunked path in fp64: outputs, end state and
+    the gradients of every input, the start state and the initial weights."""
+    monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
+    inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)
+    g = torch.Generator().manual_seed(5)
+    init = tuple(torch.randn(w.shape[1:], generator=g, dtype=w.dtype) / w.shape[-2] ** 0.5 for w in state.weights)
+    # 5 chunks of 16 (the last 6 tokens), a checkpoint every 3: groups 0-2 and 3-4
+    resets = torch.tensor([[False, True, False, True, False], [True, False, True, False, True]])
+    kw = dict(chunk_size=16, activation="silu", max_grad_norm=0.5)
+    results = []
+    for dtype, run in ((torch.float64, chunk_neural_memory), (torch.float32, triton_neural_memory)):
+        ins, st = _to(inputs, state, dtype)
+        ins = [t.detach().to(dtype).requires_grad_() for t in ins]
+        st = MemoryState(*[tuple(t.detach().to(dtype).requires_grad_() for t in ts) for ts in st])
+        w0 = tuple(w.to(DEVICE, dtype).requires_grad_() for w in init)
+        extra = dict(checkpoint_every=3) if run is triton_neural_memory else {}
+        initial = MemoryState.from_initial(w0, 2)
+        y, s = run(*ins, st, **kw, **extra, resets=resets.to(DEVICE), initial=initial)
+        results.append((y, s, grads(y, s, [*ins, *flat(st), *w0])))
+    (y_ref, s_ref, want), (y, s, got) = results
+    assert max_rel_err(y.double().cpu(), y_ref.detach()) < 2e-5
+    for a, b in zip(flat(s), flat(s_ref)):
+        assert max_rel_err(a.double().cpu(), b.detach()) < 2e-5
+    names = ["q", "k", "v", "theta", "eta", "alpha"] + ["state"] * 2 * depth + ["initial"] * depth
+    for name, a, b in zip(names, got, want):
+        assert torch.isfinite(a).all(), name
+        assert max_rel_err(a.double().cpu(), b) < 5e-5, name
+    assert got[-1].abs().sum() > 0  # the initial weights do get a gradient
+
+
 def test_checkpoint_interval_keeps_saved_state_within_budget():
     """Default config (head dim 64, hidden 256, chunk 64): 256 KiB of state per chunk, so a
     checkpoint every 4 chunks is 1 KiB per token and head; depth 1 saves every chunk."""
@@ -166,29 +201,36 @@ def test_inference_saves_no_chunk_states():
     inputs, state = memory_inputs(B=1, T=40, H=1, D=16, depth=1, dtype=torch.float32)
     args = [t.to(DEVICE).contiguous() for t in inputs[:4]] + [torch.zeros(1, 40, 1, device=DEVICE)] * 2
     flat_state = triton_op.pack_state(state).to(DEVICE)
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, False, 1)
+    no_resets = (torch.zeros(0, dtype=torch.int8, device=DEVICE), torch.zeros(0, device=DEVICE))
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1)
     assert saved.numel() == 0
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, True, 1)
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 1)
     assert saved.shape == (1, 1, 3, 2 * 16 * 16)
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, 0, 16, "silu", 0.0, True, 2)
+    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 2)
     assert saved.shape == (1, 1, 2, 2 * 16 * 16)  # 3 chunks, a checkpoint every 2
 
 
-def _op_args(depth, requires_grad):
+def _op_args(depth, requires_grad, resets=False):
     inputs, state = memory_inputs(B=1, T=20, H=2, D=16, depth=depth, hidden=16, dtype=torch.float32)
     q, k, v, theta, eta, alpha = (t.to(DEVICE) for t in inputs)
     le, lr = torch.log(eta), torch.log1p(-alpha)
-    tensors = [q, k, v, theta, le, lr, triton_op.pack_state(state).to(DEVICE)]
+    flat = triton_op.pack_state(state).to(DEVICE)
+    init = flat[..., : flat.shape[-1] // 2] * 0.5 if resets else flat.new_zeros(0)
+    tensors = [q, k, v, theta, le, lr, flat, init]
     tensors = [t.contiguous().requires_grad_(requires_grad) for t in tensors]
-    return (*tensors, 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2)
+    # 3 chunks of 8, a checkpoint every 2: the restart at chunk 1 falls inside a group
+    flags = torch.tensor([[0, 1, 0]] if resets else [], dtype=torch.int8, device=DEVICE)
+    return (*tensors[:7], flags, tensors[7], 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2)
 
 
-@pytest.mark.parametrize("depth", [1, 2])
-def test_opcheck(depth):
+@pytest.mark.parametrize("depth,resets", [(1, False), (2, False), (2, True)])
+def test_opcheck(depth, resets):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch."""
-    torch.library.opcheck(torch.ops.titans.memory_scan.default, _op_args(depth, True))
+    torch.library.opcheck(torch.ops.titans.memory_scan.default, _op_args(depth, True, resets))
     torch.library.opcheck(
-        torch.ops.titans.memory_scan.default, _op_args(depth, False), test_utils=("test_schema", "test_faketensor")
+        torch.ops.titans.memory_scan.default,
+        _op_args(depth, False, resets),
+        test_utils=("test_schema", "test_faketensor"),
     )
 
 

@@ -38,12 +38,17 @@ def same_document(ids_q: torch.Tensor, ids_k: torch.Tensor) -> torch.Tensor:
     return ids_q.unsqueeze(-1) == ids_k.unsqueeze(-2)
 
 
+def document_starts(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] True at the first token of every document (and of every row)."""
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return first
+
+
 def positions_in_document(ids: torch.Tensor) -> torch.Tensor:
     """[B, T] position of each token within its document (0 at its first token)."""
     t = torch.arange(ids.shape[1], device=ids.device)
-    first = torch.ones_like(ids, dtype=torch.bool)
-    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    return t - torch.cummax(torch.where(first, t, 0), dim=1).values
+    return t - torch.cummax(torch.where(document_starts(ids), t, 0), dim=1).values
 
 
 def check_document_ids(ids: torch.Tensor, shape) -> None:
@@ -60,9 +65,7 @@ def check_document_ids(ids: torch.Tensor, shape) -> None:
 
 def renumber(ids: torch.Tensor) -> torch.Tensor:
     """Ids 0, 1, 2, ... in each row, whatever values the caller used (only changes count)."""
-    out = torch.zeros_like(ids, dtype=torch.long)
-    out[:, 1:] = torch.cumsum((ids[:, 1:] != ids[:, :-1]).long(), dim=1)
-    return out
+    return torch.cumsum(document_starts(ids).long(), dim=1) - 1
 
 
 def _ceil_to(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -127,9 +130,11 @@ class DocumentLayout(NamedTuple):
 
 def run_memory_on_documents(memory, x: torch.Tensor, docs: torch.Tensor, prefix: torch.Tensor | None = None):
     """A memory layer over the packed batch x [B, T, dim]: every document scanned from
-    the initial memory on its own chunk grid, as if it were alone; `prefix` [N_p, dim]
-    (MAL's persistent tokens) opens every document's stream, its outputs dropped."""
-    lead = 0 if prefix is None else prefix.shape[0]
-    layout = DocumentLayout.build(docs, align=memory.config.chunk_size, lead=lead)
-    y, _ = memory(layout.pack(x, prefix), None, starts=layout.starts)
-    return layout.unpack(y)
+    the initial memory on its own chunk grid, as if it were alone (the memory moves the
+    documents for its scan itself, kernels/lanes.py). `prefix` [N_p, dim] (MAL's
+    persistent tokens) opens every document's stream, its outputs dropped: the stream
+    gets N_p slots in front of every document, no alignment."""
+    if prefix is None:
+        return memory.forward_documents(x, document_starts(docs))
+    stream = DocumentLayout.build(docs, align=1, lead=prefix.shape[0])
+    return stream.unpack(memory.forward_documents(stream.pack(x, prefix), stream.starts))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from titans_plugin.kernels import (
+    DocumentLanes,
     MemoryState,
     add_start_state,
     get_activation,
@@ -284,6 +285,24 @@ class NeuralMemory(nn.Module):
         if self.training:
             self._record_stats(new[3:], final)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
+
+    def forward_documents(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """x [B, T, dim] of packed documents -> y [B, T, dim], every document exactly as
+        if it were alone: starts [B, T] (bool) marks where a document begins, anywhere.
+        The projections and the conv run on the tokens as they are (the conv's taps
+        stop at a start); only the scan moves the documents, each onto its own chunk
+        grid (kernels/lanes.py). No state comes back: a document that runs on past the
+        sequence is cut there, as a training window cuts it."""
+        B = x.shape[0]
+        x = self.input_norm(x)
+        q, k, v, _ = self._project(x, None, starts)
+        gates = self._gates(x)
+        lanes = DocumentLanes.build(starts, self.config.chunk_size)
+        seq = self._gate_layout(tuple(lanes.pack(s) for s in (q, k, v, *gates)))
+        y, end = self._scan(seq, self.initial_state(lanes.n_lanes), lanes.resets)
+        if self.training:
+            self._record_stats(gates, end)
+        return self._output(x, lanes.unpack(y, B))
 
     # -- context parallel for a linear memory (blocks/sharded_memory.py) ---------------
     def conv_tail_after(self, x_before: torch.Tensor):
