@@ -202,6 +202,14 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
     return dq, da[0], dv, dtheta, dle, dlr, dW, dS
 
 
+def _rows_per_chunk(resets: torch.Tensor) -> dict[int, torch.Tensor]:
+    """resets [B, n_chunks] -> {chunk: the rows that restart there} (one host sync)."""
+    rows: dict[int, list[int]] = {}
+    for b, i in resets.nonzero().tolist():
+        rows.setdefault(i, []).append(b)
+    return {i: torch.tensor(r, device=resets.device) for i, r in rows.items()}
+
+
 class _ChunkScan(torch.autograd.Function):
     """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum).
 
@@ -214,7 +222,7 @@ class _ChunkScan(torch.autograd.Function):
         act = get_activation(act_name)
         W, S = list(state[:n_layers]), list(state[n_layers : 2 * n_layers])
         init = state[2 * n_layers :]
-        restart_at = set() if resets is None else set(resets.any(0).nonzero().flatten().tolist())
+        restart_at = {} if resets is None else _rows_per_chunk(resets)
         T = q.shape[2]
         starts = list(range(0, T, chunk_size))
         # Chunk-start states are only kept when a backward can follow: inference holds
@@ -223,8 +231,14 @@ class _ChunkScan(torch.autograd.Function):
         saved_W, saved_S, outs = [], [], []
         for i, start in enumerate(starts):
             sl = slice(start, min(start + chunk_size, T))
-            if i in restart_at:
-                W, S = MemoryState(tuple(W), tuple(S)).reset_rows(resets[:, i], MemoryState(init, ()))
+            if i in restart_at:  # in place, on the restarting rows only
+                rows = restart_at[i]
+                if i == 0:  # never write into the caller's state
+                    W, S = [w.clone() for w in W], [m.clone() for m in S]
+                for w, w0 in zip(W, init):
+                    w.index_copy_(0, rows, w0.index_select(0, rows))
+                for m in S:
+                    m.index_fill_(0, rows, 0.0)
             if keep:
                 saved_W.append(W)
                 saved_S.append(S)
@@ -235,7 +249,7 @@ class _ChunkScan(torch.autograd.Function):
         flat_states = [t for W_, S_ in zip(saved_W, saved_S) for t in (*W_, *S_)]
         ctx.save_for_backward(q, k, v, theta, le, lr, *flat_states)
         ctx.meta = (chunk_size, act_name, max_norm, n_layers, len(starts))
-        ctx.resets, ctx.restart_at, ctx.n_init = resets, restart_at, len(init)
+        ctx.restart_at, ctx.n_init = restart_at, len(init)
         return (torch.cat(outs, dim=2), *W, *S)
 
     @staticmethod
@@ -267,11 +281,12 @@ class _ChunkScan(torch.autograd.Function):
                 grads[name][:, :, sl] = gval
             for name, gval in zip(("theta", "le", "lr"), (dth, dle, dlr)):
                 grads[name][..., sl] = gval
-            if i in ctx.restart_at:  # this chunk began from init, not from the chunk before
-                r = ctx.resets[:, i].view(-1, 1, 1, 1)
-                dinit = [d + torch.where(r, g, torch.zeros_like(g)) for d, g in zip(dinit, dW_next)]
-                dW_next = [torch.where(r, torch.zeros_like(g), g) for g in dW_next]
-                dS_next = [torch.where(r, torch.zeros_like(g), g) for g in dS_next]
+            if i in ctx.restart_at:  # these rows began from init, not from the chunk before
+                rows = ctx.restart_at[i]
+                for d, g in zip(dinit, dW_next):
+                    d.index_add_(0, rows, g.index_select(0, rows))
+                for g in (*dW_next, *dS_next):  # fresh from chunk_backward: in place is safe
+                    g.index_fill_(0, rows, 0.0)
         return (
             grads["q"],
             grads["k"],
