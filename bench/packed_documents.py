@@ -75,7 +75,7 @@ def scanned_slots(pattern: str, titans, ids) -> float:
     document starts a segment; the others scan every document on its own chunk grid in
     lanes (MAL: each document's stream opens with the persistent tokens)."""
     from titans_plugin.blocks.documents import DocumentLayout, document_starts
-    from titans_plugin.kernels import DocumentLanes
+    from titans_plugin.memory import DocumentLanes
 
     if "C" in pattern:
         return DocumentLayout.build(ids, math.lcm(titans.chunk_size, titans.segment_len)).n_slots

@@ -3,7 +3,6 @@
 naive            per-token reference (the definition)
 chunk_autograd   the chunked closed form through plain autograd (reference for chunk)
 chunk            exact chunk-parallel PyTorch path with a hand-written backward (runs everywhere)
-lanes            packed documents laid out for the scan, each on its own chunk grid
 state_response   how a linear memory's scan depends on its start state (context parallel)
 triton_op        Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1): forward in
                  triton_scan.py, backward in triton_scan_bwd.py, per-chunk pieces in triton_chunk.py
@@ -16,7 +15,6 @@ from .activations import ACTIVATIONS, get_activation
 from .chunk import chunk_neural_memory
 from .chunk_autograd import chunk_neural_memory_autograd
 from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
-from .lanes import DocumentLanes
 from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
 from .state_response import add_start_state, response_output, state_response
@@ -26,7 +24,6 @@ from .triton_op import triton_neural_memory
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
-    "DocumentLanes",
     "MemoryState",
     "add_start_state",
     "chunk_neural_memory",

@@ -6,7 +6,8 @@ import torch
 
 from devtools.models import memory_inputs, tiny_model
 from titans_plugin.blocks.documents import DocumentLayout, document_ids, document_starts
-from titans_plugin.kernels import DocumentLanes, MemoryState, neural_memory_scan
+from titans_plugin.kernels import MemoryState, neural_memory_scan
+from titans_plugin.memory import DocumentLanes
 
 EOS = 1
 # Ragged rows: 1-token documents, boundaries inside chunks (4), segments (6) and windows
@@ -44,7 +45,8 @@ def test_layout_aligns_every_document_and_round_trips():
     layout = DocumentLayout.build(ids, align=4, lead=2)
     starts = layout.starts.nonzero().tolist()
     assert all(s % 4 == 0 for _, s in starts)
-    assert layout.starts.sum(1).tolist() == [len(r) for r in ROW_LENGTHS]
+    assert layout.starts.sum() == sum(len(r) for r in ROW_LENGTHS)
+    assert layout.n_slots == 36  # 72 slots of documents, longest first over 2 lanes
     x = torch.randn(*tokens.shape, 3, dtype=torch.float64)
     fill = torch.randn(2, 3, dtype=torch.float64)
     packed = layout.pack(x, fill)

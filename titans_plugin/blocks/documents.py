@@ -8,18 +8,21 @@ of its document within its row (`document_ids`) and hands that to every block.
 
 Attention honours it with a mask. A memory layer needs more: run alone on a document,
 its chunk grid (and MAC's segment grid) starts at the document's first token, and its
-state starts from the learned initial memory. `DocumentLayout` moves every document of
-a row to a slot that is a multiple of `align` (the chunk size, or MAC's segment length),
-with `lead` free slots in front (MAL's persistent prefix), and pads the rest. In that
-layout every grid is anchored at every document start, the scan only has to restart its
-state at chunk starts (`starts`), and whatever a pad slot computes never reaches a real
-token: pads come after their document's last token, causally, and the next document
-restarts the state. The cost is the padding: under `align` slots per document.
+state starts from the learned initial memory. The memory lays documents out for its scan
+itself (memory/lanes.py). `DocumentLayout` does it for a whole block: it moves every
+document to a slot that is a multiple of `align` (MAC: its segment length), with `lead`
+free slots in front (MAL's memory stream: the persistent tokens, align 1), in lanes. In
+that layout every grid is anchored at every document start, and whatever a pad slot
+computes never reaches a real token: pads come after their document's last token,
+causally, and the next document restarts the state. The cost is the padding: under
+`align` slots per document.
 """
 
 from typing import NamedTuple
 
 import torch
+
+from titans_plugin.memory import longest_first
 
 
 def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -63,19 +66,13 @@ def check_document_ids(ids: torch.Tensor, shape) -> None:
         raise ValueError("document ids must never decrease along a row")
 
 
-def renumber(ids: torch.Tensor) -> torch.Tensor:
-    """Ids 0, 1, 2, ... in each row, whatever values the caller used (only changes count)."""
-    return torch.cumsum(document_starts(ids).long(), dim=1) - 1
-
-
-def _ceil_to(x: torch.Tensor, m: int) -> torch.Tensor:
-    return (x + m - 1) // m * m
-
-
 class DocumentLayout(NamedTuple):
-    """Row-wise re-layout of a packed batch, [B, T] -> [B, T'] slots.
+    """Packed documents moved into lanes, [B, T] tokens -> [B, T'] slots (as many lanes as
+    rows): every document starts at a multiple of `align` after `lead` free slots, and
+    goes, longest first, to the least filled lane, so the lanes end together whatever
+    the rows' mix of documents.
 
-    slot_of    [B, T]  slot of every token
+    slot_of    [B * T] flat slot (over [B, T']) of every token
     starts     [B, T'] True at the first slot of each document (its lead slots first)
     positions  [B, T'] position of a slot within its document (0 at the first token,
                negative on lead slots; pads continue their document's count, clamped to T-1)
@@ -89,23 +86,26 @@ class DocumentLayout(NamedTuple):
 
     @staticmethod
     def build(ids: torch.Tensor, align: int, lead: int = 0) -> "DocumentLayout":
+        """One host sync, for the documents' lengths."""
         B, T = ids.shape
-        ids = renumber(ids)
-        lengths = torch.zeros(B, T, dtype=torch.long, device=ids.device)
-        lengths.scatter_add_(1, ids, torch.ones_like(ids))
-        footprint = torch.where(lengths > 0, _ceil_to(lengths + lead, align), 0)
-        slot_start = torch.cumsum(footprint, 1) - footprint  # where each document's slots begin
-        token_start = torch.cumsum(lengths, 1) - lengths
-        t = torch.arange(T, device=ids.device)
-        slot_of = slot_start.gather(1, ids) + lead + t - token_start.gather(1, ids)
-        n_slots = int(footprint.sum(1).max()) if T else 0
-        starts = torch.zeros(B, n_slots + 1, dtype=torch.bool, device=ids.device)
-        # documents of length 0 (ids past the last document) all write to a dropped column
-        starts.scatter_(1, torch.where(lengths > 0, slot_start, n_slots), True)
-        starts = starts[:, :n_slots]
-        doc_of = torch.cumsum(starts.long(), 1) - 1  # pads belong to the document before
-        s = torch.arange(n_slots, device=ids.device)
-        positions = (s - slot_start.gather(1, doc_of) - lead).clamp(max=max(T - 1, 0))
+        device = ids.device
+        first = document_starts(ids).flatten()
+        begin = first.nonzero().flatten()  # flat token index of each document's start
+        length = torch.diff(begin, append=torch.tensor([B * T], device=device))
+        footprint = ((length + lead + align - 1) // align * align).tolist()
+        lane_of, offset = longest_first(footprint, B)
+        n_slots = max(o + f for o, f in zip(offset, footprint))
+        slot_start = torch.tensor(lane_of, device=device) * n_slots + torch.tensor(offset, device=device)
+        doc = torch.cumsum(first.long(), 0) - 1
+        t = torch.arange(B * T, device=device)
+        slot_of = slot_start[doc] + lead + t - begin[doc]
+        starts = torch.zeros(B * n_slots, dtype=torch.bool, device=device)
+        starts[slot_start] = True
+        starts = starts.view(B, n_slots)
+        # every lane opens with a document, so a slot's document starts at the last start
+        s = torch.arange(n_slots, device=device)
+        last_start = torch.cummax(torch.where(starts, s, 0), dim=1).values
+        positions = (s - last_start - lead).clamp(max=max(T - 1, 0))
         return DocumentLayout(slot_of, starts, positions, lead)
 
     @property
@@ -114,24 +114,26 @@ class DocumentLayout(NamedTuple):
 
     def pack(self, x: torch.Tensor, lead_fill: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, ...] -> [B, T', ...]: pads are zeros, lead slots `lead_fill` [lead, ...]."""
-        index = self.slot_of.view(*self.slot_of.shape, *[1] * (x.dim() - 2)).expand_as(x)
-        out = x.new_zeros(x.shape[0], self.n_slots, *x.shape[2:]).scatter(1, index, x)
+        B, feature = x.shape[0], x.shape[2:]
+        flat = x.reshape(-1, *feature)
+        index = self.slot_of.view(-1, *[1] * len(feature)).expand_as(flat)
+        out = flat.new_zeros(B * self.n_slots, *feature).scatter(0, index, flat).view(B, self.n_slots, *feature)
         if self.lead and lead_fill is not None:
-            on_lead = (self.positions < 0).view(*self.positions.shape, *[1] * (x.dim() - 2))
+            on_lead = (self.positions < 0).view(*self.positions.shape, *[1] * len(feature))
             fill = lead_fill.to(x.dtype)[(self.positions + self.lead).clamp(0, self.lead - 1)]
             out = torch.where(on_lead, fill, out)
         return out
 
     def unpack(self, y: torch.Tensor) -> torch.Tensor:
         """y [B, T', ...] -> [B, T, ...]: each token's slot."""
-        index = self.slot_of.view(*self.slot_of.shape, *[1] * (y.dim() - 2))
-        return y.gather(1, index.expand(*self.slot_of.shape, *y.shape[2:]))
+        flat = y.reshape(-1, *y.shape[2:]).index_select(0, self.slot_of)
+        return flat.view(y.shape[0], -1, *y.shape[2:])
 
 
 def run_memory_on_documents(memory, x: torch.Tensor, docs: torch.Tensor, prefix: torch.Tensor | None = None):
     """A memory layer over the packed batch x [B, T, dim]: every document scanned from
     the initial memory on its own chunk grid, as if it were alone (the memory moves the
-    documents for its scan itself, kernels/lanes.py). `prefix` [N_p, dim] (MAL's
+    documents for its scan itself, memory/lanes.py). `prefix` [N_p, dim] (MAL's
     persistent tokens) opens every document's stream, its outputs dropped: the stream
     gets N_p slots in front of every document, no alignment."""
     if prefix is None:

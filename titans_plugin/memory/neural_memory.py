@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from titans_plugin.kernels import (
-    DocumentLanes,
     MemoryState,
     add_start_state,
     get_activation,
@@ -31,6 +30,7 @@ from titans_plugin.kernels.state import state_dtype
 
 from .config import MemoryConfig
 from .conv import causal_depthwise_conv
+from .lanes import DocumentLanes
 
 
 class NeuralMemoryState(NamedTuple):
@@ -291,7 +291,7 @@ class NeuralMemory(nn.Module):
         if it were alone: starts [B, T] (bool) marks where a document begins, anywhere.
         The projections and the conv run on the tokens as they are (the conv's taps
         stop at a start); only the scan moves the documents, each onto its own chunk
-        grid (kernels/lanes.py). No state comes back: a document that runs on past the
+        grid (memory/lanes.py). No state comes back: a document that runs on past the
         sequence is cut there, as a training window cuts it."""
         B = x.shape[0]
         x = self.input_norm(x)

@@ -48,7 +48,7 @@ class DocumentLanes(NamedTuple):
         length = torch.diff(begin, append=torch.tensor([B * T], device=device))
         n_chunks = ((length + C - 1) // C).tolist()
         n_lanes = min(len(n_chunks), B)
-        lane_of, offset = _longest_first(n_chunks, n_lanes)  # per document: lane, first chunk there
+        lane_of, offset = longest_first(n_chunks, n_lanes)  # per document: lane, first chunk there
         n_steps = max(o + n for o, n in zip(offset, n_chunks))
         first_chunk = torch.tensor(lane_of, device=device) * n_steps + torch.tensor(offset, device=device)
 
@@ -78,13 +78,14 @@ class DocumentLanes(NamedTuple):
         return flat.view(batch_size, -1, *y.shape[2:])
 
 
-def _longest_first(n_chunks: list[int], n_lanes: int) -> tuple[list[int], list[int]]:
-    """Each document to the lane with the fewest chunks so far, longest documents first
-    (greedy makespan scheduling). Returns each document's lane and its first chunk there."""
-    lanes = [(0, lane) for lane in range(n_lanes)]  # (chunks so far, lane)
-    lane_of, offset = [0] * len(n_chunks), [0] * len(n_chunks)
-    for d in sorted(range(len(n_chunks)), key=lambda d: -n_chunks[d]):
+def longest_first(sizes: list[int], n_lanes: int) -> tuple[list[int], list[int]]:
+    """Each document (of `sizes` chunks or slots) to the lane with the least so far,
+    longest documents first (greedy makespan scheduling). Returns each document's lane
+    and its offset there."""
+    lanes = [(0, lane) for lane in range(n_lanes)]  # (filled so far, lane)
+    lane_of, offset = [0] * len(sizes), [0] * len(sizes)
+    for d in sorted(range(len(sizes)), key=lambda d: -sizes[d]):
         filled, lane = heapq.heappop(lanes)
         lane_of[d], offset[d] = lane, filled
-        heapq.heappush(lanes, (filled + n_chunks[d], lane))
+        heapq.heappush(lanes, (filled + sizes[d], lane))
     return lane_of, offset
