@@ -68,7 +68,7 @@ def neural_memory_scan(
 
     resets [B, ceil(T / chunk_size)] (bool): row b restarts from `initial` (its weights,
     zero momentum) before chunk i where resets[b, i], as if a new sequence began there:
-    packed documents, each laid out to start at a chunk boundary (titans_plugin/memory/lanes.py).
+    packed documents, each laid out by the memory to start at a chunk boundary.
     The chunked path restarts rows inside its chunk loop and the Triton kernels inside
     theirs (one launch); the per-token reference is cut at every chunk where some row
     restarts and runs on each piece.

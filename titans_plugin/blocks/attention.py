@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .documents import positions_in_document, same_document
+from .documents import document_starts, positions_in_document, same_document
 from .ring_attention import RING_DEVICES, ring_causal_attention
 from .rope import apply_rope, rope_freqs
 
@@ -83,10 +83,9 @@ def document_causal_attention(q, k, v, doc_ids):
     """Full causal attention inside each document of a packed batch: the fused causal
     kernel on each document's span, so no [T, T] mask and no work across documents."""
     B, T = doc_ids.shape
-    change = (doc_ids[:, 1:] != doc_ids[:, :-1]).nonzero().tolist()  # one host sync
-    cuts = [[0] for _ in range(B)]
-    for b, t in change:
-        cuts[b].append(t + 1)
+    cuts = [[] for _ in range(B)]
+    for b, t in document_starts(doc_ids).nonzero().tolist():  # one host sync
+        cuts[b].append(t)
     rows = []
     for b in range(B):
         bounds = [*cuts[b], T]
