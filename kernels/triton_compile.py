@@ -11,45 +11,17 @@ KERNELS = ("forward-train", "forward-infer", "backward")
 
 
 def signature(kernel: str, dtype: torch.dtype) -> dict:
+    """Pointer and scalar arguments of the forward or backward kernel, in their order."""
     t = "*" + TYPE_NAME[dtype]
     f = "*fp32"
+    inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f)
+    restarts = dict(resets_ptr="*i8", init_ptr=f)
     if kernel.startswith("forward"):
-        names = dict(
-            q_ptr=t,
-            k_ptr=t,
-            v_ptr=t,
-            theta_ptr=f,
-            le_ptr=f,
-            lr_ptr=f,
-            state_ptr=f,
-            y_ptr=t,
-            saved_ptr=f,
-            resets_ptr="*i8",
-            init_ptr=f,
-        )
+        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts}
     else:
-        names = dict(
-            dy_ptr=t,
-            dstate_ptr=f,
-            q_ptr=t,
-            k_ptr=t,
-            v_ptr=t,
-            theta_ptr=f,
-            le_ptr=f,
-            lr_ptr=f,
-            saved_ptr=f,
-            replay_ptr=f,
-            scratch_ptr=f,
-            dq_ptr=t,
-            dk_ptr=t,
-            dv_ptr=t,
-            dtheta_ptr=f,
-            dle_ptr=f,
-            dlr_ptr=f,
-            resets_ptr="*i8",
-            init_ptr=f,
-            dinit_ptr=f,
-        )
+        grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlr_ptr
+        names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}
+        names = {**names, **grads, **restarts, "dinit_ptr": f}
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
 
 
