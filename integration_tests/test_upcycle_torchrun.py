@@ -38,7 +38,7 @@ def test_upcycled_hybrid_starts_at_the_transformer_loss_and_trains(tmp_path):
     cmd += ["--set", "memory_out_init=zero"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "copying" in proc.stdout and "done" in proc.stdout
 
     # the Transformer continued for one step from its checkpoint: the reference first loss

@@ -6,7 +6,7 @@ import torch
 
 from .chunk import chunk_neural_memory
 from .naive import naive_neural_memory
-from .state import MemoryState
+from .state import MemoryState, check_resets
 from .triton_op import launch_problem, triton_neural_memory, unsupported_reason
 
 BACKENDS = ("auto", "chunk", "naive", "triton")
@@ -75,7 +75,7 @@ def neural_memory_scan(
     """
     backend = resolve_backend(backend, q, state, activation, chunk_size, max_grad_norm, resets is not None)
     if resets is not None and backend != "naive":  # restarts inside its own chunk loop
-        _check_resets(q, resets, initial, chunk_size)
+        check_resets(q, resets, initial, state, chunk_size)
         args = (q, k, v, theta, eta, alpha, state, chunk_size, activation, max_grad_norm)
         if backend == "chunk":
             return chunk_neural_memory(*args, resets, initial)
@@ -87,21 +87,11 @@ def neural_memory_scan(
     return _scan(backend, (q, k, v, theta, eta, alpha), state, chunk_size, activation, max_grad_norm)
 
 
-def _check_resets(q, resets, initial, chunk_size) -> int:
-    n_chunks = -(-q.shape[1] // chunk_size)
-    if initial is None or resets.shape != (q.shape[0], n_chunks):
-        raise ValueError(
-            f"resets must be [batch, ceil(T / chunk_size)] = {[q.shape[0], n_chunks]} with an initial "
-            f"state, got {list(resets.shape)} and initial={'given' if initial is not None else None}"
-        )
-    return n_chunks
-
-
 def _scan_with_resets(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, backend):
     """The scan cut at every chunk where some row restarts. The pieces come from one
     split, whose backward is one concatenation (slicing every piece would zero-fill the
     whole input's gradient once per piece)."""
-    n_chunks = _check_resets(inputs[0], resets, initial, chunk_size)
+    n_chunks = check_resets(inputs[0], resets, initial, state, chunk_size)
     T = inputs[0].shape[1]
     cuts = resets.any(0).nonzero().flatten().tolist()  # one host sync per call
     bounds = sorted({0, *cuts, n_chunks})

@@ -39,3 +39,18 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     """Scans run in fp32 at least (bf16 recurrences drift over long sequences); fp64
     inputs keep fp64 so the reference tests can be tight."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_resets(q: torch.Tensor, resets, initial, state: MemoryState, chunk_size: int) -> int:
+    """resets [B, ceil(T / chunk_size)] with an initial state shaped like `state` (one row
+    per batch row: the kernels read row b's initial weights). Returns the chunk count."""
+    n_chunks = -(-q.shape[1] // chunk_size)
+    if initial is None or tuple(resets.shape) != (q.shape[0], n_chunks):
+        raise ValueError(
+            f"resets must be [batch, ceil(T / chunk_size)] = {[q.shape[0], n_chunks]} with an initial "
+            f"state, got {list(resets.shape)} and initial={'given' if initial is not None else None}"
+        )
+    shapes, want = [list(w.shape) for w in initial.weights], [list(w.shape) for w in state.weights]
+    if shapes != want:
+        raise ValueError(f"the initial state of resets must be shaped like the state, {want}, got {shapes}")
+    return n_chunks

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .activations import get_activation
 from .chunk_math import log_gates
-from .state import MemoryState
+from .state import MemoryState, check_resets
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1, "tanh": 2, "relu": 3}
 # Matmul operand type per input dtype (triton_chunk.OP_*): bf16/fp16 on the tensor cores
@@ -453,6 +453,7 @@ def triton_neural_memory(
     if resets is None:
         flags, init = q.new_zeros(0, dtype=torch.int8), flat.new_zeros(0)
     else:
+        check_resets(q, resets, initial, state, chunk_size)  # the kernels read row b of both
         flags, init = resets.to(torch.int8), pack_weights(initial.weights)
     inputs = (q, k.to(q.dtype), v.to(q.dtype), theta.float(), log_eta, log_retain, flat, flags, init)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)

@@ -457,6 +457,7 @@ def restart_gradient(dst, dinit_ptr, resets_ptr, ci, T, H, CHUNK: tl.constexpr, 
             m = start + offs < NW
             g = tl.load(dst + start + offs, mask=m)
             tl.store(dinit + start + offs, tl.load(dinit + start + offs, mask=m) + g, mask=m)
+        tl.debug_barrier()  # every thread has read dst before any of it is zeroed
         zero_flat(dst, NSTATE, 1024)
     tl.debug_barrier()
 

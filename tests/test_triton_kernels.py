@@ -99,7 +99,7 @@ def test_restarts_inside_the_kernels(depth, monkeypatch):
     """Packed documents in one launch: rows restart from their initial weights (zero
     momentum) before flagged chunks. Restarts at the first chunk, at a checkpoint group's
     start, inside a group (the backward's replay restarts too) and at the last, ragged
-    chunk; three state tiles. Against the chunked path in fp64: outputs, end state and
+    chunk; two or three state tiles. Against the chunked path in fp64: outputs, end state and
     the gradients of every input, the start state and the initial weights."""
     monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)

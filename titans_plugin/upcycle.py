@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if distributed:
+            # every process is past its last collective before any tears its group down:
+            # otherwise gloo can abort a process at exit, after the checkpoint is written
+            dist.barrier()
             dist.destroy_process_group()
     return 0
 

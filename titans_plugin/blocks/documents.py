@@ -69,7 +69,7 @@ def check_document_ids(ids: torch.Tensor, shape) -> None:
 class DocumentLayout(NamedTuple):
     """Packed documents moved into lanes, [B, T] tokens -> [B, T'] slots (as many lanes as
     rows): every document starts at a multiple of `align` after `lead` free slots, and
-    goes, longest first, to the least filled lane, so the lanes end together whatever
+    goes, longest first, to the least filled lane, so the lanes end nearly together whatever
     the rows' mix of documents.
 
     slot_of    [B * T] flat slot (over [B, T']) of every token
@@ -94,7 +94,7 @@ class DocumentLayout(NamedTuple):
         length = torch.diff(begin, append=torch.tensor([B * T], device=device))
         footprint = ((length + lead + align - 1) // align * align).tolist()
         lane_of, offset = longest_first(footprint, B)
-        n_slots = max(o + f for o, f in zip(offset, footprint))
+        n_slots = max((o + f for o, f in zip(offset, footprint)), default=0)
         slot_start = torch.tensor(lane_of, device=device) * n_slots + torch.tensor(offset, device=device)
         doc = torch.cumsum(first.long(), 0) - 1
         t = torch.arange(B * T, device=device)

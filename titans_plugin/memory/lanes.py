@@ -5,11 +5,13 @@ into chunks from its first token; the last chunk is short unless the length is a
 multiple of the chunk size. In a packed batch the documents are independent sequences,
 so the scan need not follow the rows: `DocumentLanes` gives every document whole chunks
 in one of `n_lanes` lanes, its chunks in order, with a restart before its first chunk and
-its short last chunk padded with zero inputs (a pad has theta = 0 and comes after every
-real token of its chunk, so it changes nothing a real token sees). There are as many
-lanes as rows (the scan's tensors keep the batch's shapes; more lanes, each step wider,
-measured slower on CPU), and documents go to lanes longest first, each to the least
-filled lane, so the lanes end together. This is the layout flash-linear-attention's
+its short last chunk padded. A pad comes after every real token of its chunk and has
+theta = 0, so it changes nothing a real token sees and gets no gradient. Its inputs are
+zero except the momentum gate, which is 1, so a lane's end state keeps the momentum its
+last document ended with (the memory's statistics read it). There are as many lanes as
+rows (the scan's tensors keep the batch's shapes; more lanes, each step wider, measured
+slower on CPU), and documents go to lanes longest first, each to the least filled lane,
+so the lanes end nearly together. This is the layout flash-linear-attention's
 `cu_seqlens` gives its recurrent kernels, in a form the batched chunk loop can run.
 
 What it costs: a document of n tokens takes ceil(n / chunk) chunks of the scan, each a
@@ -49,7 +51,7 @@ class DocumentLanes(NamedTuple):
         n_chunks = ((length + C - 1) // C).tolist()
         n_lanes = min(len(n_chunks), B)
         lane_of, offset = longest_first(n_chunks, n_lanes)  # per document: lane, first chunk there
-        n_steps = max(o + n for o, n in zip(offset, n_chunks))
+        n_steps = max((o + n for o, n in zip(offset, n_chunks)), default=0)
         first_chunk = torch.tensor(lane_of, device=device) * n_steps + torch.tensor(offset, device=device)
 
         # every token's slot: its document's first slot plus its position in the document
@@ -66,10 +68,10 @@ class DocumentLanes(NamedTuple):
     def n_lanes(self) -> int:
         return self.resets.shape[0]
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, ...] -> [n_lanes, n_slots, ...], zeros on pads."""
+    def pack(self, x: torch.Tensor, pad: float = 0.0) -> torch.Tensor:
+        """x [B, T, ...] -> [n_lanes, n_slots, ...], `pad` on pads."""
         flat = x.reshape(-1, *x.shape[2:])
-        flat = torch.cat([flat, flat.new_zeros(1, *x.shape[2:])])
+        flat = torch.cat([flat, flat.new_full((1, *x.shape[2:]), pad)])
         return flat.index_select(0, self.index).view(self.n_lanes, -1, *x.shape[2:])
 
     def unpack(self, y: torch.Tensor, batch_size: int) -> torch.Tensor:

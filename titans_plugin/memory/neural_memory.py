@@ -298,7 +298,9 @@ class NeuralMemory(nn.Module):
         q, k, v, _ = self._project(x, None, starts)
         gates = self._gates(x)
         lanes = DocumentLanes.build(starts, self.config.chunk_size)
-        seq = self._gate_layout(tuple(lanes.pack(s) for s in (q, k, v, *gates)))
+        theta, eta, alpha = gates
+        seq = (lanes.pack(q), lanes.pack(k), lanes.pack(v), lanes.pack(theta), lanes.pack(eta, 1.0), lanes.pack(alpha))
+        seq = self._gate_layout(seq)
         y, end = self._scan(seq, self.initial_state(lanes.n_lanes), lanes.resets)
         if self.training:
             self._record_stats(gates, end)
