@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from titans_plugin.memory import longest_first
+from titans_plugin.memory import place_documents
 
 
 def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -88,22 +88,12 @@ class DocumentLayout(NamedTuple):
     def build(ids: torch.Tensor, align: int, lead: int = 0) -> "DocumentLayout":
         """One host sync, for the documents' lengths."""
         B, T = ids.shape
-        device = ids.device
-        first = document_starts(ids).flatten()
-        begin = first.nonzero().flatten()  # flat token index of each document's start
-        length = torch.diff(begin, append=torch.tensor([B * T], device=device))
-        footprint = ((length + lead + align - 1) // align * align).tolist()
-        lane_of, offset = longest_first(footprint, B)
-        n_slots = max((o + f for o, f in zip(offset, footprint)), default=0)
-        slot_start = torch.tensor(lane_of, device=device) * n_slots + torch.tensor(offset, device=device)
-        doc = torch.cumsum(first.long(), 0) - 1
-        t = torch.arange(B * T, device=device)
-        slot_of = slot_start[doc] + lead + t - begin[doc]
-        starts = torch.zeros(B * n_slots, dtype=torch.bool, device=device)
-        starts[slot_start] = True
-        starts = starts.view(B, n_slots)
+        slot_of, doc_slot, n_slots, _ = place_documents(document_starts(ids), align, lead)
+        starts = torch.zeros(B * n_slots, dtype=torch.bool, device=ids.device)
+        starts[doc_slot] = True
+        starts = starts.view(B, n_slots)  # B lanes: every row holds at least one document
         # every lane opens with a document, so a slot's document starts at the last start
-        s = torch.arange(n_slots, device=device)
+        s = torch.arange(n_slots, device=ids.device)
         last_start = torch.cummax(torch.where(starts, s, 0), dim=1).values
         positions = (s - last_start - lead).clamp(max=max(T - 1, 0))
         return DocumentLayout(slot_of, starts, positions, lead)

@@ -1,5 +1,5 @@
 from .config import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConfig
-from .lanes import DocumentLanes, longest_first
+from .lanes import DocumentLanes, place_documents
 from .neural_memory import NeuralMemory, NeuralMemoryState
 
 __all__ = [
@@ -11,5 +11,5 @@ __all__ = [
     "NeuralMemory",
     "NeuralMemoryState",
     "TRITON_DEPTHS",
-    "longest_first",
+    "place_documents",
 ]

@@ -42,27 +42,14 @@ class DocumentLanes(NamedTuple):
         """starts [B, T] (bool): a document begins at these tokens (and at every row's
         first token). One host sync, for the document lengths."""
         B, T = starts.shape
-        C = chunk_size
-        device = starts.device
         first = starts.clone()
         first[:, 0] = True
-        begin = first.flatten().nonzero().flatten()  # flat token index of each document's start
-        length = torch.diff(begin, append=torch.tensor([B * T], device=device))
-        n_chunks = ((length + C - 1) // C).tolist()
-        n_lanes = min(len(n_chunks), B)
-        lane_of, offset = longest_first(n_chunks, n_lanes)  # per document: lane, first chunk there
-        n_steps = max((o + n for o, n in zip(offset, n_chunks)), default=0)
-        first_chunk = torch.tensor(lane_of, device=device) * n_steps + torch.tensor(offset, device=device)
-
-        # every token's slot: its document's first slot plus its position in the document
-        doc = torch.cumsum(first.flatten().long(), 0) - 1
-        t = torch.arange(B * T, device=device)
-        slot_of = first_chunk[doc] * C + t - begin[doc]
-        index = torch.full((n_lanes * n_steps * C,), B * T, dtype=torch.long, device=device)
-        index[slot_of] = t
-        resets = torch.zeros(n_lanes * n_steps, dtype=torch.bool, device=device)
-        resets[first_chunk] = True
-        return DocumentLanes(index, slot_of, resets.view(n_lanes, n_steps))
+        slot_of, doc_slot, n_slots, n_lanes = place_documents(first, chunk_size)
+        index = torch.full((n_lanes * n_slots,), B * T, dtype=torch.long, device=starts.device)
+        index[slot_of] = torch.arange(B * T, device=starts.device)
+        resets = torch.zeros(n_lanes * n_slots // chunk_size, dtype=torch.bool, device=starts.device)
+        resets[doc_slot // chunk_size] = True
+        return DocumentLanes(index, slot_of, resets.view(n_lanes, n_slots // chunk_size))
 
     @property
     def n_lanes(self) -> int:
@@ -78,6 +65,29 @@ class DocumentLanes(NamedTuple):
         """y [n_lanes, n_slots, ...] -> [B, T, ...]: every token's slot."""
         flat = y.reshape(-1, *y.shape[2:]).index_select(0, self.slot_of)
         return flat.view(batch_size, -1, *y.shape[2:])
+
+
+def place_documents(first: torch.Tensor, align: int, lead: int = 0):
+    """Where every document of a packed batch goes in lanes: first [B, T] (bool) True at
+    every document's first token (every row's first token included). Each document gets
+    `lead` free slots, then its tokens, padded to a multiple of `align`; documents go to
+    min(B, documents) lanes, longest first. One host sync, for the lengths.
+
+    Returns slot_of [B * T] (every token's flat slot), doc_slot [documents] (each
+    document's first slot, flat), the slots per lane, and the lane count."""
+    B, T = first.shape
+    device = first.device
+    flat = first.flatten()
+    begin = flat.nonzero().flatten()  # flat token index of each document's start
+    length = torch.diff(begin, append=torch.tensor([B * T], device=device))
+    footprint = ((length + lead + align - 1) // align * align).tolist()
+    n_lanes = min(len(footprint), B)
+    lane_of, offset = longest_first(footprint, n_lanes)
+    n_slots = max((o + f for o, f in zip(offset, footprint)), default=0)
+    doc_slot = torch.tensor(lane_of, device=device) * n_slots + torch.tensor(offset, device=device)
+    doc = torch.cumsum(flat.long(), 0) - 1
+    slot_of = doc_slot[doc] + lead + torch.arange(B * T, device=device) - begin[doc]
+    return slot_of, doc_slot, n_slots, n_lanes
 
 
 def longest_first(sizes: list[int], n_lanes: int) -> tuple[list[int], list[int]]:
