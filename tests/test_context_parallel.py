@@ -57,7 +57,7 @@ def _worker(rank, size, T, layout, cases):
             from titans_plugin.blocks import ring_attention
 
             ring_attention.QUERY_BLOCK = titans.pop("query_block")
-            ring_attention.RING_DEVICES = ("reference",)  # the written-out math, in query blocks
+            ring_attention.FUSED_KERNELS = {}  # the written-out math, in query blocks
         if titans.pop("gather", False):  # full attention as on devices without the ring kernel
             from titans_plugin.blocks import attention
 
@@ -124,20 +124,61 @@ def test_fused_block_attention_equals_its_reference(dtype):
     written-out math: outputs and the gradients with the whole row's softmax."""
     from titans_plugin.blocks import ring_attention as ra
 
-    g = torch.Generator().manual_seed(0)
-    q, dout = (torch.randn(2, 7, 4, 8, generator=g, dtype=dtype) for _ in range(2))
-    k1, v1, k2, v2 = (torch.randn(2, 7, 2, 8, generator=g, dtype=dtype) for _ in range(4))
+    fused, reference = ra._two_block_attention("cpu", dtype, 8, ra.FUSED_KERNELS["cpu"][:2])
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    results = []
-    for fused in (True, False):
-        forward = ra._block_forward if fused else ra._block_forward_reference
-        backward = ra._block_backward if fused else ra._block_backward_reference
-        out, lse = ra._merge(*forward(q, k2, v2, True), *forward(q, k1, v1, False))
-        out = out.to(dtype)
-        grads = [backward(q, k, v, dout, out, lse, causal) for k, v, causal in ((k2, v2, True), (k1, v1, False))]
-        results.append((out, lse, *[t for g3 in grads for t in g3]))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a.to(dtype), b.to(dtype), **tol)
+    for a, b in zip(fused, reference):
+        torch.testing.assert_close(a, b, **tol)
+    assert ra.fused_kernel_matches("cpu", dtype, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_block_kernel_calling_convention(dtype):
+    """The CUDA flash kernel's calls, run on meta tensors (its shape functions, no GPU
+    here): argument order, the log-sum-exp layout the merge reads, grouped key/value
+    heads summed back. Its numbers are checked on the device itself before first use."""
+    from titans_plugin.blocks import ring_attention as ra
+
+    kernel = ra.FUSED_KERNELS["cuda"][:2]
+    q = torch.empty(2, 48, 4, 64, device="meta", dtype=dtype)
+    k = torch.empty(2, 48, 2, 64, device="meta", dtype=dtype)
+    out, lse = ra._block_forward(q, k, k, True, kernel)
+    assert (out.shape, out.dtype, lse.shape, lse.dtype) == (q.shape, dtype, (2, 4, 48), torch.float32)
+    dq, dk, dv = ra._block_backward(q, k, k, out, out, lse, False, kernel)
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, k.shape)
+    applies = ra.FUSED_KERNELS["cuda"][2]
+    assert applies(q) and not applies(q.float()) and not applies(q[..., :60]) and not applies(q.new_empty(1, 1, 1, 512))
+
+
+def test_a_fused_kernel_that_disagrees_is_never_used(monkeypatch):
+    """A fused kernel that differs from the reference on its device (here: one that
+    forgets the 1/sqrt(D) scale) is replaced by the reference, with a warning."""
+    from titans_plugin.blocks import ring_attention as ra
+
+    def unscaled_forward(q, k, v, causal):
+        return ra._cpu_forward(q * q.shape[-1] ** 0.5, k, v, causal)
+
+    monkeypatch.setitem(ra.FUSED_KERNELS, "cpu", (unscaled_forward, ra._cpu_backward, ra._cpu_applies))
+    monkeypatch.setattr(ra, "_CHECKED", {})
+    q = torch.randn(1, 6, 2, 8, dtype=torch.float64)
+    k = torch.randn(1, 6, 1, 8, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="does not match its reference"):
+        out, lse = ra._block_forward(q, k, k, True)
+    ref_out, ref_lse = ra._block_forward_reference(q, k, k, True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+def test_reference_score_blocks_stay_within_their_budget(monkeypatch):
+    """The written-out attention cuts its queries so a block's scores fit SCORE_ELEMENTS."""
+    from titans_plugin.blocks import ring_attention as ra
+
+    q = torch.randn(2, 40, 4, 8, dtype=torch.float64)
+    k = torch.randn(2, 30, 2, 8, dtype=torch.float64)
+    whole = ra._block_forward_reference(q, k, k, True)
+    monkeypatch.setattr(ra, "SCORE_ELEMENTS", 2 * 4 * 30 * 7)
+    assert ra._query_block(q, k) == 7
+    for a, b in zip(ra._block_forward_reference(q, k, k, True), whole):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", ["naive"])

@@ -241,8 +241,8 @@ class Attention(nn.Module):
         """Context parallel: x [B, T, dim] is one contiguous shard of the sequence
         (blocks/sequence_shard.py); the keys and values of earlier positions come from the
         shards before it: the last window - 1, or all of them without a window (passed
-        along the shards by ring attention where its kernel is tested; gathered when
-        there are persistent tokens, and on other devices)."""
+        along the shards by ring attention on CPU and CUDA; gathered when there are
+        persistent tokens, and on other devices)."""
         B, T, _ = x.shape
         pos = shard.offset
         q, k, v = self.project(x, freqs_cis, pos)

@@ -16,10 +16,12 @@ Per shard and layer: shard r receives r blocks of keys and values in the forward
 as an all-gather would deliver to the last shard) and sends r + 1 on (none from the last),
 the same again in the backward, and r gradient blocks (fp32) each way.
 
-Each block's attention is SDPA's fused CPU flash-attention kernel, which also returns the
-log-sum-exp the merge needs; `_block_*_reference` is the same math written out, which the
-tests compare it with. On other devices (CUDA) the attention gathers the keys and values
-instead (Attention.forward_shard): the fused kernels there are not tested here.
+Each block's attention is a fused flash-attention kernel that also returns the
+log-sum-exp the merge needs: SDPA's CPU kernel, or on CUDA its flash kernel (fp16/bf16,
+head dim a multiple of 8 up to 256). `_block_*_reference` is the same math written out,
+in query blocks small enough to bound the scores' memory. A fused kernel is used on a
+device only after it has matched the reference there (`fused_kernel_matches`, run once per
+device, dtype and head dim): otherwise, with a warning, the reference runs instead.
 """
 
 import torch
@@ -27,8 +29,9 @@ import torch.distributed as dist
 
 from .sequence_shard import wait_sends
 
-QUERY_BLOCK = 1024  # reference path: scores of at most this many queries against one key block
-RING_DEVICES = ("cpu",)  # where the fused block kernel below is tested; elsewhere attention gathers
+QUERY_BLOCK = 1024  # reference path: at most this many queries per score block
+SCORE_ELEMENTS = 1 << 26  # reference path: at most this many scores per block (256 MiB fp32)
+RING_DEVICES = ("cpu", "cuda")  # where full attention passes blocks along; elsewhere it gathers
 
 
 def _expand_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -40,28 +43,125 @@ def _sum_groups(g: torch.Tensor, n_kv: int) -> torch.Tensor:
     return g.unflatten(2, (n_kv, g.shape[2] // n_kv)).sum(3)
 
 
-# -- one key block: fused kernel (SDPA's CPU flash attention, which returns the
-#    log-sum-exp) and the reference it is tested against ---------------------------------
-def _block_forward(q, k, v, causal: bool):
+# -- fused kernels, per device, on [B, H, T, D] with as many key as query heads ---------
+def _cpu_forward(q, k, v, causal):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+
+
+def _cpu_backward(dout, q, k, v, out, lse, causal):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal)
+
+
+def _cuda_forward(q, k, v, causal):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal)[:2]
+    return out, lse
+
+
+def _cuda_backward(dout, q, k, v, out, lse, causal):
+    # the forward's cumulative lengths (dense inputs: none) and random state (no dropout:
+    # never read) do not depend on the block, so the backward does not need the forward's
+    no_rng = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.zeros((), dtype=torch.uint64, device=q.device)
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        dout, q, k, v, out, lse, None, None, q.shape[2], k.shape[2], 0.0, causal, *no_rng
+    )
+
+
+def _cuda_applies(q) -> bool:
+    return q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+
+
+def _cpu_applies(q) -> bool:
+    return True
+
+
+# device -> (forward, backward, whether it applies to these queries)
+FUSED_KERNELS = {
+    "cpu": (_cpu_forward, _cpu_backward, _cpu_applies),
+    "cuda": (_cuda_forward, _cuda_backward, _cuda_applies),
+}
+_CHECKED: dict = {}  # (device, dtype, head dim) -> whether the fused kernel matched the reference
+
+
+def _fused(q):
+    """(forward, backward) of the fused kernel for q's device, dtype and head dim, or None
+    where there is none or it did not match the reference on this device."""
+    entry = FUSED_KERNELS.get(q.device.type)
+    if entry is None or not entry[2](q):
+        return None
+    key = (str(q.device), q.dtype, q.shape[-1])
+    if key not in _CHECKED:
+        _CHECKED[key] = fused_kernel_matches(q.device, q.dtype, q.shape[-1])
+    return entry[:2] if _CHECKED[key] else None
+
+
+def fused_kernel_matches(device, dtype, head_dim: int, fused=None) -> bool:
+    """Run the fused kernel and the reference on a small problem on this device (two key
+    blocks merged, grouped key/value heads, both backwards) and compare: a kernel whose
+    calling convention or numerics differ from what this file assumes is never used."""
+    import warnings
+
+    fused = fused or FUSED_KERNELS[torch.device(device).type][:2]
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
+    try:
+        fused_results, reference_results = _two_block_attention(device, dtype, head_dim, fused)
+        for a, b in zip(fused_results, reference_results):
+            torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+        return True
+    except Exception as err:  # noqa: BLE001 - any failure means: use the reference
+        warnings.warn(
+            f"ring attention: the fused attention kernel on {device} ({dtype}, head dim {head_dim}) "
+            f"does not match its reference, so the reference (written-out attention) runs instead: {err}",
+            stacklevel=2,
+        )
+        return False
+
+
+def _two_block_attention(device, dtype, head_dim: int, fused):
+    """Outputs, log-sum-exp and gradients of 16 queries over two key blocks (the second
+    causal), by the fused kernel and by the reference."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q, dout = (torch.randn(2, 16, 4, head_dim, generator=g, device=device, dtype=dtype) for _ in range(2))
+    k1, v1, k2, v2 = (torch.randn(2, 16, 2, head_dim, generator=g, device=device, dtype=dtype) for _ in range(4))
+    results = []
+    for kernel in (fused, None):
+        out, lse = _merge(*_block_forward(q, k2, v2, True, kernel), *_block_forward(q, k1, v1, False, kernel))
+        out = out.to(dtype)
+        grads = [_block_backward(q, k, v, dout, out, lse, c, kernel) for k, v, c in ((k2, v2, True), (k1, v1, False))]
+        results.append((out, lse, *[t for g3 in grads for t in g3]))
+    return results
+
+
+# -- one key block: the fused kernel where it applies, else the reference ---------------
+_AUTO = object()
+
+
+def _block_forward(q, k, v, causal: bool, kernel=_AUTO):
     """out [B, Tq, H, D] (q's dtype), lse [B, H, Tq] of q over one key block."""
-    if q.device.type not in RING_DEVICES:
+    kernel = _fused(q) if kernel is _AUTO else kernel
+    if kernel is None:
         return _block_forward_reference(q, k, v, causal)
     heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(heads(q), heads(k), heads(v), 0.0, causal)
+    out, lse = kernel[0](heads(q), heads(k), heads(v), causal)
     return out.transpose(1, 2), lse
 
 
-def _block_backward(q, k, v, dout, out, lse, causal: bool):
+def _block_backward(q, k, v, dout, out, lse, causal: bool, kernel=_AUTO):
     """dq, dk, dv of one key block, for the softmax over the whole row (out, lse: the
     merged output and log-sum-exp over every block)."""
-    if q.device.type not in RING_DEVICES:
+    kernel = _fused(q) if kernel is _AUTO else kernel
+    if kernel is None:
         return _block_backward_reference(q, k, v, dout, out, lse, causal)
     heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
     t = lambda x: x.transpose(1, 2)  # noqa: E731
-    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        t(dout), heads(q), heads(k), heads(v), t(out), lse, 0.0, causal
-    )
+    dq, dk, dv = kernel[1](t(dout), heads(q), heads(k), heads(v), t(out), lse, causal)
     return t(dq), _sum_groups(t(dk), k.shape[2]), _sum_groups(t(dv), v.shape[2])
+
+
+def _query_block(q, k) -> int:
+    """Queries per score block of the reference: at most QUERY_BLOCK, and few enough that
+    a block's scores [B, H, queries, keys] stay within SCORE_ELEMENTS."""
+    per_query = q.shape[0] * q.shape[2] * k.shape[1]
+    return max(1, min(QUERY_BLOCK, SCORE_ELEMENTS // max(per_query, 1)))
 
 
 def _scores(q, k, causal: bool, start: int):
@@ -77,8 +177,9 @@ def _block_forward_reference(q, k, v, causal: bool):
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(dtype), _expand_kv(k, q.shape[2]).to(dtype), _expand_kv(v, q.shape[2]).to(dtype)
     outs, lses = [], []
-    for i in range(0, q.shape[1], QUERY_BLOCK):
-        s = _scores(q[:, i : i + QUERY_BLOCK], k, causal, i)
+    block = _query_block(q, k)
+    for i in range(0, q.shape[1], block):
+        s = _scores(q[:, i : i + block], k, causal, i)
         lse = torch.logsumexp(s, dim=-1)
         outs.append(torch.einsum("bhqk,bkhd->bqhd", torch.exp(s - lse.unsqueeze(-1)), v))
         lses.append(lse)
@@ -93,8 +194,9 @@ def _block_backward_reference(q, k, v, dout, out, lse, causal: bool):
     delta = (dout * out.to(dtype)).sum(-1).transpose(1, 2)  # [B, H, Tq]
     dq = torch.empty_like(q)
     dk, dv = torch.zeros_like(ke), torch.zeros_like(ve)
-    for i in range(0, q.shape[1], QUERY_BLOCK):
-        sl = slice(i, i + QUERY_BLOCK)
+    block = _query_block(q, ke)
+    for i in range(0, q.shape[1], block):
+        sl = slice(i, i + block)
         p = torch.exp(_scores(q[:, sl], ke, causal, i) - lse[..., sl].unsqueeze(-1))
         dv += torch.einsum("bhqk,bqhd->bkhd", p, dout[:, sl])
         dp = torch.einsum("bqhd,bkhd->bhqk", dout[:, sl], ve)
