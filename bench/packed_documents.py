@@ -9,6 +9,13 @@ and end with EOS; rows are cut from one stream, as torchtitan packs them. Each
 model runs in a fresh process, with and without the masks on alternate steps (so drift
 in the machine's speed falls on both): forward + backward of the whole model, tokens/s
 from the median of 7 steps each after a warm-up.
+
+    .venv/bin/python -m bench.packed_documents --mac-breakdown   # ~4 minutes
+
+Where MAC's extra time goes: one MAC block's mixer (forward + backward) on the packed
+batch, on the same number of slots without masks (the padding alone), and with segments of
+64 instead of 128 (what a layout padding documents to a chunk, 64, instead of a segment
+would have to step by).
 """
 
 import argparse
@@ -73,6 +80,85 @@ def worker(pattern: str, mean_len: int, iters: int) -> dict:
     return out
 
 
+def mac_breakdown_worker(mean_len: int, iters: int) -> dict:
+    """Seconds per forward + backward of one MAC block's mixer, steps alternating."""
+    import torch
+
+    from titans_plugin.blocks.documents import DocumentLayout, document_ids
+    from titans_plugin.config import TitansConfig
+    from titans_plugin.model import TitansModelArgs, TitansTransformer
+
+    def mixer(segment_len):
+        torch.manual_seed(0)
+        titans = TitansConfig(pattern="C", kernel="chunk", segment_len=segment_len, attn_mask_type="block_causal")
+        args = TitansModelArgs(dim=DIM, n_layers=1, n_heads=HEADS, vocab_size=VOCAB, max_seq_len=2 * T, titans=titans)
+        model = TitansTransformer(args)
+        return model.layers["0"], model.freqs_cis
+
+    ids = document_ids(packed_tokens(mean_len), EOS)
+    block, freqs = mixer(128)
+    short_block, short_freqs = mixer(64)
+    slots = DocumentLayout.build(ids, math.lcm(block.segment_len, block.memory.config.chunk_size)).n_slots
+    x, x_slots = torch.randn(B, T, DIM), torch.randn(B, slots, DIM)
+
+    def step(blk, fr, xx, docs):
+        blk.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        blk.mix(xx, fr, None, docs)[0].pow(2).mean().backward()
+        return time.perf_counter() - t0
+
+    cases = {
+        "causal, T tokens": lambda: step(block, freqs, x, None),
+        "causal, T' slots": lambda: step(block, freqs, x_slots, None),
+        "block_causal": lambda: step(block, freqs, x, ids),
+        "causal, segment 64": lambda: step(short_block, short_freqs, x, None),
+    }
+    for run in cases.values():
+        run()  # warm-up
+    times = {name: [] for name in cases}
+    for _ in range(iters):
+        for name, run in cases.items():
+            times[name].append(run())
+    base = times["causal, T tokens"]
+    return {
+        "slots": slots,
+        "seconds": {name: statistics.median(ts) for name, ts in times.items()},
+        "ratio": {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()},
+    }
+
+
+def mac_breakdown(iters: int, write: bool) -> None:
+    rows = []
+    for mean_len in MEAN_LENGTHS:
+        res = run_worker("bench.packed_documents", ["--worker-mac", "--mean-len", str(mean_len), "--iters", str(iters)])
+        for name, seconds in res["seconds"].items():
+            rows.append(
+                [
+                    mean_len,
+                    name,
+                    f"{res['slots'] / T:.3f}" if "slots" in name else "",
+                    f"{seconds:.3f}",
+                    f"{res['ratio'][name]:.3f}",
+                ]
+            )
+        print(rows[-4:], flush=True)
+    text = "\n\n".join(
+        [
+            "### Packed documents: where MAC's extra time goes",
+            f"Machine: {machine()}. Command: `.venv/bin/python -m bench.packed_documents --mac-breakdown`. "
+            f"One MAC block's mixer (segment 128, chunk 64), forward + backward, B={B}, T={T}, width {DIM}, "
+            "chunked path, the documents of the table above; the cases alternate, median of "
+            f"{iters} steps, and the ratio is the median over steps of each case's time over the plain "
+            "causal step beside it. T' slots: the causal mixer on as many slots as the packed layout "
+            "has (every document padded to whole segments), i.e. the padding's cost without any masks.",
+            table(["mean doc length", "case", "slots / T", "s per step", "vs causal"], rows),
+        ]
+    )
+    print(text)
+    if write:
+        write_doc_section("benchmarks.md", "packed-documents-mac", text)
+
+
 def scanned_slots(pattern: str, titans, ids) -> float:
     """What the memory layers scan per row, in tokens: MAC runs on a layout where every
     document starts a segment; the others scan every document on its own chunk grid in
@@ -92,13 +178,21 @@ def scanned_slots(pattern: str, titans, ids) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--worker", action="store_true")
+    p.add_argument("--worker-mac", action="store_true")
+    p.add_argument("--mac-breakdown", action="store_true")
     p.add_argument("--pattern", default="GA")
     p.add_argument("--mean-len", type=int, default=1024)
     p.add_argument("--iters", type=int, default=7)
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
+    if a.worker_mac:  # run_worker passes --worker too
+        print(json.dumps(mac_breakdown_worker(a.mean_len, a.iters)))
+        return
     if a.worker:
         print(json.dumps(worker(a.pattern, a.mean_len, a.iters)))
+        return
+    if a.mac_breakdown:
+        mac_breakdown(a.iters, not a.no_write)
         return
     rows = []
     for mean_len in MEAN_LENGTHS:

@@ -59,10 +59,11 @@ def _cuda_forward(q, k, v, causal):
 
 def _cuda_backward(dout, q, k, v, out, lse, causal):
     # the forward's cumulative lengths (dense inputs: none) and random state (no dropout:
-    # never read) do not depend on the block, so the backward does not need the forward's
+    # never read) do not depend on the block, so the backward does not need the forward's.
+    # The kernel reads lse unchecked as dense fp32 [B, H, Tq]: anything else is silently wrong
     no_rng = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.zeros((), dtype=torch.uint64, device=q.device)
     return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        dout, q, k, v, out, lse, None, None, q.shape[2], k.shape[2], 0.0, causal, *no_rng
+        dout, q, k, v, out, lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, *no_rng
     )
 
 
