@@ -124,11 +124,11 @@ def test_fused_block_attention_equals_its_reference(dtype):
     written-out math: outputs and the gradients with the whole row's softmax."""
     from titans_plugin.blocks import ring_attention as ra
 
-    fused, reference = ra._two_block_attention("cpu", dtype, 8, ra.FUSED_KERNELS["cpu"][:2])
+    fused, reference = ra._two_block_attention("cpu", dtype, 8, ra.FUSED_KERNELS["cpu"])
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
     for a, b in zip(fused, reference):
         torch.testing.assert_close(a, b, **tol)
-    assert ra.fused_kernel_matches("cpu", dtype, 8)
+    assert ra.fused_kernel_matches(ra.FUSED_KERNELS["cpu"], "cpu", dtype, 8)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -138,14 +138,14 @@ def test_cuda_block_kernel_calling_convention(dtype):
     heads summed back. Its numbers are checked on the device itself before first use."""
     from titans_plugin.blocks import ring_attention as ra
 
-    kernel = ra.FUSED_KERNELS["cuda"][:2]
+    kernel = ra.FUSED_KERNELS["cuda"]
     q = torch.empty(2, 48, 4, 64, device="meta", dtype=dtype)
     k = torch.empty(2, 48, 2, 64, device="meta", dtype=dtype)
     out, lse = ra._block_forward(q, k, k, True, kernel)
     assert (out.shape, out.dtype, lse.shape, lse.dtype) == (q.shape, dtype, (2, 4, 48), torch.float32)
     dq, dk, dv = ra._block_backward(q, k, k, out, out, lse, False, kernel)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, k.shape)
-    applies = ra.FUSED_KERNELS["cuda"][2]
+    applies = kernel.applies
     assert applies(q) and not applies(q.float()) and not applies(q[..., :60]) and not applies(q.new_empty(1, 1, 1, 512))
 
 
@@ -157,7 +157,7 @@ def test_a_fused_kernel_that_disagrees_is_never_used(monkeypatch):
     def unscaled_forward(q, k, v, causal):
         return ra._cpu_forward(q * q.shape[-1] ** 0.5, k, v, causal)
 
-    monkeypatch.setitem(ra.FUSED_KERNELS, "cpu", (unscaled_forward, ra._cpu_backward, ra._cpu_applies))
+    monkeypatch.setitem(ra.FUSED_KERNELS, "cpu", ra.FusedKernel(unscaled_forward, ra._cpu_backward, ra._cpu_applies))
     monkeypatch.setattr(ra, "_CHECKED", {})
     q = torch.randn(1, 6, 2, 8, dtype=torch.float64)
     k = torch.randn(1, 6, 1, 8, dtype=torch.float64)

@@ -24,6 +24,9 @@ device only after it has matched the reference there (`fused_kernel_matches`, ru
 device, dtype and head dim): otherwise, with a warning, the reference runs instead.
 """
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 
@@ -75,36 +78,40 @@ def _cpu_applies(q) -> bool:
     return True
 
 
-# device -> (forward, backward, whether it applies to these queries)
+class FusedKernel(NamedTuple):
+    forward: Callable  # (q, k, v, causal) -> (out, lse)
+    backward: Callable  # (dout, q, k, v, out, lse, causal) -> (dq, dk, dv)
+    applies: Callable  # (q) -> whether it takes these queries (dtype, head dim)
+
+
 FUSED_KERNELS = {
-    "cpu": (_cpu_forward, _cpu_backward, _cpu_applies),
-    "cuda": (_cuda_forward, _cuda_backward, _cuda_applies),
+    "cpu": FusedKernel(_cpu_forward, _cpu_backward, _cpu_applies),
+    "cuda": FusedKernel(_cuda_forward, _cuda_backward, _cuda_applies),
 }
 _CHECKED: dict = {}  # (device, dtype, head dim) -> whether the fused kernel matched the reference
 
 
-def _fused(q):
-    """(forward, backward) of the fused kernel for q's device, dtype and head dim, or None
-    where there is none or it did not match the reference on this device."""
-    entry = FUSED_KERNELS.get(q.device.type)
-    if entry is None or not entry[2](q):
+def _fused(q) -> FusedKernel | None:
+    """The fused kernel for q's device, dtype and head dim, or None where there is none or
+    it did not match the reference on this device."""
+    kernel = FUSED_KERNELS.get(q.device.type)
+    if kernel is None or not kernel.applies(q):
         return None
     key = (str(q.device), q.dtype, q.shape[-1])
     if key not in _CHECKED:
-        _CHECKED[key] = fused_kernel_matches(q.device, q.dtype, q.shape[-1])
-    return entry[:2] if _CHECKED[key] else None
+        _CHECKED[key] = fused_kernel_matches(kernel, q.device, q.dtype, q.shape[-1])
+    return kernel if _CHECKED[key] else None
 
 
-def fused_kernel_matches(device, dtype, head_dim: int, fused=None) -> bool:
+def fused_kernel_matches(kernel: FusedKernel, device, dtype, head_dim: int) -> bool:
     """Run the fused kernel and the reference on a small problem on this device (two key
     blocks merged, grouped key/value heads, both backwards) and compare: a kernel whose
     calling convention or numerics differ from what this file assumes is never used."""
     import warnings
 
-    fused = fused or FUSED_KERNELS[torch.device(device).type][:2]
     tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
     try:
-        fused_results, reference_results = _two_block_attention(device, dtype, head_dim, fused)
+        fused_results, reference_results = _two_block_attention(device, dtype, head_dim, kernel)
         for a, b in zip(fused_results, reference_results):
             torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
         return True
@@ -117,7 +124,7 @@ def fused_kernel_matches(device, dtype, head_dim: int, fused=None) -> bool:
         return False
 
 
-def _two_block_attention(device, dtype, head_dim: int, fused):
+def _two_block_attention(device, dtype, head_dim: int, fused: FusedKernel):
     """Outputs, log-sum-exp and gradients of 16 queries over two key blocks (the second
     causal), by the fused kernel and by the reference."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -142,7 +149,7 @@ def _block_forward(q, k, v, causal: bool, kernel=_AUTO):
     if kernel is None:
         return _block_forward_reference(q, k, v, causal)
     heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
-    out, lse = kernel[0](heads(q), heads(k), heads(v), causal)
+    out, lse = kernel.forward(heads(q), heads(k), heads(v), causal)
     return out.transpose(1, 2), lse
 
 
@@ -154,7 +161,7 @@ def _block_backward(q, k, v, dout, out, lse, causal: bool, kernel=_AUTO):
         return _block_backward_reference(q, k, v, dout, out, lse, causal)
     heads = lambda t: _expand_kv(t, q.shape[2]).transpose(1, 2)  # noqa: E731
     t = lambda x: x.transpose(1, 2)  # noqa: E731
-    dq, dk, dv = kernel[1](t(dout), heads(q), heads(k), heads(v), t(out), lse, causal)
+    dq, dk, dv = kernel.backward(t(dout), heads(q), heads(k), heads(v), t(out), lse, causal)
     return t(dq), _sum_groups(t(dk), k.shape[2]), _sum_groups(t(dv), v.shape[2])
 
 
