@@ -32,6 +32,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from .triton_op import backward_scratch
     from .triton_scan import scan_forward_kernel
     from .triton_scan_bwd import scan_backward_kernel
 
@@ -42,6 +43,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
         meta["SAVE"] = kernel == "forward-train"
     else:
         fn = scan_backward_kernel
+        meta["SCRATCH"] = backward_scratch(meta)
     sig = {**signature(kernel, dtype), **{name: "constexpr" for name in meta}}
     return triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=meta), target=GPUTarget("cuda", arch, 32), options=options

@@ -114,6 +114,14 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
     return max(1, -(-nstate * 4 // (SAVED_BYTES_PER_TOKEN * chunk_size)))
 
 
+def backward_scratch(meta: dict) -> int:
+    """fp32 scratch per program of the backward kernel: the tile scratch [2, BC, DT], then
+    the chunk scratch that its phases hand on (triton_scan_bwd.chunk_scratch: d1, dd1,
+    da0, dq, the two [BC, BC] score gradients and 16 per-token vectors)."""
+    BC, BK, BV = meta["BC"], meta["BK"], meta["BV"]
+    return 2 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC
+
+
 def kernel_meta(
     DK: int,
     hidden: int,
@@ -291,7 +299,7 @@ def memory_scan_backward(
     dgates = [_empty(theta.shape, torch.float32, q.device) for _ in range(3)]
     dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
     replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
-    scratch = _empty((B * H, 2, meta["BC"], meta["DT"]), torch.float32, q.device)
+    scratch = _empty((B * H, backward_scratch(meta)), torch.float32, q.device)
     dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
     scan_backward_kernel[(B * H,)](
         dy,
@@ -315,6 +323,7 @@ def memory_scan_backward(
         T,
         H,
         max_grad_norm,
+        SCRATCH=scratch.shape[1],
         **meta,
     )
     return dq, dk, dv, *dgates, dstate0, dinit
