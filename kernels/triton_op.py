@@ -115,11 +115,11 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
 
 
 def backward_scratch(meta: dict) -> int:
-    """fp32 scratch per program of the backward kernel: the tile scratch [2, BC, DT], then
+    """fp32 scratch per program of the backward kernel: the tile scratch [3, BC, DT], then
     the chunk scratch that its phases hand on (triton_scan_bwd.chunk_scratch: d1, dd1,
     da0, dq, the two [BC, BC] score gradients and 16 per-token vectors)."""
     BC, BK, BV = meta["BC"], meta["BK"], meta["BV"]
-    return 2 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC
+    return 3 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC
 
 
 def kernel_meta(

@@ -395,6 +395,93 @@ def bwd_end_state(
 
 
 @triton.jit(noinline=True)
+def bwd_retrieval_layer2(
+    src,
+    dst,
+    scr,
+    cs,
+    dy_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dth_ptr,
+    dle_ptr,
+    dlr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
+    """Walk 1b (depth 2): the retrieval terms of layer 2, y1 = c (h1 W2) + f (h1 S2) -
+    ((h1 a^T) * G) d1, for every tile: added to dst and to da1 in the tile scratch; the
+    gradient dy0 at layer 1's output to the tile scratch's third slot; the layer-2
+    scores s1 and the gates' layer-2 sums to the chunk scratch."""
+    L1: tl.constexpr = DK * DT
+    L2: tl.constexpr = DT * DV
+    row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+    )
+    dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
+    # The walk needs the [C, C] decays only through these two operands.
+    s0G = operand(mm_nt(q, k, OP) * G, OP)
+    dsc1 = operand(-mm_nt(dout, d1, OP) * G, OP)  # layer 2's d(score)
+    s1 = tl.zeros([BC, BC], dtype=tl.float32)
+    dc = tl.zeros([BC], dtype=tl.float32)
+    df = tl.zeros([BC], dtype=tl.float32)
+    for j in range(NT):
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+        )
+        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
+        dW2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV)
+        dS2 = load_tile(dst + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
+        da1 = load_tile(scr + BC * DT, BC, DT, 0, j * BT, BC, BT)
+        y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(s0G, d0, OP)
+        h1 = act_fn(y0, ACT)
+        t = mm_nt(dout, W2, OP)
+        r = mm_nt(dout, S2, OP)
+        dc += rowsum(h1 * t)
+        df += rowsum(h1 * r)
+        dW2 += mm_tn(h1, c[:, None] * dout, OP)
+        dS2 += mm_tn(h1, f[:, None] * dout, OP)
+        s1 += mm_nt(h1, a, OP)
+        da1 += mm_tn(dsc1, h1, OP)
+        dy0 = (c[:, None] * t + f[:, None] * r + mm(dsc1, a, OP)) * act_grad(y0, ACT)
+        tl.debug_barrier()  # every thread has read tile j of dst and scr before it is overwritten
+        store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
+        store_tile(dst + 2 * L1 + L2, dS2, DT, DV, j * BT, 0, BT, BV)
+        store_tile(scr + BC * DT, da1, BC, DT, 0, j * BT, BC, BT)
+        store_tile(scr + 2 * BC * DT, dy0, BC, DT, 0, j * BT, BC, BT)
+    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
+    put(s1p, s1, BC, BC)
+    put_vec(vec, V_DC, dc, BC)
+    put_vec(vec, V_DF, df, BC)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
 def bwd_retrieval(
     src,
     dst,
@@ -432,23 +519,26 @@ def bwd_retrieval(
     CLIP: tl.constexpr,
     OP: tl.constexpr,
 ):
-    """Walk 1b: the retrieval terms of every tile, added to dst and to the tile scratch;
-    dq, the layer-2 scores s1, dR0 and the gates' retrieval sums to the chunk scratch."""
+    """Walk 1c: the retrieval terms of layer 1, y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0,
+    for every tile: added to dst and to dd0 in the tile scratch; dq, dR0 and the gates'
+    retrieval sums to the chunk scratch. dy0 is the output gradient at depth 1 and
+    bwd_retrieval_layer2's at depth 2."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
         cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
-    dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
-    # The walk needs the [C, C] decays only through these two operands.
     s0G = operand(mm_nt(q, k, OP) * G, OP)
-    dsc1 = operand(-mm_nt(dout, d1, OP) * G, OP)  # layer 2's d(score) (depth 2)
-    s1 = tl.zeros([BC, BC], dtype=tl.float32)
     dR0 = tl.zeros([BC, BC], dtype=tl.float32)
     dq = tl.zeros([BC, BK], dtype=tl.float32)
-    dc = tl.zeros([BC], dtype=tl.float32)
-    df = tl.zeros([BC], dtype=tl.float32)
+    if DEPTH == 2:
+        dc = get_vec(vec, V_DC, BC)
+        df = get_vec(vec, V_DF, BC)
+    else:
+        dc = tl.zeros([BC], dtype=tl.float32)
+        df = tl.zeros([BC], dtype=tl.float32)
     for j in range(NT):
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
@@ -460,25 +550,9 @@ def bwd_retrieval(
         dS1 = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         dd0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT)
         if DEPTH == 2:
-            S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
-            dW2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV)
-            dS2 = load_tile(dst + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
-            da1 = load_tile(scr + BC * DT, BC, DT, 0, j * BT, BC, BT)
-            y0 = c[:, None] * hW0 + f[:, None] * hS0 - mm(s0G, d0, OP)
-            h1 = act_fn(y0, ACT)
-            # Layer 2: y1 = c (h1 W2) + f (h1 S2) - ((h1 a^T) * G) d1.
-            t = mm_nt(dout, W2, OP)
-            r = mm_nt(dout, S2, OP)
-            dc += rowsum(h1 * t)
-            df += rowsum(h1 * r)
-            dW2 += mm_tn(h1, c[:, None] * dout, OP)
-            dS2 += mm_tn(h1, f[:, None] * dout, OP)
-            s1 += mm_nt(h1, a, OP)
-            da1 += mm_tn(dsc1, h1, OP)
-            dy0 = (c[:, None] * t + f[:, None] * r + mm(dsc1, a, OP)) * act_grad(y0, ACT)
+            dy0 = load_tile(scr + 2 * BC * DT, BC, DT, 0, j * BT, BC, BT)
         else:
             dy0 = load_tokens(dy_ptr + row0 * DV + j * BT, valid, DV - j * BT, BC, BT, H * DV)
-        # Layer 1: y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0.
         dc += rowsum(dy0 * hW0)
         df += rowsum(dy0 * hS0)
         dW1 += mm_tn(q, c[:, None] * dy0, OP)
@@ -490,17 +564,65 @@ def bwd_retrieval(
         store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
         store_tile(dst + L1 + L2, dS1, DK, DT, 0, j * BT, BK, BT)
         store_tile(scr, dd0, BC, DT, 0, j * BT, BC, BT)
-        if DEPTH == 2:
-            store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
-            store_tile(dst + 2 * L1 + L2, dS2, DT, DV, j * BT, 0, BT, BV)
-            store_tile(scr + BC * DT, da1, BC, DT, 0, j * BT, BC, BT)
-    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     put(dqp, dq, BC, BK)
-    if DEPTH == 2:
-        put(s1p, s1, BC, BC)
     put(dR0p, dR0, BC, BC)
+    tl.debug_barrier()  # every thread has read dc and df before they are overwritten
     put_vec(vec, V_DC, dc, BC)
     put_vec(vec, V_DF, df, BC)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def bwd_layer2_scores(
+    src,
+    dst,
+    scr,
+    cs,
+    dy_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dth_ptr,
+    dle_ptr,
+    dlr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
+    """(Depth 2) with the layer-2 scores s1 complete: their gradient through (h1 a^T) * G
+    into dd1, and the first part of dG, -(dout d1^T) * s1, in s1's place."""
+    row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+    )
+    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
+    dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
+    s1 = get(s1p, BC, BC)
+    put(dd1p, get(dd1p, BC, BV) - mm_tn(s1 * G, dout, OP), BC, BV)
+    dG = -mm_nt(dout, d1, OP) * s1
+    tl.debug_barrier()  # every thread has read s1 before dG takes its place
+    put(s1p, dG, BC, BC)
     tl.debug_barrier()
 
 
@@ -542,30 +664,24 @@ def bwd_score_grads(
     CLIP: tl.constexpr,
     OP: tl.constexpr,
 ):
-    """With every tile's walk-1 terms in: the gradients through the scores (q k^T) * G and
-    (h1 a^T) * G into dq, da0 and dd1, and the gradient dP of the decay product P = A E
-    (to the chunk scratch, in s1's place) with dtheta_eff."""
+    """With every tile's walk-1 terms in: the gradients through the scores (q k^T) * G into
+    dq and da0, and the gradient dP of the decay product P = A E (to the chunk scratch, in
+    s1's place) with dtheta_eff. At depth 2 dG starts from bwd_layer2_scores'."""
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
         cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     idx = tl.arange(0, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
-    if DEPTH == 2:
-        dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
-        s1 = get(s1p, BC, BC)
-        put(dd1p, get(dd1p, BC, BV) - mm_tn(s1 * G, dout, OP), BC, BV)
-        dG = -mm_nt(dout, d1, OP) * s1
-    else:
-        dG = tl.zeros([BC, BC], dtype=tl.float32)
     dR0 = get(dR0p, BC, BC)
-    dG += dR0 * mm_nt(q, k, OP)
     dsc0 = operand(dR0 * G, OP)
     put(da0p, get(da0p, BC, BK) + mm_tn(dsc0, q, OP), BC, BK)
     put(dqp, get(dqp, BC, BK) + mm(dsc0, k, OP), BC, BK)
-    dG += tl.where(idx[:, None] == last, get_vec(vec, V_DG, BC)[None, :], 0.0)
+    dG = dR0 * mm_nt(q, k, OP) + tl.where(idx[:, None] == last, get_vec(vec, V_DG, BC)[None, :], 0.0)
+    if DEPTH == 2:
+        dG += get(s1p, BC, BC)
     dtheta_eff = tl.sum(dG * P, 0) + get_vec(vec, V_DN, BC) * row_at(E, idx, last)
-    tl.debug_barrier()  # every thread has read s1 before dP takes its place
+    tl.debug_barrier()  # every thread has read s1's slot before dP takes its place
     put(s1p, dG * theta_eff[None, :], BC, BC)
     put_vec(vec, V_DTHETA_EFF, dtheta_eff, BC)
     tl.debug_barrier()
@@ -841,7 +957,7 @@ def backward_chunk(
     OP: tl.constexpr,
 ):
     """Gradients of chunk ci. src: its start state; dst: on entry the gradient of the state
-    after the chunk, on exit that of the state before it; scr: [2, BC, DT] tile scratch; cs:
+    after the chunk, on exit that of the state before it; scr: [3, BC, DT] tile scratch; cs:
     the chunk scratch. Six phases, each a call of its own: a phase's registers hold only
     what it works on, and what the next one needs goes through the scratch (L2)."""
     bwd_inner_errors(
@@ -918,6 +1034,44 @@ def backward_chunk(
         CLIP,
         OP,
     )
+    if DEPTH == 2:
+        bwd_retrieval_layer2(
+            src,
+            dst,
+            scr,
+            cs,
+            dy_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            dq_ptr,
+            dk_ptr,
+            dv_ptr,
+            dth_ptr,
+            dle_ptr,
+            dlr_ptr,
+            ci,
+            T,
+            tok0,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            DEPTH,
+            ACT,
+            CLIP,
+            OP,
+        )
     bwd_retrieval(
         src,
         dst,
@@ -955,6 +1109,44 @@ def backward_chunk(
         CLIP,
         OP,
     )
+    if DEPTH == 2:
+        bwd_layer2_scores(
+            src,
+            dst,
+            scr,
+            cs,
+            dy_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            dq_ptr,
+            dk_ptr,
+            dv_ptr,
+            dth_ptr,
+            dle_ptr,
+            dlr_ptr,
+            ci,
+            T,
+            tok0,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            DEPTH,
+            ACT,
+            CLIP,
+            OP,
+        )
     bwd_score_grads(
         src,
         dst,
@@ -1171,7 +1363,7 @@ def scan_backward_kernel(
 ):
     """dstate_ptr holds the gradient of the end state on entry and that of the initial state
     on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, SCRATCH] (fp32): the tile scratch
-    [2, BC, DT], then the chunk scratch (chunk_scratch; triton_op.backward_scratch). With
+    [3, BC, DT], then the chunk scratch (chunk_scratch; triton_op.backward_scratch). With
     RESETS, the replay restarts rows where the forward did, and the gradient of a
     restarted chunk's start state goes to dinit_ptr ([B*H, NSTATE / 2], zeroed by the
     caller) instead of to the chunk before."""
@@ -1181,9 +1373,9 @@ def scan_backward_kernel(
     pid64 = pid.to(tl.int64)
     dst = dstate_ptr + pid64 * NSTATE
     replay = replay_ptr + pid64 * CKPT * NSTATE
-    tl.static_assert(SCRATCH >= 2 * BC * DT + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + N_VEC * BC)
+    tl.static_assert(SCRATCH >= 3 * BC * DT + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + N_VEC * BC)
     scr = scratch_ptr + pid64 * SCRATCH
-    cs = scr + 2 * BC * DT
+    cs = scr + 3 * BC * DT
     tok0 = (b.to(tl.int64) * T) * H + h
     n_chunks = tl.cdiv(T, CHUNK)
     n_ckpt = tl.cdiv(n_chunks, CKPT)
