@@ -395,6 +395,63 @@ def bwd_end_state(
 
 
 @triton.jit(noinline=True)
+def bwd_layer1_outputs(
+    src,
+    dst,
+    scr,
+    cs,
+    dy_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dth_ptr,
+    dle_ptr,
+    dlr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
+    """(Depth 2) layer 1's retrieval output y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0 of every
+    tile, into the tile scratch's third slot for bwd_retrieval_layer2."""
+    L1: tl.constexpr = DK * DT
+    L2: tl.constexpr = DT * DV
+    row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+    )
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
+    s0G = operand(mm_nt(q, k, OP) * G, OP)
+    for j in range(NT):
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+        )
+        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(s0G, d0, OP)
+        store_tile(scr + 2 * BC * DT, y0, BC, DT, 0, j * BT, BC, BT)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
 def bwd_retrieval_layer2(
     src,
     dst,
@@ -433,9 +490,9 @@ def bwd_retrieval_layer2(
     OP: tl.constexpr,
 ):
     """Walk 1b (depth 2): the retrieval terms of layer 2, y1 = c (h1 W2) + f (h1 S2) -
-    ((h1 a^T) * G) d1, for every tile: added to dst and to da1 in the tile scratch; the
-    gradient dy0 at layer 1's output to the tile scratch's third slot; the layer-2
-    scores s1 and the gates' layer-2 sums to the chunk scratch."""
+    ((h1 a^T) * G) d1 with h1 = act(y0) (y0 from bwd_layer1_outputs), for every tile: added
+    to dst and to da1 in the tile scratch; the gradient dy0 at layer 1's output takes y0's
+    place; the layer-2 scores s1 and the gates' layer-2 sums to the chunk scratch."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
@@ -443,22 +500,19 @@ def bwd_retrieval_layer2(
     )
     dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
-    # The walk needs the [C, C] decays only through these two operands.
-    s0G = operand(mm_nt(q, k, OP) * G, OP)
     dsc1 = operand(-mm_nt(dout, d1, OP) * G, OP)  # layer 2's d(score)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     dc = tl.zeros([BC], dtype=tl.float32)
     df = tl.zeros([BC], dtype=tl.float32)
     for j in range(NT):
-        W1, W2, z, a, phi, u, d0 = layer1_tile(
-            src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
-        )
-        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        W1 = load_tile(src, DK, DT, 0, j * BT, BK, BT)
+        W2 = load_tile(src + L1, DT, DV, j * BT, 0, BT, BV)
+        a = act_fn(mm(k, W1, OP), ACT)
         S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
         dW2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV)
         dS2 = load_tile(dst + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
         da1 = load_tile(scr + BC * DT, BC, DT, 0, j * BT, BC, BT)
-        y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(s0G, d0, OP)
+        y0 = load_tile(scr + 2 * BC * DT, BC, DT, 0, j * BT, BC, BT)
         h1 = act_fn(y0, ACT)
         t = mm_nt(dout, W2, OP)
         r = mm_nt(dout, S2, OP)
@@ -1034,6 +1088,44 @@ def backward_chunk(
         CLIP,
         OP,
     )
+    if DEPTH == 2:
+        bwd_layer1_outputs(
+            src,
+            dst,
+            scr,
+            cs,
+            dy_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            dq_ptr,
+            dk_ptr,
+            dv_ptr,
+            dth_ptr,
+            dle_ptr,
+            dlr_ptr,
+            ci,
+            T,
+            tok0,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            DEPTH,
+            ACT,
+            CLIP,
+            OP,
+        )
     if DEPTH == 2:
         bwd_retrieval_layer2(
             src,
