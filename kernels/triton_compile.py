@@ -17,7 +17,7 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f)
     restarts = dict(resets_ptr="*i8", init_ptr=f)
     if kernel.startswith("forward"):
-        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts}
+        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, "scratch_ptr": f, **restarts}
     else:
         grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlr_ptr
         names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}
@@ -32,7 +32,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .triton_op import backward_scratch
+    from .triton_op import backward_scratch, forward_scratch
     from .triton_scan import scan_forward_kernel
     from .triton_scan_bwd import scan_backward_kernel
 
@@ -41,8 +41,10 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     if kernel.startswith("forward"):
         fn = scan_forward_kernel
         meta["SAVE"] = kernel == "forward-train"
+        meta["FSCRATCH"] = forward_scratch(meta)
     else:
         fn = scan_backward_kernel
+        del meta["PHASED"]
         meta["SCRATCH"] = backward_scratch(meta)
     sig = {**signature(kernel, dtype), **{name: "constexpr" for name in meta}}
     return triton.compile(

@@ -31,6 +31,12 @@ INPUT_DTYPES = tuple(OPERAND_CODES)
 # recomputed from the checkpoint in the backward).
 SAVED_BYTES_PER_TOKEN = 1024
 HIDDEN_TILE = 16  # hidden units per state tile (triton_scan.py); 16 spills least (docs/kernels.md)
+# The depth-2 forward runs as four phases (layer 1, layer 2, update, output; triton_scan.forward_chunk)
+# on GPUs older than this: sm_80 has no warpgroup MMA, every matmul operand sits in
+# registers, and the one-walk forward spills there. On sm_90 the one walk does not spill
+# and moves less through L2. Tests set PHASED_FORWARD to run either form in the interpreter.
+PHASED_FORWARD_BELOW_ARCH = 90
+PHASED_FORWARD: bool | None = None
 
 
 def _empty(shape, dtype, device) -> Tensor:
@@ -114,6 +120,23 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
     return max(1, -(-nstate * 4 // (SAVED_BYTES_PER_TOKEN * chunk_size)))
 
 
+def phased_forward(depth: int, arch: int | None) -> bool:
+    """Whether the forward kernel runs a depth-2 chunk as four phases on sm_<arch>."""
+    if depth != 2:
+        return False
+    if PHASED_FORWARD is not None:
+        return PHASED_FORWARD
+    return arch is not None and arch < PHASED_FORWARD_BELOW_ARCH
+
+
+def forward_scratch(meta: dict) -> int:
+    """fp32 scratch per program of the phased forward (triton_scan.forward_scratch: d1, the
+    partial output, the layer-2 scores, theta_eff, layer 1's output); one unused float
+    otherwise."""
+    BC, BV = meta["BC"], meta["BV"]
+    return 2 * BC * BV + BC * BC + BC + BC * meta["DT"] if meta["PHASED"] else 1
+
+
 def backward_scratch(meta: dict) -> int:
     """fp32 scratch per program of the backward kernel: the tile scratch [3, BC, DT], then
     the chunk scratch that its phases hand on (triton_scan_bwd.chunk_scratch: d1, dd1,
@@ -157,6 +180,7 @@ def kernel_meta(
         "CLIP": clip,
         "OP": OPERAND_CODES[dtype],
         "RESETS": resets,
+        "PHASED": phased_forward(2 if hidden else 1, arch),  # the forward's; not a backward argument
         "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
         # Without it ptxas caps an 8-warp sm_80 kernel at 128 registers and spills 2.5x more;
         # on sm_90 the same cap makes ptxas spill more, so it is left to ptxas there.
@@ -223,6 +247,8 @@ def memory_scan(
     saved = _empty(
         _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states), torch.float32, q.device
     )
+    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets)
+    scratch = _empty((B * H, forward_scratch(meta)), torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
         q,
         k,
@@ -233,13 +259,15 @@ def memory_scan(
         state_out,
         y,
         saved,
+        scratch,
         resets,
         init,
         T,
         H,
         max_grad_norm,
         SAVE=save_states,
-        **_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets),
+        FSCRATCH=scratch.shape[1],
+        **meta,
     )
     return y, state_out, saved
 
@@ -293,6 +321,7 @@ def memory_scan_backward(
 
     B, T, H = q.shape[:3]
     meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets)
+    del meta["PHASED"]  # the forward's choice; the backward's replay is one walk either way
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)

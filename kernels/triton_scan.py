@@ -256,6 +256,245 @@ def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl
 
 
 @triton.jit(noinline=True)
+def advance_chunk(
+    src,
+    dst,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    ci,
+    T,
+    tok0,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
+    """Advance the state at src through chunk ci into dst, without output: the backward's
+    replay, and the phased forward's update. Not inlined (scalars only), so the loops
+    around it cannot hoist its index, mask and pointer tensors into registers held across
+    all chunks."""
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
+    chunk_step(
+        src,
+        dst,
+        q,
+        k,
+        v,
+        theta,
+        le,
+        lr,
+        valid,
+        last,
+        max_norm,
+        v_ptr + row0 * DV,
+        v_ptr,
+        H,
+        DK,
+        DT,
+        DV,
+        BK,
+        BT,
+        BV,
+        BC,
+        NT,
+        DEPTH,
+        ACT,
+        CLIP,
+        OP,
+        False,
+    )
+
+
+@triton.jit
+def forward_scratch(fs, BC: tl.constexpr, BV: tl.constexpr):
+    """The phased forward's scratch (fp32, per program; triton_op.forward_scratch sizes
+    it): d1 and the retrieval's partial y1 [BC, BV], the layer-2 scores s1 [BC, BC],
+    theta_eff [BC], then layer 1's output h1 [BC, DT]."""
+    d1 = fs
+    y1 = d1 + BC * BV
+    s1 = y1 + BC * BV
+    th = s1 + BC * BC
+    h1 = th + BC
+    return d1, y1, s1, th, h1
+
+
+@triton.jit(noinline=True)
+def layer1_phase(
+    state_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    scratch_ptr,
+    ci,
+    T,
+    max_norm,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+    NSTATE: tl.constexpr,
+    FSCRATCH: tl.constexpr,
+):
+    """Phased forward (depth 2), first phase: chunk ci's inner errors and layer 1's
+    retrieval h1 = act(c (q W1) + f (q S1) - ((q k^T) * G) d0) from the chunk-start state,
+    tile by tile, into the forward scratch with d1 and theta_eff."""
+    L1: tl.constexpr = DK * DT
+    L2: tl.constexpr = DT * DV
+    pid = tl.program_id(0)
+    st = state_ptr + pid.to(tl.int64) * NSTATE
+    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
+        st, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, 2, ACT, CLIP, OP
+    )
+    A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
+    sG = operand(mm_nt(q, k, OP) * G, OP)
+    d1o = operand(d1, OP)
+    d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
+    for j in range(NT):
+        W1, W2, z, a, phi, u, d0 = layer1_tile(
+            st, j, k, d1o, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, 2, ACT, OP
+        )
+        S1 = load_tile(st + L1 + L2, DK, DT, 0, j * BT, BK, BT)
+        y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(sG, d0, OP)
+        store_tile(h1p, act_fn(y0, ACT), BC, DT, 0, j * BT, BC, BT)
+    store_tile(d1p, d1, BC, BV, 0, 0, BC, BV)
+    tl.store(thp + tl.arange(0, BC), theta_eff)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def layer2_phase(
+    state_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    scratch_ptr,
+    ci,
+    T,
+    H,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    ACT: tl.constexpr,
+    OP: tl.constexpr,
+    NSTATE: tl.constexpr,
+    FSCRATCH: tl.constexpr,
+):
+    """Phased forward (depth 2), second phase: layer 2's tile sums y1 = sum_j c (h1 W2) +
+    f (h1 S2) and s1 = sum_j h1 a^T from the chunk-start state, into the forward scratch
+    (output_phase finishes y once advance_chunk has updated the state)."""
+    L1: tl.constexpr = DK * DT
+    L2: tl.constexpr = DT * DV
+    pid = tl.program_id(0)
+    st = state_ptr + pid.to(tl.int64) * NSTATE
+    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
+    A, E, P, G, c, em, f = decays(lr, le, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
+    y1 = tl.zeros([BC, BV], dtype=tl.float32)
+    s1 = tl.zeros([BC, BC], dtype=tl.float32)
+    for j in range(NT):
+        a = act_fn(mm(k, load_tile(st, DK, DT, 0, j * BT, BK, BT), OP), ACT)
+        W2 = load_tile(st + L1, DT, DV, j * BT, 0, BT, BV)
+        S2 = load_tile(st + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
+        h1 = load_tile(h1p, BC, DT, 0, j * BT, BC, BT)
+        y1 += c[:, None] * mm(h1, W2, OP) + f[:, None] * mm(h1, S2, OP)
+        s1 += mm_nt(h1, a, OP)
+    store_tile(y1p, y1, BC, BV, 0, 0, BC, BV)
+    store_tile(s1p, s1, BC, BC, 0, 0, BC, BC)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def output_phase(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    theta_ptr,
+    le_ptr,
+    lr_ptr,
+    y_ptr,
+    scratch_ptr,
+    ci,
+    T,
+    H,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    OP: tl.constexpr,
+    FSCRATCH: tl.constexpr,
+):
+    """Phased forward (depth 2), last phase: y = y1 - ((s1 * G) d1) from layer2_phase's
+    sums, written out."""
+    pid = tl.program_id(0)
+    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
+    A, E, P, G, c, em, f = decays(lr, le, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
+    s1G = operand(load_tile(s1p, BC, BC, 0, 0, BC, BC) * G, OP)
+    y = load_tile(y1p, BC, BV, 0, 0, BC, BV) - mm(s1G, load_tile(d1p, BC, BV, 0, 0, BC, BV), OP)
+    store_tokens(y_ptr + row0 * DV, y, valid, DV, BC, BV, H * DV)
+    tl.debug_barrier()  # the next chunk's layer1_phase overwrites the scratch
+
+
+@triton.jit(noinline=True)
 def forward_chunk(
     state_ptr,
     q_ptr,
@@ -265,6 +504,7 @@ def forward_chunk(
     le_ptr,
     lr_ptr,
     y_ptr,
+    scratch_ptr,
     ci,
     T,
     max_norm,
@@ -283,48 +523,159 @@ def forward_chunk(
     CLIP: tl.constexpr,
     OP: tl.constexpr,
     NSTATE: tl.constexpr,
+    PHASED: tl.constexpr,
+    FSCRATCH: tl.constexpr,
 ):
     """Load chunk ci and advance the state through it, writing its output. Not inlined (so
     it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
     and pointer tensors and hold them in registers for the whole sequence. It derives its
-    program's state and token offsets itself, so the caller holds fewer values across it."""
-    pid = tl.program_id(0)
-    st = state_ptr + pid.to(tl.int64) * NSTATE
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
-    )
-    chunk_step(
-        st,
-        st,
-        q,
-        k,
-        v,
-        theta,
-        le,
-        lr,
-        valid,
-        last,
-        max_norm,
-        v_ptr + row0 * DV,
-        y_ptr + row0 * DV,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-        True,
-    )
+    program's state and token offsets itself, so the caller holds fewer values across it.
+    PHASED (depth 2): four calls instead of one walk (layer 1, layer 2, update, output), for
+    GPUs whose matmul operands all live in registers (sm_80), where the one walk spills."""
+    if PHASED:
+        layer1_phase(
+            state_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            scratch_ptr,
+            ci,
+            T,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            ACT,
+            CLIP,
+            OP,
+            NSTATE,
+            FSCRATCH,
+        )
+        layer2_phase(
+            state_ptr,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            scratch_ptr,
+            ci,
+            T,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            ACT,
+            OP,
+            NSTATE,
+            FSCRATCH,
+        )
+        pid = tl.program_id(0)
+        st = state_ptr + pid.to(tl.int64) * NSTATE
+        advance_chunk(
+            st,
+            st,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            ci,
+            T,
+            ((pid // H).to(tl.int64) * T) * H + pid % H,
+            max_norm,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            CHUNK,
+            BC,
+            NT,
+            2,
+            ACT,
+            CLIP,
+            OP,
+        )
+        output_phase(
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            theta_ptr,
+            le_ptr,
+            lr_ptr,
+            y_ptr,
+            scratch_ptr,
+            ci,
+            T,
+            H,
+            DK,
+            DV,
+            BK,
+            BV,
+            CHUNK,
+            BC,
+            OP,
+            FSCRATCH,
+        )
+    else:
+        pid = tl.program_id(0)
+        st = state_ptr + pid.to(tl.int64) * NSTATE
+        tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+        t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+        row0 = tok0 + t0 * H
+        q, k, v, theta, le, lr = load_chunk(
+            q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+        )
+        chunk_step(
+            st,
+            st,
+            q,
+            k,
+            v,
+            theta,
+            le,
+            lr,
+            valid,
+            last,
+            max_norm,
+            v_ptr + row0 * DV,
+            y_ptr + row0 * DV,
+            H,
+            DK,
+            DT,
+            DV,
+            BK,
+            BT,
+            BV,
+            BC,
+            NT,
+            DEPTH,
+            ACT,
+            CLIP,
+            OP,
+            True,
+        )
 
 
 @triton.jit
@@ -338,6 +689,7 @@ def scan_forward_kernel(
     state_ptr,
     y_ptr,
     saved_ptr,
+    scratch_ptr,
     resets_ptr,
     init_ptr,
     T,
@@ -360,13 +712,16 @@ def scan_forward_kernel(
     SAVE: tl.constexpr,
     OP: tl.constexpr,
     RESETS: tl.constexpr,
+    PHASED: tl.constexpr,
+    FSCRATCH: tl.constexpr,
 ):
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
     state on entry and the end state on exit. With SAVE, the state at the start of every
     CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
     checkpoints, from which it recomputes the chunks in between. With RESETS (packed
     documents), a row restarts from its initial weights (init_ptr) before every chunk
-    that resets_ptr flags; a checkpoint holds the restarted state."""
+    that resets_ptr flags; a checkpoint holds the restarted state. With PHASED (depth 2),
+    scratch_ptr is the phased forward's scratch ([B*H, FSCRATCH] fp32; unused otherwise)."""
     for ci in range(tl.cdiv(T, CHUNK)):
         if RESETS:
             restart_state(
@@ -383,6 +738,7 @@ def scan_forward_kernel(
             le_ptr,
             lr_ptr,
             y_ptr,
+            scratch_ptr,
             ci,
             T,
             max_norm,
@@ -401,4 +757,6 @@ def scan_forward_kernel(
             CLIP,
             OP,
             NSTATE,
+            PHASED,
+            FSCRATCH,
         )

@@ -49,7 +49,7 @@ from .triton_chunk import (
     store_tokens,
     zero_flat,
 )
-from .triton_scan import chunk_step, end_coefficients, inner_errors, layer1_tile
+from .triton_scan import advance_chunk, end_coefficients, inner_errors, layer1_tile
 
 
 @triton.jit
@@ -73,75 +73,6 @@ def end_state_terms(x, d, W, S, dWn, dSn, g, n, cT, fT, mT, dcT, dfT, dmT, dg, d
         dmT + frobenius(dSn, S),
         dg - rowsum(xdW * d),
         dn - rowsum(xdS * d),
-    )
-
-
-@triton.jit(noinline=True)
-def replay_chunk(
-    src,
-    dst,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
-    """Advance the state at src through chunk ci into dst, without output. Not inlined
-    (scalars only), so the loops around it cannot hoist its index, mask and pointer tensors
-    into registers held across all chunks."""
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
-    )
-    # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
-    chunk_step(
-        src,
-        dst,
-        q,
-        k,
-        v,
-        theta,
-        le,
-        lr,
-        valid,
-        last,
-        max_norm,
-        v_ptr + row0 * DV,
-        v_ptr,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-        False,
     )
 
 
@@ -1478,7 +1409,7 @@ def scan_backward_kernel(
         copy_flat(saved_ptr + (pid64 * n_ckpt + gi) * NSTATE, replay, NSTATE, 1024)
         tl.debug_barrier()
         for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
-            replay_chunk(
+            advance_chunk(
                 replay + i * NSTATE,
                 replay + (i + 1) * NSTATE,
                 q_ptr,
