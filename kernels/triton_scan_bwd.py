@@ -1420,7 +1420,6 @@ def scan_backward_kernel(
                 lr_ptr,
                 c0 + i,
                 T,
-                tok0,
                 max_norm,
                 H,
                 DK,
