@@ -42,12 +42,12 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
     fwd_bytes = (key_walks // 2) * state + 2 * (2 * state)  # key walks read W; the step reads and writes W, S
     replay = (every - 1) / every  # chunks rebuilt from a checkpoint in the backward
     step_no_output = (key_walks + 6) * U  # z, u and four updates
-    # The backward runs a chunk as nine phases (triton_scan_bwd.backward_chunk), each
-    # reloading the chunk's inputs and recomputing its decays; the tile walks are
-    # inner errors, end state, layer-2 retrieval, layer-1 retrieval, key path, finish.
-    phases = 9
+    # The backward runs a chunk as ten phases (triton_scan_bwd.backward_chunk), each
+    # reloading the chunk's inputs and recomputing its decays; the tile walks are inner
+    # errors, end state, layer-1 output, layer-2 retrieval, layer-1 retrieval, key path, finish.
+    phases = 10
     walk_flops = (key_walks + 29 + 4 + 5) * U  # the products of a one-pass chunk backward
-    rework = 6 * U + (phases + 3) * small  # layer1_tile x2 and q W1, q S1 again; decays, q k^T per phase
+    rework = 7 * U + (phases + 3) * small  # k W1, d1 W2^T, q W1, q S1 again; decays, q k^T per phase
     bwd_flops = replay * step_no_output + walk_flops + rework + 6 * small
     half = state // 2  # W1 (or W2) alone
     inputs = 2 * C * D * 4 + 4 * C * D + 2 * (4 * C * C)  # q, k, v, dy (bf16), d1, two [C, C] from the chunk scratch
@@ -55,7 +55,8 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
         replay * fwd_bytes
         + (key_walks // 2) * state  # inner errors: read W1, W2 per key walk
         + (2 * state + 4 * state + 2 * scratch)  # end state: src W, S; dst read and written; dd0, da1 out
-        + (2 * state + 2 * state + 3 * scratch)  # layer-2 retrieval: src; dst W2, S2 r/w; da1 r/w, dy0 out
+        + (3 * half + scratch)  # layer-1 output: W1, W2, S1; y0 out
+        + (3 * half + 2 * state + 4 * scratch)  # layer-2 retrieval: W1, W2, S2; dst W2, S2 r/w; da1 r/w, y0 -> dy0
         + (3 * half + 2 * state + 3 * scratch)  # layer-1 retrieval: W1, S1, W2; dst W1, S1 r/w; dd0 r/w, dy0 in
         + (state + state + 4 * scratch)  # key path: W1, W2; dst W2 r/w; dd0, da1 in, dz0, da1 out
         + (state + 2 * state + 2 * scratch)  # finish: W1, W2; dst W1, W2 r/w; dz0, da1 in

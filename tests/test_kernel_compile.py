@@ -4,9 +4,9 @@ kernels build. Depth 1 and 2 at the default sizes, bf16, every kernel the op lau
 (`python -m titans_plugin.kernels.compile_report --ci`, in a process without the
 interpreter that conftest.py switches on for the other tests).
 
-Spills: the H100 kernels are held to the targets (no spills in the forward, at most 1 KiB
-of spill stores per thread in the backward); the A100 kernels, which do not meet them yet,
-to ceilings that catch regressions: docs/kernels.md has the measured table.
+Spills: the kernels are held to the targets (no spills in the forward, at most 1 KiB of
+spill stores per thread in the backward), except the A100 inference forward, which misses
+by 8 B and is held to a ceiling that catches regressions: docs/kernels.md has the table.
 """
 
 import json
@@ -20,16 +20,16 @@ import torch
 
 from titans_plugin.kernels import dispatch, triton_op
 
-# Spill stores per thread (bytes), by kernel and architecture. sm_90: the targets (measured
-# worst of depth 1 and 2: forward 0 B, backward 292 B). sm_80: regression ceilings at the
-# measured worst plus ~10-20% (forward 900 B, backward 1,196 B; docs/kernels.md).
+# Spill stores per thread (bytes), by kernel and architecture: the targets (measured worst of
+# depth 1 and 2: forwards 0 B, backward 140 B sm_90 and 900 B sm_80), and for the sm_80
+# inference forward (8 B measured) a regression ceiling.
 SPILL_CEILING = {
     ("forward-train", 90): 0,
     ("forward-infer", 90): 0,
     ("backward", 90): 1024,
-    ("forward-train", 80): 1088,
-    ("forward-infer", 80): 1088,
-    ("backward", 80): 1344,
+    ("forward-train", 80): 0,
+    ("forward-infer", 80): 16,
+    ("backward", 80): 1024,
 }
 
 
