@@ -1,5 +1,5 @@
-"""FSDP2, TP, FSDP2 x TP, context parallel and context x tensor parallel against one
-process for every memory block type, and for MAC also DDP, HSDP, activation checkpointing
+"""FSDP2 x TP, context parallel and context x tensor parallel against one process for every
+memory block type, and for MAC also FSDP2 and TP alone, DDP, HSDP, activation checkpointing
 and context parallel with contiguous shards under activation checkpointing (torchrun, gloo)."""
 
 import pytest
@@ -23,9 +23,12 @@ def test_layouts_match_single_process(pattern, corpus, tmp_path):
     reference, _ = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed)
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert reference[STEPS] < reference[1]
-    layouts = ["fsdp2", "tp2", "fsdp2_tp2", "cp2", "cp2_tp2"]
-    if pattern == "CA":  # activation checkpointing recomputes; the numbers must not move
-        layouts += ["ddp2", "hsdp", "single_ac_full", "single_ac_selective", "cp2_contiguous_ac"]
+    # Every block type under the 2-D layouts (FSDP2 x TP, CP x TP) and CP; MAC also under each
+    # axis alone, DDP and HSDP, and with activation checkpointing (it recomputes; the numbers
+    # must not move).
+    layouts = ["fsdp2_tp2", "cp2", "cp2_tp2"]
+    if pattern == "CA":
+        layouts += ["fsdp2", "tp2", "ddp2", "hsdp", "single_ac_full", "single_ac_selective", "cp2_contiguous_ac"]
     for layout in layouts:
         curve, _ = run_layout(str(tmp_path), corpus, pattern, layout, STEPS, seed)
         for step, loss in reference.items():

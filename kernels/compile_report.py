@@ -224,12 +224,25 @@ def markdown(reports: list[Report]) -> str:
     return "\n".join(lines)
 
 
-def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print) -> list[Report]:
-    reports = []
-    for cfg, arch, kernel in itertools.product(configs, archs, kernels):
-        r = compile_kernel(kernel, cfg, arch)
+def _compile_job(job: tuple) -> Report:
+    kernel, cfg, arch = job
+    return compile_kernel(kernel, cfg, arch)
+
+
+def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print, jobs: int = 1) -> list[Report]:
+    """Compile every (configuration, arch, kernel); jobs > 1 compiles in that many
+    processes (ptxas is single-threaded), rows in the same order either way."""
+    todo = [(kernel, cfg, arch) for cfg, arch, kernel in itertools.product(configs, archs, kernels)]
+    if jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            reports = list(pool.map(_compile_job, todo))
+    else:
+        reports = [_compile_job(job) for job in todo]
+    for r in reports:
         progress(" | ".join(str(c) for c in _row(r)))
-        reports.append(r)
     return reports
 
 
@@ -255,14 +268,15 @@ def main() -> None:
     p.add_argument("--json", metavar="PATH", help="also write the reports as JSON")
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
     p.add_argument("--write", metavar="DOC", help="put the table between the compile-report markers of DOC")
+    p.add_argument("--jobs", type=int, default=1, help="compile in this many processes (one per core)")
     args = p.parse_args()
     print(" | ".join(HEADER))
     if args.full:
-        reports = run(full(), tuple(args.arch))
+        reports = run(full(), tuple(args.arch), jobs=args.jobs)
     else:
-        reports = run(ci(), tuple(args.arch))
+        reports = run(ci(), tuple(args.arch), jobs=args.jobs)
         if not args.ci:
-            reports += run(variations(), tuple(args.arch[:1]))
+            reports += run(variations(), tuple(args.arch[:1]), jobs=args.jobs)
     bad = [r for r in reports if not r.fits]
     print(f"\n{len(reports)} kernels compiled, {len(bad)} over the shared-memory limit")
     if args.json:

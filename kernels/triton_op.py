@@ -32,10 +32,12 @@ INPUT_DTYPES = tuple(OPERAND_CODES)
 SAVED_BYTES_PER_TOKEN = 1024
 HIDDEN_TILE = 16  # hidden units per state tile (triton_scan.py); 16 spills least (docs/kernels.md)
 # The depth-2 forward runs as four phases (layer 1, layer 2, update, output; triton_scan.forward_chunk)
-# on GPUs older than this: sm_80 has no warpgroup MMA, every matmul operand sits in
-# registers, and the one-walk forward spills there. On sm_90 the one walk does not spill
-# and moves less through L2. Tests set PHASED_FORWARD to run either form in the interpreter.
+# where its one walk spills (compile report, docs/kernels.md): on GPUs older than sm_90 (no
+# warpgroup MMA: every matmul operand sits in registers), and on sm_90 for head dims or
+# chunks above 64. Elsewhere the one walk does not spill and moves less through L2. Tests
+# set PHASED_FORWARD to run either form in the interpreter.
 PHASED_FORWARD_BELOW_ARCH = 90
+PHASED_FORWARD_ABOVE_TILE = 64
 PHASED_FORWARD: bool | None = None
 
 
@@ -120,13 +122,16 @@ def checkpoint_interval(nstate: int, chunk_size: int) -> int:
     return max(1, -(-nstate * 4 // (SAVED_BYTES_PER_TOKEN * chunk_size)))
 
 
-def phased_forward(depth: int, arch: int | None) -> bool:
-    """Whether the forward kernel runs a depth-2 chunk as four phases on sm_<arch>."""
+def phased_forward(depth: int, arch: int | None, chunk_tile: int, head_tile: int) -> bool:
+    """Whether the forward kernel runs a depth-2 chunk as four phases on sm_<arch> (tiles:
+    the padded chunk and the larger padded head dim)."""
     if depth != 2:
         return False
     if PHASED_FORWARD is not None:
         return PHASED_FORWARD
-    return arch is not None and arch < PHASED_FORWARD_BELOW_ARCH
+    if arch is None:  # the interpreter: the one walk unless a test asks
+        return False
+    return arch < PHASED_FORWARD_BELOW_ARCH or max(chunk_tile, head_tile) > PHASED_FORWARD_ABOVE_TILE
 
 
 def forward_scratch(meta: dict) -> int:
@@ -180,7 +185,7 @@ def kernel_meta(
         "CLIP": clip,
         "OP": OPERAND_CODES[dtype],
         "RESETS": resets,
-        "PHASED": phased_forward(2 if hidden else 1, arch),  # the forward's; not a backward argument
+        "PHASED": phased_forward(2 if hidden else 1, arch, BC, max(pad(DK), pad(DV))),  # the forward's only
         "num_warps": 8 if max(BC, pad(DK), pad(DV)) >= 64 else 4,
         # Without it ptxas caps an 8-warp sm_80 kernel at 128 registers and spills 2.5x more;
         # on sm_90 the same cap makes ptxas spill more, so it is left to ptxas there.

@@ -42,7 +42,8 @@ def _without_interpreter(args, **kw):
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "report.json"
-    proc = _without_interpreter(["-m", "titans_plugin.kernels.compile_report", "--ci", "--json", str(out)])
+    args = ["-m", "titans_plugin.kernels.compile_report", "--ci", "--jobs", "2", "--json", str(out)]
+    proc = _without_interpreter(args)  # two processes: ptxas is single-threaded
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 

@@ -94,33 +94,33 @@ def test_several_state_tiles_and_checkpoint_groups(depth, clip, monkeypatch):
     _compare(inputs, state, chunk_size=16, activation="silu", max_grad_norm=clip, checkpoint_every=3)
 
 
-@pytest.mark.parametrize("clip", [0.0, 0.5])
-def test_phased_forward(clip, monkeypatch):
+def test_phased_forward(monkeypatch):
     """The depth-2 forward as four phases (layer 1, layer 2, update, output), which sm_80 runs:
     several ragged state tiles, a 24-token chunk padded to 32, a ragged last chunk and
-    checkpoint groups, against the fp64 chunked path (outputs, end state, every gradient)."""
+    checkpoint groups, with the clip active, against the fp64 chunked path (outputs, end state,
+    every gradient). Restarts happen in the chunk loop before the phases, as before the walk."""
     monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
     monkeypatch.setattr(triton_op, "PHASED_FORWARD", True)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=2, hidden=36)
-    _compare(inputs, state, chunk_size=24, activation="silu", max_grad_norm=clip, checkpoint_every=2)
+    _compare(inputs, state, chunk_size=24, activation="silu", max_grad_norm=0.5, checkpoint_every=2)
 
 
-def test_phased_forward_is_chosen_by_architecture():
-    assert triton_op.phased_forward(2, 80) and triton_op.phased_forward(2, 86)
-    assert not triton_op.phased_forward(2, 90) and not triton_op.phased_forward(2, None)
-    assert not triton_op.phased_forward(1, 80)  # the depth-1 forward does not spill on sm_80
+def test_phased_forward_is_chosen_where_the_walk_spills():
+    """Phases where the one walk spills (docs/kernels.md): sm_80, and sm_90 above 64-wide tiles."""
+    assert triton_op.phased_forward(2, 80, 64, 64) and triton_op.phased_forward(2, 86, 32, 64)
+    assert not triton_op.phased_forward(2, 90, 64, 64) and not triton_op.phased_forward(2, None, 64, 128)
+    assert triton_op.phased_forward(2, 90, 64, 128) and triton_op.phased_forward(2, 90, 128, 64)
+    assert not triton_op.phased_forward(1, 80, 64, 64)  # the depth-1 forward does not spill on sm_80
 
 
-@pytest.mark.parametrize("depth,phased", [(1, False), (2, False), (2, True)])
-def test_restarts_inside_the_kernels(depth, phased, monkeypatch):
+@pytest.mark.parametrize("depth", [1, 2])
+def test_restarts_inside_the_kernels(depth, monkeypatch):
     """Packed documents in one launch: rows restart from their initial weights (zero
     momentum) before flagged chunks. Restarts at the first chunk, at a checkpoint group's
     start, inside a group (the backward's replay restarts too) and at the last, ragged
-    chunk; two or three state tiles; the one-walk and the phased forward. Against the chunked
-    path in fp64: outputs, end state and the gradients of every input, the start state and
-    the initial weights."""
+    chunk; two or three state tiles. Against the chunked path in fp64: outputs, end state and
+    the gradients of every input, the start state and the initial weights."""
     monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
-    monkeypatch.setattr(triton_op, "PHASED_FORWARD", phased)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)
     g = torch.Generator().manual_seed(5)
     init = tuple(torch.randn(w.shape[1:], generator=g, dtype=w.dtype) / w.shape[-2] ** 0.5 for w in state.weights)
