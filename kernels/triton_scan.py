@@ -53,24 +53,10 @@ from .triton_chunk import (
 
 @triton.jit
 def layer1_tile(
-    st,
-    j,
-    k,
-    d1,
-    v_ptr,
-    valid,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    BC: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
+    st, j, k, d1, v_ptr, valid, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+    BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
     OP: tl.constexpr,
-):
+):  # fmt: skip
     """Tile j of the first memory layer for the chunk's keys: W1_j, W2_j (rows j; W1_j
     again at depth 1), z = k W1_j, a = act(z), act'(z), u = d1 W2_j^T and the inner
     error d0 at this layer's output (depth 1: 2 (z - v_j); depth 2: u * act'(z))."""
@@ -93,27 +79,10 @@ def layer1_tile(
 
 @triton.jit
 def inner_errors(
-    st,
-    k,
-    v,
-    theta,
-    max_norm,
-    v_ptr,
-    valid,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    st, k, v, theta, max_norm, v_ptr, valid, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr,
+    DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """The chunk's coupled quantities, summed over hidden tiles: the last layer's inner
     error d1 (depth 2) and the clipped learning rate theta_eff with the clip's terms."""
     kf = k.to(tl.float32)
@@ -169,34 +138,11 @@ def end_coefficients(G, E, c, f, em, theta_eff, last, BC: tl.constexpr):
 
 @triton.jit
 def chunk_step(
-    src,
-    dst,
-    q,
-    k,
-    v,
-    theta,
-    le,
-    lr,
-    valid,
-    last,
-    max_norm,
-    v_ptr,
-    y_ptr,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
+    src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr, y_ptr, H, DK: tl.constexpr,
+    DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
     WITH_OUTPUT: tl.constexpr,
-):
+):  # fmt: skip
     """One chunk: the state at `src` (the chunk start) advances to `dst` (may be `src`), and
     with WITH_OUTPUT the retrieval y is written at y_ptr (row-major [C, H * DV] view)."""
     L1: tl.constexpr = DK * DT
@@ -245,6 +191,23 @@ def chunk_step(
             store_tokens(y_ptr, y1, valid, DV, BC, BV, H * DV)
 
 
+@triton.jit
+def program_chunk(
+    q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
+    """This program's (batch, head) rows of chunk ci: the first row's index in the [B*T*H, D]
+    view, which tile rows are tokens, the last token, and the chunk's inputs (load_chunk)."""
+    pid = tl.program_id(0)
+    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = tok0 + t0 * H
+    q, k, v, theta, le, lr = load_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    )
+    return row0, valid, last, q, k, v, theta, le, lr
+
+
 @triton.jit(noinline=True)
 def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl.constexpr, CKPT: tl.constexpr):
     """Copy this program's state to its checkpoint slot if chunk ci starts a group (not
@@ -257,133 +220,40 @@ def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl
 
 @triton.jit(noinline=True)
 def advance_chunk(
-    src,
-    dst,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    ci,
-    T,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, max_norm, H, DK: tl.constexpr,
+    DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
+    CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Advance the state at src through chunk ci into dst, without output: the backward's
     replay, and the phased forward's update. Not inlined (scalars only), so the loops
     around it cannot hoist its index, mask and pointer tensors into registers held across
     all chunks. It derives its program's token offset itself, for the same reason."""
-    pid = tl.program_id(0)
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
     chunk_step(
-        src,
-        dst,
-        q,
-        k,
-        v,
-        theta,
-        le,
-        lr,
-        valid,
-        last,
-        max_norm,
-        v_ptr + row0 * DV,
-        v_ptr,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-        False,
-    )
+        src, dst, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, v_ptr, H, DK, DT, DV, BK,
+        BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False,
+    )  # fmt: skip
 
 
 @triton.jit(noinline=True)
 def update_phase(
-    state_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    ci,
-    T,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-    NSTATE: tl.constexpr,
-):
+    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, max_norm, H, DK: tl.constexpr,
+    DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr,
+    OP: tl.constexpr, NSTATE: tl.constexpr,
+):  # fmt: skip
     """Phased forward (depth 2): this program's state advanced through chunk ci in place
     (advance_chunk), the state's address derived here so that the chunk loop holds
     nothing more across the call."""
     st = state_ptr + tl.program_id(0).to(tl.int64) * NSTATE
     advance_chunk(
-        st,
-        st,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        ci,
-        T,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        2,
-        ACT,
-        CLIP,
-        OP,
-    )
+        st, st, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV,
+        CHUNK, BC, NT, 2, ACT, CLIP, OP,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -401,33 +271,11 @@ def forward_scratch(fs, BC: tl.constexpr, BV: tl.constexpr):
 
 @triton.jit(noinline=True)
 def layer1_phase(
-    state_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    scratch_ptr,
-    ci,
-    T,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-    NSTATE: tl.constexpr,
-    FSCRATCH: tl.constexpr,
-):
+    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, scratch_ptr, ci, T, max_norm, H,
+    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr,
+    OP: tl.constexpr, NSTATE: tl.constexpr, FSCRATCH: tl.constexpr,
+):  # fmt: skip
     """Phased forward (depth 2), first phase: chunk ci's inner errors and layer 1's
     retrieval h1 = act(c (q W1) + f (q S1) - ((q k^T) * G) d0) from the chunk-start state,
     tile by tile, into the forward scratch with d1 and theta_eff."""
@@ -435,11 +283,8 @@ def layer1_phase(
     L2: tl.constexpr = DT * DV
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         st, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, 2, ACT, CLIP, OP
@@ -462,31 +307,11 @@ def layer1_phase(
 
 @triton.jit(noinline=True)
 def layer2_phase(
-    state_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    scratch_ptr,
-    ci,
-    T,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    ACT: tl.constexpr,
-    OP: tl.constexpr,
-    NSTATE: tl.constexpr,
-    FSCRATCH: tl.constexpr,
-):
+    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, scratch_ptr, ci, T, H, DK: tl.constexpr,
+    DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, ACT: tl.constexpr, OP: tl.constexpr,
+    NSTATE: tl.constexpr, FSCRATCH: tl.constexpr,
+):  # fmt: skip
     """Phased forward (depth 2), second phase: layer 2's tile sums y1 = sum_j c (h1 W2) +
     f (h1 S2) and s1 = sum_j h1 a^T from the chunk-start state, into the forward scratch
     (output_phase finishes y once advance_chunk has updated the state)."""
@@ -494,11 +319,8 @@ def layer2_phase(
     L2: tl.constexpr = DT * DV
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     A, E, P, G, c, em, f = decays(lr, le, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
@@ -518,34 +340,15 @@ def layer2_phase(
 
 @triton.jit(noinline=True)
 def output_phase(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    y_ptr,
-    scratch_ptr,
-    ci,
-    T,
-    H,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    OP: tl.constexpr,
-    FSCRATCH: tl.constexpr,
-):
+    q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, H, DK: tl.constexpr,
+    DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    OP: tl.constexpr, FSCRATCH: tl.constexpr,
+):  # fmt: skip
     """Phased forward (depth 2), last phase: y = y1 - ((s1 * G) d1) from layer2_phase's
     sums, written out."""
     pid = tl.program_id(0)
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     A, E, P, G, c, em, f = decays(lr, le, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
@@ -557,36 +360,11 @@ def output_phase(
 
 @triton.jit(noinline=True)
 def forward_chunk(
-    state_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    y_ptr,
-    scratch_ptr,
-    ci,
-    T,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-    NSTATE: tl.constexpr,
-    PHASED: tl.constexpr,
-    FSCRATCH: tl.constexpr,
-):
+    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, max_norm, H,
+    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
+    CLIP: tl.constexpr, OP: tl.constexpr, NSTATE: tl.constexpr, PHASED: tl.constexpr, FSCRATCH: tl.constexpr,
+):  # fmt: skip
     """Load chunk ci and advance the state through it, writing its output. Not inlined (so
     it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
     and pointer tensors and hold them in registers for the whole sequence. It derives its
@@ -595,80 +373,23 @@ def forward_chunk(
     GPUs whose matmul operands all live in registers (sm_80), where the one walk spills."""
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk_step(
-        st,
-        st,
-        q,
-        k,
-        v,
-        theta,
-        le,
-        lr,
-        valid,
-        last,
-        max_norm,
-        v_ptr + row0 * DV,
-        y_ptr + row0 * DV,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-        True,
-    )
+        st, st, q, k, v, theta, le, lr, valid, last, max_norm, v_ptr + row0 * DV, y_ptr + row0 * DV, H, DK, DT,
+        DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True,
+    )  # fmt: skip
 
 
 @triton.jit
 def scan_forward_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    state_ptr,
-    y_ptr,
-    saved_ptr,
-    scratch_ptr,
-    resets_ptr,
-    init_ptr,
-    T,
-    H,
-    max_norm,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    NT: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    NSTATE: tl.constexpr,
-    CKPT: tl.constexpr,
-    CLIP: tl.constexpr,
-    SAVE: tl.constexpr,
-    OP: tl.constexpr,
-    RESETS: tl.constexpr,
-    PHASED: tl.constexpr,
-    FSCRATCH: tl.constexpr,
-):
+    q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, state_ptr, y_ptr, saved_ptr, scratch_ptr, resets_ptr,
+    init_ptr, T, H, max_norm, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+    BT: tl.constexpr, BV: tl.constexpr, NT: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    DEPTH: tl.constexpr, ACT: tl.constexpr, NSTATE: tl.constexpr, CKPT: tl.constexpr, CLIP: tl.constexpr,
+    SAVE: tl.constexpr, OP: tl.constexpr, RESETS: tl.constexpr, PHASED: tl.constexpr, FSCRATCH: tl.constexpr,
+):  # fmt: skip
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
     state on entry and the end state on exit. With SAVE, the state at the start of every
     CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
@@ -685,135 +406,23 @@ def scan_forward_kernel(
             save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK, NSTATE, CKPT)
         if PHASED:
             layer1_phase(
-                state_ptr,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                scratch_ptr,
-                ci,
-                T,
-                max_norm,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                ACT,
-                CLIP,
-                OP,
-                NSTATE,
-                FSCRATCH,
-            )
+                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, scratch_ptr, ci, T, max_norm, H, DK,
+                DT, DV, BK, BT, BV, CHUNK, BC, NT, ACT, CLIP, OP, NSTATE, FSCRATCH,
+            )  # fmt: skip
             layer2_phase(
-                state_ptr,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                scratch_ptr,
-                ci,
-                T,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                ACT,
-                OP,
-                NSTATE,
-                FSCRATCH,
-            )
+                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, scratch_ptr, ci, T, H, DK, DT, DV,
+                BK, BT, BV, CHUNK, BC, NT, ACT, OP, NSTATE, FSCRATCH,
+            )  # fmt: skip
             update_phase(
-                state_ptr,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                ci,
-                T,
-                max_norm,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                ACT,
-                CLIP,
-                OP,
-                NSTATE,
-            )
+                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, max_norm, H, DK, DT, DV, BK,
+                BT, BV, CHUNK, BC, NT, ACT, CLIP, OP, NSTATE,
+            )  # fmt: skip
             output_phase(
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                y_ptr,
-                scratch_ptr,
-                ci,
-                T,
-                H,
-                DK,
-                DV,
-                BK,
-                BV,
-                CHUNK,
-                BC,
-                OP,
-                FSCRATCH,
-            )
+                q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, H, DK, DV, BK, BV,
+                CHUNK, BC, OP, FSCRATCH,
+            )  # fmt: skip
         else:
             forward_chunk(
-                state_ptr,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                y_ptr,
-                scratch_ptr,
-                ci,
-                T,
-                max_norm,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                DEPTH,
-                ACT,
-                CLIP,
-                OP,
-                NSTATE,
-                PHASED,
-                FSCRATCH,
-            )
+                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, max_norm,
+                H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE, PHASED, FSCRATCH,
+            )  # fmt: skip

@@ -28,11 +28,9 @@ from .triton_chunk import (
     act_fn,
     act_grad,
     act_grad2,
-    chunk_rows,
     copy_flat,
     decays,
     frobenius,
-    load_chunk,
     load_tile,
     load_tokens,
     mm,
@@ -49,7 +47,7 @@ from .triton_chunk import (
     store_tokens,
     zero_flat,
 )
-from .triton_scan import advance_chunk, end_coefficients, inner_errors, layer1_tile
+from .triton_scan import advance_chunk, end_coefficients, inner_errors, layer1_tile, program_chunk
 
 
 @triton.jit
@@ -132,32 +130,14 @@ def get_vec(vec, row, BC: tl.constexpr):
 
 @triton.jit
 def chunk_inputs(
-    cs,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    ci,
-    T,
-    tok0,
-    H,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    DEPTH: tl.constexpr,
+    cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr,
     OP: tl.constexpr,
-):
+):  # fmt: skip
     """Chunk ci's rows and inputs, with d1 and theta_eff from the chunk scratch (written by
     bwd_inner_errors). At depth 1 d1 is v (unused)."""
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     if DEPTH == 2:
@@ -170,48 +150,15 @@ def chunk_inputs(
 
 @triton.jit(noinline=True)
 def bwd_inner_errors(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Phase 0: the chunk's coupled quantities (d1, theta_eff and the clip's sums) into the
     chunk scratch."""
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, le, lr = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, le, lr = program_chunk(
+        q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP
@@ -231,49 +178,18 @@ def bwd_inner_errors(
 
 @triton.jit(noinline=True)
 def bwd_end_state(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Walk 1a: the end-state terms of every tile. dst becomes the end state's share of the
     start-state gradient; dd0 and da1 (depth 2) go to the tile scratch; da0, dd1 and the
     end coefficients' and gates' sums to the chunk scratch."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
@@ -327,48 +243,17 @@ def bwd_end_state(
 
 @triton.jit(noinline=True)
 def bwd_layer1_outputs(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """(Depth 2) layer 1's retrieval output y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0 of every
     tile, into the tile scratch's third slot for bwd_retrieval_layer2."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
     s0G = operand(mm_nt(q, k, OP) * G, OP)
@@ -384,42 +269,11 @@ def bwd_layer1_outputs(
 
 @triton.jit(noinline=True)
 def bwd_retrieval_layer2(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Walk 1b (depth 2): the retrieval terms of layer 2, y1 = c (h1 W2) + f (h1 S2) -
     ((h1 a^T) * G) d1 with h1 = act(y0) (y0 from bwd_layer1_outputs), for every tile: added
     to dst and to da1 in the tile scratch; the gradient dy0 at layer 1's output takes y0's
@@ -427,7 +281,7 @@ def bwd_retrieval_layer2(
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
@@ -468,42 +322,11 @@ def bwd_retrieval_layer2(
 
 @triton.jit(noinline=True)
 def bwd_retrieval(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Walk 1c: the retrieval terms of layer 1, y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0,
     for every tile: added to dst and to dd0 in the tile scratch; dq, dR0 and the gates'
     retrieval sums to the chunk scratch. dy0 is the output gradient at depth 1 and
@@ -511,7 +334,7 @@ def bwd_retrieval(
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
@@ -559,46 +382,15 @@ def bwd_retrieval(
 
 @triton.jit(noinline=True)
 def bwd_layer2_scores(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """(Depth 2) with the layer-2 scores s1 complete: their gradient through (h1 a^T) * G
     into dd1, and the first part of dG, -(dout d1^T) * s1, in s1's place."""
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(lr, le, theta_eff, valid, BC, OP)
@@ -613,47 +405,16 @@ def bwd_layer2_scores(
 
 @triton.jit(noinline=True)
 def bwd_score_grads(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """With every tile's walk-1 terms in: the gradients through the scores (q k^T) * G into
     dq and da0, and the gradient dP of the decay product P = A E (to the chunk scratch, in
     s1's place) with dtheta_eff. At depth 2 dG starts from bwd_layer2_scores'."""
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     idx = tl.arange(0, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
@@ -674,46 +435,15 @@ def bwd_score_grads(
 
 @triton.jit(noinline=True)
 def bwd_gate_grads(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """The gate gradients (written out) from dP, dtheta_eff and the coefficient sums; the
     clip's dsq and its terms in da0 and dd1."""
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     idx = tl.arange(0, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
@@ -749,47 +479,16 @@ def bwd_gate_grads(
 
 @triton.jit(noinline=True)
 def bwd_key_path(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Walk 2: the clip terms and du = dd0 * act'(z), summed into dd1 (depth 2); at depth 1
     the whole key path (dv, dW1, dk)."""
     L1: tl.constexpr = DK * DT
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     dsq = get_vec(vec, V_DSQ, BC)
@@ -837,47 +536,16 @@ def bwd_key_path(
 
 @triton.jit(noinline=True)
 def bwd_finish(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Walk 3 (depth 2), with dd1 complete: d1 = 2 (act(k W1) W2 - v), so dz1 = 2 dd1 and
     the key-path gradients of W1, W2 and k. Then dq and dk are written out."""
     L1: tl.constexpr = DK * DT
     row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, tok0, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     da0 = get(da0p, BC, BK)
@@ -905,419 +573,68 @@ def bwd_finish(
 
 @triton.jit
 def backward_chunk(
-    src,
-    dst,
-    scr,
-    cs,
-    dy_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dth_ptr,
-    dle_ptr,
-    dlr_ptr,
-    ci,
-    T,
-    tok0,
-    max_norm,
-    H,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    NT: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-):
+    src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr, dth_ptr,
+    dle_ptr, dlr_ptr, ci, T, max_norm, H, DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr,
+):  # fmt: skip
     """Gradients of chunk ci. src: its start state; dst: on entry the gradient of the state
     after the chunk, on exit that of the state before it; scr: [3, BC, DT] tile scratch; cs:
     the chunk scratch. Six phases, each a call of its own: a phase's registers hold only
     what it works on, and what the next one needs goes through the scratch (L2)."""
     bwd_inner_errors(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     bwd_end_state(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     if DEPTH == 2:
         bwd_layer1_outputs(
-            src,
-            dst,
-            scr,
-            cs,
-            dy_ptr,
-            q_ptr,
-            k_ptr,
-            v_ptr,
-            theta_ptr,
-            le_ptr,
-            lr_ptr,
-            dq_ptr,
-            dk_ptr,
-            dv_ptr,
-            dth_ptr,
-            dle_ptr,
-            dlr_ptr,
-            ci,
-            T,
-            tok0,
-            max_norm,
-            H,
-            DK,
-            DT,
-            DV,
-            BK,
-            BT,
-            BV,
-            CHUNK,
-            BC,
-            NT,
-            DEPTH,
-            ACT,
-            CLIP,
-            OP,
-        )
+            src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+            dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH,
+            ACT, CLIP, OP,
+        )  # fmt: skip
     if DEPTH == 2:
         bwd_retrieval_layer2(
-            src,
-            dst,
-            scr,
-            cs,
-            dy_ptr,
-            q_ptr,
-            k_ptr,
-            v_ptr,
-            theta_ptr,
-            le_ptr,
-            lr_ptr,
-            dq_ptr,
-            dk_ptr,
-            dv_ptr,
-            dth_ptr,
-            dle_ptr,
-            dlr_ptr,
-            ci,
-            T,
-            tok0,
-            max_norm,
-            H,
-            DK,
-            DT,
-            DV,
-            BK,
-            BT,
-            BV,
-            CHUNK,
-            BC,
-            NT,
-            DEPTH,
-            ACT,
-            CLIP,
-            OP,
-        )
+            src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+            dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH,
+            ACT, CLIP, OP,
+        )  # fmt: skip
     bwd_retrieval(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     if DEPTH == 2:
         bwd_layer2_scores(
-            src,
-            dst,
-            scr,
-            cs,
-            dy_ptr,
-            q_ptr,
-            k_ptr,
-            v_ptr,
-            theta_ptr,
-            le_ptr,
-            lr_ptr,
-            dq_ptr,
-            dk_ptr,
-            dv_ptr,
-            dth_ptr,
-            dle_ptr,
-            dlr_ptr,
-            ci,
-            T,
-            tok0,
-            max_norm,
-            H,
-            DK,
-            DT,
-            DV,
-            BK,
-            BT,
-            BV,
-            CHUNK,
-            BC,
-            NT,
-            DEPTH,
-            ACT,
-            CLIP,
-            OP,
-        )
+            src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+            dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH,
+            ACT, CLIP, OP,
+        )  # fmt: skip
     bwd_score_grads(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     bwd_gate_grads(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     bwd_key_path(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
     bwd_finish(
-        src,
-        dst,
-        scr,
-        cs,
-        dy_ptr,
-        q_ptr,
-        k_ptr,
-        v_ptr,
-        theta_ptr,
-        le_ptr,
-        lr_ptr,
-        dq_ptr,
-        dk_ptr,
-        dv_ptr,
-        dth_ptr,
-        dle_ptr,
-        dlr_ptr,
-        ci,
-        T,
-        tok0,
-        max_norm,
-        H,
-        DK,
-        DT,
-        DV,
-        BK,
-        BT,
-        BV,
-        CHUNK,
-        BC,
-        NT,
-        DEPTH,
-        ACT,
-        CLIP,
-        OP,
-    )
+        src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
+        dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
+        CLIP, OP,
+    )  # fmt: skip
 
 
 @triton.jit(noinline=True)
@@ -1343,47 +660,13 @@ def restart_gradient(dst, dinit_ptr, resets_ptr, ci, T, H, CHUNK: tl.constexpr, 
 
 @triton.jit
 def scan_backward_kernel(
-    dy_ptr,
-    dstate_ptr,
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    theta_ptr,
-    le_ptr,
-    lr_ptr,
-    saved_ptr,
-    replay_ptr,
-    scratch_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    dtheta_ptr,
-    dle_ptr,
-    dlr_ptr,
-    resets_ptr,
-    init_ptr,
-    dinit_ptr,
-    T,
-    H,
-    max_norm,
-    DK: tl.constexpr,
-    DT: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    NT: tl.constexpr,
-    CHUNK: tl.constexpr,
-    BC: tl.constexpr,
-    DEPTH: tl.constexpr,
-    ACT: tl.constexpr,
-    NSTATE: tl.constexpr,
-    CKPT: tl.constexpr,
-    CLIP: tl.constexpr,
-    OP: tl.constexpr,
-    RESETS: tl.constexpr,
+    dy_ptr, dstate_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, saved_ptr, replay_ptr, scratch_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, resets_ptr, init_ptr, dinit_ptr, T, H, max_norm,
+    DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    NT: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
+    NSTATE: tl.constexpr, CKPT: tl.constexpr, CLIP: tl.constexpr, OP: tl.constexpr, RESETS: tl.constexpr,
     SCRATCH: tl.constexpr,
-):
+):  # fmt: skip
     """dstate_ptr holds the gradient of the end state on entry and that of the initial state
     on exit. replay_ptr: [B*H, CKPT, NSTATE]; scratch_ptr: [B*H, SCRATCH] (fp32): the tile scratch
     [3, BC, DT], then the chunk scratch (chunk_scratch; triton_op.backward_scratch). With
@@ -1391,15 +674,12 @@ def scan_backward_kernel(
     restarted chunk's start state goes to dinit_ptr ([B*H, NSTATE / 2], zeroed by the
     caller) instead of to the chunk before."""
     pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
     pid64 = pid.to(tl.int64)
     dst = dstate_ptr + pid64 * NSTATE
     replay = replay_ptr + pid64 * CKPT * NSTATE
     tl.static_assert(SCRATCH >= 3 * BC * DT + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + N_VEC * BC)
     scr = scratch_ptr + pid64 * SCRATCH
     cs = scr + 3 * BC * DT
-    tok0 = (b.to(tl.int64) * T) * H + h
     n_chunks = tl.cdiv(T, CHUNK)
     n_ckpt = tl.cdiv(n_chunks, CKPT)
     for rg in range(n_ckpt):
@@ -1410,72 +690,17 @@ def scan_backward_kernel(
         tl.debug_barrier()
         for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
             advance_chunk(
-                replay + i * NSTATE,
-                replay + (i + 1) * NSTATE,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                c0 + i,
-                T,
-                max_norm,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                DEPTH,
-                ACT,
-                CLIP,
-                OP,
-            )
+                replay + i * NSTATE, replay + (i + 1) * NSTATE, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
+                c0 + i, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP,
+            )  # fmt: skip
             if RESETS:
                 restart_state(replay + (i + 1) * NSTATE, init_ptr, resets_ptr, c0 + i + 1, T, H, CHUNK, NSTATE)
         for r in range(n_in_group):
             i = n_in_group - 1 - r
             backward_chunk(
-                replay + i * NSTATE,
-                dst,
-                scr,
-                cs,
-                dy_ptr,
-                q_ptr,
-                k_ptr,
-                v_ptr,
-                theta_ptr,
-                le_ptr,
-                lr_ptr,
-                dq_ptr,
-                dk_ptr,
-                dv_ptr,
-                dtheta_ptr,
-                dle_ptr,
-                dlr_ptr,
-                c0 + i,
-                T,
-                tok0,
-                max_norm,
-                H,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                DEPTH,
-                ACT,
-                CLIP,
-                OP,
-            )
+                replay + i * NSTATE, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr,
+                dq_ptr, dk_ptr, dv_ptr, dtheta_ptr, dle_ptr, dlr_ptr, c0 + i, T, max_norm, H, DK, DT, DV,
+                BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP,
+            )  # fmt: skip
             if RESETS:
                 restart_gradient(dst, dinit_ptr, resets_ptr, c0 + i, T, H, CHUNK, NSTATE)
