@@ -2,21 +2,21 @@
 
 One program per (batch, head) walks the checkpoint groups in reverse. For a group it
 copies the saved checkpoint (the state at the group's first chunk) into a replay buffer
-and re-runs `chunk_step` without output to rebuild the start state of every chunk in the
-group (CKPT states of replay per program); then it differentiates the group's chunks last
-to first with `chunk_backward`. The gradient of the state after the current chunk lives in
-a per-program fp32 buffer (dstate_ptr), tiled like the state and rewritten in place, so the
-same tiling that keeps the forward on chip keeps the backward on chip.
+and re-runs the forward's chunk step without output (`advance_chunk`) to rebuild the start
+state of every chunk in the group (CKPT states of replay per program); then it
+differentiates the group's chunks last to first with `backward_chunk`. The gradient of the
+state after the current chunk lives in a per-program fp32 buffer (dstate_ptr), tiled like
+the state and rewritten in place.
 
-`chunk_backward` is chunk.py's chain rule at hidden-tile granularity. The tiles couple
-through sums that must be complete before their consumers, which gives three walks over
-the tiles per chunk:
-  1. end-state and retrieval terms per tile; sums over tiles of s1 = h1 a^T, dR0 =
-     -dy0 d0^T, the gate and decay coefficients' gradients and part of dd1 (depth 2);
-     per-tile partials dd0, da1 go to a per-program scratch buffer;
-  2. with the decay/gate gradients complete (the clip's dsq needs all of them): the clip
-     terms, du = dd0 * act'(z), the rest of dd1 (sum over tiles), dz0's first part;
-  3. (depth 2) with dd1 complete: dz1 = 2 dd1 and the key-path gradients of W1, W2, k.
+`backward_chunk` is chunk.py's chain rule at hidden-tile granularity, as ten phases, each
+a non-inlined function taking scalars. The tiles couple through sums that must be complete
+before their consumers (dd1, the layer-2 scores s1, dR0, the gate and decay coefficients'
+gradients, the clip's dsq); each phase ends with its sums complete and hands them to the
+next through the per-program chunk scratch (`chunk_scratch`), and per-tile partials (dd0,
+da1, y0 / dy0) go through the [3, BC, DT] tile scratch. A phase reloads the chunk's inputs
+and recomputes its decays instead of receiving them, so its registers hold only what it
+works on: one function holding every walk's accumulators spilled 3 KB per thread on sm_90,
+the phases spill almost nothing (docs/kernels.md).
 Tensors from the forward (z, a, act'(z), d0) are recomputed per tile, not stored.
 """
 
