@@ -360,17 +360,16 @@ def output_phase(
 
 @triton.jit(noinline=True)
 def forward_chunk(
-    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, max_norm, H,
+    state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H,
     DK: tl.constexpr, DT: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     CHUNK: tl.constexpr, BC: tl.constexpr, NT: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    CLIP: tl.constexpr, OP: tl.constexpr, NSTATE: tl.constexpr, PHASED: tl.constexpr, FSCRATCH: tl.constexpr,
+    CLIP: tl.constexpr, OP: tl.constexpr, NSTATE: tl.constexpr,
 ):  # fmt: skip
     """Load chunk ci and advance the state through it, writing its output. Not inlined (so
     it takes scalars only): the chunk loop would otherwise hoist this body's index, mask
     and pointer tensors and hold them in registers for the whole sequence. It derives its
     program's state and token offsets itself, so the caller holds fewer values across it.
-    PHASED (depth 2): four calls instead of one walk (layer 1, layer 2, update, output), for
-    GPUs whose matmul operands all live in registers (sm_80), where the one walk spills."""
+    Where this one walk spills, the kernel runs the phases instead (PHASED)."""
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
     row0, valid, last, q, k, v, theta, le, lr = program_chunk(
@@ -423,6 +422,6 @@ def scan_forward_kernel(
             )  # fmt: skip
         else:
             forward_chunk(
-                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, scratch_ptr, ci, T, max_norm,
-                H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE, PHASED, FSCRATCH,
+                state_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, y_ptr, ci, T, max_norm, H, DK, DT,
+                DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE,
             )  # fmt: skip
