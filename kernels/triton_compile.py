@@ -32,7 +32,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .triton_op import backward_scratch, forward_scratch
+    from .triton_op import backward_args, forward_args
     from .triton_scan import scan_forward_kernel
     from .triton_scan_bwd import scan_backward_kernel
 
@@ -40,12 +40,10 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     options = {"num_warps": meta.pop("num_warps"), "maxnreg": meta.pop("maxnreg"), "num_stages": 1}
     if kernel.startswith("forward"):
         fn = scan_forward_kernel
-        meta["SAVE"] = kernel == "forward-train"
-        meta["FSCRATCH"] = forward_scratch(meta)
+        meta = {**forward_args(meta), "SAVE": kernel == "forward-train"}
     else:
         fn = scan_backward_kernel
-        del meta["PHASED"]
-        meta["SCRATCH"] = backward_scratch(meta)
+        meta = backward_args(meta)
     sig = {**signature(kernel, dtype), **{name: "constexpr" for name in meta}}
     return triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=meta), target=GPUTarget("cuda", arch, 32), options=options

@@ -150,6 +150,18 @@ def backward_scratch(meta: dict) -> int:
     return 3 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC
 
 
+def forward_args(meta: dict) -> dict:
+    """The forward kernel's compile-time arguments: kernel_meta's and its scratch size."""
+    return {**meta, "FSCRATCH": forward_scratch(meta)}
+
+
+def backward_args(meta: dict) -> dict:
+    """The backward kernel's compile-time arguments: kernel_meta's without the forward's
+    PHASED (the backward's replay is one walk either way) and its scratch size."""
+    args = {name: value for name, value in meta.items() if name != "PHASED"}
+    return {**args, "SCRATCH": backward_scratch(args)}
+
+
 def kernel_meta(
     DK: int,
     hidden: int,
@@ -252,8 +264,8 @@ def memory_scan(
     saved = _empty(
         _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states), torch.float32, q.device
     )
-    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets)
-    scratch = _empty((B * H, forward_scratch(meta)), torch.float32, q.device)
+    args = forward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
+    scratch = _empty((B * H, args["FSCRATCH"]), torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
         q,
         k,
@@ -271,8 +283,7 @@ def memory_scan(
         H,
         max_grad_norm,
         SAVE=save_states,
-        FSCRATCH=scratch.shape[1],
-        **meta,
+        **args,
     )
     return y, state_out, saved
 
@@ -325,15 +336,14 @@ def memory_scan_backward(
     from .triton_scan_bwd import scan_backward_kernel
 
     B, T, H = q.shape[:3]
-    meta = _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets)
-    del meta["PHASED"]  # the forward's choice; the backward's replay is one walk either way
+    args = backward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
     dgates = [_empty(theta.shape, torch.float32, q.device) for _ in range(3)]
     dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
     replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
-    scratch = _empty((B * H, backward_scratch(meta)), torch.float32, q.device)
+    scratch = _empty((B * H, args["SCRATCH"]), torch.float32, q.device)
     dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
     scan_backward_kernel[(B * H,)](
         dy,
@@ -357,8 +367,7 @@ def memory_scan_backward(
         T,
         H,
         max_grad_norm,
-        SCRATCH=scratch.shape[1],
-        **meta,
+        **args,
     )
     return dq, dk, dv, *dgates, dstate0, dinit
 

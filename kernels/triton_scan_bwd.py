@@ -580,8 +580,9 @@ def backward_chunk(
 ):  # fmt: skip
     """Gradients of chunk ci. src: its start state; dst: on entry the gradient of the state
     after the chunk, on exit that of the state before it; scr: [3, BC, DT] tile scratch; cs:
-    the chunk scratch. Six phases, each a call of its own: a phase's registers hold only
-    what it works on, and what the next one needs goes through the scratch (L2)."""
+    the chunk scratch. Ten phases (eight at depth 1), each a call of its own: a phase's
+    registers hold only what it works on, and what the next one needs goes through the
+    scratch (L2)."""
     bwd_inner_errors(
         src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
         dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT,
@@ -598,7 +599,6 @@ def backward_chunk(
             dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH,
             ACT, CLIP, OP,
         )  # fmt: skip
-    if DEPTH == 2:
         bwd_retrieval_layer2(
             src, dst, scr, cs, dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, dq_ptr, dk_ptr, dv_ptr,
             dth_ptr, dle_ptr, dlr_ptr, ci, T, max_norm, H, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH,
