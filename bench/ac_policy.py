@@ -7,7 +7,7 @@ Policies, each applied per block with torchtitan's apply_ac: none; full (recompu
 block); selective "2" (full on every other block, torchtitan's default option); selective
 "op" with llama3's save list (every other mm and the attention kernels: the memory scan's
 batched matmuls are recomputed); selective "op" with the plugin's list
-(titans_plugin.adapter.parallelize.SAC_SAVE_LIST: the scan's bmm and the Triton scan op
+(titans_plugin/training/sac.py: the scan's bmm and the Triton scan op
 are kept too). Peak memory is the peak of live tensors (parameters, gradients, activations,
 temporaries) over one forward + backward, from torch's MemTracker, so it is exact and the
 same on any machine; step time is the median of timed steps on this machine.
@@ -25,9 +25,10 @@ from torchtitan.distributed.activation_checkpoint import apply_ac
 
 from bench.common import machine, publish, table
 from devtools.models import debug_model
-from titans_plugin.adapter.parallelize import SAC_SAVE_LIST
 from titans_plugin.model import TitansTransformer
+from titans_plugin.training.sac import sac_save_list
 
+SAC_SAVE_LIST = sac_save_list()
 LLAMA3_SAVE_LIST = SAC_SAVE_LIST - {torch.ops.aten.bmm.default, torch.ops.titans.memory_scan.default}
 POLICIES = {
     "none": None,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import platform
 import re
 import resource
@@ -64,7 +65,7 @@ def write_doc_section(doc: str, name: str, text: str) -> None:
     path = os.path.join(REPO, "docs", doc)
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{text.rstrip()}\n{end}"
-    content = open(path).read() if os.path.exists(path) else ""
+    content = pathlib.Path(path).read_text() if os.path.exists(path) else ""
     if start in content:
         content = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, content, flags=re.S)
     else:

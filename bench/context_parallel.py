@@ -17,6 +17,7 @@ attention halos): the serialised part of the step.
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import tempfile
 import time
@@ -106,7 +107,7 @@ def measure(pattern: str, seq_len: int, size: int, iters: int, overrides: dict |
         return _measure(model, data[:, :-1], data[:, 1:], seq_len, iters, timed)
     with tempfile.TemporaryDirectory() as d:
         run_ranks(_rank, size, pattern, seq_len, iters, timed, d, overrides or {})
-        results = [json.load(open(os.path.join(d, f"{r}.json"))) for r in range(size)]
+        results = [json.loads(pathlib.Path(d, f"{r}.json").read_text()) for r in range(size)]
     peak = max(r[0] for r in results)
     if not timed:
         return peak, None, None

@@ -14,8 +14,8 @@ import time
 import torch
 
 from bench.common import machine, publish, table
-from titans_plugin.adapter.build import build_model, load_dcp_checkpoint, load_job_config, train_args
 from titans_plugin.evals.niah import haystack_ids, run_cell, single_token_keys, tokenizer
+from titans_plugin.torchtitan022.build import build_model, load_dcp_checkpoint, load_job_config, train_args
 
 
 def model_for(config: str, checkpoint: str, max_len: int):

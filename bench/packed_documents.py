@@ -168,10 +168,7 @@ def scanned_slots(pattern: str, titans, ids) -> float:
 
     if "C" in pattern:
         return DocumentLayout.build(ids, math.lcm(titans.chunk_size, titans.segment_len)).n_slots
-    if "L" in pattern:
-        starts = DocumentLayout.build(ids, 1, titans.n_persistent).starts
-    else:
-        starts = document_starts(ids)
+    starts = DocumentLayout.build(ids, 1, titans.n_persistent).starts if "L" in pattern else document_starts(ids)
     return DocumentLanes.build(starts, titans.chunk_size).index.numel() / ids.shape[0]
 
 

@@ -19,6 +19,7 @@ useful TFLOP/s = useful FLOPs / time, as % of the dense bf16 peak.
 
 import argparse
 import json
+import pathlib
 import sys
 
 from bench.common import machine, publish, table
@@ -103,7 +104,7 @@ def main() -> None:
     p.add_argument("--report", required=True, help="JSON from compile_report --ci --json")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
-    reports = json.load(open(args.report))
+    reports = json.loads(pathlib.Path(args.report).read_text())
 
     def spill(kernel):
         rows = [

@@ -7,7 +7,7 @@ hybrid from scratch and against training the Transformer longer, on the embedded
 1. The Transformer (train_configs/debug_attention.toml) trains `--pretrain` steps and
    saves its weights.
 2. From that checkpoint, `--steps` more steps each for: the Transformer itself; a MAG
-   hybrid (debug_mag.toml) converted with `python -m titans_plugin.upcycle`; a stacked MAL
+   hybrid (debug_mag.toml) converted with `python -m titans_plugin.conversion.upcycle`; a stacked MAL
    hybrid (debug_mal.toml) converted with `memory_out_init = zero` and its window widened
    to the sequence, so that it starts as the Transformer.
 3. The same MAG and MAL hybrids trained `--steps` steps from scratch.
@@ -42,7 +42,15 @@ def train(config: str, dump: str, steps: int, val_every: int, extra: list[str]) 
 
 
 def upcycle(source: str, config: str, out: str, sets: list[str]) -> None:
-    cmd = [sys.executable, "-m", "titans_plugin.upcycle", source, os.path.join("train_configs", config), "-o", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "titans_plugin.conversion.upcycle",
+        source,
+        os.path.join("train_configs", config),
+        "-o",
+        out,
+    ]
     for s in sets:
         cmd += ["--set", s]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)

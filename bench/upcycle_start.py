@@ -5,7 +5,7 @@ validation loss of the converted model before any training, against the Transfor
 
 The Transformer (train_configs/debug_attention.toml) trains `--pretrain` steps (the same
 run as bench.upcycle_quality's); its checkpoint is converted with
-`python -m titans_plugin.upcycle` into each hybrid below, and each is evaluated by
+`python -m titans_plugin.conversion.upcycle` into each hybrid below, and each is evaluated by
 torchtitan on the same 10 held-out batches after one step at learning rate 0 (the weights
 do not move: this is the loss of the converted model as written).
 """

@@ -128,7 +128,8 @@ LAYOUTS = {  # name: (processes, extra arguments)
 def write_periodic_corpus(path: str, doc_lengths: tuple[int, ...] = (SEQ_LEN + 1,)) -> str:
     """4 training windows repeated; each window holds documents of `doc_lengths` tokens
     (with BOS and EOS; they add up to one window, seq_len + 1)."""
-    assert sum(doc_lengths) == SEQ_LEN + 1 and min(doc_lengths) >= 3
+    assert sum(doc_lengths) == SEQ_LEN + 1
+    assert min(doc_lengths) >= 3
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
     from titans_plugin.data.paths import TOKENIZER_DIR

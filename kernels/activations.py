@@ -8,7 +8,8 @@ which is what makes it an independent check of the formulas below.
 """
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -67,10 +67,9 @@ def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
         a.append(x)
     a.pop()
     dphi = [act.grad(z[j]) for j in range(L - 1)]
-    d = [None] * L
-    d[L - 1] = 2.0 * (x - v)
+    d = [2.0 * (x - v)]  # filled from the last layer back
     for j in range(L - 2, -1, -1):
-        d[j] = (d[j + 1] @ W[j + 1].mT) * dphi[j]
+        d.insert(0, (d[0] @ W[j + 1].mT) * dphi[j])
 
     clip = None
     theta_eff = theta
@@ -97,7 +96,10 @@ def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
         s = x @ a[j].mT
         hw, hS = x @ W[j], x @ S[j]
         y = c.unsqueeze(-1) * hw + f.unsqueeze(-1) * hS - (s * G) @ d[j]
-        ss.append(s), hWs.append(hw), hSs.append(hS), ys.append(y)
+        ss.append(s)
+        hWs.append(hw)
+        hSs.append(hS)
+        ys.append(y)
         x = act.fn(y) if j < L - 1 else y
 
     g = G[..., -1, :].unsqueeze(-1)
@@ -332,7 +334,7 @@ def chunk_neural_memory(
     L = len(state.weights)
     if q.shape[2] == 0:
         return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
-    init = () if resets is None else tuple(w.to(q.dtype) for w in initial.weights)
+    init = () if resets is None or initial is None else tuple(w.to(q.dtype) for w in initial.weights)
     out = _ChunkScan.apply(
         q,
         k,

@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import json
 import os
+import pathlib
 import re
 import subprocess
 import tempfile
@@ -249,7 +250,7 @@ def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print, 
 def write_section(path: str, body: str, command: str) -> None:
     """Replace the text between the report markers in `path` (a docs page)."""
     begin, end = "<!-- compile-report:begin -->", "<!-- compile-report:end -->"
-    text = open(path).read()
+    text = pathlib.Path(path).read_text()
     if begin not in text or end not in text:
         raise ValueError(f"{path} has no {begin} ... {end} markers")
     import datetime

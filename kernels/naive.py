@@ -13,6 +13,8 @@ gradient of token t is taken at the weights from the start of its chunk (positio
 M is an MLP without biases: h -> act(h W_1) ... W_L (depth 1 is a matrix).
 """
 
+from typing import cast
+
 import torch
 
 from .activations import get_activation
@@ -63,8 +65,8 @@ def naive_neural_memory(
             loss = (memory_mlp(k_t, leaves, act) - v_t).pow(2).sum()
             grads = torch.autograd.grad(loss, leaves, create_graph=outer_grad)
         if max_grad_norm:
-            norm = torch.sqrt(sum(g.pow(2).sum((-2, -1), keepdim=True) for g in grads) + 1e-30)
-            grads = [g * torch.clamp(max_grad_norm / norm, max=1.0) for g in grads]
+            norm = torch.sqrt(cast(torch.Tensor, sum(g.pow(2).sum((-2, -1), keepdim=True) for g in grads)) + 1e-30)
+            grads = tuple(g * torch.clamp(max_grad_norm / norm, max=1.0) for g in grads)
         if t % chunk_size == 0:
             chunk_start = leaves  # same values; keeps any graph through the leaves
             weights = leaves

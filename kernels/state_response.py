@@ -13,7 +13,7 @@ each column of [W0; S0] independently, so it is the scan of the 2D unit columns:
     W_T  = W_T(from zero)  + P_W @ [W0; S0]      P_W [B, H, D, 2D]
     S_T  = S_T(from zero)  + P_S @ [W0; S0]      P_S [B, H, D, 2D]
 
-Context parallel uses this (blocks/sharded_memory.py): a shard scans from zero and
+Context parallel uses this (context_parallel/memory.py): a shard scans from zero and
 computes U, P without waiting for the shard before it; the state it receives then costs
 one small matmul. U and P come from the same scan as everything else (any backend, its
 own backward), run with 2D value columns.

@@ -65,7 +65,7 @@ def shared_memory_problem(meta: dict, dtype: torch.dtype, arch: int, limit: int,
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_problem(meta_items: tuple, dtype: torch.dtype, device_index: int) -> str | None:
     """shared_memory_problem for a CUDA device, once per configuration and device."""
     props = torch.cuda.get_device_properties(device_index)

@@ -369,7 +369,7 @@ def memory_scan_backward(
         max_grad_norm,
         **args,
     )
-    return dq, dk, dv, *dgates, dstate0, dinit
+    return (dq, dk, dv, *dgates, dstate0, dinit)  # type: ignore[return-value]  # dgates: three
 
 
 @memory_scan_backward.register_fake
@@ -506,6 +506,7 @@ def triton_neural_memory(
         flags, init = q.new_zeros(0, dtype=torch.int8), flat.new_zeros(0)
     else:
         check_resets(q, resets, initial, state, chunk_size)  # the kernels read row b of both
+        assert initial is not None
         flags, init = resets.to(torch.int8), pack_weights(initial.weights)
     inputs = (q, k.to(q.dtype), v.to(q.dtype), theta.float(), log_eta, log_retain, flat, flags, init)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)

@@ -140,10 +140,7 @@ def chunk_inputs(
         q_ptr, k_ptr, v_ptr, theta_ptr, le_ptr, lr_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
-    if DEPTH == 2:
-        d1 = get(d1p, BC, BV)
-    else:
-        d1 = v
+    d1 = get(d1p, BC, BV) if DEPTH == 2 else v
     theta_eff = get_vec(vec, V_THETA_EFF, BC)
     return row0, valid, last, q, k, v, theta, le, lr, d1, theta_eff
 

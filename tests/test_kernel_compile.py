@@ -20,6 +20,8 @@ import torch
 
 from titans_plugin.kernels import dispatch, triton_op
 
+pytestmark = pytest.mark.slow  # ahead-of-time compiles for sm_90 and sm_80 (about a minute)
+
 # Spill stores per thread (bytes), by kernel and architecture: the targets (measured worst of
 # depth 1 and 2: forwards 0 B, backward 128 B sm_90 and 888 B sm_80), and for the sm_80
 # inference forward (8 B measured) a regression ceiling.

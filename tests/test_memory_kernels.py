@@ -86,7 +86,8 @@ def test_gates_at_their_bounds_are_exact_and_differentiable():
     y, s = chunk_neural_memory(q, k, v, theta, eta, alpha, state, chunk_size=4)
     assert max_rel_err(y, y_ref) < 1e-12
     g_eta, g_alpha = torch.autograd.grad(y.sum() + s.weights[0].sum(), [eta, alpha])
-    assert torch.isfinite(g_eta).all() and torch.isfinite(g_alpha).all()
+    assert torch.isfinite(g_eta).all()
+    assert torch.isfinite(g_alpha).all()
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
@@ -106,7 +107,8 @@ def test_fp32_state_for_low_precision_inputs():
     inputs, state = memory_inputs(dtype=torch.float32)
     inputs = tuple(x.to(torch.bfloat16) for x in inputs)
     y, s = chunk_neural_memory(*inputs, state, chunk_size=4)
-    assert y.dtype == torch.float32 and s.weights[0].dtype == torch.float32
+    assert y.dtype == torch.float32
+    assert s.weights[0].dtype == torch.float32
 
 
 def test_bad_chunk_size_names_the_field():
@@ -118,7 +120,8 @@ def test_bad_chunk_size_names_the_field():
 def test_empty_sequence_returns_state_unchanged():
     inputs, state = memory_inputs(T=0)
     y, s = chunk_neural_memory(*inputs, state, chunk_size=4)
-    assert y.shape[1] == 0 and torch.equal(s.weights[0], state.weights[0])
+    assert y.shape[1] == 0
+    assert torch.equal(s.weights[0], state.weights[0])
 
 
 @pytest.mark.parametrize("chunk", [1, 4])

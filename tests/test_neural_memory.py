@@ -90,18 +90,20 @@ def test_16k_tokens_stay_finite_in_fp32():
 def test_gates_start_at_their_configured_fractions():
     m = _memory(lr_init=0.02, forget_init=1e-4, max_lr=0.5)
     torch.nn.init.zeros_(m.w_gates.weight)  # only the biases speak
-    theta, eta, alpha = m._gates(torch.randn(1, 3, 24, dtype=torch.float64))
+    theta, eta, alpha = m.gates(torch.randn(1, 3, 24, dtype=torch.float64))
     assert torch.allclose(theta, torch.full_like(theta, 0.02 * 0.5))
     assert torch.allclose(eta, torch.full_like(eta, 0.9))
     assert torch.allclose(alpha, torch.full_like(alpha, 1e-4))
 
 
 def test_gates_respect_configured_bounds():
+    """Saturating inputs drive every gate to both ends of its range: within (0, bound),
+    and reaching the bound (a gate scaled by a smaller bound fails) and 0."""
     m = _memory(max_lr=0.05, max_momentum=0.5, max_forget=0.25)
-    theta, eta, alpha = m._gates(100 * torch.randn(2, 9, 24, dtype=torch.float64))
-    assert 0 <= theta.min() and theta.max() <= 0.05
-    assert 0 <= eta.min() and eta.max() <= 0.5
-    assert 0 <= alpha.min() and alpha.max() <= 0.25
+    gates = m.gates(100 * torch.randn(2, 9, 24, dtype=torch.float64))
+    for gate, bound in zip(gates, (0.05, 0.5, 0.25), strict=True):
+        assert 0 <= gate.min() <= 0.01 * bound
+        assert 0.99 * bound <= gate.max() <= bound
 
 
 def _state_tensors(s) -> list[torch.Tensor]:
@@ -113,7 +115,8 @@ def test_state_is_detachable_for_truncated_backprop():
     x = torch.randn(1, 9, 24, dtype=torch.float64)  # 9 tokens, chunk 4: one token pending
     _, s = m(x)
     tensors = _state_tensors(s)
-    assert len(s.pending) == 6 and s.conv_tail is not None  # every kind of state is present
+    assert len(s.pending) == 6
+    assert s.conv_tail is not None
     assert all(t.grad_fn is not None for t in tensors)  # the state is in the graph
     s = s.detach()
     assert all(t.grad_fn is None and not t.requires_grad for t in _state_tensors(s))
@@ -123,7 +126,7 @@ def test_state_is_detachable_for_truncated_backprop():
 
 
 @pytest.mark.parametrize(
-    "field, value, allowed",
+    ("field", "value", "allowed"),
     [
         ("chunk_size", 0, ">= 1"),
         ("memory_heads", 5, "divisor of model.dim=24"),
@@ -146,8 +149,8 @@ def test_state_is_detachable_for_truncated_backprop():
 )
 def test_bad_configuration_names_field_and_allowed_values(field, value, allowed):
     cfg = TitansConfig(**{"pattern": "CLM", "memory_heads": 2, field: value})
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=f"titans.{field} must be") as err:
         cfg.validate(dim=24, n_layers=2)
-    assert f"titans.{field} must be" in str(err.value) and allowed in str(err.value)
+    assert allowed in str(err.value)
     # A configuration without memory layers does not read the memory (or MAC, MAL) fields.
     dataclasses.replace(cfg, pattern="A").validate(dim=24, n_layers=2)

@@ -120,7 +120,7 @@ SHORT_SEGMENTS = dict(segment_len=2, chunk_size=2, conv_kernel=4)
 
 
 @pytest.mark.parametrize(
-    "pattern, kernel, overrides", [(p, k, {}) for p, k in CASES] + [("C", "chunk", SHORT_SEGMENTS)]
+    ("pattern", "kernel", "overrides"), [(p, k, {}) for p, k in CASES] + [("C", "chunk", SHORT_SEGMENTS)]
 )
 def test_packed_batch_equals_each_document_alone(pattern, kernel, overrides):
     model = tiny_model(pattern, n_layers=len(pattern) if len(pattern) > 1 else 2, kernel=kernel, **overrides)

@@ -10,9 +10,11 @@ from titans_plugin.evals.recall_tasks import IGNORE, N_VALUES, NEEDLE, QUERY, SE
 def test_passkey_answer_is_the_needles_key_far_enough_back():
     g = torch.Generator().manual_seed(0)
     x, y = make_batch("passkey", 64, 96, 64, g)
-    assert x.shape == y.shape == (64, 96) and x.max() < VOCAB
+    assert x.shape == y.shape == (64, 96)
+    assert x.max() < VOCAB
     assert (x[:, -1] == QUERY).all()
-    assert ((y != IGNORE).sum(1) == 1).all() and (y[:, -1] != IGNORE).all()
+    assert ((y != IGNORE).sum(1) == 1).all()
+    assert (y[:, -1] != IGNORE).all()
     for row in range(64):
         (pos,) = (x[row] == NEEDLE).nonzero()[0]
         assert (x[row] == NEEDLE).sum() == 1
@@ -30,7 +32,8 @@ def test_mqar_every_query_gets_its_pairs_value():
         for t in answers:
             assert x[row, t - 1] == SEP
             value, where = pairs[x[row, t].item()]
-            assert y[row, t] == value and t - where >= 64
+            assert y[row, t] == value
+            assert t - where >= 64
 
 
 def test_bad_task_and_too_short_sequences_are_errors():

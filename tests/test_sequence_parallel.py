@@ -7,7 +7,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from devtools.models import max_rel_err, tiny_model
 from devtools.ranks import run_ranks
-from titans_plugin.adapter.tensor_parallel import apply_tensor_parallel
+from titans_plugin.training.tensor_parallel import apply_tensor_parallel
 
 T = 24
 CASES = [

@@ -26,6 +26,8 @@ from titans_plugin.kernels import (
 )
 from titans_plugin.memory import MemoryConfig, NeuralMemory
 
+pytestmark = pytest.mark.slow  # the Triton interpreter (minutes)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -62,7 +64,8 @@ def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, refere
         y_ref, s_ref = naive_neural_memory(*ins_ref, st_ref, kw["activation"], kw["chunk_size"], kw["max_grad_norm"])
     ins, st = _to(inputs, state, dtype)
     y, s = triton_neural_memory(*ins, st, **kw)
-    assert y.dtype == dtype and all(t.dtype == torch.float32 for t in flat(s))
+    assert y.dtype == dtype
+    assert all(t.dtype == torch.float32 for t in flat(s))
     assert max_rel_err(y.double().cpu(), y_ref) < tol
     for a, b in zip(flat(s), flat(s_ref)):
         assert max_rel_err(a.double().cpu(), b) < tol
@@ -75,7 +78,7 @@ def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, refere
 
 # (depth 2, chunk 16, T 37) is left out: test_several_state_tiles_and_checkpoint_groups runs
 # depth 2 at chunk 16 over more chunks, and (24, 50) covers a ragged multi-chunk run.
-@pytest.mark.parametrize("depth,chunk,T", [(1, 16, 37), (1, 24, 50), (2, 24, 50), (1, 16, 5), (2, 16, 5)])
+@pytest.mark.parametrize(("depth", "chunk", "T"), [(1, 16, 37), (1, 24, 50), (2, 24, 50), (1, 16, 5), (2, 16, 5)])
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_matches_chunked_path_on_ragged_shapes(depth, chunk, T, clip):
     """chunk 24 pads to a 32-token tile, T=5 is a single short chunk, D=20 and hidden=36
@@ -108,9 +111,12 @@ def test_phased_forward(monkeypatch):
 
 def test_phased_forward_is_chosen_where_the_walk_spills():
     """Phases where the one walk spills (docs/kernels.md): sm_80, and sm_90 above 64-wide tiles."""
-    assert triton_op.phased_forward(2, 80, 64, 64) and triton_op.phased_forward(2, 86, 32, 64)
-    assert not triton_op.phased_forward(2, 90, 64, 64) and not triton_op.phased_forward(2, None, 64, 128)
-    assert triton_op.phased_forward(2, 90, 64, 128) and triton_op.phased_forward(2, 90, 128, 64)
+    assert triton_op.phased_forward(2, 80, 64, 64)
+    assert triton_op.phased_forward(2, 86, 32, 64)
+    assert not triton_op.phased_forward(2, 90, 64, 64)
+    assert not triton_op.phased_forward(2, None, 64, 128)
+    assert triton_op.phased_forward(2, 90, 64, 128)
+    assert triton_op.phased_forward(2, 90, 128, 64)
     assert not triton_op.phased_forward(1, 80, 64, 64)  # the depth-1 forward does not spill on sm_80
 
 
@@ -156,8 +162,8 @@ def test_checkpoint_interval_keeps_saved_state_within_budget():
     assert triton_op.checkpoint_interval(n, 64) == 4
     assert n * 4 / (4 * 64) == triton_op.SAVED_BYTES_PER_TOKEN
     assert triton_op.checkpoint_interval(triton_op.state_size(64, 0, 64), 64) == 1
+    inputs, state = memory_inputs(B=1, T=4, H=1, D=4, depth=1, dtype=torch.float32)
     with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
-        inputs, state = memory_inputs(B=1, T=4, H=1, D=4, depth=1, dtype=torch.float32)
         triton_neural_memory(*[t.to(DEVICE) for t in inputs], state, checkpoint_every=0)
 
 
@@ -243,7 +249,7 @@ def _op_args(depth, requires_grad, resets=False):
     return (*tensors[:7], flags, tensors[7], 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2)
 
 
-@pytest.mark.parametrize("depth,resets", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize(("depth", "resets"), [(1, False), (2, False), (2, True)])
 def test_opcheck(depth, resets):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch."""
     torch.library.opcheck(torch.ops.titans.memory_scan.default, _op_args(depth, True, resets))

@@ -1,7 +1,10 @@
 """Titans blocks: drop-in replacements for torchtitan's llama3 TransformerBlock.
 
 BLOCK_TYPES is the registry: the layer spec's alphabet, the config validation and the
-model builder all read it. A new block type is a TitansBlockBase subclass listed here."""
+model builder all read it. A new block type is a TitansBlockBase subclass listed here.
+A block is built from llama3-style sizes and the settings its `__init__` names
+(titans_plugin/model/layers.py fills them from the `[titans]` section); it never reads
+the section itself."""
 
 from .attention_block import AttentionBlock, SlidingWindowBlock
 from .base import TitansBlockBase
@@ -15,13 +18,6 @@ BLOCK_TYPES: dict[str, type[TitansBlockBase]] = {
 }
 
 
-def build_block(letter: str, layer_id: int, model_args, titans) -> TitansBlockBase:
-    """model_args: anything with llama3's fields (dim, n_heads, n_kv_heads, multiple_of,
-    ffn_dim_multiplier, norm_eps, depth_init, n_layers), e.g. torchtitan's
-    TransformerModelArgs or our TitansModelArgs; titans: a validated TitansConfig."""
-    return BLOCK_TYPES[letter](layer_id, model_args, titans)
-
-
 __all__ = [
     "AttentionBlock",
     "BLOCK_TYPES",
@@ -31,5 +27,4 @@ __all__ = [
     "MALBlock",
     "SlidingWindowBlock",
     "TitansBlockBase",
-    "build_block",
 ]

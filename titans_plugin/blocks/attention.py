@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from titans_plugin.context_parallel import RING_DEVICES, ring_causal_attention
+
 from .documents import document_starts, positions_in_document, same_document
-from .ring_attention import RING_DEVICES, ring_causal_attention
 from .rope import apply_rope, rope_freqs
 
 
@@ -227,7 +228,7 @@ class Attention(nn.Module):
         the keys and values of the n positions just before pos (n = pos without a
         window, min(window - 1, pos) with one). No mask larger than a block is kept."""
         T = q.shape[1]
-        if self.window is not None and T > self.window:
+        if self.window is not None and self.window < T:
             return banded_attention(q, k, v, self.window, pk, pv, past=past)
         n = past[0].shape[1]
         k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
@@ -239,7 +240,7 @@ class Attention(nn.Module):
 
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: x [B, T, dim] is one contiguous shard of the sequence
-        (blocks/sequence_shard.py); the keys and values of earlier positions come from the
+        (context_parallel/transport.py); the keys and values of earlier positions come from the
         shards before it: the last window - 1, or all of them without a window (passed
         along the shards by ring attention on CPU and CUDA; gathered when there are
         persistent tokens, and on other devices)."""
@@ -258,7 +259,7 @@ class Attention(nn.Module):
         (packed documents, a whole sequence): no query sees another document's keys;
         persistent tokens stay visible to every query."""
         B, T, _ = x.shape
-        pos = 0 if cache is None else cache.pos
+        pos: int | torch.Tensor = 0 if cache is None else cache.pos
         if doc_ids is not None:  # RoPE counts from each document's start, as alone
             if cache is not None:
                 raise ValueError("document ids apply to a whole sequence, not to decoding with a cache")
@@ -268,7 +269,7 @@ class Attention(nn.Module):
         if doc_ids is not None:
             if self.window is None and pk is None:
                 out = document_causal_attention(q, k, v, doc_ids)
-            elif self.window is not None and T > self.window:
+            elif self.window is not None and self.window < T:
                 out = banded_attention(q, k, v, self.window, pk, pv, doc_ids)
             else:
                 t = torch.arange(T, device=x.device)
@@ -278,6 +279,7 @@ class Attention(nn.Module):
             out = causal_attention(q, k, v)  # fused causal kernel, no T x T mask
         else:
             past = (k[:, :0], v[:, :0]) if cache is None else (cache.k, cache.v)
+            assert isinstance(pos, int)  # document ids were handled above
             out = self._attend_continuing(q, k, v, past, pos, pk, pv)
             k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])

@@ -11,12 +11,9 @@ class AttentionBlock(TitansBlockBase):
     variant = "attention"
     description = "full causal attention"
 
-    def __init__(self, layer_id: int, model_args, titans=None):
+    def __init__(self, layer_id: int, model_args, window: int | None = None):
         super().__init__(layer_id, model_args)
-        self.attention = self._make_attention(model_args, self._window(titans))
-
-    def _window(self, titans) -> int | None:
-        return None
+        self.attention = self._make_attention(model_args, window)
 
     def mix(self, x, freqs_cis, cache, docs=None):
         return self.attention(x, freqs_cis, cache, docs)
@@ -34,7 +31,6 @@ class SlidingWindowBlock(AttentionBlock):
     letter = "W"
     variant = "swa"
     description = "sliding-window attention"
-    config_fields = ("window",)
 
-    def _window(self, titans) -> int:
-        return titans.window
+    def __init__(self, layer_id: int, model_args, *, window: int):
+        super().__init__(layer_id, model_args, window)

@@ -4,19 +4,20 @@
     out = h + feed_forward(ffn_norm(h))
 
 A block type defines `mix` (its sequence mixer), the cache that mix carries for
-incremental decoding, and who it is: its layer-spec letter, what it reads from the
-`[titans]` section, and how many keys each query attends to (for the FLOP count).
+incremental decoding, and who it is: its layer-spec letter, the settings it reads (the
+keyword-only parameters of its `__init__`, each a `[titans]` field of the same name; a
+`memory` parameter takes the memory's MemoryConfig), and how many keys each query
+attends to (for the FLOP count).
 Submodule names follow torchtitan's llama3 TransformerBlock (attention, attention_norm,
 ffn_norm, feed_forward) so its sharding plans and checkpoint keys apply to the parts we
 share.
 """
 
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
-
-from titans_plugin.memory import MemoryConfig
 
 from .attention import Attention
 from .feed_forward import FeedForward, ffn_hidden_dim
@@ -28,16 +29,24 @@ class TitansBlockBase(nn.Module):
     letter: ClassVar[str]
     variant: ClassVar[str]  # name of a model made only of this block ("mac")
     description: ClassVar[str]
-    # [titans] fields this block type reads, validated only when a layer uses it.
-    config_fields: ClassVar[tuple[str, ...]] = ()
+    # Derived from __init__'s keyword-only parameters: the settings this block type reads
+    # (validated only when a layer uses it), and whether it takes a memory.
+    settings: ClassVar[tuple[str, ...]] = ()
     has_memory: ClassVar[bool] = False
     # Sequence parallel (adapter/tensor_parallel.py): the row-wise projections whose output
     # the block reads on the whole sequence (they stay all-reduced), the identity module
     # where such an output joins the stream, and norms over sub-layer outputs that keep
     # the rank's tokens (the stream's own norms, stream_norms, gather).
     whole_sequence_outputs: ClassVar[tuple[str, ...]] = ()
-    joins_stream: ClassVar[str | None] = None
+    joins_stream: str | None = None
     token_norms: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        params = inspect.signature(cls.__init__).parameters.values()
+        keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+        cls.has_memory = "memory" in keywords
+        cls.settings = tuple(name for name in keywords if name != "memory")
 
     def __init__(self, layer_id: int, model_args):
         super().__init__()
@@ -46,7 +55,10 @@ class TitansBlockBase(nn.Module):
         self.dim = dim
         self.attention_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
         self.ffn_norm = nn.RMSNorm(dim, eps=model_args.norm_eps)
-        self.feed_forward = FeedForward(dim, ffn_hidden_dim(dim, model_args.multiple_of, model_args.ffn_dim_multiplier))
+        hidden = getattr(model_args, "ffn_hidden_dim", 0) or ffn_hidden_dim(
+            dim, model_args.multiple_of, model_args.ffn_dim_multiplier
+        )
+        self.feed_forward = FeedForward(dim, hidden)
         # Identity; a hook for the tensor-parallel plan (adapter/tensor_parallel.py) where
         # a mixer's output covers the whole sequence and the stream is sequence-sharded.
         self.mixer_output = nn.Identity()
@@ -65,10 +77,6 @@ class TitansBlockBase(nn.Module):
             model_args.dim, model_args.n_heads, model_args.n_kv_heads, window=window, n_persistent=n_persistent
         )
 
-    @staticmethod
-    def _memory_config(model_args, titans) -> MemoryConfig:
-        return titans.memory_config(model_args.dim)
-
     def mix(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache, docs: torch.Tensor | None = None):
         """x [B, T, dim] (already normed) -> (out [B, T, dim], cache). docs [B, T]: the
         document index of every token of a packed batch (blocks/documents.py); every
@@ -79,7 +87,7 @@ class TitansBlockBase(nn.Module):
         """torchtitan's llama3 TransformerBlock signature. attention_masks: None (causal)
         or the document ids [B, T] that the model builds for
         titans.attn_mask_type = "block_causal". shard: context parallel, x is this
-        SequenceShard of the sequence (blocks/sequence_shard.py)."""
+        SequenceShard of the sequence (context_parallel/transport.py)."""
         if positions is not None:
             raise ValueError(f"{type(self).__name__} takes no positions (they must be None)")
         if shard is not None:
@@ -128,9 +136,9 @@ class TitansBlockBase(nn.Module):
         block's output std; the rest (norms, gate, persistent tokens) their own init."""
         for child in self.children():
             if hasattr(child, "init_weights"):
-                child.init_weights(self.weight_init_std)
+                cast(Any, child).init_weights(self.weight_init_std)
             elif hasattr(child, "reset_parameters"):
-                child.reset_parameters()
+                cast(Any, child).reset_parameters()
 
     # -- cost, torchtitan's MFU convention (model/flops.py) ---------------------------
     def attention_context(self, seq_len: int) -> int:

@@ -36,6 +36,15 @@ def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ids
 
 
+def document_ids_from_positions(positions: torch.Tensor) -> torch.Tensor:
+    """The document index of every token [B, T] from per-document positions (0 where a
+    document starts, as torchtitan 0.3's dataloader yields them); a row's first token
+    always starts one."""
+    starts = positions == 0
+    starts[:, 0] = True
+    return starts.long().cumsum(dim=1) - 1
+
+
 def same_document(ids_q: torch.Tensor, ids_k: torch.Tensor) -> torch.Tensor:
     """[..., T, S] True where query and key belong to the same document."""
     return ids_q.unsqueeze(-1) == ids_k.unsqueeze(-2)

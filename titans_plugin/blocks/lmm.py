@@ -1,22 +1,21 @@
 """LMM: the neural memory alone as the sequence mixer (paper section 4.4)."""
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+from titans_plugin.context_parallel import run_sharded_memory
+from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState
 
 from .base import TitansBlockBase
 from .documents import run_memory_on_documents
-from .sharded_memory import run_sharded_memory
 
 
 class LMMBlock(TitansBlockBase):
     letter = "M"
     variant = "lmm"
     description = "LMM (memory only)"
-    has_memory = True
 
-    def __init__(self, layer_id: int, model_args, titans):
+    def __init__(self, layer_id: int, model_args, *, memory: MemoryConfig, cp_scan: str):
         super().__init__(layer_id, model_args)
-        self.memory = NeuralMemory(self._memory_config(model_args, titans))
-        self.parallel_scan = titans.cp_scan == "parallel"
+        self.memory = NeuralMemory(memory)
+        self.parallel_scan = cp_scan == "parallel"
 
     def mix(self, x, freqs_cis, cache: NeuralMemoryState | None, docs=None):
         if docs is not None:
@@ -25,7 +24,7 @@ class LMMBlock(TitansBlockBase):
 
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: only the memory's scan continues from the previous shard
-        (blocks/sharded_memory.py); the feed-forward does not wait for the next one."""
+        (context_parallel/memory.py); the feed-forward does not wait for the next one."""
         m = run_sharded_memory(
             self.memory, self.attention_norm(x), shard, self.sequence_start_parameters(), self.parallel_scan
         )

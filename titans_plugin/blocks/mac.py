@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState
 
 from .attention import masked_attention
 from .base import TitansBlockBase
@@ -53,18 +53,25 @@ class MACBlock(TitansBlockBase):
     letter = "C"
     variant = "mac"
     description = "MAC (memory as context)"
-    config_fields = ("segment_len", "n_persistent", "mac_memory_input")
-    has_memory = True
     # per segment, retrieved tokens feed the attention, whose output feeds the update
     whole_sequence_outputs = ("attention.wo", "memory.wo")
     joins_stream = "mixer_output"
 
-    def __init__(self, layer_id: int, model_args, titans):
+    def __init__(
+        self,
+        layer_id: int,
+        model_args,
+        *,
+        memory: MemoryConfig,
+        segment_len: int,
+        n_persistent: int,
+        mac_memory_input: str,
+    ):
         super().__init__(layer_id, model_args)
-        self.segment_len = titans.segment_len
-        self.store_residual = titans.mac_memory_input == "residual"
-        self.attention = self._make_attention(model_args, None, titans.n_persistent)
-        self.memory = NeuralMemory(self._memory_config(model_args, titans))
+        self.segment_len = segment_len
+        self.store_residual = mac_memory_input == "residual"
+        self.attention = self._make_attention(model_args, None, n_persistent)
+        self.memory = NeuralMemory(memory)
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
 
     def _empty_cache(self, x: torch.Tensor, freqs_cis: torch.Tensor) -> MACCache:
@@ -119,6 +126,7 @@ class MACBlock(TitansBlockBase):
     def _begin_segment(self, cache: MACCache) -> MACCache:
         """A new segment reads the memory as the previous segment left it."""
         empty_k = cache.segment_k[:, :0]
+        assert cache.memory is not None  # a segment has been stored
         return cache._replace(
             segment_weights=cache.memory.memory.weights,
             segment_k=empty_k,

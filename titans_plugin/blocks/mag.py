@@ -7,13 +7,13 @@ x --+--> SW-Attn([persistent || x]) ---> y --+
 
 from typing import NamedTuple
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+from titans_plugin.context_parallel import run_sharded_memory
+from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
 from .documents import run_memory_on_documents
 from .gate import MemoryGate
-from .sharded_memory import run_sharded_memory
 
 
 class MAGCache(NamedTuple):
@@ -25,16 +25,16 @@ class MAGBlock(TitansBlockBase):
     letter = "G"
     variant = "mag"
     description = "MAG (memory as gate)"
-    config_fields = ("window", "n_persistent")
-    has_memory = True
     token_norms = ("gate.norm_y", "gate.norm_m")  # the gate reads both sub-layers per token
 
-    def __init__(self, layer_id: int, model_args, titans):
+    def __init__(
+        self, layer_id: int, model_args, *, memory: MemoryConfig, window: int, n_persistent: int, cp_scan: str
+    ):
         super().__init__(layer_id, model_args)
-        self.attention = self._make_attention(model_args, titans.window, titans.n_persistent)
-        self.memory = NeuralMemory(self._memory_config(model_args, titans))
+        self.attention = self._make_attention(model_args, window, n_persistent)
+        self.memory = NeuralMemory(memory)
         self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
-        self.parallel_scan = titans.cp_scan == "parallel"
+        self.parallel_scan = cp_scan == "parallel"
 
     def mix(self, x, freqs_cis, cache: MAGCache | None, docs=None):
         if docs is not None:
@@ -47,7 +47,7 @@ class MAGBlock(TitansBlockBase):
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: the attention runs first, needing only the earlier keys,
         while the previous shard may still be scanning; then the memory continues from
-        the state that shard hands over (blocks/sharded_memory.py)."""
+        the state that shard hands over (context_parallel/memory.py)."""
         xn = self.attention_norm(x)
         y = self.attention.forward_shard(xn, freqs_cis, shard)
         m = run_sharded_memory(self.memory, xn, shard, self.sequence_start_parameters(), self.parallel_scan)

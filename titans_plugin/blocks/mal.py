@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from titans_plugin.memory import NeuralMemory, NeuralMemoryState
+from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState
 
 from .attention import KVCache
 from .base import TitansBlockBase
@@ -38,21 +38,22 @@ class MALBlock(TitansBlockBase):
     letter = "L"
     variant = "mal"
     description = "MAL (memory as layer)"
-    config_fields = ("window", "n_persistent", "mal_form")
-    has_memory = True
     # its persistent prefix is cut from the memory output after the projection (fused:
     # and the attention reads it)
     whole_sequence_outputs = ("memory.wo",)
 
-    def __init__(self, layer_id: int, model_args, titans):
+    def __init__(
+        self, layer_id: int, model_args, *, memory: MemoryConfig, window: int, n_persistent: int, mal_form: str
+    ):
         super().__init__(layer_id, model_args)
-        self.stacked = titans.mal_form == "stacked"
+        self.stacked = mal_form == "stacked"
+        self.joins_stream = "memory_output" if self.stacked else None
         if self.stacked:
             self.memory_norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
             self.memory_output = nn.Identity()  # a hook for the tensor-parallel plan, as mixer_output
-        self.memory = NeuralMemory(self._memory_config(model_args, titans))
-        self.persistent = make_persistent(titans.n_persistent, model_args.dim)  # the memory's prefix
-        self.attention = self._make_attention(model_args, titans.window)
+        self.memory = NeuralMemory(memory)
+        self.persistent = make_persistent(n_persistent, model_args.dim)  # the memory's prefix
+        self.attention = self._make_attention(model_args, window)
 
     def _memory(self, x, cache: MALCache | None, docs=None):
         if docs is not None:  # every document gets the persistent prefix
@@ -77,10 +78,6 @@ class MALBlock(TitansBlockBase):
         a, kv = self.attention(self.attention_norm(h), freqs_cis, None if cache is None else cache.attention, docs)
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
-
-    @property
-    def joins_stream(self) -> str | None:
-        return "memory_output" if self.stacked else None
 
     def stream_norms(self) -> list[str]:
         return super().stream_norms() + (["memory_norm"] if self.stacked else [])

@@ -33,7 +33,7 @@ def _filler(B: int, T: int, g: torch.Generator) -> torch.Tensor:
 def passkey_batch(B: int, T: int, min_distance: int, g: torch.Generator):
     """The needle is placed uniformly in [1, T - 2 - min_distance]; the query is the last
     token, so its prediction (the passkey) is the target at position T - 1."""
-    if T < min_distance + 4:
+    if min_distance + 4 > T:
         raise ValueError(f"passkey: seq_len {T} must be >= min_distance {min_distance} + 4")
     tokens = _filler(B, T, g)
     targets = torch.full((B, T), IGNORE)
@@ -51,7 +51,7 @@ def mqar_batch(B: int, T: int, min_distance: int, g: torch.Generator, n_pairs: i
     """Pairs at the start, queries (SEP key) at the end; filler between keeps every query
     at least min_distance tokens after its pair."""
     span = 2 * n_pairs
-    if T < 2 * span + min_distance:
+    if 2 * span + min_distance > T:
         raise ValueError(f"mqar: seq_len {T} must be >= 4 * n_pairs + min_distance")
     tokens = _filler(B, T, g)
     targets = torch.full((B, T), IGNORE)

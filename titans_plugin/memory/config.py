@@ -3,46 +3,81 @@
 from dataclasses import dataclass
 
 from titans_plugin.kernels import ACTIVATIONS, BACKENDS, TRITON_DEPTHS
+from titans_plugin.utils.fields import at_least_zero, fraction, integer, one_of, positive, setting
 
-# Allowed values, for whoever validates a user's configuration (titans_plugin/config.py).
+# Allowed values, for whoever validates a user's configuration (titans_plugin/config/titans.py).
 GATE_MODES = ("token", "chunk")
 __all__ = ["ACTIVATIONS", "BACKENDS", "GATE_MODES", "MemoryConfig", "TRITON_DEPTHS"]
 
 
 @dataclass
 class MemoryConfig:
-    """Every field has a default that runs on CPU. `dim` is the model width the memory
-    reads from and writes back to. Trusted as given: the user's `[titans]` section is
-    validated where it enters (titans_plugin/config.py)."""
+    """One neural memory. Each field but `dim` is declared here once, with its default
+    (which runs on CPU), its check and its help text; the `[titans]` section maps its
+    memory fields onto these (titans_plugin/config/titans.py) and validates them with
+    these checks. `dim` is the model width the memory reads from and writes back to.
+    Trusted as given: a user's values are validated where they enter."""
 
     dim: int = 256
-    n_heads: int = 4
-    head_dim: int | None = None  # None: dim // n_heads (never the full width by accident)
-    depth: int = 2  # layers of the memory MLP; 1 is a linear (matrix) memory
-    expansion: float = 4.0  # hidden width of a deep memory = expansion * head_dim
-    activation: str = "silu"
-    chunk_size: int = 64  # tokens whose inner gradients share the chunk-start weights
-    conv_kernel: int = 4  # depthwise causal conv after q/k/v projections; 0 turns it off
-    max_lr: float = 0.1  # theta_t in (0, max_lr): the inner learning rate
-    max_momentum: float = 1.0  # eta_t in (0, max_momentum]
-    max_forget: float = 1.0  # alpha_t in (0, max_forget]
+    n_heads: int = setting(4, integer(1), "memory heads")
+    # 0, never the full width by accident: a head dim that grows with the model width
+    # makes the memory quadratic in it
+    head_dim: int = setting(0, integer(0, "(0 = model.dim // memory_heads)"), "memory head dim; 0 = dim // heads")
+    depth: int = setting(2, integer(1, "(1 = linear memory)"), "layers of the memory MLP (1 = linear memory)")
+    expansion: float = setting(4.0, positive(), "hidden width of the memory MLP, x head dim")
+    activation: str = setting("silu", one_of(sorted(ACTIVATIONS)), "activation between memory layers")
+    chunk_size: int = setting(64, integer(1), "tokens whose inner gradients share the chunk-start weights")
+    conv_kernel: int = setting(4, integer(0, "(0 = no convolution)"), "depthwise causal conv after q/k/v (0 = none)")
+    max_lr: float = setting(0.1, positive(), "upper bound of the inner learning rate theta")
+    max_momentum: float = setting(1.0, fraction(closed_above=True), "upper bound of the momentum eta")
+    max_forget: float = setting(1.0, fraction(closed_above=True), "upper bound of the forgetting alpha")
     # Gates at initialisation, as fractions of their maxima (the gate biases are set so).
     # A small lr_init and forget_init start the memory retaining and writing little, which
     # is what lets it hold a fact through far more filler than it was trained on.
-    lr_init: float = 0.1
-    forget_init: float = 0.01
+    lr_init: float = setting(
+        0.1,
+        fraction(closed_above=False, note="(a fraction of titans.max_lr)"),
+        "inner learning rate theta at initialisation, as a fraction of `max_lr`",
+    )
+    forget_init: float = setting(
+        0.01,
+        fraction(closed_above=False, note="(a fraction of titans.max_forget)"),
+        "forgetting alpha at initialisation, as a fraction of `max_forget`; 1e-5 with `max_grad_norm = 4` for "
+        "long contexts: recall at 8x the training length goes from chance to 95-100% "
+        "([length generalisation](results.md#length-generalisation-the-long-context-setting))",
+    )
     # "zero": the output projection starts at zero, so the memory adds nothing until it
     # has learned to (a function-preserving start when converting a trained Transformer)
-    out_init: str = "normal"
+    out_init: str = setting(
+        "normal",
+        one_of(["normal", "zero"]),
+        "zero: the memory's output projection starts at zero, so a memory adds nothing until it learns to; with "
+        "stacked MAL this makes a converted Transformer layer start as the layer it replaced "
+        "([converting.md](converting.md#keeping-the-transformers-weights))",
+    )
     # Per-token clip of the inner gradient (all layers, per head); 0 = off. On by default:
     # chunked updates with correlated keys and momentum near 1 overshoot (docs/memory.md).
-    max_grad_norm: float = 1.0
-    gate_mode: str = "token"  # "chunk": each chunk uses the gates of its first token
-    backend: str = "auto"  # auto = triton on CUDA, chunk elsewhere; chunk/triton force one; naive = per-token reference
+    max_grad_norm: float = setting(
+        1.0,
+        at_least_zero("(0 = no clipping)"),
+        "per-token inner-gradient clip, 0 = off ([why](memory.md#stability-input-norm-and-inner-gradient-clipping-"
+        "measured)); 4 with `forget_init = 1e-5` for long contexts "
+        "([measured](results.md#length-generalisation-the-long-context-setting))",
+    )
+    gate_mode: str = setting("token", one_of(GATE_MODES), "chunk: each chunk uses the gates of its first token")
+    backend: str = setting(
+        "auto",
+        one_of(BACKENDS),
+        "memory scan implementation; auto = the Triton kernels on CUDA (memory depth 1 or 2, when they compile "
+        "within the device's shared memory; otherwise `chunk`, with a one-time warning naming why), the exact "
+        "chunked PyTorch path elsewhere; chunk / triton force one (triton needs CUDA or `TRITON_INTERPRET=1`, and "
+        "depth 1 or 2; forcing it where it cannot launch is an error); naive = the per-token reference "
+        "([kernels.md](kernels.md))",
+    )
 
     @property
     def resolved_head_dim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+        return self.head_dim or self.dim // self.n_heads
 
     @property
     def hidden_dim(self) -> int:

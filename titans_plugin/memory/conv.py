@@ -1,5 +1,7 @@
 """Short depthwise causal convolution that can continue from a saved tail."""
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +31,9 @@ def causal_depthwise_conv(
         t = torch.arange(T, device=x_BTC.device)
         last_start = torch.cummax(torch.where(starts_BT, t, -K), dim=1).values  # -K: none yet
         reach = (t - last_start).unsqueeze(-1)  # how far back this token's document goes
-        out = sum(w[:, K - 1 - m] * xp[:, K - 1 - m : K - 1 - m + T] * (m <= reach) for m in range(K))
+        out = cast(
+            torch.Tensor, sum(w[:, K - 1 - m] * xp[:, K - 1 - m : K - 1 - m + T] * (m <= reach) for m in range(K))
+        )
         tail = xp[:, xp.shape[1] - (K - 1) :]
         tail_pos = torch.arange(T - K + 1, T, device=x_BTC.device)  # negative: the old tail
         return out, tail * (tail_pos >= last_start[:, -1:]).unsqueeze(-1)

@@ -27,13 +27,13 @@ import torch
 
 
 class DocumentLanes(NamedTuple):
-    """index    [n_lanes * n_slots] token (flat over [B, T]) in every lane slot; pads
+    """token_at [n_lanes * n_slots] token (flat over [B, T]) in every lane slot; pads
                 point at B * T, one zero row appended by `pack`
     slot_of  [B * T] lane slot (flat) of every token
     resets   [n_lanes, n_slots // chunk] True before the first chunk of every document
     """
 
-    index: torch.Tensor
+    token_at: torch.Tensor
     slot_of: torch.Tensor
     resets: torch.Tensor
 
@@ -59,7 +59,7 @@ class DocumentLanes(NamedTuple):
         """x [B, T, ...] -> [n_lanes, n_slots, ...], `pad` on pads."""
         flat = x.reshape(-1, *x.shape[2:])
         flat = torch.cat([flat, flat.new_full((1, *x.shape[2:]), pad)])
-        return flat.index_select(0, self.index).view(self.n_lanes, -1, *x.shape[2:])
+        return flat.index_select(0, self.token_at).view(self.n_lanes, -1, *x.shape[2:])
 
     def unpack(self, y: torch.Tensor, batch_size: int) -> torch.Tensor:
         """y [n_lanes, n_slots, ...] -> [B, T, ...]: every token's slot."""

@@ -8,6 +8,10 @@ Streaming: forward(x, state) continues exactly where the last call stopped, for 
 split of the input. Chunks sit at absolute positions, so a call that ends inside a chunk
 keeps that chunk's inputs (`pending`) and its start state; the next call re-runs the
 chunk from there. The outputs are then identical to one call over the whole sequence.
+
+The stages (`project`, `gates`, `chunk_gates`, `scan`, `output`, `record_stats`) are
+public: `forward`, `forward_documents` and context parallel's scan from a zero state
+(titans_plugin/context_parallel/memory.py) compose them.
 """
 
 import math
@@ -17,16 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from titans_plugin.kernels import (
-    MemoryState,
-    add_start_state,
-    get_activation,
-    memory_mlp,
-    neural_memory_scan,
-    response_output,
-    state_response,
-)
-from titans_plugin.kernels.state import state_dtype
+from titans_plugin.kernels import MemoryState, get_activation, memory_mlp, neural_memory_scan
+from titans_plugin.utils.dtensor import copy_whole, local
 
 from .config import MemoryConfig
 from .conv import causal_depthwise_conv
@@ -53,41 +49,8 @@ class NeuralMemoryState(NamedTuple):
         )
 
 
-class ZeroStartScan(NamedTuple):
-    """scan_from_zero's result: the memory input (normed), the output and end state from
-    a zero state, the response to the start state, the gates."""
-
-    xn: torch.Tensor
-    y0: torch.Tensor
-    end0: MemoryState
-    U: torch.Tensor
-    P: MemoryState
-    gates: tuple[torch.Tensor, ...]
-
-
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
-
-
-def _local_heads(param: torch.Tensor) -> torch.Tensor:
-    """This rank's heads of a per-head parameter. The one place the model meets a
-    DTensor: tensor parallel (adapter/tensor_parallel.py) shards the per-head
-    parameters (conv channels, initial memory, output norm) on their head dim, and the
-    scan is plain tensor math on the local heads. Linear layers need nothing: their
-    plan returns local tensors."""
-    return param.to_local() if hasattr(param, "to_local") else param
-
-
-def _copy_whole(param: torch.Tensor, values: torch.Tensor) -> None:
-    """param <- values (the whole tensor), also when FSDP or tensor parallel shards param:
-    a sharded parameter cannot be viewed per head when its shards split heads (12 gate
-    biases over 8 processes)."""
-    values = values.to(device=param.device, dtype=param.dtype)
-    if hasattr(param, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        values = distribute_tensor(values, param.device_mesh, param.placements, src_data_rank=None)
-    param.copy_(values)
 
 
 def _rms(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -98,7 +61,7 @@ def _rms(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
 class NeuralMemory(nn.Module):
     def __init__(self, config: MemoryConfig):
         super().__init__()
-        assert config.head_dim is not None or config.dim % config.n_heads == 0, "n_heads must divide dim"
+        assert config.head_dim or config.dim % config.n_heads == 0, "n_heads must divide dim"
         self.config = config
         H, D = config.n_heads, config.resolved_head_dim
         self.n_heads, self.head_dim = H, D
@@ -143,7 +106,7 @@ class NeuralMemory(nn.Module):
             # head-major [H, 3]: theta ~ lr_init * max_lr, eta ~ 0.9 * max_momentum,
             # alpha ~ forget_init * max_forget
             per_head = torch.tensor([_logit(cfg.lr_init), _logit(0.9), _logit(cfg.forget_init)])
-            _copy_whole(self.w_gates.bias, per_head.repeat(self.n_heads))
+            copy_whole(self.w_gates.bias, per_head.repeat(self.n_heads))
             for conv in (self.conv_q, self.conv_k, self.conv_v):
                 if conv is not None:
                     nn.init.uniform_(conv, -1 / math.sqrt(conv.shape[-1]), 1 / math.sqrt(conv.shape[-1]))
@@ -157,10 +120,10 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         h = lin(x)
         if conv is not None:
-            h, tail = causal_depthwise_conv(h, _local_heads(conv), tail, starts)
+            h, tail = causal_depthwise_conv(h, local(conv), tail, starts)
         return F.silu(h).view(B, T, -1, self.head_dim), tail
 
-    def _project(self, x: torch.Tensor, conv_tail, starts=None):
+    def project(self, x: torch.Tensor, conv_tail, starts=None):
         """q, k, v [B, T, H_local, D] with conv, SiLU and L2-normalised q, k."""
         tails = conv_tail if conv_tail is not None else (None, None, None)
         q, tq = self._project_one(self.wq, self.conv_q, x, tails[0], starts)
@@ -180,9 +143,9 @@ class NeuralMemory(nn.Module):
         """y = M(q) with fixed memory weights (no update), through the output path."""
         q = q_BTHD.transpose(1, 2).to(weights[0].dtype)
         y = memory_mlp(q, weights, get_activation(self.config.activation).fn)
-        return self._output(self.input_norm(x), y.transpose(1, 2))
+        return self.output(self.input_norm(x), y.transpose(1, 2))
 
-    def _gates(self, x: torch.Tensor):
+    def gates(self, x: torch.Tensor):
         """theta in (0, max_lr), eta in (0, max_momentum), alpha in (0, max_forget): [B, T, H]."""
         B, T, _ = x.shape
         z = self.w_gates(x)
@@ -193,7 +156,7 @@ class NeuralMemory(nn.Module):
         alpha = c.max_forget * torch.sigmoid(z[..., 2])
         return theta, eta, alpha
 
-    def _gate_layout(self, seq: tuple) -> tuple:
+    def chunk_gates(self, seq: tuple) -> tuple:
         """q, k, v and the gates of a sequence that starts at a chunk boundary, with
         gate_mode = "chunk" giving every token its chunk's first gates."""
         if self.config.gate_mode != "chunk":
@@ -202,7 +165,7 @@ class NeuralMemory(nn.Module):
         return seq[:3] + tuple(g[:, first] for g in seq[3:])
 
     def initial_state(self, batch_size: int) -> MemoryState:
-        return MemoryState.from_initial(tuple(_local_heads(w) for w in self.init_memory), batch_size)
+        return MemoryState.from_initial(tuple(local(w) for w in self.init_memory), batch_size)
 
     def scan_flops_per_token(self) -> int:
         return self.config.scan_flops_per_token()
@@ -210,7 +173,7 @@ class NeuralMemory(nn.Module):
     def read_flops_per_token(self) -> int:
         return self.config.read_flops_per_token()
 
-    def _scan(self, inputs, state: MemoryState, resets=None):
+    def scan(self, inputs, state: MemoryState, resets=None):
         c = self.config
         return neural_memory_scan(
             *inputs,
@@ -250,8 +213,8 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         C = self.config.chunk_size
         x = self.input_norm(x)
-        q, k, v, conv_tail = self._project(x, None if state is None else state.conv_tail, starts)
-        new = (q, k, v, *self._gates(x))
+        q, k, v, conv_tail = self.project(x, None if state is None else state.conv_tail, starts)
+        new = (q, k, v, *self.gates(x))
         if state is None:
             chunk_start, seen = self.initial_state(B), 0
             seq = new
@@ -259,7 +222,7 @@ class NeuralMemory(nn.Module):
             chunk_start, seen = state.chunk_start, state.seen
             seq = tuple(torch.cat([p.to(n.dtype), n], dim=1) for p, n in zip(state.pending, new))
         n_pending = seq[0].shape[1] - T  # the sequence now starts at a chunk boundary
-        seq = self._gate_layout(seq)
+        seq = self.chunk_gates(seq)
 
         # Full chunks first, then the unfinished tail from the boundary state: the
         # boundary state is what the next call must start from.
@@ -267,7 +230,7 @@ class NeuralMemory(nn.Module):
         resets = None if starts is None else self._chunk_resets(starts, n_pending)
         outs, boundary = [], chunk_start
         if n_full:
-            y, boundary = self._scan(
+            y, boundary = self.scan(
                 tuple(s[:, :n_full] for s in seq), chunk_start, None if resets is None else resets[:, : n_full // C]
             )
             outs.append(y)
@@ -278,12 +241,12 @@ class NeuralMemory(nn.Module):
             boundary = boundary.reset_rows(resets[:, -1], self.initial_state(B))
         final = boundary
         if pending[0].shape[1]:
-            y, final = self._scan(pending, boundary)
+            y, final = self.scan(pending, boundary)
             outs.append(y)
         y = torch.cat(outs, dim=1)[:, n_pending:] if outs else q.new_zeros(B, 0, q.shape[2], q.shape[3])
-        out = self._output(x, y)
+        out = self.output(x, y)
         if self.training:
-            self._record_stats(new[3:], final)
+            self.record_stats(new[3:], final)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
 
     def forward_documents(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -295,66 +258,18 @@ class NeuralMemory(nn.Module):
         sequence is cut there, as a training window cuts it."""
         B = x.shape[0]
         x = self.input_norm(x)
-        q, k, v, _ = self._project(x, None, starts)
-        gates = self._gates(x)
+        q, k, v, _ = self.project(x, None, starts)
+        gates = self.gates(x)
         lanes = DocumentLanes.build(starts, self.config.chunk_size)
         theta, eta, alpha = gates
         seq = (lanes.pack(q), lanes.pack(k), lanes.pack(v), lanes.pack(theta), lanes.pack(eta, 1.0), lanes.pack(alpha))
-        seq = self._gate_layout(seq)
-        y, end = self._scan(seq, self.initial_state(lanes.n_lanes), lanes.resets)
+        seq = self.chunk_gates(seq)
+        y, end = self.scan(seq, self.initial_state(lanes.n_lanes), lanes.resets)
         if self.training:
-            self._record_stats(gates, end)
-        return self._output(x, lanes.unpack(y, B))
+            self.record_stats(gates, end)
+        return self.output(x, lanes.unpack(y, B))
 
-    # -- context parallel for a linear memory (blocks/sharded_memory.py) ---------------
-    def conv_tail_after(self, x_before: torch.Tensor):
-        """The conv tail that tokens x_before [B, n, dim] (the n <= K - 1 tokens just
-        before a shard; fewer at the start of the sequence) leave behind."""
-        if self.conv_q is None:
-            return None
-        xn = self.input_norm(x_before)
-        pad = self.config.conv_kernel - 1 - x_before.shape[1]
-        return tuple(F.pad(lin(xn), (0, 0, pad, 0)) for lin in (self.wq, self.wk, self.wv))
-
-    def scan_from_zero(self, x: torch.Tensor, conv_tail) -> ZeroStartScan:
-        """The scan of x (whole chunks, a chunk boundary first) from a zero state, and
-        its response to the start state (kernels/state_response.py): everything a shard
-        can compute before the previous shard's end state arrives. Depth 1, no clip."""
-        B, T, _ = x.shape
-        c = self.config
-        if c.depth != 1 or c.max_grad_norm or T % c.chunk_size:
-            raise ValueError(
-                "a scan from zero (titans.cp_scan='parallel') needs titans.memory_depth=1 (got "
-                f"{c.depth}), titans.max_grad_norm=0 (got {c.max_grad_norm}) and whole chunks per shard "
-                f"({T} tokens, titans.chunk_size={c.chunk_size})"
-            )
-        xn = self.input_norm(x)
-        q, k, v, _ = self._project(xn, conv_tail)
-        seq = self._gate_layout((q, k, v, *self._gates(xn)))
-        shape = (B, q.shape[2], self.head_dim, self.head_dim)
-        sd = state_dtype(q)
-        zero = torch.zeros(shape, dtype=sd, device=x.device)
-        y0, end0 = self._scan(seq, MemoryState((zero,), (zero,)))
-        # U in the state's dtype: from bf16 inputs it would come back rounded to bf16
-        U, P = state_response(
-            q.to(sd), k.to(sd), *seq[3:], chunk_size=c.chunk_size, activation=c.activation, backend=c.backend
-        )
-        return ZeroStartScan(xn, y0, end0, U, P, seq[3:])
-
-    def hand_over(self, scan: ZeroStartScan, start: MemoryState) -> tuple[torch.Tensor, MemoryState]:
-        """This shard's end state, given the state it starts from (the previous shard's
-        end): one small matmul. Returns the start state stacked [B, H, 2D, D] for
-        output_from, and the end state for the next shard."""
-        X, end = add_start_state(scan.end0, scan.P, start)
-        if self.training:
-            self._record_stats(scan.gates, end)
-        return X, end
-
-    def output_from(self, scan: ZeroStartScan, X: torch.Tensor) -> torch.Tensor:
-        """The memory's output for the start state X (from hand_over)."""
-        return self._output(scan.xn, response_output(scan.y0, scan.U, X))
-
-    def _record_stats(self, gates, final: MemoryState) -> None:
+    def record_stats(self, gates, final: MemoryState) -> None:
         """Detached summaries of the last training forward, for the metrics logger.
         Tensors, not floats: nothing synchronises until the logger reads them."""
         theta, eta, alpha = (g.detach() for g in gates)
@@ -366,10 +281,10 @@ class NeuralMemory(nn.Module):
             "weight_rms": _rms(final.weights),
         }
 
-    def _output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
         dtype = torch.promote_types(y_BTHD.dtype, torch.float32)  # fp32 at least, fp64 kept
         y = y_BTHD.to(dtype)
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * _local_heads(self.out_norm_weight).to(dtype)
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * local(self.out_norm_weight).to(dtype)
         y = y.to(x.dtype).reshape(B, T, -1) * torch.sigmoid(self.w_out_gate(x))
         return self.wo(y)

@@ -3,12 +3,12 @@
 Convention as torchtitan's llama3; each block type counts its own FLOPs
 (TitansBlockBase.flops_per_token), the model adds its output projection and final norm."""
 
-from torch import nn
+from .model import TitansTransformer
 
 
-def model_nparams_and_flops(model: nn.Module, seq_len: int) -> tuple[int, int]:
+def model_nparams_and_flops(model: TitansTransformer, seq_len: int) -> tuple[int, int]:
     """(all parameters, training FLOPs per token) of a TitansTransformer."""
     nparams = sum(p.numel() for p in model.parameters())
-    flops = sum(block.flops_per_token(seq_len) for block in model.layers.values())
+    flops = sum(block.flops_per_token(seq_len) for block in model.blocks())
     flops += 6 * model.output.weight.numel() + 6 * model.norm.weight.numel()
     return nparams, flops

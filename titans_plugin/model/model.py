@@ -4,39 +4,57 @@ Module names and the forward signature follow torchtitan's llama3 Transformer
 (tok_embeddings, layers["i"], norm, output, freqs_cis), so torchtitan's trainer,
 checkpointing and the parallelisation code treat it like a llama3 model."""
 
+from typing import cast
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from titans_plugin.blocks import build_block
+from titans_plugin.blocks import TitansBlockBase
 from titans_plugin.blocks.documents import check_document_ids, document_ids
 from titans_plugin.blocks.rope import precompute_freqs_cis
-from titans_plugin.blocks.sequence_shard import contiguous_shard, flush_sends
+from titans_plugin.context_parallel import contiguous_shard, flush_sends
 
 from .args import TitansModelArgs
+from .layers import build_block
 
 
 class TitansTransformer(nn.Module):
+    # True: forward returns the final norm's output and the loss applies `output` itself
+    # (torchtitan 0.3's chunked loss sets it)
+    _skip_lm_head: bool = False
+    tok_embeddings: nn.Embedding
+    layers: nn.ModuleDict
+    norm: nn.RMSNorm
+    output: nn.Linear
+    freqs_cis: torch.Tensor
+
     def __init__(self, model_args: TitansModelArgs):
         super().__init__()
-        model_args.validate()
+        self.layer_types = model_args.layer_types()  # validated once, where the args were resolved
         self.model_args = model_args
         self.vocab_size = model_args.vocab_size
         self.n_layers = model_args.n_layers
         self.tok_embeddings = nn.Embedding(model_args.vocab_size, model_args.dim)
         self.register_buffer("freqs_cis", self._precompute_freqs_cis(), persistent=False)
-        self.layer_types = model_args.layer_types()
         self.layers = nn.ModuleDict()
         for i, letter in enumerate(self.layer_types):
             self.layers[str(i)] = build_block(letter, i, model_args, model_args.titans)
         self.norm = nn.RMSNorm(model_args.dim, eps=model_args.norm_eps)
         self.output = nn.Linear(model_args.dim, model_args.vocab_size, bias=False)
-        self.sequence_group = None  # context parallel: the ranks that share each sequence
+        if model_args.tie_embeddings:
+            self.tok_embeddings.weight = self.output.weight
+        self.sequence_group: dist.ProcessGroup | None = None  # context parallel: the ranks that share each sequence
         self.init_weights()
+
+    def blocks(self) -> list[TitansBlockBase]:
+        """The layers, in order."""
+        return [cast(TitansBlockBase, layer) for layer in self.layers.values()]
 
     def shard_sequence(self, group) -> None:
         """Context parallel over `group` (a process group): from now on forward receives
         one shard of each sequence (torchtitan shards the batch before the model) and
-        exchanges with the other shards what the blocks need (blocks/sequence_shard.py)."""
+        exchanges with the other shards what the blocks need (context_parallel/transport.py)."""
         self.sequence_group = group
 
     def _precompute_freqs_cis(self) -> torch.Tensor:
@@ -48,8 +66,11 @@ class TitansTransformer(nn.Module):
         buffer_device = buffer_device or self.freqs_cis.device
         with torch.device(buffer_device):
             self.freqs_cis = self._precompute_freqs_cis()
-        nn.init.normal_(self.tok_embeddings.weight)
-        for layer in self.layers.values():
+        if self.model_args.tie_embeddings:  # one matrix, initialised as the output
+            self.tok_embeddings.weight = self.output.weight  # re-tie after a meta-device build
+        else:
+            nn.init.normal_(self.tok_embeddings.weight)
+        for layer in self.blocks():
             layer.init_weights()
         self.norm.reset_parameters()
         std = self.model_args.dim**-0.5
@@ -79,18 +100,22 @@ class TitansTransformer(nn.Module):
         if attention_masks is not None:
             check_document_ids(attention_masks, tokens.shape)
         h = self.tok_embeddings(tokens)
-        for layer in self.layers.values():
+        for layer in self.blocks():
             h = layer(h, self.freqs_cis, attention_masks=attention_masks)
-        return self.output(self.norm(h))
+        return self._head(self.norm(h))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self._skip_lm_head else self.output(h)
 
     def _forward_shard(self, tokens: torch.Tensor, positions) -> torch.Tensor:
+        assert self.sequence_group is not None
         shard, tokens, restore = contiguous_shard(self.sequence_group, tokens, positions)
         h = self.tok_embeddings(tokens)
-        for layer in self.layers.values():
+        for layer in self.blocks():
             h = layer(h, self.freqs_cis, shard=shard.for_block())
         flush_sends()  # the next shard has what this forward sent once its own forward is done
         # the norm first: under sequence parallel it gathers the shard's tokens
-        return self.output(restore(self.norm(h)))
+        return self._head(restore(self.norm(h)))
 
     @torch.no_grad()
     def forward_cached(self, tokens: torch.Tensor, caches: list | None = None, starts: torch.Tensor | None = None):
@@ -117,7 +142,7 @@ class TitansTransformer(nn.Module):
         h = self.tok_embeddings(tokens)
         caches = caches or [None] * len(self.layers)
         new_caches = []
-        for layer, cache in zip(self.layers.values(), caches):
+        for layer, cache in zip(self.blocks(), caches, strict=True):
             h, cache = layer.forward_cached(h, self.freqs_cis, cache)
             new_caches.append(cache)
         return self.output(self.norm(h)), new_caches

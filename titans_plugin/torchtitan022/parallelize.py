@@ -1,0 +1,80 @@
+"""torchtitan 0.2.2's parallelize function: TP, activation checkpointing, compile,
+FSDP2/HSDP/DDP.
+
+Order as torchtitan's llama3: tensor parallel, then activation checkpointing, then
+per-block torch.compile, then data parallel. Activation checkpointing uses torchtitan's
+implementation with the plugin's save list for the selective "op" policy (training/sac.py).
+"""
+
+import torch
+import torch.distributed as dist
+from torchtitan.config import TORCH_DTYPE_MAP
+from torchtitan.distributed.activation_checkpoint import apply_ac
+from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
+from torchtitan.tools.logging import logger
+
+from titans_plugin.model import TitansTransformer
+from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
+from titans_plugin.training.sac import sac_save_list
+from titans_plugin.training.tensor_parallel import apply_tensor_parallel
+
+
+def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> TitansTransformer:
+    """The layout was checked against the model in TitansTrainArgs.update_from_config."""
+    if parallel_dims.cp_enabled:
+        # torchtitan shards each batch on the sequence before the model; the model
+        # exchanges across shards what its blocks need (context_parallel/transport.py). The
+        # gradients are summed over the cp ranks by FSDP, whose mesh includes them.
+        model.shard_sequence(parallel_dims.get_mesh("cp").get_group())
+        logger.info("Applied context parallelism (contiguous sequence shards) to the Titans model")
+    if parallel_dims.tp_enabled:
+        apply_tensor_parallel(
+            model,
+            parallel_dims.get_mesh("tp"),
+            loss_parallel=not job_config.parallelism.disable_loss_parallel,
+        )
+        logger.info("Applied head-parallel tensor parallelism to the Titans model")
+
+    compile_model = job_config.compile.enable and "model" in job_config.compile.components
+    if job_config.activation_checkpoint.mode != "none":
+        apply_ac(
+            model,
+            job_config.activation_checkpoint,
+            model_compile_enabled=compile_model,
+            op_sac_save_list=sac_save_list(),
+            base_folder=job_config.job.dump_folder,
+        )
+    if compile_model:
+        apply_compile(model, job_config.compile)
+
+    if parallel_dims.fsdp_enabled:
+        names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
+        apply_fsdp(
+            model,
+            parallel_dims.get_mesh(names),
+            param_dtype=TORCH_DTYPE_MAP[job_config.training.mixed_precision_param],
+            reduce_dtype=TORCH_DTYPE_MAP[job_config.training.mixed_precision_reduce],
+            pp_enabled=parallel_dims.pp_enabled,
+            cpu_offload=job_config.training.enable_cpu_offload,
+            reshard_after_forward_policy=job_config.parallelism.fsdp_reshard_after_forward,
+        )
+        if not accelerator_present():
+            force_sum_reductions(model)
+    elif parallel_dims.dp_replicate_enabled:
+        mesh = parallel_dims.get_mesh("dp_replicate")
+        apply_ddp(model, mesh, enable_compile=compile_model)
+        model.register_comm_hook(mesh.get_group(), sum_gradients)  # type: ignore[operator]  # DDP's own method
+    return model
+
+
+def sum_gradients(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: all-reduce with a sum, not DDP's default mean.
+
+    torchtitan divides each rank's summed loss by the token count of the whole global
+    batch, so the ranks' gradients already add up to the batch gradient; it disables
+    FSDP's division for that reason but not DDP's, whose mean would make every gradient
+    1/dp of the true one (the clip threshold then binds at a different step, and the run
+    departs from the single-process one).
+    """
+    work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])

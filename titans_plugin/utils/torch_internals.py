@@ -1,0 +1,65 @@
+"""Every private torch API the plugin relies on, in one place.
+
+Private APIs change without deprecation between torch releases. Keeping them here means
+one file to read at a torch upgrade, and one test (tests/test_torch_internals.py) that
+checks each still exists and that the installed torch lies in TESTED_TORCH, the range
+they are known to work on. Nothing outside this module names a private torch API."""
+
+import torch
+from torch.utils import _pytree
+
+# Releases these APIs were checked on (inclusive lower, exclusive upper bound).
+TESTED_TORCH = ((2, 11), (2, 16))
+
+tree_flatten = _pytree.tree_flatten
+tree_map = _pytree.tree_map
+tree_unflatten = _pytree.tree_unflatten
+
+
+def current_graph_task_id() -> int:
+    """The id of the autograd backward pass running on this thread, -1 outside of one
+    (activation checkpointing recomputes a forward inside the backward)."""
+    return torch._C._current_graph_task_id()
+
+
+def at_backward_end(callback) -> None:
+    """Run callback() when the backward pass that is running now finishes."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+# Fused attention kernels that also return the log-sum-exp (ring attention's blocks).
+def flash_attention_cpu(q, k, v, causal: bool):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+
+
+def flash_attention_cpu_backward(dout, q, k, v, out, lse, causal: bool):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal)
+
+
+def flash_attention_cuda(q, k, v, causal: bool):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal)[:2]
+    return out, lse
+
+
+def flash_attention_cuda_backward(dout, q, k, v, out, lse, causal: bool):
+    # the forward's cumulative lengths (dense inputs: none) and random state (no dropout:
+    # never read) do not depend on the block, so the backward does not need the forward's.
+    # The kernel reads lse unchecked as dense fp32 [B, H, Tq]: anything else is silently wrong
+    no_rng = torch.zeros(2, dtype=torch.uint64, device=q.device), torch.zeros((), dtype=torch.uint64, device=q.device)
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        dout, q, k, v, out, lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, *no_rng
+    )
+
+
+def saved_private_ops() -> set:
+    """SDPA's kernels and the functional reduce-scatter as ops (what activation
+    checkpointing's save list names, as torchtitan's llama3 does)."""
+    aten = torch.ops.aten
+    return {
+        torch.ops._c10d_functional.reduce_scatter_tensor.default,
+        aten._scaled_dot_product_efficient_attention.default,
+        aten._scaled_dot_product_flash_attention.default,
+        aten._scaled_dot_product_cudnn_attention.default,
+        aten._scaled_dot_product_attention_math.default,
+        aten._scaled_dot_product_flash_attention_for_cpu.default,
+    }
