@@ -1,10 +1,17 @@
-# Sourced by run_train.sh and run_tests.sh: create .venv once and install the project.
-# Torch is installed first and on its own, as the CPU build (TORCH_SPEC overrides, e.g. on
-# a GPU cluster); pyproject's torch range is then already satisfied and pulls nothing.
-# Re-installs only when pyproject.toml changes.
+# Sourced by run_train.sh and run_tests.sh: create a virtual environment for one torchtitan
+# stack once, install the project into it, and activate it.
+#   TT=022 (default)  .venv        torch 2.13.0 CPU build, torchtitan 0.2.2
+#   TT=030            .venv-tt030  torch 2.14.1 (the CUDA build; runs on CPU), torchtitan 0.3.0
+# Torch is installed first and on its own (TORCH_SPEC overrides it, e.g. on a GPU cluster);
+# the project's torch range is then already satisfied and pulls nothing. Re-installs only
+# when pyproject.toml changes.
 set -euo pipefail
-VENV="${TITANS_VENV:-.venv}"
-TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+TT="${TT:-022}"
+case "$TT" in
+    022) VENV="${TITANS_VENV:-.venv}"; TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"; EXTRA="torchtitan-0.2" ;;
+    030) VENV="${TITANS_VENV:-.venv-tt030}"; TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"; EXTRA="torchtitan-0.3" ;;
+    *) echo "TT must be 022 or 030, got '$TT'" >&2; exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV"
@@ -14,15 +21,16 @@ fi
 . "$VENV/bin/activate"
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    echo "[setup] installing $TORCH_SPEC and titans_plugin into $VENV"
+    echo "[setup] installing $TORCH_SPEC and titans_plugin[$EXTRA] into $VENV"
     python -m pip install -q --upgrade pip
     python -m pip install -q "$TORCH_SPEC"
-    python -m pip install -q -e ".[test]"
+    python -m pip install -q -e ".[$EXTRA,test]"
     python - <<'PY'
 import torch, torchtitan, titans_plugin  # noqa: F401
+from importlib.metadata import version
 release = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 assert release >= (2, 11), f"torch {torch.__version__} is older than 2.11"
-print(f"[setup] torch {torch.__version__}, torchtitan ok, titans_plugin {titans_plugin.__version__}")
+print(f"[setup] torch {torch.__version__}, torchtitan {version('torchtitan')}, titans_plugin {titans_plugin.__version__}")
 PY
     touch "$stamp"
 fi
