@@ -30,7 +30,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from bench.common import machine, publish, table
 from devtools.models import debug_model
 from devtools.ranks import run_ranks
-from titans_plugin.blocks import sequence_shard
+from titans_plugin.context_parallel import transport
 
 VOCAB = 2048
 
@@ -46,7 +46,7 @@ class _WaitClock:
 
     def __init__(self):
         self.seconds = 0.0
-        original = sequence_shard.SequenceShard._recv
+        original = transport.SequenceShard.recv
 
         def timed(shard, *args):
             start = time.perf_counter()
@@ -55,7 +55,7 @@ class _WaitClock:
             finally:
                 self.seconds += time.perf_counter() - start
 
-        sequence_shard.SequenceShard._recv = timed
+        transport.SequenceShard.recv = timed
 
 
 def _measure(model, tokens, labels, total, iters, timed):

@@ -54,7 +54,7 @@ def _worker(rank, size, T, layout, cases):
         titans = dict(titans)
         checkpointed = titans.pop("checkpoint", False)
         if "query_block" in titans:  # ring attention's query blocks, small enough to cut a shard
-            from titans_plugin.blocks import ring_attention
+            from titans_plugin.context_parallel import ring_attention
 
             ring_attention.QUERY_BLOCK = titans.pop("query_block")
             ring_attention.FUSED_KERNELS = {}  # the written-out math, in query blocks
@@ -122,7 +122,7 @@ def test_ring_attention_over_four_shards():
 def test_fused_block_attention_equals_its_reference(dtype):
     """SDPA's CPU flash kernel with its log-sum-exp, per key block and merged, against the
     written-out math: outputs and the gradients with the whole row's softmax."""
-    from titans_plugin.blocks import ring_attention as ra
+    from titans_plugin.context_parallel import ring_attention as ra
 
     fused, reference = ra._two_block_attention("cpu", dtype, 8, ra.FUSED_KERNELS["cpu"])
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
@@ -136,7 +136,7 @@ def test_cuda_block_kernel_calling_convention(dtype):
     """The CUDA flash kernel's calls, run on meta tensors (its shape functions, no GPU
     here): argument order, the log-sum-exp layout the merge reads, grouped key/value
     heads summed back. Its numbers are checked on the device itself before first use."""
-    from titans_plugin.blocks import ring_attention as ra
+    from titans_plugin.context_parallel import ring_attention as ra
 
     kernel = ra.FUSED_KERNELS["cuda"]
     q = torch.empty(2, 48, 4, 64, device="meta", dtype=dtype)
@@ -155,12 +155,14 @@ def test_cuda_block_kernel_calling_convention(dtype):
 def test_a_fused_kernel_that_disagrees_is_never_used(monkeypatch):
     """A fused kernel that differs from the reference on its device (here: one that
     forgets the 1/sqrt(D) scale) is replaced by the reference, with a warning."""
-    from titans_plugin.blocks import ring_attention as ra
+    from titans_plugin.context_parallel import ring_attention as ra
+
+    cpu = ra.FUSED_KERNELS["cpu"]
 
     def unscaled_forward(q, k, v, causal):
-        return ra._cpu_forward(q * q.shape[-1] ** 0.5, k, v, causal)
+        return cpu.forward(q * q.shape[-1] ** 0.5, k, v, causal)
 
-    monkeypatch.setitem(ra.FUSED_KERNELS, "cpu", ra.FusedKernel(unscaled_forward, ra._cpu_backward, ra._cpu_applies))
+    monkeypatch.setitem(ra.FUSED_KERNELS, "cpu", ra.FusedKernel(unscaled_forward, cpu.backward, cpu.applies))
     monkeypatch.setattr(ra, "_CHECKED", {})
     q = torch.randn(1, 6, 2, 8, dtype=torch.float64)
     k = torch.randn(1, 6, 1, 8, dtype=torch.float64)
@@ -173,7 +175,7 @@ def test_a_fused_kernel_that_disagrees_is_never_used(monkeypatch):
 
 def test_reference_score_blocks_stay_within_their_budget(monkeypatch):
     """The written-out attention cuts its queries so a block's scores fit SCORE_ELEMENTS."""
-    from titans_plugin.blocks import ring_attention as ra
+    from titans_plugin.context_parallel import ring_attention as ra
 
     q = torch.randn(2, 40, 4, 8, dtype=torch.float64)
     k = torch.randn(2, 30, 2, 8, dtype=torch.float64)

@@ -54,16 +54,6 @@ def test_graph_task_id_and_end_of_backward_callback():
     assert seen[1] == "end"
 
 
-def test_pytree_round_trip():
-    tree = {"a": (torch.ones(1), 3), "b": [torch.zeros(2)]}
-    leaves, spec = ti.tree_flatten(tree)
-    assert len(leaves) == 3
-    rebuilt = ti.tree_unflatten(leaves, spec)
-    assert rebuilt["a"][1] == 3
-    doubled = ti.tree_map(lambda t: t * 2 if isinstance(t, torch.Tensor) else t, tree)
-    assert torch.equal(doubled["a"][0], torch.full((1,), 2.0))
-
-
 def test_cpu_flash_attention_and_its_backward_match_sdpa():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=True) for _ in range(3))

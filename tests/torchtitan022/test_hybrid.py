@@ -160,7 +160,7 @@ def test_converter_keeps_comments_layout_and_values():
         assert line in out.splitlines(), line
     parsed = tomllib.loads(out)
     assert parsed["titans"] == {"pattern": "GGA", "memory_heads": 32, "window": 2048}
-    assert parsed["experimental"]["custom_import"] == "titans_plugin"
+    assert parsed["experimental"]["custom_import"] == "titans_plugin.torchtitan022"
     assert convert(out.replace("titans", "llama3", 1).replace('"llama3_8B"', '"8B"'), "G").count("[titans]") == 1
 
 

@@ -28,13 +28,7 @@ import torch
 import torch.distributed as dist
 
 from titans_plugin.utils.dtensor import local
-from titans_plugin.utils.torch_internals import (
-    at_backward_end,
-    current_graph_task_id,
-    tree_flatten,
-    tree_map,
-    tree_unflatten,
-)
+from titans_plugin.utils.torch_internals import at_backward_end, current_graph_task_id
 
 # Sends not yet known to be complete, with the buffers they read (kept alive until then).
 # Process-wide: the backward's sends outlive the forward's SequenceShard.
@@ -102,7 +96,7 @@ class SequenceShard:
         if torch.is_grad_enabled():
             # requires_grad as the first time: whether an op saves a tensor depends on it,
             # and a recompute must save exactly what the first run saved
-            self.log.append(tree_map(_detached_like, result))
+            self.log.append(map_tree(_detached_like, result))
         return result
 
     @property
@@ -137,12 +131,12 @@ class SequenceShard:
         return out
 
     def send_tree(self, tree, shard: int, device) -> list[torch.Tensor]:
-        """Send any pytree (NamedTuples of tensors, ints, None) to `shard`; returns its
-        distinct floating-point tensors, the ones whose gradients come back."""
-        spec, layout, tensors = _distinct_leaves(tree)
+        """Send a state (NamedTuples, tuples and lists of tensors, ints, None) to `shard`;
+        returns its distinct floating-point tensors, the ones whose gradients come back."""
+        skeleton, tensors = _without_tensors(tree)
         if _recomputing():  # sent the first time
             return [t for t in tensors if t.is_floating_point()]
-        meta = pickle.dumps((spec, layout, [(t.shape, t.dtype) for t in tensors]))
+        meta = pickle.dumps((skeleton, [(t.shape, t.dtype) for t in tensors]))
         header = torch.tensor([len(meta)], dtype=torch.int64, device=device)
         self.send(header, shard)
         self.send(torch.frombuffer(bytearray(meta), dtype=torch.uint8).to(device), shard)
@@ -155,15 +149,15 @@ class SequenceShard:
         for its distinct floating-point tensors, those tensors)."""
         header = self.recv((1,), torch.int64, device, shard)
         meta = self.recv((int(header.item()),), torch.uint8, device, shard)
-        spec, layout, shapes = pickle.loads(meta.cpu().numpy().tobytes())
+        skeleton, shapes = pickle.loads(meta.cpu().numpy().tobytes())
         tensors = [self.recv(shape, dtype, device, shard) for shape, dtype in shapes]
         floats = [i for i, t in enumerate(tensors) if t.is_floating_point()]
 
         def rebuild(replacements):
             ts = list(tensors)
-            for i, r in zip(floats, replacements):
+            for i, r in zip(floats, replacements, strict=True):
                 ts[i] = r
-            return tree_unflatten([ts[v] if kind == "tensor" else v for kind, v in layout], spec)
+            return map_tree(lambda leaf: ts[leaf.index] if isinstance(leaf, _Slot) else leaf, skeleton)
 
         return rebuild, [tensors[i] for i in floats]
 
@@ -219,20 +213,46 @@ def _detached_like(t):
     return t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
 
 
-def _distinct_leaves(tree):
-    """(spec, layout, tensors) of a pytree: a tensor that appears twice (a memory state
-    that is also its chunk-start state) is listed once and travels once."""
-    leaves, spec = tree_flatten(tree)
-    tensors, index, layout = [], {}, []
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            if id(leaf) not in index:
-                index[id(leaf)] = len(tensors)
-                tensors.append(leaf)
-            layout.append(("tensor", index[id(leaf)]))
-        else:
-            layout.append(("value", leaf))
-    return spec, layout, tensors
+def map_tree(fn, tree):
+    """fn applied to every leaf of a state: NamedTuples, tuples, lists and dicts are
+    walked, anything else is a leaf."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)._make(map_tree(fn, x) for x in tree)
+    if isinstance(tree, tuple | list):
+        return type(tree)(map_tree(fn, x) for x in tree)
+    if isinstance(tree, dict):
+        return {k: map_tree(fn, v) for k, v in tree.items()}
+    return fn(tree)
+
+
+class _Slot:
+    """Where a tensor stood in a state sent without its tensors (a leaf, not a tuple)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return _Slot, (self.index,)
+
+
+def _without_tensors(tree):
+    """(the state with every tensor replaced by its _Slot, the distinct tensors): a
+    tensor that appears twice (a memory state that is also its chunk-start state) is
+    listed once and travels once."""
+    tensors: list[torch.Tensor] = []
+    index: dict[int, int] = {}
+
+    def slot(leaf):
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        if id(leaf) not in index:
+            index[id(leaf)] = len(tensors)
+            tensors.append(leaf)
+        return _Slot(index[id(leaf)])
+
+    return map_tree(slot, tree), tensors
 
 
 class _StateFromPrevious(torch.autograd.Function):

@@ -95,7 +95,7 @@ class TitansModel(TitansTransformer, BaseModel):
         super().shard_sequence(group)
         self.cp_load_balancer = load_balancer
 
-    def forward(self, tokens: torch.Tensor, positions=None, attention_masks=None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, attention_masks=None, positions=None) -> torch.Tensor:
         if attention_masks is not None:
             raise ValueError("Titans models build their own masks: attention_masks must be None")
         if self.sequence_group is not None:

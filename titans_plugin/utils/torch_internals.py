@@ -6,14 +6,9 @@ checks each still exists and that the installed torch lies in TESTED_TORCH, the 
 they are known to work on. Nothing outside this module names a private torch API."""
 
 import torch
-from torch.utils import _pytree
 
 # Releases these APIs were checked on (inclusive lower, exclusive upper bound).
 TESTED_TORCH = ((2, 11), (2, 16))
-
-tree_flatten = _pytree.tree_flatten
-tree_map = _pytree.tree_map
-tree_unflatten = _pytree.tree_unflatten
 
 
 def current_graph_task_id() -> int:
