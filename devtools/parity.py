@@ -130,11 +130,11 @@ def write_periodic_corpus(path: str, doc_lengths: tuple[int, ...] = (SEQ_LEN + 1
     (with BOS and EOS; they add up to one window, seq_len + 1)."""
     assert sum(doc_lengths) == SEQ_LEN + 1
     assert min(doc_lengths) >= 3
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
-
+    from titans_plugin.conversion.stack import adapter
     from titans_plugin.data.paths import TOKENIZER_DIR
 
-    tok = HuggingFaceTokenizer(TOKENIZER_DIR)
+    # the installed torchtitan's tokenizer: how it adds BOS and EOS decides the lengths
+    tok = adapter("data").tokenizer(TOKENIZER_DIR)
     words = []
     for i in range(2048):
         s = tok.decode([i])

@@ -1,4 +1,8 @@
-"""Run torchtitan under torchrun the way ./run_train.sh does, and read what it printed."""
+"""Run torchtitan under torchrun the way ./run_train.sh does, and read what it printed.
+
+Configs and flags are written as torchtitan 0.2.2 spells them (a TOML under train_configs/,
+`--job.dump_folder`, ...); with torchtitan 0.3.0 installed they become its config function
+(`--module titans_plugin --config titans_<toml name>`) and its flag names."""
 
 import os
 import re
@@ -6,6 +10,43 @@ import subprocess
 import sys
 
 from devtools.paths import REPO
+from titans_plugin.conversion.stack import torchtitan_release
+
+# 0.2.2 flag -> 0.3.0 flag
+RENAMES_030 = {
+    "--job.dump_folder": "--dump_folder",
+    "--training.dataset": "--dataloader.dataset",
+    "--training.dataset_path": "--dataloader.dataset_path",
+    "--validation.enable": "--validator.enable",
+    "--validation.no-enable": "--validator.no-enable",
+    "--validation.freq": "--validator.freq",
+    "--validation.steps": "--validator.steps",
+    "--model.hf_assets_path": "--hf_assets_path",
+}
+DROPPED_030 = {"--validation.seq_len", "--activation_checkpoint.selective_ac_option"}  # each takes a value
+
+
+def stack_args(config: str, args: list[str], release=None) -> list[str]:
+    """torchtitan.train's arguments for `config` (a TOML under train_configs/) and `args`
+    (0.2.2 spelling) on the installed torchtitan."""
+    release = release or torchtitan_release()
+    if release == (0, 2):
+        return ["--job.config_file", os.path.join(REPO, config), *args]
+    name = os.path.splitext(os.path.basename(config))[0]
+    out, subcommands, i = ["--module", "titans_plugin", "--config", f"titans_{name}"], [], 0
+    while i < len(args):
+        flag = args[i]
+        if flag in DROPPED_030:
+            i += 2
+            continue
+        if flag == "--activation_checkpoint.mode":  # a subcommand in 0.3.0, after every flag
+            subcommands.append(f"activation-checkpoint:{args[i + 1]}")
+            i += 2
+            continue
+        out.append(RENAMES_030.get(flag, flag))
+        i += 1
+    return out + subcommands
+
 
 STEP_RE = re.compile(r"step:\s*(\d+)\s+\S*loss:\s*([-\w.]+)")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,9 +85,7 @@ def run_torchrun(config: str, args: list[str], nproc: int = 1, timeout: int = 60
         "3",
         "-m",
         "torchtitan.train",
-        "--job.config_file",
-        os.path.join(REPO, config),
-        *args,
+        *stack_args(config, args),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, 2 // nproc))}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

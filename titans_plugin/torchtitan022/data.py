@@ -30,3 +30,8 @@ def build_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite: bo
 
 def build_tokenizer(job_config):
     return HuggingFaceTokenizer(tokenizer_dir(job_config.model.hf_assets_path, "model.hf_assets_path"))
+
+
+def tokenizer(path: str):
+    """torchtitan's tokenizer for a folder with tokenizer.json."""
+    return HuggingFaceTokenizer(path)

@@ -6,11 +6,9 @@ that `--module titans_plugin` imports).
 Everything here speaks torchtitan 0.3.0; what both torchtitan versions share lives in
 titans_plugin/training/."""
 
-from torchtitan.hf_datasets import DatasetConfig
-from torchtitan.hf_datasets import text_datasets as _text_datasets
-
 from titans_plugin.training.cpu import enable_cpu_support
-from titans_plugin.training.datasets import DATASETS
+
+from .data import register_datasets
 
 # the modules of torchtitan 0.3.0 that bind device_type / device_module by name
 DEVICE_MODULES = (
@@ -25,8 +23,7 @@ DEVICE_MODULES = (
 
 def _register() -> None:
     enable_cpu_support(DEVICE_MODULES)
-    for name, d in DATASETS.items():
-        _text_datasets.DATASETS.setdefault(name, DatasetConfig(d.path, d.loader, d.text))
+    register_datasets()
 
 
 _register()  # once: a module runs once per process

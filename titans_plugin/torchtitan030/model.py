@@ -35,6 +35,12 @@ def layout_of(config) -> Layout:
             "parallelism.spmd_backend='full_dtensor' is not supported for Titans models: use 'spmd_types' (the "
             "default) or 'partial_dtensor'"
         )
+    if p.spmd_backend == "spmd_types" and p.data_parallel_replicate_degree > 1 and p.context_parallel_degree > 1:
+        raise ValueError(
+            "parallelism.data_parallel_replicate_degree > 1 (HSDP) with context_parallel_degree > 1 needs "
+            "parallelism.spmd_backend='partial_dtensor' for Titans models (its FSDP axis folds the data and "
+            "context parallel ranks)"
+        )
     return Layout(
         tp=p.tensor_parallel_degree,
         pp=p.pipeline_parallel_degree,

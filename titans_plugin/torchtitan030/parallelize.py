@@ -11,7 +11,6 @@ from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.activation_checkpoint import SelectiveAC
 from torchtitan.distributed.compile import apply_compile
 from torchtitan.distributed.fsdp import apply_fsdp_to_decoder
-from torchtitan.distributed.full_dtensor import resolve_fsdp_mesh
 from torchtitan.tools.logging import logger
 
 from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
@@ -19,6 +18,26 @@ from titans_plugin.training.sac import sac_save_list
 from titans_plugin.training.tensor_parallel import apply_tensor_parallel
 
 from .model import TitansModel
+
+
+def data_parallel_mesh(parallel_dims, spmd_backend: str):
+    """The mesh FSDP shards over: the data-parallel and context-parallel ranks (both hold
+    other tokens of the same parameters), with a replicate dimension first for HSDP. At
+    degree 1 it still installs the mixed-precision policy, as for llama3.
+
+    The model's parameters are plain tensors (DTensors on the TP mesh under tensor
+    parallel), not annotated for 0.3.0's full SPMD mesh, so FSDP gets a mesh of its own
+    axes: under "partial_dtensor" torchtitan's folded "fsdp" axis; under "spmd_types"
+    "dp_shard", or with context parallel the "loss" axis (data and context parallel
+    ranks, flattened), or (dp_replicate, dp_shard) for HSDP."""
+    if spmd_backend == "partial_dtensor":
+        names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
+        return parallel_dims.get_mesh(names)
+    if parallel_dims.cp_enabled:  # HSDP with context parallel is refused in update_from_config
+        return parallel_dims.get_mesh("loss")
+    if parallel_dims.dp_replicate_enabled:
+        return parallel_dims.get_mesh(["dp_replicate", "dp_shard"])
+    return parallel_dims.get_mesh("dp_shard")
 
 
 class TitansSelectiveAC(SelectiveAC):
@@ -42,8 +61,10 @@ def parallelize_titans(
         apply_tensor_parallel(
             model,
             parallel_dims.get_mesh("tp"),
-            loss_parallel=False,
+            # torchtitan's cross-entropy takes vocabulary-sharded logits under both backends
+            loss_parallel=True,
             sequence_parallel=parallelism.enable_sequence_parallel,
+            local_logits=parallelism.spmd_backend == "spmd_types",
         )
         logger.info("Applied head-parallel tensor parallelism to the Titans model")
     if ac_config is not None:
@@ -53,20 +74,14 @@ def parallelize_titans(
             ac_config.build(dump_folder=dump_folder).apply(model)
     if compile_config.enable and "model" in compile_config.components:
         apply_compile(model, compile_config=compile_config, parallel_dims=parallel_dims)
-    if parallelism.spmd_backend == "spmd_types":  # the data-parallel axes of the dense storage mesh
-        dp_mesh, dp_mesh_dims = resolve_fsdp_mesh(parallel_dims)
-    else:  # partial_dtensor: dp_shard and cp folded into "fsdp"
-        names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
-        dp_mesh, dp_mesh_dims = parallel_dims.get_mesh(names), None
     apply_fsdp_to_decoder(
         model,  # type: ignore[arg-type]  # it reads tok_embeddings, layers, norm, lm_head, enable_weight_tying
-        dp_mesh,
+        data_parallel_mesh(parallel_dims, parallelism.spmd_backend),
         param_dtype=TORCH_DTYPE_MAP[training.mixed_precision_param],
         reduce_dtype=TORCH_DTYPE_MAP[training.mixed_precision_reduce],
         pp_enabled=parallel_dims.pp_enabled,
         cpu_offload=training.enable_cpu_offload,
         reshard_after_forward_policy=parallelism.fsdp_reshard_after_forward,
-        dp_mesh_dims=dp_mesh_dims,
     )
     if not accelerator_present():
         force_sum_reductions(model)

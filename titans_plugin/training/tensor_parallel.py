@@ -155,10 +155,17 @@ def sequence_parallel_applies(model: TitansTransformer) -> bool:
 
 
 def apply_tensor_parallel(
-    model: TitansTransformer, mesh: DeviceMesh, loss_parallel: bool, sequence_parallel: bool = True
+    model: TitansTransformer,
+    mesh: DeviceMesh,
+    loss_parallel: bool,
+    sequence_parallel: bool = True,
+    local_logits: bool = False,
 ) -> None:
-    """sequence_parallel False (torchtitan 0.3's parallelism.enable_sequence_parallel):
-    every sub-layer output is all-reduced and the stream stays replicated."""
+    """loss_parallel: the logits stay sharded on the vocabulary, as a DTensor (torchtitan
+    0.2.2, and 0.3.0's "partial_dtensor" backend) or, with local_logits, as this rank's
+    slice (0.3.0's "spmd_types" backend); otherwise they are gathered. sequence_parallel
+    False (0.3.0's parallelism.enable_sequence_parallel): every sub-layer output is
+    all-reduced and the stream stays replicated."""
     sequence_parallel = sequence_parallel and sequence_parallel_applies(model)
     stream = SEQUENCE if sequence_parallel else Replicate()
     parallelize_module(
@@ -169,7 +176,7 @@ def apply_tensor_parallel(
             "output": ColwiseParallel(
                 input_layouts=Replicate(),
                 output_layouts=Shard(-1) if loss_parallel else Replicate(),
-                use_local_output=not loss_parallel,
+                use_local_output=local_logits or not loss_parallel,
             ),
         },
     )
