@@ -111,6 +111,8 @@ LAYOUTS = {  # name: (processes, extra arguments)
         ],
     ),
     "single_ac_full": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "full"]),
+    # per-block torch.compile (fullgraph) of the model and the loss
+    "single_compile": (1, ["--training.local_batch_size", "8", "--compile.enable"]),
     "single_ac_selective": (
         1,
         [

@@ -68,6 +68,12 @@ FAST = [
 
 
 def run_torchrun(config: str, args: list[str], nproc: int = 1, timeout: int = 600) -> tuple[int, str]:
+    """torchtitan.train on `config` (a TOML under train_configs/) with `args` (0.2.2 spelling)."""
+    return run_train(stack_args(config, args), nproc, timeout)
+
+
+def run_train(train_args: list[str], nproc: int = 1, timeout: int = 600, env: dict | None = None) -> tuple[int, str]:
+    """torchrun -m torchtitan.train with these arguments, as given; returns (exit code, output)."""
     cmd = [
         sys.executable,
         "-m",
@@ -85,9 +91,9 @@ def run_torchrun(config: str, args: list[str], nproc: int = 1, timeout: int = 60
         "3",
         "-m",
         "torchtitan.train",
-        *stack_args(config, args),
+        *train_args,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, 2 // nproc))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, 2 // nproc)), **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, ANSI_RE.sub("", proc.stdout + proc.stderr)
 

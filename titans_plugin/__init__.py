@@ -17,3 +17,14 @@ torchtitan meets the plugin only through an explicit entry module, one per versi
 """
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "hybridize"]
+
+
+def __getattr__(name: str):
+    """`from titans_plugin import hybridize` (torchtitan 0.3.0), imported on first use: importing
+    the package itself stays free of torchtitan."""
+    if name == "hybridize":
+        from titans_plugin.torchtitan030.configs import hybridize
+
+        return hybridize
+    raise AttributeError(f"module 'titans_plugin' has no attribute {name!r}")

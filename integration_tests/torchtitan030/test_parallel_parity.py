@@ -1,6 +1,7 @@
-"""torchtitan 0.3.0: FSDP2, TP (with sequence parallel) and context parallel against one
-process, from one seed checkpoint on a periodic corpus (devtools/parity.py), for MAG and
-MAC; and a checkpoint resumed to the uninterrupted run's losses."""
+"""torchtitan 0.3.0: FSDP2, TP (with sequence parallel), context parallel, HSDP, activation
+checkpointing and torch.compile against one process, from one seed checkpoint on a periodic
+corpus (devtools/parity.py), for MAG (and MAC under CP and FSDP2 x TP); and a checkpoint
+resumed to the uninterrupted run's losses."""
 
 import os
 
@@ -17,7 +18,10 @@ def corpus(tmp_path_factory):
     return write_periodic_corpus(str(tmp_path_factory.mktemp("data") / "periodic.jsonl"))
 
 
-@pytest.mark.parametrize(("pattern", "layouts"), [("GA", ["fsdp2", "tp2", "cp2"]), ("CA", ["cp2", "fsdp2_tp2"])])
+GA_LAYOUTS = ["fsdp2", "tp2", "cp2", "hsdp", "single_ac_full", "single_ac_selective", "single_compile"]
+
+
+@pytest.mark.parametrize(("pattern", "layouts"), [("GA", GA_LAYOUTS), ("CA", ["cp2", "fsdp2_tp2"])])
 def test_layouts_match_single_process(pattern, layouts, corpus, tmp_path):
     seed = make_seed_checkpoint(str(tmp_path), corpus, pattern)
     reference, _ = run_layout(str(tmp_path), corpus, pattern, "single", STEPS, seed)

@@ -7,9 +7,8 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 
+from devtools.hf_llama import hf_llama_logits, hf_weights, save_hf
 from devtools.paths import REPO
 from devtools.ranks import run_ranks
 from titans_plugin.conversion.upcycle import upcycle
@@ -31,78 +30,6 @@ def _gqa_flavor(monkeypatch):
     monkeypatch.setitem(TITANS_FLAVORS, FLAVOR, GQA)
 
 
-def _hf_weights(n_layers=2, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    d, kv, ffn, vocab = 128, 64, 384, 2048
-
-    def mat(rows, cols):
-        return (torch.randn(rows, cols, generator=g) * 0.1).bfloat16()
-
-    def norm():
-        return (1 + 0.1 * torch.randn(d, generator=g)).bfloat16()
-
-    w = {"model.embed_tokens.weight": mat(vocab, d), "model.norm.weight": norm(), "lm_head.weight": mat(vocab, d)}
-    for i in range(n_layers):
-        p = f"model.layers.{i}."
-        w |= {
-            p + "self_attn.q_proj.weight": mat(d, d),
-            p + "self_attn.k_proj.weight": mat(kv, d),
-            p + "self_attn.v_proj.weight": mat(kv, d),
-            p + "self_attn.o_proj.weight": mat(d, d),
-            p + "mlp.gate_proj.weight": mat(ffn, d),
-            p + "mlp.up_proj.weight": mat(ffn, d),
-            p + "mlp.down_proj.weight": mat(d, ffn),
-            p + "input_layernorm.weight": norm(),
-            p + "post_attention_layernorm.weight": norm(),
-        }
-    w["model.layers.0.self_attn.rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, 32, 2) / 32)  # older exports
-    return w
-
-
-def _save_hf(weights: dict, folder) -> str:
-    """Two safetensors files and their index, as Hugging Face shards a model."""
-    os.makedirs(folder)
-    names = sorted(weights)
-    files = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in files.items():
-        save_file({k: weights[k].contiguous() for k in part}, os.path.join(folder, file))
-    index = {"weight_map": {k: file for file, part in files.items() for k in part}}
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump(index, f)
-    return str(folder)
-
-
-def _hf_llama_logits(w: dict, tokens, n_heads=4, n_kv=2, theta=10000.0, eps=1e-5):
-    """Hugging Face's LlamaForCausalLM forward, written out."""
-    w = {k: v.float() for k, v in w.items()}
-    b, t = tokens.shape
-    hd = 128 // n_heads
-
-    def rms(x, weight):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-    def rotate_half(x):
-        return torch.cat([-x[..., hd // 2 :], x[..., : hd // 2]], dim=-1)
-
-    freqs = torch.arange(t).float()[:, None] / theta ** (torch.arange(0, hd, 2).float() / hd)
-    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
-    h = w["model.embed_tokens.weight"][tokens]
-    for i in range(sum(1 for k in w if k.endswith("q_proj.weight"))):
-        p = f"model.layers.{i}."
-        x = rms(h, w[p + "input_layernorm.weight"])
-        q = (x @ w[p + "self_attn.q_proj.weight"].T).view(b, t, n_heads, hd).transpose(1, 2)
-        k = (x @ w[p + "self_attn.k_proj.weight"].T).view(b, t, n_kv, hd).transpose(1, 2)
-        v = (x @ w[p + "self_attn.v_proj.weight"].T).view(b, t, n_kv, hd).transpose(1, 2)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        k, v = k.repeat_interleave(n_heads // n_kv, 1), v.repeat_interleave(n_heads // n_kv, 1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
-        h = h + a @ w[p + "self_attn.o_proj.weight"].T
-        x = rms(h, w[p + "post_attention_layernorm.weight"])
-        gate, up = x @ w[p + "mlp.gate_proj.weight"].T, x @ w[p + "mlp.up_proj.weight"].T
-        h = h + (F.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-    return rms(h, w["model.norm.weight"]) @ w["lm_head.weight"].T
-
-
 def _converted_logits(out, tokens, replace=None):
     model = build_model(train_args(load_job_config(MAL, *HYBRID)))
     load_dcp_checkpoint(model, out)
@@ -114,8 +41,8 @@ def _converted_logits(out, tokens, replace=None):
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
-    weights = _hf_weights()
-    return weights, _save_hf(weights, tmp_path_factory.mktemp("hf") / "llama")
+    weights = hf_weights()
+    return weights, save_hf(weights, tmp_path_factory.mktemp("hf") / "llama")
 
 
 def test_hugging_face_llama_upcycles_to_a_hybrid_that_computes_the_same_logits(hf_folder, tmp_path):
@@ -131,7 +58,7 @@ def test_hugging_face_llama_upcycles_to_a_hybrid_that_computes_the_same_logits(h
     logits, state = _converted_logits(out, tokens)
     # names without a row permutation are copied as they are (bf16 -> fp32 is exact)
     assert torch.equal(state["layers.1.feed_forward.w1.weight"], weights["model.layers.1.mlp.gate_proj.weight"].float())
-    reference = _hf_llama_logits(weights, tokens)
+    reference = hf_llama_logits(weights, tokens)
     assert (logits - reference).abs().max() <= TOLERANCE
     # the check can fail: the Hugging Face rows copied as they are give other logits
     unpermuted = {
@@ -159,22 +86,22 @@ def test_hugging_face_upcycle_sharded_over_three_processes(hf_folder, tmp_path):
     for name in one_state:
         if ".memory." not in name and ".persistent." not in name and "memory_norm" not in name:
             assert torch.equal(one_state[name], two_state[name]), name
-    assert (two - _hf_llama_logits(weights, tokens)).abs().max() <= TOLERANCE
+    assert (two - hf_llama_logits(weights, tokens)).abs().max() <= TOLERANCE
 
 
 def test_hugging_face_mismatches_name_the_first_one(tmp_path):
     def convert(weights, name, *extra):
-        return upcycle(_save_hf(weights, tmp_path / name), MAL, str(tmp_path / f"{name}-out"), [*HYBRID, *extra])
+        return upcycle(save_hf(weights, tmp_path / name), MAL, str(tmp_path / f"{name}-out"), [*HYBRID, *extra])
 
-    qwen = _hf_weights() | {"model.layers.0.self_attn.q_norm.weight": torch.ones(32)}
+    qwen = hf_weights() | {"model.layers.0.self_attn.q_norm.weight": torch.ones(32)}
     with pytest.raises(ValueError, match=r"q_norm.weight is not a Llama weight"):
         convert(qwen, "qwen")
     with pytest.raises(ValueError, match="has 2 layers and the hybrid 4"):
-        convert(_hf_weights(), "layers", "--model.flavor", "debugmodel")
-    tied = {k: v for k, v in _hf_weights().items() if k != "lm_head.weight"}
+        convert(hf_weights(), "layers", "--model.flavor", "debugmodel")
+    tied = {k: v for k, v in hf_weights().items() if k != "lm_head.weight"}
     with pytest.raises(ValueError, match="has no output.weight"):
         convert(tied, "tied")  # no config.json saying the embedding is tied
-    folder = _save_hf(_hf_weights(), tmp_path / "theta")
+    folder = save_hf(hf_weights(), tmp_path / "theta")
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"rope_theta": 500000.0, "num_key_value_heads": 2, "rope_scaling": None}, f)
     with pytest.raises(ValueError, match=r"rope_theta=500000.0 and the hybrid's model.flavor has rope_theta=10000.0"):
@@ -188,8 +115,8 @@ def test_hugging_face_mismatches_name_the_first_one(tmp_path):
 
 def test_tied_embeddings_start_the_output_projection_as_the_embedding(tmp_path):
     """Llama 3.2 1B/3B store the embedding once (config.json: tie_word_embeddings)."""
-    weights = {k: v for k, v in _hf_weights(seed=5).items() if k != "lm_head.weight"}
-    folder = _save_hf(weights, tmp_path / "llama")
+    weights = {k: v for k, v in hf_weights(seed=5).items() if k != "lm_head.weight"}
+    folder = save_hf(weights, tmp_path / "llama")
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"architectures": ["LlamaForCausalLM"], "tie_word_embeddings": True}, f)
     out = str(tmp_path / "hybrid")
@@ -197,5 +124,5 @@ def test_tied_embeddings_start_the_output_projection_as_the_embedding(tmp_path):
     tokens = torch.randint(0, 2048, (2, 64), generator=torch.Generator().manual_seed(6))
     logits, state = _converted_logits(out, tokens)
     assert torch.equal(state["output.weight"], weights["model.embed_tokens.weight"].float())
-    reference = _hf_llama_logits(weights | {"lm_head.weight": weights["model.embed_tokens.weight"]}, tokens)
+    reference = hf_llama_logits(weights | {"lm_head.weight": weights["model.embed_tokens.weight"]}, tokens)
     assert (logits - reference).abs().max() <= TOLERANCE

@@ -22,6 +22,7 @@ import torch
 from titans_plugin.utils.dtensor import copy_whole
 
 from . import stack
+from .llama3_names import titans_name
 
 
 class DcpCheckpoint:
@@ -34,17 +35,20 @@ class DcpCheckpoint:
         self.path = path
         metadata = dcp.FileSystemReader(path).read_metadata()
         # A step folder also holds optimizer, scheduler and dataloader state under their
-        # own prefixes; the model's weights are the tensors named like parameters.
-        self.shapes = {
+        # own prefixes; the model's weights are the tensors named like parameters, in
+        # either torchtitan version's llama3 names (kept: our name -> the checkpoint's).
+        weights = {
             k: tuple(m.size)
             for k, m in metadata.state_dict_metadata.items()
             if isinstance(m, TensorStorageMetadata) and not k.startswith(("optimizer.", "lr_scheduler."))
         }
+        self.stored_name = {titans_name(k): k for k in weights}
+        self.shapes = {ours: weights[theirs] for ours, theirs in self.stored_name.items()}
 
     def load(self, targets: dict) -> None:
         import torch.distributed.checkpoint as dcp
 
-        dcp.load(targets, checkpoint_id=self.path)
+        dcp.load({self.stored_name[k]: v for k, v in targets.items()}, checkpoint_id=self.path)
 
 
 class HuggingFaceCheckpoint:

@@ -2,12 +2,14 @@
 
     python -m titans_plugin.conversion.upcycle outputs/debug_attention/checkpoint/step-400 \
         train_configs/debug_mal.toml -o outputs/upcycled/step-0 [--set memory_out_init=zero]
+    python -m titans_plugin.conversion.upcycle CHECKPOINT my_configs:titans_8b_mag -o OUT   # torchtitan 0.3
     torchrun --nproc_per_node 8 -m titans_plugin.conversion.upcycle ...      # sharded, 1/8 per process
 
-Input: the hybrid's TOML and a Transformer checkpoint, either a torchtitan DCP step folder
-of a llama3-shaped model (torchtitan's llama3, or a Titans model of `A` layers: the
-parameter names are the same) or a Hugging Face Llama folder of safetensors (read through
-torchtitan's llama3 state-dict adapter, as `checkpoint.initial_load_in_hf` does).
+Input: the hybrid's config (torchtitan 0.2.2: its TOML; 0.3.0: MODULE:FUNCTION, as
+`--module MODULE --config FUNCTION`) and a Transformer checkpoint, either a torchtitan DCP
+step folder of a llama3-shaped model (torchtitan's llama3 of either version, or a Titans
+model of `A` layers) or a Hugging Face Llama folder of safetensors (read through the
+installed torchtitan's llama3 state-dict adapter, as `checkpoint.initial_load_in_hf` does).
 Output: a DCP folder with the hybrid's model weights, for `checkpoint.initial_load_path`
 (with `checkpoint.initial_load_model_only = true`). Every weight the hybrid shares with
 the checkpoint (same name and shape: embeddings, norms, attention, feed-forward) is
@@ -139,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         "source",
         help="the Transformer: a torchtitan DCP step folder (.../checkpoint/step-400) or a Hugging Face Llama folder",
     )
-    p.add_argument("config", help="the hybrid's TOML (model sizes must be the checkpoint's)")
+    p.add_argument(
+        "config",
+        help="the hybrid's config: a TOML (torchtitan 0.2.2) or MODULE:FUNCTION (0.3.0); its model sizes must be "
+        "the checkpoint's",
+    )
     p.add_argument("-o", "--output", required=True, help="the DCP folder to write (must not exist or be empty)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a [titans] field (--set memory_out_init=zero)"

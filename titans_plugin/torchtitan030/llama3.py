@@ -1,38 +1,12 @@
-"""torchtitan 0.3.0's llama3: its sizes, and its parameter names.
+"""torchtitan 0.3.0's llama3: its sizes, and its Hugging Face adapter in the Titans names.
 
 0.3.0 describes a llama3 as a `Llama3Model.Config` with one block config per layer; the
 sizes a Titans model needs are read from it (the first layer's attention and feed-forward,
-the RoPE config, the final norm, weight tying). Its parameter names differ from the
-Titans model's (which keeps 0.2.2's llama3 names) in two places:
-
-    layers.{i}.attention.qkv_linear.w{q,k,v}.weight  ->  layers.{i}.attention.w{q,k,v}.weight
-    lm_head.weight                                   ->  output.weight
-"""
-
-import re
+the RoPE config, the final norm, weight tying). Its parameter names differ from the Titans
+model's in two places (conversion/llama3_names.py)."""
 
 from titans_plugin.blocks.rope import RopeScaling
-
-NAMES_FROM_LLAMA3 = (
-    (re.compile(r"^layers\.(\d+)\.attention\.qkv_linear\.(w[qkv])\.weight$"), r"layers.\1.attention.\2.weight"),
-    (re.compile(r"^lm_head\.weight$"), "output.weight"),
-)
-
-
-def titans_name(llama3_name: str) -> str:
-    """A 0.3.0 llama3 parameter's name in the Titans model."""
-    for pattern, replacement in NAMES_FROM_LLAMA3:
-        if pattern.match(llama3_name):
-            return pattern.sub(replacement, llama3_name)
-    return llama3_name
-
-
-def llama3_name(titans_name_: str) -> str:
-    """The inverse of titans_name."""
-    m = re.match(r"^layers\.(\d+)\.attention\.(w[qkv])\.weight$", titans_name_)
-    if m:
-        return f"layers.{m.group(1)}.attention.qkv_linear.{m.group(2)}.weight"
-    return "lm_head.weight" if titans_name_ == "output.weight" else titans_name_
+from titans_plugin.conversion.llama3_names import llama3_030_name, titans_name
 
 
 def llama3_flavors() -> dict:
@@ -101,7 +75,7 @@ class HuggingFaceNames:
         }
 
     def to_hf(self, state_dict: dict) -> dict:
-        return self.adapter.to_hf({llama3_name(k): v for k, v in state_dict.items()})
+        return self.adapter.to_hf({llama3_030_name(k): v for k, v in state_dict.items()})
 
     def from_hf(self, hf_state_dict: dict) -> dict:
         return {titans_name(k): v for k, v in self.adapter.from_hf(hf_state_dict).items()}
