@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
-# The tests. On a fresh machine: sets up .venv the same way as run_train.sh, then runs the
-# linter (ruff check and format check), the unit tests (tests/) and the torchrun
-# integration tests (integration_tests/).
-# Extra arguments go to pytest (e.g. ./run_tests.sh -k streaming).
+# The tests, on both torchtitan stacks. On a fresh machine: sets up each stack's virtual
+# environment the way run_train.sh does (scripts/setup_env.sh), then
+#   0.2.2 (.venv: torch 2.13.0 CPU, torchtitan 0.2.2): ruff check, ruff format --check,
+#         mypy, the unit tests (tests/) and the torchrun tests (integration_tests/torchtitan022)
+#   0.3.0 (.venv-tt030: torch 2.14.1, torchtitan 0.3.0): the unit tests but the Triton
+#         interpreter's and the ahead-of-time compile's (they depend on triton, not on
+#         torchtitan), the 0.3 adapter's tests and its torchrun tests
+# Extra arguments go to pytest in both, e.g. the development loop:
+#   ./run_tests.sh -m "not slow"               # no torchrun, interpreter or compile tests
+#   STACKS=022 ./run_tests.sh -m "not slow"    # one stack
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/setup_env.sh
-ruff check .
-ruff format --check .
-# pytest exits 5 when it collects no test: that is a failure here too.
-python -m pytest -q -p no:cacheprovider --durations=30 "$@"
+STACKS="${STACKS:-022 030}"
+PYTEST=(python -m pytest -q -p no:cacheprovider --durations=20)
+for stack in $STACKS; do
+    echo "=== torchtitan stack $stack ==="
+    start=$SECONDS
+    (
+        export TT="$stack"
+        source scripts/setup_env.sh
+        if [ "$stack" = 022 ]; then
+            ruff check .
+            ruff format --check .
+            mypy
+            # pytest exits 5 when it collects no test: a failure here too (set -e)
+            "${PYTEST[@]}" tests integration_tests/torchtitan022 --ignore=tests/torchtitan030 "$@"
+        else
+            "${PYTEST[@]}" tests integration_tests/torchtitan030 --ignore=tests/torchtitan022 \
+                --ignore=tests/test_triton_kernels.py --ignore=tests/test_kernel_compile.py "$@"
+        fi
+    )
+    echo "=== torchtitan stack $stack: passed in $((SECONDS - start)) s ==="
+done
