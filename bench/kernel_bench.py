@@ -8,7 +8,7 @@ and exits 2 (the CPU numbers live in memory_bench.py).
 
 Shapes: 16 heads of 64, depth-2 memory with expansion 4 (hidden 256), chunk 64, bf16 inputs,
 fp32 state; B * T = 128K tokens at every length (B = 64 at 2K, 2 at 64K), so every row does
-the same useful work. Useful FLOPs are titans_plugin.model.flops.memory_scan_forward_flops
+the same useful work. Useful FLOPs are MemoryConfig.scan_flops_per_token
 (the chunked algorithm's matmuls; the backward counted as 2x the forward).
 """
 
@@ -108,14 +108,12 @@ def measure(impl: str, T: int, iters: int) -> dict:
 
 def _useful_tflops(r) -> tuple[float, float]:
     from titans_plugin.memory import MemoryConfig
-    from titans_plugin.model.flops import memory_scan_forward_flops
 
     if r["impl"] == "sdpa":  # causal: half of 4 * T * D per query per head
         per_token = 2 * r["T"] * HEAD_DIM * HEADS
     else:
-        per_token = memory_scan_forward_flops(
-            MemoryConfig(dim=HEADS * HEAD_DIM, n_heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK)
-        )
+        config = MemoryConfig(dim=HEADS * HEAD_DIM, n_heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK)
+        per_token = config.scan_flops_per_token()
     flops = per_token * r["B"] * r["T"]
     return flops / r["fwd_ms"] / 1e9, 3 * flops / r["train_ms"] / 1e9
 

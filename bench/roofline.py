@@ -2,6 +2,7 @@
 
     python -m titans_plugin.kernels.compile_report --ci --json /tmp/report.json
     python -m bench.roofline --report /tmp/report.json          # prints, writes docs/kernels.md
+    python -m bench.roofline --measured docs/gpu_acceptance.json  # where the model was wrong, per term
 
 Per chunk and program (one program per (batch, head) walks the chunks; the state streams
 through L2 in hidden tiles), it counts from the kernels' structure:
@@ -99,11 +100,81 @@ def predict(C, D, H, tile, every, clip, spills, programs, per_step=False):
     }
 
 
+LAUNCH_US = 5.0  # one kernel launch, as the model assumes it (two per training step: forward, backward)
+
+
+def calibrate(measured: dict) -> str:
+    """Where the model was wrong, per term, for each Triton row of a GPU acceptance run
+    (bench/gpu_acceptance.py's JSON): the measured time per chunk against the model's
+    compute, L2 and spill terms, the rates that would explain the measurement if one term
+    were all of it, and the launch overhead's share."""
+    speed = measured.get("speed") or {}
+    spills = speed.get("spills") or {"fwd": 0, "bwd": 0}
+    sizes = measured["sizes"]
+    C, D, H, tile, every = sizes["chunk"], sizes["head_dim"], sizes["hidden"], 16, 4
+    rows = []
+    for r in speed.get("rows", []):
+        if r["impl"] != "triton":
+            continue
+        programs = r["B"] * sizes["heads"]
+        m = per_chunk(C, D, H, tile, every, True, spills, per_step=False)
+        active = min(programs, SMS)
+        l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
+        sm_peak = PEAK_TFLOPS * 1e12 / SMS
+        chunks = -(-r["T"] // C) * -(-programs // SMS)
+        t_meas = (r["seconds"] - 2 * LAUNCH_US * 1e-6) / chunks  # per chunk and program, launches taken out
+        compute = sum(m["flops"][k] for k in ("fwd", "bwd")) / sm_peak
+        l2 = sum(m["l2"][k] for k in ("fwd", "bwd")) / l2_rate
+        spill = sum(m["spill"][k] for k in ("fwd", "bwd")) / l2_rate
+        rows.append(
+            [
+                r["T"],
+                programs,
+                f"{t_meas * 1e6:.1f}",
+                f"{compute * 1e6:.1f}",
+                f"{l2 * 1e6:.1f}",
+                f"{spill * 1e6:.2f}",
+                f"{sum(m['l2'][k] + m['spill'][k] for k in ('fwd', 'bwd')) / t_meas / 1e9:.0f}",
+                f"{sum(m['flops'][k] for k in ('fwd', 'bwd')) / t_meas / 1e12:.2f}",
+                f"{100 * 2 * LAUNCH_US * 1e-6 / r['seconds']:.2f}%",
+            ]
+        )
+    header = [
+        "T",
+        "programs",
+        "measured us/chunk",
+        "model: compute us",
+        "model: L2 us",
+        "model: spills us",
+        "L2 GB/s per SM if memory-bound",
+        "TFLOP/s per SM if compute-bound",
+        "launches' share",
+    ]
+    note = (
+        f"The model per SM: {sm_peak_tflops():.2f} TFLOP/s bf16, L2 {L2_PER_SM_GBS:.0f} GB/s per SM (capped at "
+        f"{L2_TOTAL_GBS:.0f} GB/s in all), spills moving once per chunk, {LAUNCH_US:.0f} us per launch. A measured "
+        "time far above both the compute and the L2 term, with the implied rates far below the model's, points at "
+        "a term the model lacks (latency, occupancy, spills moving every tile step)."
+    )
+    return table(header, rows) + "\n\n" + note
+
+
+def sm_peak_tflops() -> float:
+    return PEAK_TFLOPS / SMS
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--report", required=True, help="JSON from compile_report --ci --json")
+    p.add_argument("--report", help="JSON from compile_report --ci --json")
+    p.add_argument("--measured", help="JSON from bench.gpu_acceptance: compare the model with it, per term")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    if args.measured:
+        print(calibrate(json.loads(pathlib.Path(args.measured).read_text())))
+        if not args.report:
+            return
+    if not args.report:
+        p.error("--report (or --measured) is required")
     reports = json.loads(pathlib.Path(args.report).read_text())
 
     def spill(kernel):

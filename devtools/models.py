@@ -13,10 +13,10 @@ from titans_plugin.model import TitansModelArgs, TitansTransformer
 TINY_TITANS = dict(memory_heads=2, memory_head_dim=8, chunk_size=4, segment_len=6, window=5, n_persistent=2)
 
 
-def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> TitansTransformer:
-    """A width-32 fp64 model with layer pattern `pattern` (and [titans] overrides)."""
-    torch.manual_seed(seed)
-    args = TitansModelArgs(
+def tiny_args(pattern: str, n_layers: int | None = None, **titans) -> TitansModelArgs:
+    """Width 32, 4 heads of which 2 KV heads, vocabulary 50, layer pattern `pattern` (and
+    [titans] overrides)."""
+    return TitansModelArgs(
         dim=32,
         n_layers=n_layers or max(2, len(pattern)),
         n_heads=4,
@@ -26,7 +26,12 @@ def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> T
         max_seq_len=64,
         titans=TitansConfig(pattern=pattern, **{**TINY_TITANS, **titans}),
     )
-    return TitansTransformer(args).double()
+
+
+def tiny_model(pattern: str, n_layers: int | None = None, seed=0, **titans) -> TitansTransformer:
+    """A fp64 model of tiny_args."""
+    torch.manual_seed(seed)
+    return TitansTransformer(tiny_args(pattern, n_layers, **titans)).double()
 
 
 def debug_model(pattern: str, seq_len: int, **overrides) -> TitansTransformer:

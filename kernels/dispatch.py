@@ -4,12 +4,14 @@ import warnings
 
 import torch
 
+from . import self_check
 from .chunk import chunk_neural_memory
 from .naive import naive_neural_memory
 from .state import MemoryState, check_resets
 from .triton_op import launch_problem, triton_neural_memory, unsupported_reason
 
 BACKENDS = ("auto", "chunk", "naive", "triton")
+AUTO_TRITON_DEVICES = ("cuda",)  # where "auto" uses the Triton kernels (tests add "cpu": the interpreter)
 _warned: set[str] = set()
 
 
@@ -29,22 +31,30 @@ def resolve_backend(
     resets: bool = False,
 ) -> str:
     """'auto' is the Triton kernels on CUDA wherever they support the configuration
-    (depth 1 or 2, fp32/bf16/fp16 inputs) and compile within the device's shared memory,
-    the exact chunked PyTorch path everywhere else; on CUDA a fallback is warned about
-    once, with its reason. Forcing 'triton' where it cannot run is an error, never a
-    silent fallback."""
+    (depth 1 or 2, fp32/bf16/fp16 inputs), compile within the device's shared memory and
+    pass their first-use self-check on the device (kernels/self_check.py); the exact
+    chunked PyTorch path everywhere else. On CUDA a fallback is warned about once, with its
+    reason. Forcing 'triton' where it cannot run, or where it failed its self-check, is an
+    error, never a silent fallback."""
     if backend not in BACKENDS:
         raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "triton":
+        failed = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets)
+        if failed:
+            raise RuntimeError(f"titans.kernel = 'triton': {failed}; use 'auto' (falls back to 'chunk') or 'chunk'")
+        return backend
     if backend != "auto":
         return backend
-    if q.device.type != "cuda":
+    if q.device.type not in AUTO_TRITON_DEVICES:
         return "chunk"
     reason = unsupported_reason(len(state.weights), activation, q.dtype, q.device) or launch_problem(
         q, state, chunk_size, activation, max_grad_norm, resets
     )
     if reason is None:
+        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets)
+    if reason is None:
         return "triton"
-    _warn_once(f"memory backend 'auto' uses 'chunk' on this CUDA device: {reason}")
+    _warn_once(f"memory backend 'auto' uses 'chunk' on this {q.device.type.upper()} device: {reason}")
     return "chunk"
 
 

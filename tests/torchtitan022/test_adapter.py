@@ -3,14 +3,13 @@ plugin's parallelize function compiling a model (in process, one rank)."""
 
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torchtitan.distributed import ParallelDims
 
 from devtools.paths import REPO
+from devtools.processes import imports_then, python
 from titans_plugin.config import TitansConfig
 from titans_plugin.model import TitansTransformer
 from titans_plugin.torchtitan022.args import TitansTrainArgs
@@ -21,12 +20,8 @@ from titans_plugin.training.checks import check_parallel_layout
 CONFIG = os.path.join(REPO, "train_configs", "debug_mac.toml")
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
-
-
 def test_model_code_imports_without_torchtitan():
-    proc = _python(
+    proc = python(
         "import sys\n"
         "import titans_plugin.kernels, titans_plugin.memory, titans_plugin.blocks, titans_plugin.model\n"
         "import titans_plugin.config, titans_plugin.context_parallel, titans_plugin.conversion.hybrid\n"
@@ -48,13 +43,12 @@ _REGISTERED = (
 @pytest.mark.parametrize("torchtitan_first", [True, False])
 def test_the_root_package_registers_nothing_in_any_import_order(torchtitan_first):
     imports = ["import torchtitan.config, torchtitan.train", "import titans_plugin, titans_plugin.model"]
-    proc = _python("\n".join(imports if torchtitan_first else imports[::-1]) + "\n" + _REGISTERED)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False", "cuda"]  # torchtitan's own fallback, untouched
+    # nothing registered, and torchtitan's own device fallback untouched
+    assert imports_then(imports, _REGISTERED, reverse=not torchtitan_first) == ["False", "False", "cuda"]
 
 
 def test_the_entry_module_registers_the_model_datasets_and_cpu_support():
-    proc = _python("import titans_plugin.torchtitan022\n" + _REGISTERED)
+    proc = python("import titans_plugin.torchtitan022\n" + _REGISTERED)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "cuda" if torch.cuda.is_available() else "cpu"]
 

@@ -2,30 +2,24 @@
 command-line overrides, hybridize, and the model's checks and its reading of positions."""
 
 import dataclasses
-import subprocess
-import sys
 import tomllib
 from importlib import resources
 
 import pytest
 import torch
 
-from devtools.models import TINY_TITANS
-from devtools.paths import REPO
+from devtools.models import tiny_args
+from devtools.processes import imports_then, python
 from titans_plugin import config_registry, hybridize
 from titans_plugin.config import TitansConfig
-from titans_plugin.conversion.llama3_names import titans_name
-from titans_plugin.model import TitansModelArgs, TitansTransformer
+from titans_plugin.model import TitansTransformer
 from titans_plugin.torchtitan030.build import load_job_config, train_args
 from titans_plugin.torchtitan030.configs import flavors, titans_config
 from titans_plugin.torchtitan030.model import TitansModel
 from titans_plugin.training.datasets import TOKENIZER_DIR
+from titans_plugin.training.llama3_names import titans_name
 
 CONFIG_FUNCTIONS = sorted(n for n in dir(config_registry) if n.startswith("titans_"))
-
-
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
 _REGISTERED = (
@@ -38,13 +32,11 @@ _REGISTERED = (
 @pytest.mark.parametrize("torchtitan_first", [True, False])
 def test_importing_the_package_in_a_0_3_process_registers_nothing(torchtitan_first):
     imports = ["import torchtitan.trainer", "import titans_plugin, titans_plugin.model"]
-    proc = _python("\n".join(imports if torchtitan_first else imports[::-1]) + "\n" + _REGISTERED)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "cuda"]
+    assert imports_then(imports, _REGISTERED, reverse=not torchtitan_first) == ["False", "cuda"]
 
 
 def test_the_entry_module_registers_datasets_and_cpu_support():
-    proc = _python("import titans_plugin.config_registry\n" + _REGISTERED)
+    proc = python("import titans_plugin.config_registry\n" + _REGISTERED)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "cuda" if torch.cuda.is_available() else "cpu"]
 
@@ -170,17 +162,7 @@ def test_hybridize_errors_name_what_is_wrong():
 
 def _tiny(pattern: str, **titans) -> TitansModel:
     torch.manual_seed(0)
-    args = TitansModelArgs(
-        dim=32,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=50,
-        multiple_of=16,
-        max_seq_len=64,
-        titans=TitansConfig(pattern=pattern, **{**TINY_TITANS, **titans}),
-    )
-    model = TitansModel(TitansModel.Config(args=args)).double()
+    model = TitansModel(TitansModel.Config(args=tiny_args(pattern, **titans))).double()
     model.verify_module_protocol()
     return model
 

@@ -237,7 +237,7 @@ class _Slot:
         return _Slot, (self.index,)
 
 
-def _without_tensors(tree):
+def _without_tensors(tree) -> tuple[object, list[torch.Tensor]]:
     """(the state with every tensor replaced by its _Slot, the distinct tensors): a
     tensor that appears twice (a memory state that is also its chunk-start state) is
     listed once and travels once."""

@@ -19,10 +19,10 @@ import re
 
 import torch
 
+from titans_plugin.training.llama3_names import titans_name
 from titans_plugin.utils.dtensor import copy_whole
 
 from . import stack
-from .llama3_names import titans_name
 
 
 class DcpCheckpoint:

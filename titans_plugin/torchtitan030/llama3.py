@@ -3,10 +3,10 @@
 0.3.0 describes a llama3 as a `Llama3Model.Config` with one block config per layer; the
 sizes a Titans model needs are read from it (the first layer's attention and feed-forward,
 the RoPE config, the final norm, weight tying). Its parameter names differ from the Titans
-model's in two places (conversion/llama3_names.py)."""
+model's in two places (training/llama3_names.py)."""
 
 from titans_plugin.blocks.rope import RopeScaling
-from titans_plugin.conversion.llama3_names import llama3_030_name, titans_name
+from titans_plugin.training.llama3_names import llama3_030_name, titans_name
 
 
 def llama3_flavors() -> dict:

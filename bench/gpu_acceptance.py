@@ -1,0 +1,423 @@
+"""Whether a GPU machine trains Titans correctly, and how fast: one command, at most about
+8 minutes on one H100 or H200.
+
+    python -m bench.gpu_acceptance              # on a GPU: writes docs/benchmarks.md and docs/gpu_acceptance.json
+    python -m bench.gpu_acceptance --dry-run    # the same steps at toy sizes in the Triton interpreter (CPU)
+
+Steps, each reported and each able to fail the run (exit status 1):
+1. the environment: GPU, capability, driver, CUDA, torch, triton;
+2. the Triton scan's self-check (kernels/self_check.py) for the default configurations,
+   and the Triton kernel tests compiled for this GPU (bf16 included);
+3. every memory block type's forward and backward with the Triton scan against the chunked
+   path, in bf16 and fp32 (the largest relative error of the logits and of every gradient);
+4. the scan's speed at T = 4K and 16K: tokens/s, useful TFLOP/s and share of bf16 peak,
+   next to the roofline model's prediction (measured / predicted), with the chunked path
+   and SDPA attention beside it;
+5. 20 torchtitan steps per memory block type in bf16 with `kernel = "auto"`, with and
+   without torch.compile: loss, tokens/s, peak memory;
+6. ring attention's fused-kernel check on the device.
+`python -m bench.roofline --report R --measured docs/gpu_acceptance.json` then says, per
+term of the model, where it was wrong.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import torch
+
+from bench.common import table, write_doc_section
+from devtools.paths import REPO
+
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+GPU = dict(heads=16, head_dim=64, hidden=256, chunk=64, lengths=(4096, 16384), tokens=65536, steps=20)
+TOY = dict(heads=2, head_dim=16, hidden=32, chunk=8, lengths=(48, 96), tokens=96, steps=3)
+
+
+def _peak(name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+class Run:
+    """What every step reports: its rows, and whether it failed."""
+
+    def __init__(self, dry: bool):
+        self.dry, self.sizes = dry, TOY if dry else GPU
+        self.device = "cpu" if dry else "cuda"
+        self.results: dict = {"dry_run": dry, "date": datetime.date.today().isoformat(), "failures": []}
+        self.results["sizes"] = self.sizes
+
+    def fail(self, what: str) -> None:
+        print(f"FAILED: {what}", flush=True)
+        self.results["failures"].append(what)
+
+
+# -- 1. environment ----------------------------------------------------------------------
+def environment(run: Run) -> None:
+    import triton
+
+    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()}
+    if run.dry:
+        env["device"] = "cpu (Triton interpreter)"
+    else:
+        props = torch.cuda.get_device_properties(0)
+        env |= {"device": props.name, "capability": f"sm_{props.major}{props.minor}", "cuda": torch.version.cuda}
+        env["memory_gib"] = round(props.total_memory / 2**30, 1)
+        try:
+            smi = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+            env["driver"] = subprocess.run(smi, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = "unknown (no nvidia-smi)"
+    run.results["environment"] = env
+    print(json.dumps(env), flush=True)
+
+
+# -- 2. self-check and kernel tests -----------------------------------------------------------
+def _state(depth: int, s: dict, device):
+    from titans_plugin.kernels import MemoryState
+
+    dims = [s["head_dim"]] + [s["hidden"]] * (depth - 1) + [s["head_dim"]]
+    w = tuple(torch.zeros(1, 1, dims[i], dims[i + 1], device=device) for i in range(depth))
+    return MemoryState(w, w)
+
+
+def self_checks(run: Run) -> None:
+    from titans_plugin.kernels import self_check
+
+    if run.dry:
+        self_check.CHECKED_DEVICES = ("cpu",)
+    dtypes = [torch.float32] if run.dry else [torch.bfloat16, torch.float32]  # bf16 is wrong in the interpreter
+    rows = []
+    for dtype in dtypes:
+        for depth, clip, resets in ((2, True, False), (2, True, True), (1, True, False), (2, False, False)):
+            state = _state(depth, run.sizes, run.device)
+            r = self_check.check(run.device, dtype, state, run.sizes["chunk"], "silu", clip, resets)
+            rows.append({"ok": r.ok, "message": r.message, "max_error": r.max_error, "seconds": r.seconds})
+            print(r.message, flush=True)
+            if not r.ok:
+                run.fail(r.message)
+    run.results["self_checks"] = rows
+    if run.dry:
+        run.results["kernel_tests"] = "not run: the test command runs them in the interpreter"
+        return
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton_kernels.py"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    run.results["kernel_tests"] = summary
+    print(f"tests/test_triton_kernels.py on the GPU: {summary}", flush=True)
+    if proc.returncode != 0:
+        run.fail(f"Triton kernel tests on the GPU: {summary}\n{proc.stdout[-3000:]}")
+
+
+# -- 3. block types, Triton against the chunked path -----------------------------------------
+def _model(pattern: str, kernel: str, s: dict, dtype):
+    """Two layers around the acceptance's memory: heads of head_dim, hidden units, chunk."""
+    from titans_plugin.config import TitansConfig
+    from titans_plugin.model import TitansModelArgs, TitansTransformer
+
+    torch.manual_seed(0)
+    titans = TitansConfig(
+        pattern=pattern,
+        memory_heads=s["heads"],
+        memory_expansion=s["hidden"] / s["head_dim"],
+        chunk_size=s["chunk"],
+        segment_len=4 * s["chunk"],
+        window=4 * s["chunk"],
+        kernel=kernel,
+    )
+    dim = s["heads"] * s["head_dim"]
+    args = TitansModelArgs(dim=dim, n_layers=2, n_heads=s["heads"], vocab_size=512, multiple_of=64, titans=titans)
+    model = TitansTransformer(args)
+    for param in model.parameters():  # parameters only: the RoPE table stays complex
+        param.data = param.data.to(dtype)
+    return model
+
+
+def block_parity(run: Run) -> None:
+    s = run.sizes
+    T = 10 * s["chunk"] + s["chunk"] // 2 + 1  # several chunks and segments, a ragged end
+    tokens = torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(0)).to(run.device)
+    dtypes = [torch.float32] if run.dry else [torch.bfloat16, torch.float32]
+    tolerance = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+    rows = []
+    for dtype in dtypes:
+        for pattern in ("CA", "GA", "LA", "M"):
+            outs = {}
+            for kernel in ("triton", "chunk"):
+                model = _model(pattern, kernel, s, dtype).to(run.device)
+                logits = model(tokens)
+                logits.float().square().mean().backward()
+                outs[kernel] = [logits] + [p.grad for p in model.parameters()]
+            errors = [
+                ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+                for a, b in zip(outs["triton"], outs["chunk"], strict=True)
+                if b is not None
+            ]
+            worst = max(errors)
+            rows.append(
+                {"pattern": pattern, "dtype": str(dtype), "logits": errors[0], "worst_gradient": max(errors[1:])}
+            )
+            print(f"{pattern} {dtype}: logits {errors[0]:.2e}, worst gradient {max(errors[1:]):.2e}", flush=True)
+            if not worst <= tolerance[dtype]:
+                run.fail(f"{pattern} {dtype}: Triton against chunk, relative error {worst:.2e} > {tolerance[dtype]}")
+    run.results["block_parity"] = rows
+
+
+# -- 4. speed -------------------------------------------------------------------------------
+def _time_s(fn, sync, iters: int) -> float:
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / iters
+
+
+def speed(run: Run) -> None:
+    import torch.nn.functional as F
+
+    from bench.roofline import predict
+    from titans_plugin.kernels import MemoryState, neural_memory_scan
+    from titans_plugin.memory import MemoryConfig
+
+    s = run.sizes
+    sync = torch.cuda.synchronize if run.device == "cuda" else (lambda: None)
+    dtype = torch.float32 if run.dry else torch.bfloat16
+    config = MemoryConfig(
+        dim=s["heads"] * s["head_dim"], n_heads=s["heads"], expansion=s["hidden"] / s["head_dim"], chunk_size=s["chunk"]
+    )
+    spills = _spills(run)
+    peak = None if run.dry else _peak(torch.cuda.get_device_name(0))
+    rows = []
+    for T in s["lengths"]:
+        B = max(1, s["tokens"] // T)
+        H, D, hidden = s["heads"], s["head_dim"], s["hidden"]
+        g = torch.Generator().manual_seed(0)
+
+        def rnd(*shape):
+            return torch.randn(*shape, generator=g).to(run.device)
+
+        q, k = F.normalize(rnd(B, T, H, D), dim=-1).to(dtype), F.normalize(rnd(B, T, H, D), dim=-1).to(dtype)
+        v = rnd(B, T, H, D).to(dtype)
+        gates = [torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1.0, 0.1)]
+        w = (rnd(B, H, D, hidden) / D**0.5, rnd(B, H, hidden, D) / hidden**0.5)
+        state = MemoryState(w, tuple(torch.zeros_like(t) for t in w))
+        leaves = [q, k, v, *gates, *w]
+        for t in leaves:
+            t.requires_grad_()
+        useful = 3 * config.scan_flops_per_token() * B * T  # forward + backward (2x forward)
+        for impl in ("triton", "chunk", "sdpa"):
+            if impl == "sdpa":
+                qa, ka, va = (rnd(B, H, T, D).to(dtype).requires_grad_() for _ in range(3))
+
+                def step():
+                    F.scaled_dot_product_attention(qa, ka, va, is_causal=True).float().sum().backward()
+
+                flops = 3 * 2 * T * D * H * B * T  # causal: half of 4 T D per query and head, x3 for training
+            else:
+
+                def step(impl=impl):
+                    y, _ = neural_memory_scan(
+                        q,
+                        k,
+                        v,
+                        *gates,
+                        state,
+                        chunk_size=s["chunk"],
+                        activation="silu",
+                        max_grad_norm=1.0,
+                        backend=impl,
+                    )
+                    y.float().sum().backward()
+
+                flops = useful
+            seconds = _time_s(step, sync, 1 if run.dry else 3)
+            row = {"impl": impl, "T": T, "B": B, "seconds": seconds, "tokens_per_s": B * T / seconds}
+            row["tflops"] = flops / seconds / 1e12
+            row["pct_peak"] = None if peak is None else 100 * row["tflops"] / peak
+            if impl == "triton":
+                model = predict(s["chunk"], D, hidden, 16, 4, True, spills, B * H)  # bench/roofline.py's
+                row["predicted_seconds"] = model["time_us"] * 1e-6 * -(-T // s["chunk"]) * -(-B * H // 132)
+                row["measured_over_predicted"] = seconds / row["predicted_seconds"]
+            rows.append(row)
+            ratio = f", measured/predicted {row['measured_over_predicted']:.2f}" if impl == "triton" else ""
+            print(f"{impl} T={T} B={B}: {row['tokens_per_s']:,.0f} tokens/s, {row['tflops']:.2f} TFLOP/s{ratio}")
+    run.results["speed"] = {"spills": spills, "rows": rows}
+
+
+def _spills(run: Run) -> dict:
+    """Spill stores per thread of the default kernels for this GPU (the compile report's)."""
+    if run.dry:
+        return {"fwd": 0, "bwd": 0}
+    from titans_plugin.kernels.compile_report import Config, compile_kernel
+
+    major, minor = torch.cuda.get_device_capability(0)
+    arch = 90 if major >= 9 else 80
+    cfg = Config(2, 64, 256, 64, torch.bfloat16, True)
+    return {
+        "fwd": compile_kernel("forward-train", cfg, arch).spill_stores,
+        "bwd": compile_kernel("backward", cfg, arch).spill_stores,
+    }
+
+
+# -- 5. torchtitan steps ------------------------------------------------------------------------
+def training(run: Run) -> None:
+    from devtools.torchrun import losses, run_torchrun
+
+    s = run.sizes
+    rows = []
+    variants = (
+        [("debug_mag", False)]
+        if run.dry
+        else [(n, c) for n in ("debug_mac", "debug_mag", "debug_mal", "debug_lmm") for c in (False, True)]
+    )
+    for name, compiled in variants:
+        args = ["--training.steps", str(s["steps"]), "--metrics.log_freq", "1", "--validation.no-enable"]
+        args += ["--checkpoint.no-enable", "--titans.kernel", "auto", "--lr_scheduler.warmup_steps", "2"]
+        if run.dry:
+            args += ["--training.seq_len", "128", "--training.local_batch_size", "2"]
+            args += ["--training.mixed_precision_param", "float32"]
+        else:
+            args += ["--training.seq_len", "2048", "--training.local_batch_size", "8"]
+            args += ["--training.mixed_precision_param", "bfloat16"]
+        if compiled:
+            args.append("--compile.enable")
+        rc, log = run_torchrun(f"train_configs/{name}.toml", args, timeout=900)
+        curve = losses(log)
+        tps = [float(x.replace(",", "")) for x in re.findall(r"tps:\s*([\d,]+)", log)]
+        memory = re.findall(r"memory:\s*([\d.]+)GiB", log)
+        row = {"config": name, "compile": compiled, "ok": rc == 0 and len(curve) == s["steps"]}
+        if row["ok"]:
+            row |= {"first_loss": curve[1], "last_loss": curve[s["steps"]], "tokens_per_s": max(tps[1:] or tps)}
+            row["peak_memory_gib"] = max(float(m) for m in memory) if memory else None
+            loss = f"loss {curve[1]:.3f} -> {curve[s['steps']]:.3f}"
+            print(f"{name} compile={compiled}: {loss}, {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+        else:
+            run.fail(f"torchtitan {name} compile={compiled}: exit {rc}\n{log[-3000:]}")
+        rows.append(row)
+    run.results["training"] = rows
+
+
+# -- 6. ring attention --------------------------------------------------------------------------
+def ring_attention(run: Run) -> None:
+    from titans_plugin.context_parallel import ring_attention as ra
+
+    cases = [(torch.float32, 16)] if run.dry else [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 64)]
+    rows = []
+    for dtype, head_dim in cases:
+        kernel = ra.FUSED_KERNELS[run.device]
+        ok = ra.fused_kernel_matches(kernel, torch.device(run.device), dtype, head_dim)
+        rows.append({"dtype": str(dtype), "head_dim": head_dim, "ok": ok})
+        print(f"ring attention fused kernel {dtype} head dim {head_dim}: {'matches' if ok else 'MISMATCH'}")
+        if not ok:
+            run.fail(f"ring attention's fused kernel on {run.device} ({dtype}, head dim {head_dim})")
+    run.results["ring_attention"] = rows
+
+
+def report(run: Run) -> str:
+    r = run.results
+    env = r["environment"] or {}
+    verdict = (
+        "**Passed.**"
+        if not r["failures"]
+        else f"**Failed** ({len(r['failures'])}): " + "; ".join(f.splitlines()[0] for f in r["failures"])
+    )
+    lines = [
+        f"### GPU acceptance, {r['date']}: {env.get('device')}",
+        f"Command: `python -m bench.gpu_acceptance`. {env}. {verdict}",
+    ]
+    checks = r.get("self_checks") or []
+    lines.append(
+        table(
+            ["self-check", "max error", "s"],
+            [[x["message"], f"{x['max_error']:.1e}", f"{x['seconds']:.2f}"] for x in checks],
+        )
+    )
+    lines.append(f"Triton kernel tests on the GPU: {r.get('kernel_tests')}")
+    blocks = r.get("block_parity") or []
+    lines.append(
+        table(
+            ["block", "dtype", "logits error", "worst gradient error"],
+            [[x["pattern"], x["dtype"], f"{x['logits']:.1e}", f"{x['worst_gradient']:.1e}"] for x in blocks],
+        )
+    )
+    speed_rows = (r.get("speed") or {}).get("rows", [])
+    lines.append(
+        table(
+            ["scan", "T", "B", "tokens/s", "TFLOP/s", "% bf16 peak", "measured / roofline"],
+            [
+                [
+                    x["impl"],
+                    x["T"],
+                    x["B"],
+                    f"{x['tokens_per_s']:,.0f}",
+                    f"{x['tflops']:.2f}",
+                    "" if x["pct_peak"] is None else f"{x['pct_peak']:.1f}%",
+                    f"{x['measured_over_predicted']:.2f}" if "measured_over_predicted" in x else "",
+                ]
+                for x in speed_rows
+            ],
+        )
+    )
+    train_rows = [x for x in r.get("training") or [] if x["ok"]]
+    lines.append(
+        table(
+            ["config", "compile", "loss first -> last", "tokens/s", "peak GiB"],
+            [
+                [
+                    x["config"],
+                    x["compile"],
+                    f"{x['first_loss']:.3f} -> {x['last_loss']:.3f}",
+                    f"{x['tokens_per_s']:,.0f}",
+                    x["peak_memory_gib"],
+                ]
+                for x in train_rows
+            ],
+        )
+    )
+    ring = r.get("ring_attention") or []
+    lines.append(table(["ring attention", "head dim", "matches"], [[x["dtype"], x["head_dim"], x["ok"]] for x in ring]))
+    return "\n\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="toy sizes in the Triton interpreter, on CPU")
+    p.add_argument("--json", help="where to write the results (default: docs/gpu_acceptance.json on a GPU)")
+    p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    a = p.parse_args(argv)
+    if a.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        print("no CUDA device: run with --dry-run to check the script on CPU", file=sys.stderr)
+        return 2
+    run = Run(a.dry_run)
+    for step in (environment, self_checks, block_parity, speed, training, ring_attention):
+        print(f"== {step.__name__}", flush=True)
+        try:
+            step(run)
+        except Exception as exc:  # a step that crashes is a failure, and the others still run
+            run.fail(f"{step.__name__} raised {exc!r}")
+            run.results.setdefault(step.__name__, None)
+    path = a.json or (None if a.dry_run else os.path.join(REPO, "docs", "gpu_acceptance.json"))
+    if path:
+        with open(path, "w") as f:
+            json.dump(run.results, f, indent=1, default=str)
+    if not a.dry_run and not a.no_write:
+        write_doc_section("benchmarks.md", "gpu-acceptance", report(run))
+    print(
+        "GPU acceptance: " + ("passed" if not run.results["failures"] else f"FAILED ({len(run.results['failures'])})")
+    )
+    return 1 if run.results["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""`python -m bench.gpu_acceptance --dry-run`: the GPU acceptance script's every step at toy
+sizes in the Triton interpreter, so the script a GPU machine will run is itself tested; and
+the roofline model's calibration reads its results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devtools.paths import REPO
+
+pytestmark = pytest.mark.slow  # the Triton interpreter and a torchrun run
+
+
+def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
+    out = tmp_path / "acceptance.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "bench.gpu_acceptance", "--dry-run", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["failures"] == []
+    assert len(results["self_checks"]) == 4
+    assert all(r["ok"] and r["max_error"] < 1e-4 for r in results["self_checks"])
+    assert {r["pattern"] for r in results["block_parity"]} == {"CA", "GA", "LA", "M"}
+    assert {r["impl"] for r in results["speed"]["rows"]} == {"triton", "chunk", "sdpa"}
+    assert all(r["ok"] for r in results["training"])
+    assert all(r["ok"] for r in results["ring_attention"])
+    calibration = subprocess.run(
+        [sys.executable, "-m", "bench.roofline", "--measured", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert calibration.returncode == 0, calibration.stderr
+    assert "measured us/chunk" in calibration.stdout
+    rows = [line for line in calibration.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(results["sizes"]["lengths"])  # a row per length

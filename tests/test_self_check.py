@@ -1,0 +1,99 @@
+"""The Triton scan's first-use self-check (kernels/self_check.py), run under the Triton
+interpreter: it passes for the real kernels, catches a kernel that drops a term, and
+dispatch then falls back ('auto', with one warning naming the configuration) or raises
+(a forced 'triton')."""
+
+import pytest
+import torch
+
+from titans_plugin.kernels import MemoryState, dispatch, self_check, triton_op
+
+pytestmark = pytest.mark.slow  # the Triton interpreter
+
+DIMS = dict(dk=16, hidden=32, dv=16)
+
+
+@pytest.fixture(autouse=True)
+def checked_on_cpu(monkeypatch):
+    monkeypatch.setattr(self_check, "CHECKED_DEVICES", ("cpu",))
+    monkeypatch.setattr(dispatch, "AUTO_TRITON_DEVICES", ("cpu",))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    monkeypatch.delenv("TITANS_TRITON_SELF_CHECK", raising=False)
+    self_check.forget()
+    yield
+    self_check.forget()
+
+
+def _state(depth: int, hidden: int = DIMS["hidden"]) -> MemoryState:
+    dims = [DIMS["dk"]] + [hidden] * (depth - 1) + [DIMS["dv"]]
+    w = tuple(torch.zeros(1, 1, dims[i], dims[i + 1]) for i in range(depth))
+    return MemoryState(w, w)
+
+
+def _q(dtype=torch.float32):
+    return torch.zeros(1, 4, 1, DIMS["dk"], dtype=dtype)
+
+
+@pytest.mark.parametrize(("depth", "clip", "resets"), [(1, True, True), (2, True, True), (2, False, False)])
+def test_the_kernels_pass_their_check(depth, clip, resets):
+    result = self_check.check("cpu", torch.float32, _state(depth), 8, "silu", clip, resets)
+    assert result.ok, result.message
+    assert result.max_error < 1e-5, result.message
+    assert "passed on cpu (cpu), float32, depth" in result.message
+
+
+def test_each_configuration_is_checked_once(monkeypatch):
+    runs = []
+    real = self_check._run
+    monkeypatch.setattr(self_check, "_run", lambda key: runs.append(key) or real(key))
+    for _ in range(3):
+        assert self_check.failure(_q(), _state(1), 8, "silu", 1.0, False) is None
+    self_check.failure(_q(), _state(1), 8, "silu", 0.0, False)  # clip off: another kernel
+    assert len(runs) == 2
+
+
+def _dropping_momentum(monkeypatch):
+    """A kernel that drops a term of the update: its end state loses the momentum."""
+    real = triton_op.memory_scan
+
+    def wrong(q, k, v, theta, log_eta, log_retain, state, *args):
+        y, end, saved = real(q, k, v, theta, log_eta, log_retain, state, *args)
+        half = end.shape[-1] // 2  # W then S in the flat state
+        return y, torch.cat([end[..., :half], torch.zeros_like(end[..., half:])], -1), saved
+
+    monkeypatch.setattr(triton_op, "memory_scan", wrong)
+
+
+def test_a_wrong_kernel_is_caught_and_auto_falls_back_with_one_warning(monkeypatch):
+    _dropping_momentum(monkeypatch)
+    with pytest.warns(UserWarning, match="self-check failed") as caught:
+        assert dispatch.resolve_backend("auto", _q(), _state(2), "silu", 8, 1.0) == "chunk"
+    (warning,) = [w for w in caught if "self-check failed" in str(w.message)]
+    text = str(warning.message)
+    assert "memory backend 'auto' uses 'chunk' on this CPU device: Triton memory scan self-check failed on" in text
+    assert "cpu (cpu), float32, depth 2, silu, clip on, restarts off, head dim 16/16, hidden 32, chunk 8" in text
+    assert "largest relative error" in text
+    assert "end S" in text  # the term the kernel dropped
+    assert dispatch.resolve_backend("auto", _q(), _state(2), "silu", 8, 1.0) == "chunk"
+    assert len(dispatch._warned) == 1  # warned once
+
+
+def test_a_forced_triton_that_failed_its_check_raises_with_the_figures(monkeypatch):
+    _dropping_momentum(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"titans\.kernel = 'triton': Triton memory scan self-check failed .* error"):
+        dispatch.resolve_backend("triton", _q(), _state(1), "silu", 8, 0.0)
+
+
+def test_an_exception_in_the_kernels_is_a_failed_check(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("illegal memory access")
+
+    monkeypatch.setattr(triton_op, "memory_scan", broken)
+    message = self_check.failure(_q(), _state(1), 8, "silu", 0.0, False)
+    assert "raised RuntimeError('illegal memory access')" in message
+
+
+def test_the_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv("TITANS_TRITON_SELF_CHECK", "0")
+    _dropping_momentum(monkeypatch)
+    assert self_check.failure(_q(), _state(1), 8, "silu", 0.0, False) is None
