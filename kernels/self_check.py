@@ -159,12 +159,16 @@ def _run(key: tuple) -> CheckResult:
         inputs, state, restarts, initial = _problem(key, every)
         threshold = CLIP if clip else None
         ins, st, init = _leaves(inputs, state, initial)
+        q, k, v, theta, eta, alpha = ins
         y, end = triton_neural_memory(
-            *ins, st, chunk, activation, threshold, checkpoint_every=every, resets=restarts, initial=init
+            q, k, v, theta, eta, alpha, st, chunk, activation, threshold, every, resets=restarts, initial=init
         )
         # the reference sees the same (rounded) inputs, in fp32
         ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
-        y_ref, end_ref = chunk_neural_memory(*ref_ins, ref_st, chunk, activation, threshold, restarts, ref_init)
+        q, k, v, theta, eta, alpha = ref_ins
+        y_ref, end_ref = chunk_neural_memory(
+            q, k, v, theta, eta, alpha, ref_st, chunk, activation, threshold, restarts, ref_init
+        )
         names = ["q", "k", "v", "theta", "eta", "alpha"]
         names += [f"initial W{i + 1}" for i in range(depth)] + [f"initial S{i + 1}" for i in range(depth)]
         leaves = [*ins, *st.weights, *st.momentum]
