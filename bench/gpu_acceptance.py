@@ -13,7 +13,7 @@ Steps, each reported and each able to fail the run (exit status 1):
 4. the scan's speed at T = 4K and 16K: tokens/s, useful TFLOP/s and share of bf16 peak,
    next to the roofline model's prediction (measured / predicted), with the chunked path
    and SDPA attention beside it;
-5. 20 torchtitan steps per memory block type in bf16 with `kernel = "auto"`, with and
+5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
    without torch.compile: loss, tokens/s, peak memory;
 6. ring attention's fused-kernel check on the device.
 `python -m bench.roofline --report R --measured docs/gpu_acceptance.json` then says, per
@@ -22,6 +22,7 @@ term of the model, where it was wrong.
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -36,8 +37,9 @@ from bench.common import table, write_doc_section
 from devtools.paths import REPO
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-GPU = dict(heads=16, head_dim=64, hidden=256, chunk=64, lengths=(4096, 16384), tokens=65536, steps=20)
-TOY = dict(heads=2, head_dim=16, hidden=32, chunk=8, lengths=(48, 96), tokens=96, steps=3)
+GPU = dict(heads=16, head_dim=64, hidden=256, chunk=64, lengths=(4096, 16384), tokens=65536, steps=20, parity_chunks=10)
+# the dry run: the same steps, sized for the interpreter (its cost grows with the chunks walked)
+TOY = dict(heads=2, head_dim=16, hidden=32, chunk=8, lengths=(16, 32), tokens=32, steps=3, parity_chunks=4)
 
 
 def _peak(name: str) -> float | None:
@@ -117,7 +119,7 @@ def self_checks(run: Run) -> None:
 
 
 # -- 3. block types, Triton against the chunked path -----------------------------------------
-def _model(pattern: str, kernel: str, s: dict, dtype):
+def _model(pattern: str, backend: str, s: dict, dtype):
     """Two layers around the acceptance's memory: heads of head_dim, hidden units, chunk."""
     from titans_plugin.config import TitansConfig
     from titans_plugin.model import TitansModelArgs, TitansTransformer
@@ -130,7 +132,7 @@ def _model(pattern: str, kernel: str, s: dict, dtype):
         chunk_size=s["chunk"],
         segment_len=4 * s["chunk"],
         window=4 * s["chunk"],
-        kernel=kernel,
+        backend=backend,
     )
     dim = s["heads"] * s["head_dim"]
     args = TitansModelArgs(dim=dim, n_layers=2, n_heads=s["heads"], vocab_size=512, multiple_of=64, titans=titans)
@@ -142,7 +144,7 @@ def _model(pattern: str, kernel: str, s: dict, dtype):
 
 def block_parity(run: Run) -> None:
     s = run.sizes
-    T = 10 * s["chunk"] + s["chunk"] // 2 + 1  # several chunks and segments, a ragged end
+    T = s["parity_chunks"] * s["chunk"] + s["chunk"] // 2 + 1  # several chunks and segments, a ragged end
     tokens = torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(0)).to(run.device)
     dtypes = [torch.float32] if run.dry else [torch.bfloat16, torch.float32]
     tolerance = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
@@ -150,11 +152,11 @@ def block_parity(run: Run) -> None:
     for dtype in dtypes:
         for pattern in ("CA", "GA", "LA", "M"):
             outs = {}
-            for kernel in ("triton", "chunk"):
-                model = _model(pattern, kernel, s, dtype).to(run.device)
+            for backend in ("triton", "chunk"):
+                model = _model(pattern, backend, s, dtype).to(run.device)
                 logits = model(tokens)
                 logits.float().square().mean().backward()
-                outs[kernel] = [logits] + [p.grad for p in model.parameters()]
+                outs[backend] = [logits] + [p.grad for p in model.parameters()]
             errors = [
                 ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
                 for a, b in zip(outs["triton"], outs["chunk"], strict=True)
@@ -171,6 +173,19 @@ def block_parity(run: Run) -> None:
 
 
 # -- 4. speed -------------------------------------------------------------------------------
+def _attention_step(q, k, v):
+    import torch.nn.functional as F
+
+    F.scaled_dot_product_attention(q, k, v, is_causal=True).float().sum().backward()
+
+
+def _scan_step(impl, inputs, state, chunk):
+    from titans_plugin.kernels import neural_memory_scan
+
+    y, _ = neural_memory_scan(*inputs, state, chunk_size=chunk, activation="silu", max_grad_norm=1.0, backend=impl)
+    y.float().sum().backward()
+
+
 def _time_s(fn, sync, iters: int) -> float:
     fn()
     sync()
@@ -185,7 +200,7 @@ def speed(run: Run) -> None:
     import torch.nn.functional as F
 
     from bench.roofline import predict
-    from titans_plugin.kernels import MemoryState, neural_memory_scan
+    from titans_plugin.kernels import MemoryState
     from titans_plugin.memory import MemoryConfig
 
     s = run.sizes
@@ -202,7 +217,7 @@ def speed(run: Run) -> None:
         H, D, hidden = s["heads"], s["head_dim"], s["hidden"]
         g = torch.Generator().manual_seed(0)
 
-        def rnd(*shape):
+        def rnd(*shape, g=g):
             return torch.randn(*shape, generator=g).to(run.device)
 
         q, k = F.normalize(rnd(B, T, H, D), dim=-1).to(dtype), F.normalize(rnd(B, T, H, D), dim=-1).to(dtype)
@@ -216,28 +231,12 @@ def speed(run: Run) -> None:
         useful = 3 * config.scan_flops_per_token() * B * T  # forward + backward (2x forward)
         for impl in ("triton", "chunk", "sdpa"):
             if impl == "sdpa":
-                qa, ka, va = (rnd(B, H, T, D).to(dtype).requires_grad_() for _ in range(3))
-
-                def step():
-                    F.scaled_dot_product_attention(qa, ka, va, is_causal=True).float().sum().backward()
-
+                step = functools.partial(
+                    _attention_step, *(rnd(B, H, T, D).to(dtype).requires_grad_() for _ in range(3))
+                )
                 flops = 3 * 2 * T * D * H * B * T  # causal: half of 4 T D per query and head, x3 for training
             else:
-
-                def step(impl=impl):
-                    y, _ = neural_memory_scan(
-                        q,
-                        k,
-                        v,
-                        *gates,
-                        state,
-                        chunk_size=s["chunk"],
-                        activation="silu",
-                        max_grad_norm=1.0,
-                        backend=impl,
-                    )
-                    y.float().sum().backward()
-
+                step = functools.partial(_scan_step, impl, (q, k, v, *gates), state, s["chunk"])
                 flops = useful
             seconds = _time_s(step, sync, 1 if run.dry else 3)
             row = {"impl": impl, "T": T, "B": B, "seconds": seconds, "tokens_per_s": B * T / seconds}
@@ -281,7 +280,7 @@ def training(run: Run) -> None:
     )
     for name, compiled in variants:
         args = ["--training.steps", str(s["steps"]), "--metrics.log_freq", "1", "--validation.no-enable"]
-        args += ["--checkpoint.no-enable", "--titans.kernel", "auto", "--lr_scheduler.warmup_steps", "2"]
+        args += ["--checkpoint.no-enable", "--titans.backend", "auto", "--lr_scheduler.warmup_steps", "2"]
         if run.dry:
             args += ["--training.seq_len", "128", "--training.local_batch_size", "2"]
             args += ["--training.mixed_precision_param", "float32"]

@@ -54,7 +54,7 @@ def worker(pattern: str, mean_len: int, iters: int) -> dict:
     from titans_plugin.model import TitansModelArgs, TitansTransformer
 
     torch.manual_seed(0)
-    titans = TitansConfig(pattern=pattern, kernel="chunk", attn_mask_type="block_causal")
+    titans = TitansConfig(pattern=pattern, backend="chunk", attn_mask_type="block_causal")
     args = TitansModelArgs(dim=DIM, n_layers=LAYERS, n_heads=HEADS, vocab_size=VOCAB, max_seq_len=T, titans=titans)
     model = TitansTransformer(args)
     tokens = packed_tokens(mean_len)
@@ -74,7 +74,7 @@ def worker(pattern: str, mean_len: int, iters: int) -> dict:
     out = {name: B * T / statistics.median(ts) for name, ts in times.items()}
     # the slowdown from each step and the one next to it: drift in the machine's speed
     # (this one varies by several percent over minutes) cancels within a pair
-    out["slowdown"] = 1 - statistics.median(c / d for c, d in zip(times["causal"], times["block_causal"]))
+    out["slowdown"] = 1 - statistics.median(c / d for c, d in zip(times["causal"], times["block_causal"], strict=True))
     out["docs_per_row"] = (ids[:, -1] + 1).float().mean().item()
     out["slots"] = scanned_slots(pattern, titans, ids)
     return out
@@ -90,7 +90,7 @@ def mac_breakdown_worker(mean_len: int, iters: int) -> dict:
 
     def mixer(segment_len):
         torch.manual_seed(0)
-        titans = TitansConfig(pattern="C", kernel="chunk", segment_len=segment_len, attn_mask_type="block_causal")
+        titans = TitansConfig(pattern="C", backend="chunk", segment_len=segment_len, attn_mask_type="block_causal")
         args = TitansModelArgs(dim=DIM, n_layers=1, n_heads=HEADS, vocab_size=VOCAB, max_seq_len=2 * T, titans=titans)
         model = TitansTransformer(args)
         return model.layers["0"], model.freqs_cis
@@ -123,7 +123,7 @@ def mac_breakdown_worker(mean_len: int, iters: int) -> dict:
     return {
         "slots": slots,
         "seconds": {name: statistics.median(ts) for name, ts in times.items()},
-        "ratio": {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()},
+        "ratio": {name: statistics.median(t / b for t, b in zip(ts, base, strict=True)) for name, ts in times.items()},
     }
 
 

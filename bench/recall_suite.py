@@ -108,7 +108,7 @@ def summarise(runs: list[dict]) -> dict:
     out = {}
     for task, name in {(r["task"], r["name"]) for r in runs}:
         mine = [r for r in runs if r["task"] == task and r["name"] == name]
-        per_stretch = list(zip(*[r["acc"] for r in mine]))
+        per_stretch = list(zip(*[r["acc"] for r in mine], strict=True))
         out[task, name] = dict(
             mean=[statistics.mean(a) for a in per_stretch],
             lo=[min(a) for a in per_stretch],
@@ -151,12 +151,15 @@ def plot(summary: dict, tasks, names, train_len: int, path: str) -> None:
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(11, 4), sharey=True, squeeze=False)
     xs = [d for _, d in STRETCH]
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         for name in names:
             s = summary.get((task, name))
             if s:
                 mean = [100 * a for a in s["mean"]]
-                err = [[m - 100 * lo for m, lo in zip(mean, s["lo"])], [100 * hi - m for m, hi in zip(mean, s["hi"])]]
+                err = [
+                    [m - 100 * lo for m, lo in zip(mean, s["lo"], strict=True)],
+                    [100 * hi - m for m, hi in zip(mean, s["hi"], strict=True)],
+                ]
                 ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=f"{name} ({s['seeds']} seeds)")
         ax.set_title(f"{task} (trained at {train_len} tokens)")
         ax.set_xscale("log", base=2)
@@ -212,7 +215,7 @@ def main() -> None:
             s = summary[task, name]
             cells = [
                 f"{100 * m:.1f}" + (f" ({100 * lo:.0f}-{100 * hi:.0f})" if s["seeds"] > 1 else "")
-                for m, lo, hi in zip(s["mean"], s["lo"], s["hi"])
+                for m, lo, hi in zip(s["mean"], s["lo"], s["hi"], strict=True)
             ]
             rows.append([task, name, f"{s['params']:,}", s["seeds"], f"{s['seconds']:.0f}", f"{s['loss']:.3f}", *cells])
     header = ["task", "model", "params", "seeds", "train s", "final loss"]

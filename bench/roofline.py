@@ -44,7 +44,7 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
     fwd_bytes = (key_walks // 2) * state + 2 * (2 * state)  # key walks read W; the step reads and writes W, S
     replay = (every - 1) / every  # chunks rebuilt from a checkpoint in the backward
     step_no_output = (key_walks + 6) * U  # z, u and four updates
-    # The backward runs a chunk as ten phases (triton_scan_bwd.backward_chunk), each
+    # The backward runs a chunk as ten phases (triton_backend/backward.py: backward_chunk), each
     # reloading the chunk's inputs and recomputing its decays; the tile walks are inner
     # errors, end state, layer-1 output, layer-2 retrieval, layer-1 retrieval, key path, finish.
     phases = 10

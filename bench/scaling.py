@@ -62,7 +62,7 @@ def stream_worker() -> dict:
     caches, rss, t0 = None, [], time.perf_counter()
     tokens = torch.randint(0, 2048, (1, PIECE))
     with torch.no_grad():
-        for i in range(STREAM_TOKENS // PIECE):
+        for _ in range(STREAM_TOKENS // PIECE):
             _, caches = model.forward_cached(tokens, caches)
             rss.append(rss_bytes() / 2**20)
     seconds = time.perf_counter() - t0

@@ -144,7 +144,7 @@ def write_periodic_corpus(path: str, doc_lengths: tuple[int, ...] = (SEQ_LEN + 1
             words.append(s)
     rng = random.Random(0)
     docs = ["".join(rng.choice(words) for _ in range(n - 2)) for _ in range(4) for n in doc_lengths]
-    for d, n in zip(docs, doc_lengths * 4):
+    for d, n in zip(docs, doc_lengths * 4, strict=True):
         assert len(tok.encode(d, add_bos=True, add_eos=True)) == n
     with open(path, "w") as f:
         for _ in range(64):

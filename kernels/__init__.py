@@ -1,12 +1,12 @@
-"""Chunked-scan kernels for the Titans neural memory.
+"""The Titans memory scan: one op, several backends (kernels/dispatch.py has the contract).
 
 naive            per-token reference (the definition)
 chunk_autograd   the chunked closed form through plain autograd (reference for chunk)
 chunk            exact chunk-parallel PyTorch path with a hand-written backward (runs everywhere)
+triton_backend/  the Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1)
+dispatch         picks the backend (`neural_memory_scan`); self_check: the Triton kernels
+                 checked on the device before their first use
 state_response   how a linear memory's scan depends on its start state (context parallel)
-triton_op        Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1): forward in
-                 triton_scan.py, backward in triton_scan_bwd.py, per-chunk pieces in triton_chunk.py
-triton_compile   ahead-of-time compiles for an sm_<arch> target (dispatch's shared-memory check)
 compile_report   `python -m titans_plugin.kernels.compile_report`: registers, spills, shared
                  memory and tensor-core instructions per kernel for sm_90 and sm_80, no GPU needed
 """
@@ -18,8 +18,8 @@ from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
 from .naive import memory_mlp, naive_neural_memory
 from .state import MemoryState
 from .state_response import add_start_state, response_output, state_response
-from .triton_op import SUPPORTED_DEPTHS as TRITON_DEPTHS
-from .triton_op import triton_neural_memory
+from .triton_backend import SUPPORTED_DEPTHS as TRITON_DEPTHS
+from .triton_backend import triton_neural_memory
 
 __all__ = [
     "ACTIVATIONS",

@@ -28,7 +28,7 @@ import torch
 
 from .activations import Activation, get_activation
 from .chunk_math import prepare_inputs, reverse_cumsum, segment_sum, segment_sum_backward
-from .state import MemoryState
+from .state import MemoryState, check_resets
 
 _EPS = 1e-30
 
@@ -55,7 +55,7 @@ class ChunkIntermediates:
     hS: list
 
 
-def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
+def chunk_forward(q, k, v, theta, log_eta, log_retain, W, S, act: Activation, max_norm):
     """One chunk, no autograd. Returns output, next weights, next momentum, intermediates."""
     L = len(W)
     a, z = [k], []
@@ -76,17 +76,17 @@ def chunk_forward(q, k, v, theta, le, lr, W, S, act: Activation, max_norm):
     if max_norm:
         sqa = [(al * al).sum(-1) for al in a]
         sqd = [(dl * dl).sum(-1) for dl in d]
-        sq = sum(x * y for x, y in zip(sqa, sqd))
+        sq = sum(x * y for x, y in zip(sqa, sqd, strict=True))
         raw = max_norm / torch.sqrt(sq + _EPS)
         theta_eff = theta * torch.clamp(raw, max=1.0)
         clip = (raw, sq, sqa, sqd)
 
-    A = torch.exp(segment_sum(lr))
-    E = torch.exp(segment_sum(le))
+    A = torch.exp(segment_sum(log_retain))
+    E = torch.exp(segment_sum(log_eta))
     P = A @ E
     G = P * theta_eff.unsqueeze(-2)
-    c = torch.exp(torch.cumsum(lr, -1))
-    em = torch.exp(torch.cumsum(le, -1))
+    c = torch.exp(torch.cumsum(log_retain, -1))
+    em = torch.exp(torch.cumsum(log_eta, -1))
     f = (A @ em.unsqueeze(-1)).squeeze(-1)
 
     hs, ys, ss, hWs, hSs = [], [], [], [], []
@@ -170,8 +170,8 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
     dA += df.unsqueeze(-1) * it.em.unsqueeze(-2)
     dem = (it.A.mT @ df.unsqueeze(-1)).squeeze(-1)
     dem[..., -1] += dmT
-    dlr = reverse_cumsum(dc * it.c) + segment_sum_backward(dA * it.A)
-    dle = reverse_cumsum(dem * it.em) + segment_sum_backward(dE * E)
+    dlog_retain = reverse_cumsum(dc * it.c) + segment_sum_backward(dA * it.A)
+    dlog_eta = reverse_cumsum(dem * it.em) + segment_sum_backward(dE * E)
 
     # Inner-gradient clipping: theta_eff = theta * min(1, max_norm / sqrt(sq)).
     if it.clip is None:
@@ -201,7 +201,7 @@ def chunk_backward(dout, dW_next, dS_next, q, k, v, theta, W, S, act: Activation
             dz[j] += da[j + 1] * it.dphi[j]
         dW[j] += a[j].mT @ dz[j]
         da[j] += dz[j] @ W[j].mT
-    return dq, da[0], dv, dtheta, dle, dlr, dW, dS
+    return dq, da[0], dv, dtheta, dlog_eta, dlog_retain, dW, dS
 
 
 def _rows_per_chunk(resets: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -220,7 +220,7 @@ class _ChunkScan(torch.autograd.Function):
     gradient to init instead of to the chunk before."""
 
     @staticmethod
-    def forward(ctx, q, k, v, theta, le, lr, chunk_size, act_name, max_norm, n_layers, resets, *state):
+    def forward(ctx, q, k, v, theta, log_eta, log_retain, chunk_size, act_name, max_norm, n_layers, resets, *state):
         act = get_activation(act_name)
         W, S = list(state[:n_layers]), list(state[n_layers : 2 * n_layers])
         init = state[2 * n_layers :]
@@ -237,7 +237,7 @@ class _ChunkScan(torch.autograd.Function):
                 rows = restart_at[i]
                 if i == 0:  # never write into the caller's state
                     W, S = [w.clone() for w in W], [m.clone() for m in S]
-                for w, w0 in zip(W, init):
+                for w, w0 in zip(W, init, strict=True):
                     w.index_copy_(0, rows, w0.index_select(0, rows))
                 for m in S:
                     m.index_fill_(0, rows, 0.0)
@@ -245,11 +245,20 @@ class _ChunkScan(torch.autograd.Function):
                 saved_W.append(W)
                 saved_S.append(S)
             y, W, S, _ = chunk_forward(
-                q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl], le[..., sl], lr[..., sl], W, S, act, max_norm
+                q[:, :, sl],
+                k[:, :, sl],
+                v[:, :, sl],
+                theta[..., sl],
+                log_eta[..., sl],
+                log_retain[..., sl],
+                W,
+                S,
+                act,
+                max_norm,
             )
             outs.append(y)
-        flat_states = [t for W_, S_ in zip(saved_W, saved_S) for t in (*W_, *S_)]
-        ctx.save_for_backward(q, k, v, theta, le, lr, *flat_states)
+        flat_states = [t for W_, S_ in zip(saved_W, saved_S, strict=True) for t in (*W_, *S_)]
+        ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, *flat_states)
         ctx.meta = (chunk_size, act_name, max_norm, n_layers, len(starts))
         ctx.restart_at, ctx.n_init = restart_at, len(init)
         return (torch.cat(outs, dim=2), *W, *S)
@@ -258,7 +267,7 @@ class _ChunkScan(torch.autograd.Function):
     def backward(ctx, dy, *dstate):
         chunk_size, act_name, max_norm, L, n_chunks = ctx.meta
         act = get_activation(act_name)
-        q, k, v, theta, le, lr, *flat = ctx.saved_tensors
+        q, k, v, theta, log_eta, log_retain, *flat = ctx.saved_tensors
         T = q.shape[2]
         # Every chunk's state has the same shapes: the first chunk's give the zeros.
         dW_next = [g if g is not None else torch.zeros_like(flat[j]) for j, g in enumerate(dstate[:L])]
@@ -267,7 +276,14 @@ class _ChunkScan(torch.autograd.Function):
             dy = torch.zeros(*q.shape[:3], flat[L - 1].shape[-1], dtype=q.dtype, device=q.device)
         grads = {
             name: torch.zeros_like(t)
-            for name, t in (("q", q), ("k", k), ("v", v), ("theta", theta), ("le", le), ("lr", lr))
+            for name, t in (
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("theta", theta),
+                ("log_eta", log_eta),
+                ("log_retain", log_retain),
+            )
         }
         dinit = [torch.zeros_like(flat[j]) for j in range(ctx.n_init)]
         for i in range(n_chunks - 1, -1, -1):
@@ -275,17 +291,17 @@ class _ChunkScan(torch.autograd.Function):
             S = flat[2 * L * i + L : 2 * L * (i + 1)]
             sl = slice(i * chunk_size, min((i + 1) * chunk_size, T))
             args = (q[:, :, sl], k[:, :, sl], v[:, :, sl], theta[..., sl])
-            _, _, _, it = chunk_forward(*args, le[..., sl], lr[..., sl], W, S, act, max_norm)
-            dq, dk, dv, dth, dle, dlr, dW_next, dS_next = chunk_backward(
+            _, _, _, it = chunk_forward(*args, log_eta[..., sl], log_retain[..., sl], W, S, act, max_norm)
+            dq, dk, dv, dth, dlog_eta, dlog_retain, dW_next, dS_next = chunk_backward(
                 dy[:, :, sl], dW_next, dS_next, *args, W, S, act, it
             )
-            for name, gval in zip(("q", "k", "v"), (dq, dk, dv)):
+            for name, gval in zip(("q", "k", "v"), (dq, dk, dv), strict=True):
                 grads[name][:, :, sl] = gval
-            for name, gval in zip(("theta", "le", "lr"), (dth, dle, dlr)):
+            for name, gval in zip(("theta", "log_eta", "log_retain"), (dth, dlog_eta, dlog_retain), strict=True):
                 grads[name][..., sl] = gval
             if i in ctx.restart_at:  # these rows began from init, not from the chunk before
                 rows = ctx.restart_at[i]
-                for d, g in zip(dinit, dW_next):
+                for d, g in zip(dinit, dW_next, strict=True):
                     d.index_add_(0, rows, g.index_select(0, rows))
                 for g in (*dW_next, *dS_next):  # fresh from chunk_backward: in place is safe
                     g.index_fill_(0, rows, 0.0)
@@ -294,8 +310,8 @@ class _ChunkScan(torch.autograd.Function):
             grads["k"],
             grads["v"],
             grads["theta"],
-            grads["le"],
-            grads["lr"],
+            grads["log_eta"],
+            grads["log_retain"],
             None,
             None,
             None,
@@ -315,6 +331,7 @@ def chunk_neural_memory(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     state: MemoryState,
+    *,
     chunk_size: int = 64,
     activation: str = "silu",
     max_grad_norm: float | None = None,
@@ -330,7 +347,9 @@ def chunk_neural_memory(
     (kernels/dispatch.py documents the contract).
     """
     get_activation(activation)  # validate the name before any work
-    q, k, v, theta, le, lr, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
+    if resets is not None:
+        check_resets(q, resets, initial, state, chunk_size)
+    q, k, v, theta, log_eta, log_retain, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
     L = len(state.weights)
     if q.shape[2] == 0:
         return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
@@ -340,8 +359,8 @@ def chunk_neural_memory(
         k,
         v,
         theta,
-        le,
-        lr,
+        log_eta,
+        log_retain,
         chunk_size,
         activation,
         max_grad_norm or 0.0,
@@ -353,3 +372,8 @@ def chunk_neural_memory(
     )
     y, W, S = out[0], out[1 : 1 + L], out[1 + L :]
     return y.transpose(1, 2), MemoryState(tuple(W), tuple(S))
+
+
+def supports(q, state: MemoryState, **config) -> str | None:
+    """The chunked path runs every configuration, anywhere."""
+    return None

@@ -9,7 +9,7 @@ backward and supports double backward; chunk.py's autograd.Function is the fast 
 The sequence is cut into chunks of `chunk_size` tokens at absolute positions 0, b, 2b, ...
 Inside a chunk every inner gradient is taken at the chunk-start weights W0 (so all of
 them are batched matmuls), momentum is a linear recurrence and the decays are cumulative
-products. Per head, with log-gates lr = log(1 - alpha), le = log(eta):
+products. Per head, with log-gates log_retain = log(1 - alpha), log_eta = log(eta):
 
     A[t, s] = prod_{s<j<=t} (1 - alpha_j)     E[s, i] = prod_{i<j<=s} eta_j     (lower-triangular)
     G = (A @ E) * theta[None, :]              c_t = prod_{j<=t} (1 - alpha_j)
@@ -45,6 +45,7 @@ def chunk_neural_memory_autograd(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     state: MemoryState,
+    *,
     chunk_size: int = 64,
     activation: str = "silu",
     max_grad_norm: float | None = None,

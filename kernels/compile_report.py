@@ -26,8 +26,8 @@ import tempfile
 
 import torch
 
-from .triton_compile import KERNELS, TYPE_NAME, compile_for
-from .triton_op import checkpoint_interval, kernel_meta, state_size
+from .triton_backend.compile import KERNELS, TYPE_NAME, compile_for
+from .triton_backend.config import checkpoint_interval, kernel_meta, state_size
 
 # Per-block shared-memory limits (opt-in maximum), bytes.
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
@@ -219,6 +219,14 @@ def to_json(r: Report) -> dict:
     return out
 
 
+def from_json(row: dict) -> Report:
+    """A report as `to_json` wrote it (for rewriting the docs table without recompiling)."""
+    config = {k: v for k, v in row["config"].items() if k != "label"}
+    config["dtype"] = next(dtype for dtype, name in TYPE_NAME.items() if name == config["dtype"])
+    fields = {f.name for f in dataclasses.fields(Report)} - {"config"}
+    return Report(config=Config(**config), **{k: v for k, v in row.items() if k in fields})
+
+
 def markdown(reports: list[Report]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(str(c) for c in _row(r)) + " |" for r in reports]
@@ -247,19 +255,46 @@ def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print, 
     return reports
 
 
-def write_section(path: str, body: str, command: str) -> None:
-    """Replace the text between the report markers in `path` (a docs page)."""
+SCOPE = {
+    "default": "the default configuration and depth 1 for both architectures, one-axis variations of the "
+    "default for sm_90, and the default with restarts (packed documents)",
+    "ci": "what CI compiles: depth 1 and 2 at the default sizes, bf16, both architectures",
+    "full": "every supported configuration",
+}
+NOTES = (
+    "(fp16 warpgroup MMAs print without an operand suffix, `HGMMA...F32`; fp32 inputs use no tensor cores by "
+    "design: IEEE fp32 products are the exact path, and their kernels spill heavily; train in bf16. The restart "
+    "variant holds two more pointers through the chunk loop: 12 B of forward spills per thread on sm_90.)"
+)
+
+
+def _scope(reports: list[Report]) -> str:
+    """Which of the runs in SCOPE these reports are, told by their configurations."""
+    labels = {r.config.label() for r in reports}
+    if labels == {c.label() for c in ci()}:
+        return "ci"
+    if labels == {c.label() for c in [*ci(), *variations()]}:
+        return "default"
+    return "full"
+
+
+def write_section(path: str, reports: list[Report], command: str, scope: str) -> None:
+    """Replace the text between the report markers in `path` (a docs page) with the table
+    of `reports`, saying what produced it and what it covers."""
     begin, end = "<!-- compile-report:begin -->", "<!-- compile-report:end -->"
     text = pathlib.Path(path).read_text()
     if begin not in text or end not in text:
         raise ValueError(f"{path} has no {begin} ... {end} markers")
     import datetime
 
+    over = sum(not r.fits for r in reports)
+    limit = "all within the shared-memory limit" if not over else f"**{over} over the shared-memory limit**"
     stamp = f"`{command}` (triton {__import__('triton').__version__}, {datetime.date.today()}, no GPU needed)"
+    intro = f"Produced by {stamp}: {SCOPE[scope]}. {len(reports)} kernels, {limit}. {NOTES}"
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     with open(path, "w") as fh:
-        fh.write(f"{head}{begin}\nProduced by {stamp}:\n\n{body}\n{end}{tail}")
+        fh.write(f"{head}{begin}\n{intro}\n\n{markdown(reports)}\n{end}{tail}")
 
 
 def main() -> None:
@@ -270,22 +305,31 @@ def main() -> None:
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
     p.add_argument("--write", metavar="DOC", help="put the table between the compile-report markers of DOC")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes (one per core)")
+    p.add_argument("--from-json", metavar="PATH", help="report what an earlier --json run wrote; compile nothing")
     args = p.parse_args()
     print(" | ".join(HEADER))
-    if args.full:
+    if args.from_json:
+        with open(args.from_json) as fh:
+            reports = [from_json(row) for row in json.load(fh)]
+        for r in reports:
+            print(" | ".join(str(c) for c in _row(r)))
+    elif args.full:
         reports = run(full(), tuple(args.arch), jobs=args.jobs)
     else:
         reports = run(ci(), tuple(args.arch), jobs=args.jobs)
         if not args.ci:
             reports += run(variations(), tuple(args.arch[:1]), jobs=args.jobs)
     bad = [r for r in reports if not r.fits]
-    print(f"\n{len(reports)} kernels compiled, {len(bad)} over the shared-memory limit")
+    print(
+        f"\n{len(reports)} kernels {'read' if args.from_json else 'compiled'}, {len(bad)} over the shared-memory limit"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([to_json(r) for r in reports], fh, indent=1)
     if args.write:
-        cmd = "python -m titans_plugin.kernels.compile_report" + (" --full" if args.full else "")
-        write_section(args.write, markdown(reports), cmd)
+        scope = _scope(reports)
+        cmd = "python -m titans_plugin.kernels.compile_report" + {"full": " --full", "ci": " --ci"}.get(scope, "")
+        write_section(args.write, reports, cmd, scope)
         print(f"wrote {args.write}")
 
 

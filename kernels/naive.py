@@ -18,7 +18,7 @@ from typing import cast
 import torch
 
 from .activations import get_activation
-from .state import MemoryState, state_dtype
+from .state import MemoryState, check_resets, state_dtype
 
 
 def memory_mlp(x: torch.Tensor, weights, act) -> torch.Tensor:
@@ -39,14 +39,23 @@ def naive_neural_memory(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     state: MemoryState,
-    activation: str = "silu",
+    *,
     chunk_size: int = 1,
+    activation: str = "silu",
     max_grad_norm: float | None = None,
+    resets: torch.Tensor | None = None,
+    initial: MemoryState | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
 
     Returns y [B, T, H, D_v] (in the state dtype) and the state after the last token.
-    """
+    resets [B, n_chunks] with `initial` (dispatch.py's contract): the sequence is cut at
+    every chunk where some row restarts, and each piece runs from the state the last one
+    left, with the restarting rows set to `initial`."""
+    if resets is not None:
+        return _with_restarts(
+            (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm
+        )
     act = get_activation(activation).fn
     dtype = state_dtype(q)
     weights = [w.to(dtype) for w in state.weights]
@@ -70,11 +79,39 @@ def naive_neural_memory(
         if t % chunk_size == 0:
             chunk_start = leaves  # same values; keeps any graph through the leaves
             weights = leaves
-        momentum = [eta_t * s - theta_t * g for s, g in zip(momentum, grads)]
-        weights = [(1 - alpha_t) * w + s for w, s in zip(weights, momentum)]
+        momentum = [eta_t * s - theta_t * g for s, g in zip(momentum, grads, strict=True)]
+        weights = [(1 - alpha_t) * w + s for w, s in zip(weights, momentum, strict=True)]
         outputs.append(memory_mlp(q_t, weights, act).squeeze(-2))
     if not outputs:
         B, _, H, _ = q.shape
         return q.new_zeros(B, 0, H, weights[-1].shape[-1], dtype=dtype), MemoryState(tuple(weights), tuple(momentum))
     y = torch.stack(outputs, dim=1)
     return y, MemoryState(tuple(weights), tuple(momentum))
+
+
+def _with_restarts(inputs, state, resets, initial, chunk_size, activation, max_grad_norm):
+    """The scan cut at every chunk where some row restarts. The pieces come from one
+    split, whose backward is one concatenation (slicing every piece would zero-fill the
+    whole input's gradient once per piece)."""
+    n_chunks = check_resets(inputs[0], resets, initial, state, chunk_size)
+    T = inputs[0].shape[1]
+    cuts = resets.any(0).nonzero().flatten().tolist()  # one host sync per call
+    bounds = sorted({0, *cuts, n_chunks})
+    sizes = [
+        min(last * chunk_size, T) - first * chunk_size for first, last in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    outs = []
+    pieces = zip(*(x.split(sizes, dim=1) for x in inputs), strict=True)
+    for first, piece in zip(bounds[:-1], pieces, strict=True):
+        if first in cuts:
+            state = state.reset_rows(resets[:, first], initial)
+        y, state = naive_neural_memory(
+            *piece, state, chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm
+        )
+        outs.append(y)
+    return torch.cat(outs, dim=1), state
+
+
+def supports(q, state: MemoryState, **config) -> str | None:
+    """The per-token reference runs every configuration, anywhere."""
+    return None

@@ -149,7 +149,8 @@ def _gradients(y, end: MemoryState, leaves) -> list[torch.Tensor]:
 
 
 def _run(key: tuple) -> CheckResult:
-    from .triton_op import checkpoint_interval, state_size, triton_neural_memory
+    from .triton_backend.config import checkpoint_interval, state_size
+    from .triton_backend.ops import launch
 
     device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk = key
     start = time.perf_counter()
@@ -160,15 +161,12 @@ def _run(key: tuple) -> CheckResult:
         threshold = CLIP if clip else None
         ins, st, init = _leaves(inputs, state, initial)
         q, k, v, theta, eta, alpha = ins
-        y, end = triton_neural_memory(
-            q, k, v, theta, eta, alpha, st, chunk, activation, threshold, every, resets=restarts, initial=init
-        )
+        config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
+        y, end = launch(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
         # the reference sees the same (rounded) inputs, in fp32
         ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
         q, k, v, theta, eta, alpha = ref_ins
-        y_ref, end_ref = chunk_neural_memory(
-            q, k, v, theta, eta, alpha, ref_st, chunk, activation, threshold, restarts, ref_init
-        )
+        y_ref, end_ref = chunk_neural_memory(q, k, v, theta, eta, alpha, ref_st, **config, initial=ref_init)
         names = ["q", "k", "v", "theta", "eta", "alpha"]
         names += [f"initial W{i + 1}" for i in range(depth)] + [f"initial S{i + 1}" for i in range(depth)]
         leaves = [*ins, *st.weights, *st.momentum]

@@ -27,7 +27,7 @@ class MemoryState(NamedTuple):
     def reset_rows(self, rows: torch.Tensor, initial: "MemoryState") -> "MemoryState":
         """Rows [B] (bool) restart from `initial`: its weights, zero momentum."""
         r = rows.view(-1, 1, 1, 1)
-        w = tuple(torch.where(r, i.to(x.dtype), x) for x, i in zip(self.weights, initial.weights))
+        w = tuple(torch.where(r, i.to(x.dtype), x) for x, i in zip(self.weights, initial.weights, strict=True))
         s = tuple(torch.where(r, torch.zeros_like(x), x) for x in self.momentum)
         return MemoryState(w, s)
 

@@ -15,7 +15,8 @@ from titans_plugin.utils.fields import declared, default_of, parse_text
 
 
 def test_every_field_is_declared_with_a_check_and_help():
-    assert [f.name for f in declared(TitansConfig)] == [f.name for f in dataclasses.fields(TitansConfig)]
+    current = [f.name for f in dataclasses.fields(TitansConfig) if "renamed_to" not in f.metadata]
+    assert [f.name for f in declared(TitansConfig)] == current
     for f in declared(TitansConfig):
         assert f.metadata["help"], f.name
         assert f.metadata["check"].allowed, f.name
@@ -25,7 +26,7 @@ def test_every_field_is_declared_with_a_check_and_help():
 def test_the_memory_config_maps_every_memory_field():
     mapped = {f.metadata["memory"] for f in declared(TitansConfig) if "memory" in f.metadata}
     assert mapped == {f.name for f in dataclasses.fields(MemoryConfig)} - {"dim"}
-    config = TitansConfig(memory_heads=3, memory_head_dim=7, kernel="naive", memory_out_init="zero").memory_config(24)
+    config = TitansConfig(memory_heads=3, memory_head_dim=7, backend="naive", memory_out_init="zero").memory_config(24)
     assert (config.dim, config.n_heads, config.head_dim, config.backend, config.out_init) == (24, 3, 7, "naive", "zero")
     assert MemoryConfig(dim=24) == TitansConfig().memory_config(24)  # one set of defaults
 
@@ -46,7 +47,7 @@ def test_every_field_is_read_and_every_setting_a_block_reads_is_declared():
         ("max_momentum", 1.5, r"titans\.max_momentum must be in \(0, 1\]"),
         ("window", 600, r"titans\.window=600 must be <= training\.seq_len=512"),
         ("mal_form", "parallel", r"titans\.mal_form must be one of \['stacked', 'fused'\]"),
-        ("kernel", "cuda", r"titans\.kernel must be one of"),
+        ("backend", "cuda", r"titans\.backend must be one of"),
     ],
 )
 def test_a_bad_value_names_the_field_and_the_allowed_values(field, value, message):
@@ -83,4 +84,22 @@ def test_the_docs_table_is_generated_from_the_declarations():
     with open(path) as f:
         page = f.read()
     assert with_table(page) == page, "docs/configuration.md is stale: python -m titans_plugin.config.reference --write"
-    assert fields_table().count("\n") == len(declared(TitansConfig)) + 1
+    rows = [line for line in fields_table().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(declared(TitansConfig))
+
+
+def test_a_renamed_field_still_reads_with_a_warning_naming_the_new_name():
+    with pytest.warns(FutureWarning, match=r"titans\.kernel is deprecated: use titans\.backend"):
+        config = TitansConfig(pattern="M", kernel="naive")
+    assert (config.backend, config.kernel) == ("naive", None)
+    assert config.memory_config(24).backend == "naive"
+    late = TitansConfig(pattern="M")
+    late.kernel = "chunk"  # set after construction (a config function editing the dataclass)
+    with pytest.warns(FutureWarning):
+        late.validate(dim=24, n_layers=1)
+    assert late.backend == "chunk"
+    with pytest.raises(ValueError, match=r"titans\.kernel \(the old name of titans\.backend\) is 'naive' but"):
+        TitansConfig(kernel="naive", backend="chunk")
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"titans\.backend must be one of"):
+        TitansConfig(pattern="M", kernel="cuda").validate(dim=24, n_layers=1)
+    assert "`kernel` is now `backend`" in fields_table()

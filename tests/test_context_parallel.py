@@ -74,7 +74,7 @@ def _worker(rank, size, T, layout, cases):
         local = model(tokens[:, pos], positions=pos.expand(2, -1))
         _check(local, logits[:, pos].detach(), f"{pattern} {titans} logits")
         (local * weight[:, pos]).sum().backward()
-        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
             g = p.grad  # every rank must have one: FSDP reduces those that exist
             assert g is not None, f"{pattern}: no gradient for {name} on rank {rank}"
             dist.all_reduce(g)
@@ -126,7 +126,7 @@ def test_fused_block_attention_equals_its_reference(dtype):
 
     fused, reference = ra._two_block_attention("cpu", dtype, 8, ra.FUSED_KERNELS["cpu"])
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    for a, b in zip(fused, reference):
+    for a, b in zip(fused, reference, strict=True):
         torch.testing.assert_close(a, b, **tol)
     assert ra.fused_kernel_matches(ra.FUSED_KERNELS["cpu"], "cpu", dtype, 8)
 
@@ -182,13 +182,13 @@ def test_reference_score_blocks_stay_within_their_budget(monkeypatch):
     whole = ra._block_forward_reference(q, k, k, True)
     monkeypatch.setattr(ra, "SCORE_ELEMENTS", 2 * 4 * 30 * 7)
     assert ra._query_block(q, k) == 7
-    for a, b in zip(ra._block_forward_reference(q, k, k, True), whole):
+    for a, b in zip(ra._block_forward_reference(q, k, k, True), whole, strict=True):
         torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", ["naive"])
 def test_per_token_reference_scan(backend):
-    _run(2, 24, "contiguous", [("M", {"kernel": backend}), ("G", {"kernel": backend})])
+    _run(2, 24, "contiguous", [("M", {"backend": backend}), ("G", {"backend": backend})])
 
 
 def test_continued_causal_attention_in_blocks_equals_one_mask():
@@ -205,7 +205,9 @@ def test_continued_causal_attention_in_blocks_equals_one_mask():
     blocked = continued_causal_attention(q, k, v, 5, pk, pv, block=3)
     dense = masked_attention(q, k, v, torch.arange(5, 12), torch.arange(12), None, pk, pv)
     torch.testing.assert_close(blocked, dense, rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad((blocked * w).sum(), leaves), torch.autograd.grad((dense * w).sum(), leaves)):
+    for a, b in zip(
+        torch.autograd.grad((blocked * w).sum(), leaves), torch.autograd.grad((dense * w).sum(), leaves), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

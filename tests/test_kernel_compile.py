@@ -18,7 +18,8 @@ import types
 import pytest
 import torch
 
-from titans_plugin.kernels import dispatch, triton_op
+from titans_plugin.kernels import MemoryState, dispatch, triton_neural_memory
+from titans_plugin.kernels.triton_backend import capability
 
 pytestmark = pytest.mark.slow  # ahead-of-time compiles for sm_90 and sm_80 (about a minute)
 
@@ -77,8 +78,8 @@ def test_bf16_matmuls_run_on_bf16_tensor_cores(compiled):
 def test_shared_memory_limit_is_checked_before_launch():
     code = (
         "import torch\n"
-        "from titans_plugin.kernels.triton_compile import shared_memory_problem\n"
-        "from titans_plugin.kernels.triton_op import kernel_meta\n"
+        "from titans_plugin.kernels.triton_backend.compile import shared_memory_problem\n"
+        "from titans_plugin.kernels.triton_backend.config import kernel_meta\n"
         "meta = kernel_meta(64, 0, 64, 64, 'silu', True, torch.bfloat16, 1)\n"
         "print(shared_memory_problem(meta, torch.bfloat16, 90, 1024, kernels=('forward-infer',)))\n"
         "print(shared_memory_problem(meta, torch.bfloat16, 90, 232448, kernels=('forward-infer',)))\n"
@@ -93,25 +94,25 @@ def test_shared_memory_limit_is_checked_before_launch():
 def test_auto_falls_back_to_chunk_with_one_warning(monkeypatch):
     """On CUDA, a configuration whose kernels cannot launch runs on 'chunk', with the reason
     warned once."""
-    monkeypatch.setattr(dispatch, "launch_problem", lambda *a: "too much shared memory")
+    monkeypatch.setattr(capability, "launch_problem", lambda *a: "too much shared memory")
     monkeypatch.setattr(dispatch.self_check, "failure", lambda *a: None)  # passed on the device
     monkeypatch.setattr(dispatch, "_warned", set())
     q = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16, shape=(1, 8, 1, 64))
     w = torch.zeros(1, 1, 64, 64)
-    state = triton_op.MemoryState((w,), (w,))
+    state = MemoryState((w,), (w,))
     with pytest.warns(UserWarning, match="uses 'chunk' on this CUDA device: too much shared memory"):
-        assert dispatch.resolve_backend("auto", q, state, "silu") == "chunk"
+        assert dispatch.resolve_backend("auto", q, state, chunk_size=8, activation="silu") == "chunk"
     assert len(dispatch._warned) == 1
-    assert dispatch.resolve_backend("auto", q, state, "silu") == "chunk"
+    assert dispatch.resolve_backend("auto", q, state, chunk_size=8, activation="silu") == "chunk"
     assert len(dispatch._warned) == 1  # warned once
-    monkeypatch.setattr(dispatch, "launch_problem", lambda *a: None)
-    assert dispatch.resolve_backend("auto", q, state, "silu") == "triton"
+    monkeypatch.setattr(capability, "launch_problem", lambda *a: None)
+    assert dispatch.resolve_backend("auto", q, state, chunk_size=8, activation="silu") == "triton"
 
 
 def test_forced_triton_that_cannot_launch_is_an_error(monkeypatch):
     from devtools.models import memory_inputs
 
-    monkeypatch.setattr(triton_op, "launch_problem", lambda *a: "too much shared memory")
+    monkeypatch.setattr(capability, "launch_problem", lambda *a: "too much shared memory")
     inputs, state = memory_inputs(B=1, T=4, H=1, D=16, depth=1, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"titans.kernel = 'triton' cannot run here: too much shared memory"):
-        triton_op.triton_neural_memory(*inputs, state)
+    with pytest.raises(ValueError, match=r"titans.backend = 'triton' cannot run here: too much shared memory"):
+        triton_neural_memory(*inputs, state)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from devtools.models import flat, grads, max_rel_err, memory_inputs
+from devtools.models import flat, max_rel_err, memory_inputs
+from devtools.scan_harness import compare
 from titans_plugin.kernels import (
     ACTIVATIONS,
     chunk_neural_memory,
@@ -12,22 +13,15 @@ from titans_plugin.kernels import (
 )
 
 
-def _assert_same(y, s, y_ref, s_ref, leaves):
-    """Outputs, final state and all input gradients agree (fp64)."""
-    assert max_rel_err(y, y_ref) < 1e-12
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a, b) < 1e-12
-    for ga, gb in zip(grads(y, s, leaves), grads(y_ref, s_ref, leaves)):
-        assert max_rel_err(ga, gb) < 1e-10
+def _same(scan, reference, inputs, state, **config):
+    """Outputs, end state and every gradient (inputs and initial state) agree in fp64."""
+    compare(scan, reference, inputs, state, tol=1e-12, grad_tol=1e-10, **config)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
 def test_chunk_size_one_equals_per_token_recurrence_with_gradients(depth):
-    inputs, state = memory_inputs(depth=depth, requires_grad=True)
-    leaves = [*inputs, *flat(state)]
-    y_ref, s_ref = naive_neural_memory(*inputs, state)
-    y, s = chunk_neural_memory(*inputs, state, chunk_size=1)
-    _assert_same(y, s, y_ref, s_ref, leaves)
+    inputs, state = memory_inputs(depth=depth)
+    _same(chunk_neural_memory, naive_neural_memory, inputs, state, chunk_size=1)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -35,23 +29,15 @@ def test_chunk_size_one_equals_per_token_recurrence_with_gradients(depth):
 def test_chunked_closed_form_equals_chunked_recurrence(depth, chunk):
     """For b > 1 the reference keeps the token loop but takes gradients at chunk-start
     weights; T = 13 leaves a ragged tail (and is shorter than one chunk for b = 16)."""
-    inputs, state = memory_inputs(depth=depth, requires_grad=True)
-    leaves = [*inputs, *flat(state)]
-    y_ref, s_ref = naive_neural_memory(*inputs, state, chunk_size=chunk)
-    y, s = chunk_neural_memory(*inputs, state, chunk_size=chunk)
-    _assert_same(y, s, y_ref, s_ref, leaves)
+    inputs, state = memory_inputs(depth=depth)
+    _same(chunk_neural_memory, naive_neural_memory, inputs, state, chunk_size=chunk)
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_every_activation_matches_reference(activation):
     # The hand-written act' in the chunked path is checked against autograd's.
-    inputs, state = memory_inputs(depth=2, T=9, requires_grad=True)
-    leaves = [*inputs, *flat(state)]
-    y_ref, s_ref = naive_neural_memory(*inputs, state, activation=activation, chunk_size=4)
-    y, s = chunk_neural_memory(*inputs, state, chunk_size=4, activation=activation)
-    assert max_rel_err(y, y_ref) < 1e-12
-    for ga, gb in zip(grads(y, s, leaves), grads(y_ref, s_ref, leaves)):
-        assert max_rel_err(ga, gb) < 1e-10
+    inputs, state = memory_inputs(depth=2, T=9)
+    _same(chunk_neural_memory, naive_neural_memory, inputs, state, chunk_size=4, activation=activation)
 
 
 def test_sequence_shorter_than_one_chunk_still_updates_memory():
@@ -68,7 +54,7 @@ def test_state_carries_across_calls_split_at_chunk_boundaries():
     y1, s1 = chunk_neural_memory(*(x[:, :8] for x in inputs), state, chunk_size=4)
     y2, s2 = chunk_neural_memory(*(x[:, 8:] for x in inputs), s1, chunk_size=4)
     assert max_rel_err(torch.cat([y1, y2], 1), y) < 1e-12
-    for a, b in zip(flat(s2), flat(s)):
+    for a, b in zip(flat(s2), flat(s), strict=True):
         assert max_rel_err(a, b) < 1e-12
 
 
@@ -127,13 +113,11 @@ def test_empty_sequence_returns_state_unchanged():
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_inner_gradient_clipping_matches_reference(chunk):
     """Clipping folds into theta in the closed form; the reference clips autograd's gradient."""
-    inputs, state = memory_inputs(depth=2, requires_grad=True)
-    leaves = [*inputs, *flat(state)]
-    y_ref, s_ref = naive_neural_memory(*inputs, state, chunk_size=chunk, max_grad_norm=0.3)
-    y, s = chunk_neural_memory(*inputs, state, chunk_size=chunk, max_grad_norm=0.3)
+    inputs, state = memory_inputs(depth=2)
+    y, _ = chunk_neural_memory(*inputs, state, chunk_size=chunk, max_grad_norm=0.3)
     y_free, _ = chunk_neural_memory(*inputs, state, chunk_size=chunk)
     assert not torch.allclose(y, y_free)  # the clip is active at this threshold
-    _assert_same(y, s, y_ref, s_ref, leaves)
+    _same(chunk_neural_memory, naive_neural_memory, inputs, state, chunk_size=chunk, max_grad_norm=0.3)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -141,11 +125,9 @@ def test_inner_gradient_clipping_matches_reference(chunk):
 @pytest.mark.parametrize("activation", ["silu", "gelu", "tanh"])
 def test_hand_written_backward_equals_autograd(depth, clip, activation):
     """The fast path's backward (chunk.py) against autograd through the same closed form."""
-    inputs, state = memory_inputs(depth=depth, T=13, requires_grad=True)
-    leaves = [*inputs, *flat(state)]
-    y_ref, s_ref = chunk_neural_memory_autograd(*inputs, state, 5, activation, clip)
-    y, s = chunk_neural_memory(*inputs, state, 5, activation, clip)
-    _assert_same(y, s, y_ref, s_ref, leaves)
+    inputs, state = memory_inputs(depth=depth, T=13)
+    config = dict(chunk_size=5, activation=activation, max_grad_norm=clip)
+    _same(chunk_neural_memory, chunk_neural_memory_autograd, inputs, state, **config)
 
 
 def test_hand_written_backward_with_partial_upstream_gradients():
@@ -153,9 +135,11 @@ def test_hand_written_backward_with_partial_upstream_gradients():
     inputs, state = memory_inputs(depth=2, T=9, requires_grad=True)
     leaves = [*inputs, *flat(state)]
     for pick in (lambda y, s: y.pow(2).sum(), lambda y, s: s.weights[1].sum() + s.momentum[0].sum()):
-        ga = torch.autograd.grad(pick(*chunk_neural_memory(*inputs, state, 4)), leaves, allow_unused=True)
-        gb = torch.autograd.grad(pick(*chunk_neural_memory_autograd(*inputs, state, 4)), leaves, allow_unused=True)
-        for a, b, leaf in zip(ga, gb, leaves):
+        ga = torch.autograd.grad(pick(*chunk_neural_memory(*inputs, state, chunk_size=4)), leaves, allow_unused=True)
+        gb = torch.autograd.grad(
+            pick(*chunk_neural_memory_autograd(*inputs, state, chunk_size=4)), leaves, allow_unused=True
+        )
+        for a, b, leaf in zip(ga, gb, leaves, strict=True):
             a = torch.zeros_like(leaf) if a is None else a  # unused input: None or zeros
             b = torch.zeros_like(leaf) if b is None else b
             assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max().item())

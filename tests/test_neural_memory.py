@@ -40,7 +40,7 @@ def test_streaming_any_split_equals_one_call(depth, gate_mode, split):
         pos += n
     assert st.seen == 23
     assert max_rel_err(torch.cat(ys, 1), y) < 1e-8
-    for a, b in zip(flat(st.memory), flat(s.memory)):
+    for a, b in zip(flat(st.memory), flat(s.memory), strict=True):
         assert max_rel_err(a, b) < 1e-8
 
 
@@ -71,7 +71,7 @@ def test_module_gradients_equal_per_token_reference(depth, chunk):
     params = list(m.parameters())
     g = torch.autograd.grad((y * w).sum(), [x, *params])
     g_ref = torch.autograd.grad((y_ref * w).sum(), [x, *ref.parameters()])
-    for (name, _), a, b in zip([("x", None), *m.named_parameters()], g, g_ref):
+    for (name, _), a, b in zip([("x", None), *m.named_parameters()], g, g_ref, strict=True):
         assert max_rel_err(a, b) < 1e-8, name
 
 
@@ -138,7 +138,7 @@ def test_state_is_detachable_for_truncated_backprop():
         ("max_grad_norm", -1.0, ">= 0"),
         ("memory_activation", "swish", "silu"),
         ("gate_mode", "layer", "token"),
-        ("kernel", "cuda", "chunk"),
+        ("backend", "cuda", "chunk"),
         ("conv_kernel", -1, ">= 0"),
         ("memory_expansion", 0, "> 0"),
         ("lr_init", 1.0, "(0, 1)"),

@@ -1,10 +1,13 @@
 """Packed documents (titans.attn_mask_type = "block_causal"): a packed batch gives every
 document the outputs and parameter gradients it gets alone, for every block type."""
 
+import functools
+
 import pytest
 import torch
 
 from devtools.models import memory_inputs, tiny_model
+from devtools.scan_harness import compare
 from titans_plugin.blocks.documents import DocumentLayout, document_ids, document_starts
 from titans_plugin.kernels import MemoryState, neural_memory_scan
 from titans_plugin.memory import DocumentLanes
@@ -34,7 +37,7 @@ def packed_batch(seed=0, vocab=50):
 def test_document_ids_follow_eos():
     tokens, _ = packed_batch()
     ids = document_ids(tokens, EOS)
-    for row, lengths in zip(ids, ROW_LENGTHS):
+    for row, lengths in zip(ids, ROW_LENGTHS, strict=True):
         expected = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
         assert torch.equal(row, expected)
 
@@ -81,32 +84,46 @@ def test_lanes_give_every_document_its_own_chunk_grid():
     assert lanes.resets.shape == (2, 8)
 
 
+def _each_piece_alone(q, k, v, theta, eta, alpha, state, *, resets, initial, chunk_size, activation):
+    """The reference for restarts: each row cut where it restarts, and each piece scanned
+    on its own by the per-token reference (from the initial weights and zero momentum)."""
+    ys, ends = [], []
+    T = q.shape[1]
+    for b in range(q.shape[0]):
+        cut = [0] + [chunk_size * i for i in range(resets.shape[1]) if resets[b, i] and i] + [T]
+        s = MemoryState(tuple(w[b : b + 1] for w in state.weights), tuple(m[b : b + 1] for m in state.momentum))
+        if resets[b, 0]:
+            s = s.reset_rows(resets[b, :1], MemoryState(tuple(w[b : b + 1] for w in initial.weights), ()))
+        row = []
+        for i, (lo, hi) in enumerate(zip(cut[:-1], cut[1:], strict=True)):
+            if i:
+                s = MemoryState.from_initial(tuple(w[b] for w in initial.weights), 1)
+            piece = (t[b : b + 1, lo:hi] for t in (q, k, v, theta, eta, alpha))
+            y, s = neural_memory_scan(*piece, s, chunk_size=chunk_size, activation=activation, backend="naive")
+            row.append(y)
+        ys.append(torch.cat(row, dim=1))
+        ends.append(s)
+    end = MemoryState(
+        *(tuple(torch.cat(t, dim=0) for t in zip(*parts, strict=True)) for parts in zip(*ends, strict=True))
+    )
+    return torch.cat(ys, dim=0), end
+
+
 @pytest.mark.parametrize("backend", ["chunk", "naive", "triton"])
 def test_scan_restarts_match_separate_scans(backend):
-    """The dispatch-level restart against the per-token reference scanning each piece
-    on its own (triton: fp32 inputs and state)."""
-    (q, k, v, th, eta, al), state = memory_inputs(B=2, T=16, momentum=True)
-    tol = dict(rtol=1e-10, atol=1e-12)
-    if backend == "triton":
-        tol = dict(rtol=1e-4, atol=1e-5)
-        q, k, v, th, eta, al = (t.float() for t in (q, k, v, th, eta, al))
-        state = MemoryState(tuple(w.float() for w in state.weights), tuple(m.float() for m in state.momentum))
-    init = MemoryState.from_initial(tuple(w[0] for w in state.weights), 2)
-    resets = torch.tensor([[False, True, False, False], [False, False, True, True]])
-    y, final = neural_memory_scan(
-        q, k, v, th, eta, al, state, chunk_size=4, activation="silu", backend=backend, resets=resets, initial=init
+    """The dispatch-level restart against the per-token reference scanning each piece on
+    its own (devtools/scan_harness.py: outputs, end state, and the gradients of every input,
+    the start state and the initial weights; triton: fp32 inputs and state)."""
+    inputs, state = memory_inputs(B=2, T=16, momentum=True)
+    g = torch.Generator().manual_seed(5)
+    initial = MemoryState(tuple(torch.randn(w.shape, generator=g, dtype=w.dtype) for w in state.weights), ())
+    resets = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    scan = functools.partial(neural_memory_scan, backend=backend, max_grad_norm=None)
+    tol = dict(tol=1e-4, grad_tol=1e-3, dtype=torch.float32) if backend == "triton" else dict(tol=1e-10, grad_tol=1e-9)
+    errors = compare(
+        scan, _each_piece_alone, inputs, state, **tol, chunk_size=4, activation="silu", resets=resets, initial=initial
     )
-    for b in range(2):
-        cut = [0] + [4 * i for i in range(4) if resets[b, i]] + [16]
-        s = MemoryState(tuple(w[b : b + 1] for w in state.weights), tuple(m[b : b + 1] for m in state.momentum))
-        for i, (lo, hi) in enumerate(zip(cut[:-1], cut[1:])):
-            if i:
-                s = MemoryState.from_initial(tuple(w[0] for w in state.weights), 1)
-            args = (t[b : b + 1, lo:hi] for t in (q, k, v, th, eta, al))
-            yb, s = neural_memory_scan(*args, s, chunk_size=4, activation="silu", backend="naive")
-            torch.testing.assert_close(y[b : b + 1, lo:hi], yb, **tol)
-        for a, c in zip(final.weights + final.momentum, s.weights + s.momentum):
-            torch.testing.assert_close(a[b : b + 1], c, **tol)
+    assert "gradient of restart W1" in errors
 
 
 # chunk: every block type and a hybrid of all; naive (the per-token reference) where it
@@ -120,10 +137,10 @@ SHORT_SEGMENTS = dict(segment_len=2, chunk_size=2, conv_kernel=4)
 
 
 @pytest.mark.parametrize(
-    ("pattern", "kernel", "overrides"), [(p, k, {}) for p, k in CASES] + [("C", "chunk", SHORT_SEGMENTS)]
+    ("pattern", "backend", "overrides"), [(p, k, {}) for p, k in CASES] + [("C", "chunk", SHORT_SEGMENTS)]
 )
-def test_packed_batch_equals_each_document_alone(pattern, kernel, overrides):
-    model = tiny_model(pattern, n_layers=len(pattern) if len(pattern) > 1 else 2, kernel=kernel, **overrides)
+def test_packed_batch_equals_each_document_alone(pattern, backend, overrides):
+    model = tiny_model(pattern, n_layers=len(pattern) if len(pattern) > 1 else 2, backend=backend, **overrides)
     tol = dict(rtol=1e-9, atol=1e-10)
     model.model_args.titans.attn_mask_type = "block_causal"
     tokens, docs = packed_batch()
@@ -155,8 +172,8 @@ def test_triton_packed_batch_matches_chunk():
     tokens, _ = packed_batch()
     docs = document_ids(tokens, EOS)
     results = []
-    for kernel in ("triton", "chunk"):
-        model = tiny_model("GA", kernel=kernel).float()
+    for backend in ("triton", "chunk"):
+        model = tiny_model("GA", backend=backend).float()
         model.model_args.titans.attn_mask_type = "block_causal"
         logits = model(tokens, attention_masks=docs)
         logits.sum().backward()

@@ -6,7 +6,8 @@ dispatch then falls back ('auto', with one warning naming the configuration) or 
 import pytest
 import torch
 
-from titans_plugin.kernels import MemoryState, dispatch, self_check, triton_op
+from titans_plugin.kernels import MemoryState, dispatch, self_check
+from titans_plugin.kernels.triton_backend import ops
 
 pytestmark = pytest.mark.slow  # the Triton interpreter
 
@@ -54,41 +55,47 @@ def test_each_configuration_is_checked_once(monkeypatch):
 
 def _dropping_momentum(monkeypatch):
     """A kernel that drops a term of the update: its end state loses the momentum."""
-    real = triton_op.memory_scan
+    real = ops.memory_scan
 
     def wrong(q, k, v, theta, log_eta, log_retain, state, *args):
         y, end, saved = real(q, k, v, theta, log_eta, log_retain, state, *args)
         half = end.shape[-1] // 2  # W then S in the flat state
         return y, torch.cat([end[..., :half], torch.zeros_like(end[..., half:])], -1), saved
 
-    monkeypatch.setattr(triton_op, "memory_scan", wrong)
+    monkeypatch.setattr(ops, "memory_scan", wrong)
 
 
 def test_a_wrong_kernel_is_caught_and_auto_falls_back_with_one_warning(monkeypatch):
     _dropping_momentum(monkeypatch)
     with pytest.warns(UserWarning, match="self-check failed") as caught:
-        assert dispatch.resolve_backend("auto", _q(), _state(2), "silu", 8, 1.0) == "chunk"
+        assert (
+            dispatch.resolve_backend("auto", _q(), _state(2), chunk_size=8, activation="silu", max_grad_norm=1.0)
+            == "chunk"
+        )
     (warning,) = [w for w in caught if "self-check failed" in str(w.message)]
     text = str(warning.message)
     assert "memory backend 'auto' uses 'chunk' on this CPU device: Triton memory scan self-check failed on" in text
     assert "cpu (cpu), float32, depth 2, silu, clip on, restarts off, head dim 16/16, hidden 32, chunk 8" in text
     assert "largest relative error" in text
     assert "end S" in text  # the term the kernel dropped
-    assert dispatch.resolve_backend("auto", _q(), _state(2), "silu", 8, 1.0) == "chunk"
+    assert (
+        dispatch.resolve_backend("auto", _q(), _state(2), chunk_size=8, activation="silu", max_grad_norm=1.0) == "chunk"
+    )
     assert len(dispatch._warned) == 1  # warned once
 
 
 def test_a_forced_triton_that_failed_its_check_raises_with_the_figures(monkeypatch):
     _dropping_momentum(monkeypatch)
-    with pytest.raises(RuntimeError, match=r"titans\.kernel = 'triton': Triton memory scan self-check failed .* error"):
-        dispatch.resolve_backend("triton", _q(), _state(1), "silu", 8, 0.0)
+    expected = r"titans\.backend = 'triton': Triton memory scan self-check failed .* error"
+    with pytest.raises(RuntimeError, match=expected):
+        dispatch.resolve_backend("triton", _q(), _state(1), chunk_size=8, activation="silu", max_grad_norm=0.0)
 
 
 def test_an_exception_in_the_kernels_is_a_failed_check(monkeypatch):
     def broken(*args):
         raise RuntimeError("illegal memory access")
 
-    monkeypatch.setattr(triton_op, "memory_scan", broken)
+    monkeypatch.setattr(ops, "memory_scan", broken)
     message = self_check.failure(_q(), _state(1), 8, "silu", 0.0, False)
     assert "raised RuntimeError('illegal memory access')" in message
 

@@ -39,15 +39,15 @@ def _worker(rank, size):
 
         model = tiny_model(pattern, **titans)
         apply_tensor_parallel(model, mesh, loss_parallel=False)
-        stream = []
+        stream: list[int] = []
         for block in model.layers.values():
-            block.register_forward_hook(lambda m, args, out: stream.append(args[0].shape[1]))
+            block.register_forward_hook(lambda m, args, out, stream=stream: stream.append(args[0].shape[1]))
         out = model(tokens, attention_masks=masks)
         expected = T if masks is not None else T // size
         assert stream == [expected] * len(model.layers), (pattern, stream)
         assert max_rel_err(out, logits.detach()) < 1e-10, pattern
         (out * weight).sum().backward()
-        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
             g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
             err = max_rel_err(g, q.grad)
             assert err < 1e-10, f"{pattern} {titans}: gradient of {name} off by {err:.2e}"

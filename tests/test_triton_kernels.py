@@ -8,11 +8,13 @@ the chunk, chunk sizes and head dims that are not powers of two.
 """
 
 import dataclasses
+import functools
 
 import pytest
 import torch
 
-from devtools.models import flat, grads, max_rel_err, memory_inputs
+from devtools import scan_harness as harness
+from devtools.models import flat, max_rel_err, memory_inputs
 from titans_plugin.config import TitansConfig
 from titans_plugin.kernels import (
     ACTIVATIONS,
@@ -22,8 +24,8 @@ from titans_plugin.kernels import (
     neural_memory_scan,
     resolve_backend,
     triton_neural_memory,
-    triton_op,
 )
+from titans_plugin.kernels.triton_backend import config, ops
 from titans_plugin.memory import MemoryConfig, NeuralMemory
 
 pytestmark = pytest.mark.slow  # the Triton interpreter (minutes)
@@ -36,44 +38,17 @@ def poison_outputs(monkeypatch):
     def nan_filled(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_op, "_empty", nan_filled)
-
-
-def _to(inputs, state, dtype, device=DEVICE):
-    """fp32 (or fp16/bf16) leaf copies of fp64 reference inputs; the state stays fp32."""
-
-    def cast(t, dt):
-        return t.detach().to(device=device, dtype=dt).requires_grad_()
-
-    ins = [cast(t, dtype) if i < 3 else cast(t, torch.float32) for i, t in enumerate(inputs)]
-    st = MemoryState(
-        tuple(cast(w, torch.float32) for w in state.weights), tuple(cast(s, torch.float32) for s in state.momentum)
-    )
-    return ins, st
+    monkeypatch.setattr(ops, "_empty", nan_filled)
 
 
 def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, reference="chunk", **kw):
-    """Triton (fp32 state, `dtype` inputs) against an fp64 reference: outputs, end state,
-    gradients of every input and of the initial state."""
-    ref_kw = {name: value for name, value in kw.items() if name != "checkpoint_every"}
-    ins_ref = [t.detach().requires_grad_() for t in inputs]
-    st_ref = MemoryState(*[tuple(t.detach().requires_grad_() for t in ts) for ts in state])
-    if reference == "chunk":
-        y_ref, s_ref = chunk_neural_memory(*ins_ref, st_ref, **ref_kw)
-    else:
-        y_ref, s_ref = naive_neural_memory(*ins_ref, st_ref, kw["activation"], kw["chunk_size"], kw["max_grad_norm"])
-    ins, st = _to(inputs, state, dtype)
-    y, s = triton_neural_memory(*ins, st, **kw)
-    assert y.dtype == dtype
-    assert all(t.dtype == torch.float32 for t in flat(s))
-    assert max_rel_err(y.double().cpu(), y_ref) < tol
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a.double().cpu(), b) < tol
-    got = grads(y, s, [*ins, *flat(st)])
-    want = grads(y_ref, s_ref, [*ins_ref, *flat(st_ref)])
-    for name, a, b in zip(["q", "k", "v", "theta", "eta", "alpha", "state"], got, want):
-        assert torch.isfinite(a).all(), name
-        assert max_rel_err(a.double().cpu(), b) < grad_tol, name
+    """Triton (fp32 state, `dtype` inputs) against an fp64 reference (devtools/scan_harness.py):
+    outputs, every end-state tensor, the gradients of every input and of every initial-state
+    tensor (and of the restart weights)."""
+    every = kw.pop("checkpoint_every", None)
+    scan = functools.partial(triton_neural_memory, checkpoint_every=every)
+    ref = chunk_neural_memory if reference == "chunk" else naive_neural_memory
+    return harness.compare(scan, ref, inputs, state, tol=tol, grad_tol=grad_tol, dtype=dtype, device=DEVICE, **kw)
 
 
 # (depth 2, chunk 16, T 37) is left out: test_several_state_tiles_and_checkpoint_groups runs
@@ -93,7 +68,7 @@ def test_several_state_tiles_and_checkpoint_groups(depth, clip, monkeypatch):
     """The state walked in 16-wide tiles (hidden 36 and D_v 20: 3 and 2 tiles, the last
     ragged) and a checkpoint every 3 chunks (5 chunks: groups of 3 and 2), so the
     backward rebuilds chunk-start states from a checkpoint."""
-    monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
+    monkeypatch.setattr(config, "HIDDEN_TILE", 16)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)
     _compare(inputs, state, chunk_size=16, activation="silu", max_grad_norm=clip, checkpoint_every=3)
 
@@ -103,21 +78,21 @@ def test_phased_forward(monkeypatch):
     several ragged state tiles, a 24-token chunk padded to 32, a ragged last chunk and
     checkpoint groups, with the clip active, against the fp64 chunked path (outputs, end state,
     every gradient). Restarts happen in the chunk loop before the phases, as before the walk."""
-    monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
-    monkeypatch.setattr(triton_op, "PHASED_FORWARD", True)
+    monkeypatch.setattr(config, "HIDDEN_TILE", 16)
+    monkeypatch.setattr(config, "PHASED_FORWARD", True)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=2, hidden=36)
     _compare(inputs, state, chunk_size=24, activation="silu", max_grad_norm=0.5, checkpoint_every=2)
 
 
 def test_phased_forward_is_chosen_where_the_walk_spills():
     """Phases where the one walk spills (docs/kernels.md): sm_80, and sm_90 above 64-wide tiles."""
-    assert triton_op.phased_forward(2, 80, 64, 64)
-    assert triton_op.phased_forward(2, 86, 32, 64)
-    assert not triton_op.phased_forward(2, 90, 64, 64)
-    assert not triton_op.phased_forward(2, None, 64, 128)
-    assert triton_op.phased_forward(2, 90, 64, 128)
-    assert triton_op.phased_forward(2, 90, 128, 64)
-    assert not triton_op.phased_forward(1, 80, 64, 64)  # the depth-1 forward does not spill on sm_80
+    assert config.phased_forward(2, 80, 64, 64)
+    assert config.phased_forward(2, 86, 32, 64)
+    assert not config.phased_forward(2, 90, 64, 64)
+    assert not config.phased_forward(2, None, 64, 128)
+    assert config.phased_forward(2, 90, 64, 128)
+    assert config.phased_forward(2, 90, 128, 64)
+    assert not config.phased_forward(1, 80, 64, 64)  # the depth-1 forward does not spill on sm_80
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -127,41 +102,32 @@ def test_restarts_inside_the_kernels(depth, monkeypatch):
     start, inside a group (the backward's replay restarts too) and at the last, ragged
     chunk; two or three state tiles. Against the chunked path in fp64: outputs, end state and
     the gradients of every input, the start state and the initial weights."""
-    monkeypatch.setattr(triton_op, "HIDDEN_TILE", 16)
+    monkeypatch.setattr(config, "HIDDEN_TILE", 16)
     inputs, state = memory_inputs(B=2, T=70, H=2, D=20, depth=depth, hidden=36)
     g = torch.Generator().manual_seed(5)
-    init = tuple(torch.randn(w.shape[1:], generator=g, dtype=w.dtype) / w.shape[-2] ** 0.5 for w in state.weights)
+    init = tuple(torch.randn(w.shape, generator=g, dtype=w.dtype) / w.shape[-2] ** 0.5 for w in state.weights)
     # 5 chunks of 16 (the last 6 tokens), a checkpoint every 3: groups 0-2 and 3-4
     resets = torch.tensor([[False, True, False, True, False], [True, False, True, False, True]])
-    kw = dict(chunk_size=16, activation="silu", max_grad_norm=0.5)
-    results = []
-    for dtype, run in ((torch.float64, chunk_neural_memory), (torch.float32, triton_neural_memory)):
-        ins, st = _to(inputs, state, dtype)
-        ins = [t.detach().to(dtype).requires_grad_() for t in ins]
-        st = MemoryState(*[tuple(t.detach().to(dtype).requires_grad_() for t in ts) for ts in st])
-        w0 = tuple(w.to(DEVICE, dtype).requires_grad_() for w in init)
-        extra = dict(checkpoint_every=3) if run is triton_neural_memory else {}
-        initial = MemoryState.from_initial(w0, 2)
-        y, s = run(*ins, st, **kw, **extra, resets=resets.to(DEVICE), initial=initial)
-        results.append((y, s, grads(y, s, [*ins, *flat(st), *w0])))
-    (y_ref, s_ref, want), (y, s, got) = results
-    assert max_rel_err(y.double().cpu(), y_ref.detach()) < 2e-5
-    for a, b in zip(flat(s), flat(s_ref)):
-        assert max_rel_err(a.double().cpu(), b.detach()) < 2e-5
-    names = ["q", "k", "v", "theta", "eta", "alpha"] + ["state"] * 2 * depth + ["initial"] * depth
-    for name, a, b in zip(names, got, want):
-        assert torch.isfinite(a).all(), name
-        assert max_rel_err(a.double().cpu(), b) < 5e-5, name
-    assert got[-1].abs().sum() > 0  # the initial weights do get a gradient
+    errors = _compare(
+        inputs,
+        state,
+        chunk_size=16,
+        activation="silu",
+        max_grad_norm=0.5,
+        checkpoint_every=3,
+        resets=resets,
+        initial=MemoryState(init, ()),
+    )
+    assert f"gradient of restart W{depth}" in errors  # the initial weights are compared too
 
 
 def test_checkpoint_interval_keeps_saved_state_within_budget():
     """Default config (head dim 64, hidden 256, chunk 64): 256 KiB of state per chunk, so a
     checkpoint every 4 chunks is 1 KiB per token and head; depth 1 saves every chunk."""
-    n = triton_op.state_size(64, 256, 64)
-    assert triton_op.checkpoint_interval(n, 64) == 4
-    assert n * 4 / (4 * 64) == triton_op.SAVED_BYTES_PER_TOKEN
-    assert triton_op.checkpoint_interval(triton_op.state_size(64, 0, 64), 64) == 1
+    n = config.state_size(64, 256, 64)
+    assert config.checkpoint_interval(n, 64) == 4
+    assert n * 4 / (4 * 64) == config.SAVED_BYTES_PER_TOKEN
+    assert config.checkpoint_interval(config.state_size(64, 0, 64), 64) == 1
     inputs, state = memory_inputs(B=1, T=4, H=1, D=4, depth=1, dtype=torch.float32)
     with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
         triton_neural_memory(*[t.to(DEVICE) for t in inputs], state, checkpoint_every=0)
@@ -219,14 +185,14 @@ def test_streaming_split_equals_one_call():
         y1, s1 = triton_neural_memory(*first, state, chunk_size=16)
         y2, s2 = triton_neural_memory(*second, s1, chunk_size=16)
     assert max_rel_err(torch.cat([y1, y2], 1), y_all) < 1e-6
-    for a, b in zip(flat(s2), flat(s_all)):
+    for a, b in zip(flat(s2), flat(s_all), strict=True):
         assert max_rel_err(a, b) < 1e-6
 
 
 def test_inference_saves_no_chunk_states():
     inputs, state = memory_inputs(B=1, T=40, H=1, D=16, depth=1, dtype=torch.float32)
     args = [t.to(DEVICE).contiguous() for t in inputs[:4]] + [torch.zeros(1, 40, 1, device=DEVICE)] * 2
-    flat_state = triton_op.pack_state(state).to(DEVICE)
+    flat_state = ops.pack_state(state).to(DEVICE)
     no_resets = (torch.zeros(0, dtype=torch.int8, device=DEVICE), torch.zeros(0, device=DEVICE))
     _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1)
     assert saved.numel() == 0
@@ -239,10 +205,10 @@ def test_inference_saves_no_chunk_states():
 def _op_args(depth, requires_grad, resets=False):
     inputs, state = memory_inputs(B=1, T=20, H=2, D=16, depth=depth, hidden=16, dtype=torch.float32)
     q, k, v, theta, eta, alpha = (t.to(DEVICE) for t in inputs)
-    le, lr = torch.log(eta), torch.log1p(-alpha)
-    flat = triton_op.pack_state(state).to(DEVICE)
+    log_eta, log_retain = torch.log(eta), torch.log1p(-alpha)
+    flat = ops.pack_state(state).to(DEVICE)
     init = flat[..., : flat.shape[-1] // 2] * 0.5 if resets else flat.new_zeros(0)
-    tensors = [q, k, v, theta, le, lr, flat, init]
+    tensors = [q, k, v, theta, log_eta, log_retain, flat, init]
     tensors = [t.contiguous().requires_grad_(requires_grad) for t in tensors]
     # 3 chunks of 8, a checkpoint every 2: the restart at chunk 1 falls inside a group
     flags = torch.tensor([[0, 1, 0]] if resets else [], dtype=torch.int8, device=DEVICE)
@@ -272,21 +238,21 @@ def test_compiles_with_fullgraph():
     eager = torch.autograd.grad(run(*leaves), leaves)
     compiled_fn = torch.compile(run, fullgraph=True, backend="aot_eager")
     compiled = torch.autograd.grad(compiled_fn(*leaves), leaves)
-    for a, b in zip(compiled, eager):
+    for a, b in zip(compiled, eager, strict=True):
         assert max_rel_err(a, b) < 1e-6
 
 
 def test_auto_backend_is_chunk_off_cuda_and_errors_name_the_limit():
     inputs, state = memory_inputs(B=1, T=4, H=1, D=4, depth=3, dtype=torch.float32)
     cpu = torch.zeros(1)
-    assert resolve_backend("auto", cpu, state, "silu") == "chunk"
+    assert resolve_backend("auto", cpu, state, chunk_size=2, activation="silu") == "chunk"
     with pytest.raises(ValueError, match="depth must be one of \\[1, 2\\]"):
         neural_memory_scan(*inputs, state, chunk_size=2, activation="silu", backend="triton")
     inputs2, state2 = memory_inputs(B=1, T=4, H=1, D=4, depth=2)  # fp64
     with pytest.raises(ValueError, match="inputs in"):
         triton_neural_memory(*inputs2, state2)
     with pytest.raises(ValueError, match="memory backend must be one of"):
-        resolve_backend("cuda", cpu, state, "silu")
+        resolve_backend("cuda", cpu, state, chunk_size=2, activation="silu")
 
 
 def test_forced_triton_without_cuda_or_interpreter_is_an_error(monkeypatch):
@@ -317,10 +283,10 @@ def test_memory_module_on_triton_equals_chunk_backend(depth):
     assert max_rel_err(y, y_ref) < 1e-5
     grads = torch.autograd.grad((y * w).sum(), list(fast.parameters()))
     grads_ref = torch.autograd.grad((y_ref * w).sum(), list(ref.parameters()))
-    for (name, _), a, b in zip(fast.named_parameters(), grads, grads_ref):
+    for (name, _), a, b in zip(fast.named_parameters(), grads, grads_ref, strict=True):
         assert max_rel_err(a, b) < 1e-4, name
 
 
 def test_config_rejects_depth_the_kernels_do_not_have():
-    with pytest.raises(ValueError, match=r"titans.memory_depth must be one of \[1, 2\] with titans.kernel='triton'"):
-        TitansConfig(pattern="M", memory_depth=3, kernel="triton").validate(dim=24, n_layers=1)
+    with pytest.raises(ValueError, match=r"titans.memory_depth must be one of \[1, 2\] with titans.backend='triton'"):
+        TitansConfig(pattern="M", memory_depth=3, backend="triton").validate(dim=24, n_layers=1)

@@ -23,5 +23,5 @@ def test_block_compiles_fullgraph_and_matches_eager(pattern):
     out = compiled(x, model.freqs_cis)
     g = torch.autograd.grad(out.pow(2).sum(), params)
     assert (out - eager).abs().max() < 1e-5
-    for a, b in zip(g, g_eager):
+    for a, b in zip(g, g_eager, strict=True):
         assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) < 1e-4

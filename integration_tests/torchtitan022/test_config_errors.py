@@ -31,7 +31,7 @@ def test_default_config_is_valid():
         (["--titans.window", "0", "--titans.pattern", "G"], "titans.window"),
         (["--titans.chunk_size", "0"], "titans.chunk_size"),
         (["--titans.max_momentum", "1.5"], "titans.max_momentum"),
-        (["--titans.kernel", "cuda"], "titans.kernel"),
+        (["--titans.backend", "cuda"], "titans.backend"),
         (["--model.flavor", "9B"], "model.flavor"),
         (["--training.dataset_path", "/no/such/corpus.jsonl"], "training.dataset_path"),
         (["--training.dataset", "wikipedia"], "training.dataset"),

@@ -147,7 +147,7 @@ def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
     for loss in losses:
         loss.backward()
     assert abs(losses[0].item() - losses[1].item()) < 1e-5 * abs(losses[0].item())
-    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         assert (a.grad - b.grad).abs().max() <= 1e-4 * a.grad.abs().max() + 1e-7, name
     stats = compiled.layers["0"].memory.last_stats
     assert set(stats) == {"theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms"}
@@ -160,3 +160,13 @@ def test_packed_documents_with_compile_fail_before_training():
     with pytest.raises(ValueError, match=r"attn_mask_type='block_causal' cannot run with compile\.enable"):
         train_args(job)
     train_args(load_job_config(CONFIG, "--titans.attn_mask_type", "block_causal"))
+
+
+def test_the_old_name_of_a_field_still_reads_from_a_toml_and_the_command_line(tmp_path):
+    toml = tmp_path / "old.toml"
+    with open(CONFIG) as f:
+        toml.write_text(f.read().replace("\n[titans]\n", '\n[titans]\nkernel = "naive"\n'))
+    with pytest.warns(FutureWarning, match=r"titans\.kernel is deprecated: use titans\.backend"):
+        assert train_args(load_job_config(str(toml))).titans.backend == "naive"
+    with pytest.warns(FutureWarning, match=r"titans\.kernel is deprecated"):
+        assert train_args(load_job_config(CONFIG, "--titans.kernel", "chunk")).titans.backend == "chunk"

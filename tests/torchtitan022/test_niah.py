@@ -28,7 +28,7 @@ def test_dcp_checkpoint_round_trip(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     dcp.save(trained.state_dict(), checkpoint_id=str(tmp_path))
     loaded = load_dcp_checkpoint(_model(2), str(tmp_path))
-    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -95,6 +95,12 @@ def test_titans_fields_are_command_line_overrides():
     assert args.titans.window == 64
 
 
+def test_the_old_name_of_a_field_still_reads_from_the_command_line():
+    with pytest.warns(FutureWarning, match=r"titans\.kernel is deprecated: use titans\.backend"):
+        config = load_job_config("titans_plugin:titans_debug_mac", "--titans.kernel", "naive")
+    assert train_args(config).titans.backend == "naive"
+
+
 def test_a_bad_override_names_the_field_before_anything_is_built():
     config = load_job_config("titans_plugin:titans_debug_mac", "--titans.memory_depth", "0")
     with pytest.raises(ValueError, match=r"titans\.memory_depth must be an integer >= 1"):

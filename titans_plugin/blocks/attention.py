@@ -90,7 +90,10 @@ def document_causal_attention(q, k, v, doc_ids):
     rows = []
     for b in range(B):
         bounds = [*cuts[b], T]
-        spans = [causal_attention(*(x[b : b + 1, lo:hi] for x in (q, k, v))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        spans = [
+            causal_attention(*(x[b : b + 1, lo:hi] for x in (q, k, v)))
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
         rows.append(torch.cat(spans, dim=1))
     return torch.cat(rows, dim=0)
 
@@ -151,7 +154,7 @@ def banded_attention(q, k, v, window: int, pk=None, pv=None, doc_ids=None, past=
     else:
         k_prev, v_prev = (
             torch.cat([F.pad(p.to(t.dtype), (0, 0, 0, 0, W - n_past, 0)), t], dim=1)[:, : n * W]
-            for p, t in zip(past, (k, v))
+            for p, t in zip(past, (k, v), strict=True)
         )
 
     def blocks(t):

@@ -110,7 +110,7 @@ class MACBlock(TitansBlockBase):
             if start:
                 cache = self._begin_segment(cache)
             new_doc = layout.starts[:, start].view(-1, 1, 1, 1)
-            weights = tuple(torch.where(new_doc, i, w) for i, w in zip(initial, cache.segment_weights))
+            weights = tuple(torch.where(new_doc, i, w) for i, w in zip(initial, cache.segment_weights, strict=True))
             cache = cache._replace(segment_weights=weights)
             o, cache = self._segment_piece(xs[:, sl], freqs_cis, cache, layout.positions[:, sl], layout.starts[:, sl])
             outs.append(o)

@@ -6,6 +6,7 @@ rewrites the table between its markers; tests/test_config_fields.py fails when t
 is stale."""
 
 import argparse
+import dataclasses
 import re
 
 from titans_plugin.blocks import BLOCK_TYPES
@@ -34,6 +35,10 @@ def fields_table(config_class=TitansConfig) -> str:
         memory = "memory" in f.metadata
         cells = [f"`{f.name}`", _default(default_of(f)), f.metadata["check"].allowed, readers(f.name, memory)]
         rows.append("| " + " | ".join([*cells, f.metadata["help"]]) + " |")
+    renamed = [f for f in dataclasses.fields(config_class) if "renamed_to" in f.metadata]
+    if renamed:
+        names = ", ".join(f"`{f.name}` is now `{f.metadata['renamed_to']}`" for f in renamed)
+        rows += ["", f"Renamed fields ({names}): the old name still works, with a warning."]
     return "\n".join(rows)
 
 

@@ -12,6 +12,7 @@ values; the converter's `--set` parsing and docs/configuration.md's table
 maps field for field."""
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 from titans_plugin.blocks import BLOCK_TYPES
@@ -63,7 +64,7 @@ class TitansConfig:
     forget_init: float = memory_setting("forget_init")
     memory_out_init: str = memory_setting("out_init")
     gate_mode: str = memory_setting("gate_mode")
-    kernel: str = memory_setting("backend", "triton needs `memory_depth` 1 or 2")
+    backend: str = memory_setting("backend", "triton needs `memory_depth` 1 or 2")
     # attention around the memory
     segment_len: int = span(128, "MAC segment length")
     window: int = span(128, "sliding window of MAG, MAL and W layers")
@@ -99,6 +100,30 @@ class TitansConfig:
         "([when](parallelism.md#a-linear-memory-shards-that-scan-in-parallel-cp_scan))",
     )
 
+    # renamed fields: the old name still reads, with a warning naming the new one
+    kernel: str | None = dataclasses.field(default=None, metadata={"renamed_to": "backend"})
+
+    def __post_init__(self) -> None:
+        self.adopt_renamed()
+
+    def adopt_renamed(self) -> None:
+        """Move a value given under a field's old name to the new name (run again by
+        `validate` and `memory_config`, for a value set after construction)."""
+        for f in dataclasses.fields(self):
+            new = f.metadata.get("renamed_to")
+            old_value = getattr(self, f.name)
+            if new is None or old_value is None:
+                continue
+            warnings.warn(f"titans.{f.name} is deprecated: use titans.{new}", FutureWarning, stacklevel=3)
+            default = next(g.default for g in dataclasses.fields(self) if g.name == new)
+            if getattr(self, new) not in (default, old_value):
+                raise ValueError(
+                    f"titans.{f.name} (the old name of titans.{new}) is {old_value!r} but titans.{new} is "
+                    f"{getattr(self, new)!r}: set titans.{new} only"
+                )
+            setattr(self, new, old_value)
+            setattr(self, f.name, None)
+
     def layer_types(self, n_layers: int) -> list[str]:
         if self.layers:
             return parse_layer_spec(self.layers, n_layers, field="titans.layers")
@@ -109,6 +134,7 @@ class TitansConfig:
 
     def memory_config(self, dim: int) -> MemoryConfig:
         """The memory every memory layer of a model of width `dim` is built with."""
+        self.adopt_renamed()
         mapped = {f.metadata["memory"]: getattr(self, f.name) for f in declared(self) if "memory" in f.metadata}
         return MemoryConfig(dim=dim, **mapped)
 
@@ -116,6 +142,7 @@ class TitansConfig:
         """Every check that can run before a model is built, naming the TOML field; returns
         the per-layer block letters. Only the fields the chosen block types read are
         checked (their settings, and the memory's when one takes a memory)."""
+        self.adopt_renamed()
         letters = self.layer_types(n_layers)
         read = fields_read_by(set(letters), type(self))
         for f in declared(self):
@@ -130,8 +157,8 @@ class TitansConfig:
         """The rules that tie one field to another."""
         if "memory_heads" in read and not self.memory_head_dim and dim % self.memory_heads:
             _fail("memory_heads", f"a divisor of model.dim={dim} (or set titans.memory_head_dim)", self.memory_heads)
-        if "kernel" in read and self.kernel == "triton" and self.memory_depth not in TRITON_DEPTHS:
-            _fail("memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.kernel='triton'", self.memory_depth)
+        if "backend" in read and self.backend == "triton" and self.memory_depth not in TRITON_DEPTHS:
+            _fail("memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.backend='triton'", self.memory_depth)
         if "cp_scan" in read and self.cp_scan == "parallel":  # the scan is affine in its start state only then
             if self.memory_depth != 1:
                 _fail("memory_depth", "1 with titans.cp_scan='parallel' (a linear memory)", self.memory_depth)

@@ -96,7 +96,7 @@ def fused_kernel_matches(kernel: FusedKernel, device, dtype, head_dim: int) -> b
     tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
     try:
         fused_results, reference_results = _two_block_attention(device, dtype, head_dim, kernel)
-        for a, b in zip(fused_results, reference_results):
+        for a, b in zip(fused_results, reference_results, strict=True):
             torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
         return True
     except Exception as err:

@@ -83,7 +83,7 @@ def place_documents(first: torch.Tensor, align: int, lead: int = 0):
     footprint = ((length + lead + align - 1) // align * align).tolist()
     n_lanes = min(len(footprint), B)
     lane_of, offset = longest_first(footprint, n_lanes)
-    n_slots = max((o + f for o, f in zip(offset, footprint)), default=0)
+    n_slots = max((o + f for o, f in zip(offset, footprint, strict=True)), default=0)
     doc_slot = torch.tensor(lane_of, device=device) * n_slots + torch.tensor(offset, device=device)
     doc = torch.cumsum(flat.long(), 0) - 1
     slot_of = doc_slot[doc] + lead + torch.arange(B * T, device=device) - begin[doc]

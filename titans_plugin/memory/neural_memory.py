@@ -220,7 +220,7 @@ class NeuralMemory(nn.Module):
             seq = new
         else:
             chunk_start, seen = state.chunk_start, state.seen
-            seq = tuple(torch.cat([p.to(n.dtype), n], dim=1) for p, n in zip(state.pending, new))
+            seq = tuple(torch.cat([p.to(n.dtype), n], dim=1) for p, n in zip(state.pending, new, strict=True))
         n_pending = seq[0].shape[1] - T  # the sequence now starts at a chunk boundary
         seq = self.chunk_gates(seq)
 

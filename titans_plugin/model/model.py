@@ -61,6 +61,15 @@ class TitansTransformer(nn.Module):
         a = self.model_args
         return precompute_freqs_cis(a.dim // a.n_heads, a.max_seq_len, a.rope_theta, a.rope_scaling)
 
+    def cover_positions(self, length: int) -> None:
+        """Grow the RoPE table to at least `length` positions (reading or generating past
+        the training length); positions it already has keep their exact values."""
+        if length <= self.freqs_cis.shape[0]:
+            return
+        self.model_args.max_seq_len = 1 << (length - 1).bit_length()  # doubling: few regrowths
+        with torch.device(self.freqs_cis.device):
+            self.freqs_cis = self._precompute_freqs_cis()
+
     def init_weights(self, buffer_device: torch.device | None = None) -> None:
         """torchtitan builds on the meta device and calls this after materialising."""
         buffer_device = buffer_device or self.freqs_cis.device
@@ -133,7 +142,7 @@ class TitansTransformer(nn.Module):
         cuts = starts[0].nonzero().flatten().tolist()
         bounds = sorted({0, *cuts, tokens.shape[1]})
         outs = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             out, caches = self._forward_cached(tokens[:, lo:hi], None if lo in cuts else caches)
             outs.append(out)
         return torch.cat(outs, dim=1), caches

@@ -11,7 +11,7 @@ import copy
 
 from titans_plugin.training.build import build_model, load_dcp_checkpoint
 
-__all__ = ["build_model", "load_dcp_checkpoint", "load_job_config", "train_args"]
+__all__ = ["build_model", "load_dcp_checkpoint", "load_job_config", "seq_len_of", "tokenizer_of", "train_args"]
 
 
 def load_job_config(config_file: str, *overrides: str):
@@ -35,3 +35,14 @@ def train_args(job):
     args = copy.deepcopy(flavors[job.model.flavor])
     args.update_from_config(job)
     return args
+
+
+def tokenizer_of(job):
+    """The tokenizer training uses (`model.hf_assets_path`; "builtin": the shipped one)."""
+    from .data import build_tokenizer
+
+    return build_tokenizer(job)
+
+
+def seq_len_of(job) -> int:
+    return job.training.seq_len

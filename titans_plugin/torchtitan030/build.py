@@ -11,7 +11,7 @@ import copy
 
 from titans_plugin.training.build import build_model, load_dcp_checkpoint
 
-__all__ = ["build_model", "load_dcp_checkpoint", "load_job_config", "train_args"]
+__all__ = ["build_model", "load_dcp_checkpoint", "load_job_config", "seq_len_of", "tokenizer_of", "train_args"]
 
 
 def load_job_config(config: str, *overrides: str):
@@ -37,3 +37,16 @@ def train_args(config):
     model_config = copy.deepcopy(spec.model)
     model_config.update_from_config(config=config)
     return model_config.args
+
+
+def tokenizer_of(config):
+    """The tokenizer training uses (`hf_assets_path`; "builtin": the shipped one)."""
+    from titans_plugin.training.datasets import tokenizer_dir
+
+    from .data import tokenizer
+
+    return tokenizer(tokenizer_dir(config.hf_assets_path, "hf_assets_path"))
+
+
+def seq_len_of(config) -> int:
+    return config.training.seq_len

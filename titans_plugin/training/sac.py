@@ -7,7 +7,7 @@ activations) is recomputed. docs/parallelism.md gives the measured memory and ti
 
 import torch
 
-from titans_plugin.kernels import triton_op  # noqa: F401  defines torch.ops.titans.memory_scan
+from titans_plugin.kernels.triton_backend import ops  # noqa: F401  defines torch.ops.titans.memory_scan
 from titans_plugin.utils.torch_internals import saved_private_ops
 
 

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from .config import backward_args, forward_args
+
 TYPE_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 KERNELS = ("forward-train", "forward-infer", "backward")
 
@@ -14,12 +16,12 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     """Pointer and scalar arguments of the forward or backward kernel, in their order."""
     t = "*" + TYPE_NAME[dtype]
     f = "*fp32"
-    inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, le_ptr=f, lr_ptr=f)
+    inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, log_eta_ptr=f, log_retain_ptr=f)
     restarts = dict(resets_ptr="*i8", init_ptr=f)
     if kernel.startswith("forward"):
         names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, "scratch_ptr": f, **restarts}
     else:
-        grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlr_ptr
+        grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlog_retain_ptr
         names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}
         names = {**names, **grads, **restarts, "dinit_ptr": f}
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
@@ -32,9 +34,8 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .triton_op import backward_args, forward_args
-    from .triton_scan import scan_forward_kernel
-    from .triton_scan_bwd import scan_backward_kernel
+    from .backward import scan_backward_kernel
+    from .forward import scan_forward_kernel
 
     meta = dict(meta)
     options = {"num_warps": meta.pop("num_warps"), "maxnreg": meta.pop("maxnreg"), "num_stages": 1}

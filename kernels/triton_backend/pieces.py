@@ -1,4 +1,4 @@
-"""Triton building blocks for one chunk of the memory scan (used by triton_scan*.py).
+"""Triton building blocks for one chunk of the memory scan (used by forward.py and backward.py).
 
 The math is chunk.py's, line for line, with these Triton-specific choices:
 
@@ -27,13 +27,13 @@ No block pointers (removed in triton 3.9): plain base + offsets with masks every
 import triton
 import triton.language as tl
 
-# Activation codes shared with the Python side (triton_op.ACTIVATION_CODES).
+# Activation codes shared with the Python side (config.ACTIVATION_CODES).
 SILU = tl.constexpr(0)
 GELU = tl.constexpr(1)
 TANH = tl.constexpr(2)
 RELU = tl.constexpr(3)
 
-# Matmul operand types (triton_op.OPERAND_CODES): bf16/fp16 inputs on the tensor cores in
+# Matmul operand types (config.OPERAND_CODES): bf16/fp16 inputs on the tensor cores in
 # their own type, fp32 inputs in IEEE fp32 (the exact path, on the FMA units).
 OP_FP32 = tl.constexpr(0)
 OP_BF16 = tl.constexpr(1)
@@ -253,19 +253,19 @@ def segment_sum(x, idx):
 
 
 @triton.jit
-def decays(lr, le, theta_eff, valid, BC: tl.constexpr, OP: tl.constexpr):
+def decays(log_retain, log_eta, theta_eff, valid, BC: tl.constexpr, OP: tl.constexpr):
     """A[t,s] = prod_{s<j<=t} (1-alpha_j), E[t,s] = prod_{s<j<=t} eta_j (s <= t, valid),
     P = A E, G = P diag(theta), c = cumulative retain, em = cumulative eta, f = A em.
     A and E (entries in (0, 1]) are matmul operands in the inputs' precision like every
     other operand; P accumulates in fp32."""
     idx = tl.arange(0, BC)
     causal = (idx[:, None] >= idx[None, :]) & valid[:, None] & valid[None, :]
-    A = tl.exp(tl.where(causal, segment_sum(lr, idx), float("-inf")))
-    E = tl.exp(tl.where(causal, segment_sum(le, idx), float("-inf")))
+    A = tl.exp(tl.where(causal, segment_sum(log_retain, idx), float("-inf")))
+    E = tl.exp(tl.where(causal, segment_sum(log_eta, idx), float("-inf")))
     P = mm(A, E, OP)
     G = P * theta_eff[None, :]
-    c = tl.exp(tl.cumsum(lr, 0))
-    em = tl.exp(tl.cumsum(le, 0))
+    c = tl.exp(tl.cumsum(log_retain, 0))
+    em = tl.exp(tl.cumsum(log_eta, 0))
     f = tl.sum(A * em[None, :], 1)
     return A, E, P, G, c, em, f
 
@@ -292,8 +292,8 @@ def load_chunk(
     k_ptr,
     v_ptr,
     theta_ptr,
-    le_ptr,
-    lr_ptr,
+    log_eta_ptr,
+    log_retain_ptr,
     row0,
     valid,
     H,
@@ -310,6 +310,6 @@ def load_chunk(
     k = operand(load_tokens(k_ptr + row0 * DK, valid, DK, BC, BK, H * DK), OP)
     v = load_tokens(v_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
     theta = load_gate(theta_ptr + row0, valid, BC, H)
-    le = load_gate(le_ptr + row0, valid, BC, H)
-    lr = load_gate(lr_ptr + row0, valid, BC, H)
-    return q, k, v, theta, le, lr
+    log_eta = load_gate(log_eta_ptr + row0, valid, BC, H)
+    log_retain = load_gate(log_retain_ptr + row0, valid, BC, H)
+    return q, k, v, theta, log_eta, log_retain
