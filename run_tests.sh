@@ -19,7 +19,7 @@ for stack in $STACKS; do
     echo "=== torchtitan stack $stack ==="
     start=$SECONDS
     (
-        export TT="$stack"
+        export TT="$stack" TITANS_EXTRAS=eval
         source scripts/setup_env.sh
         if [ "$stack" = 022 ]; then
             ruff check .
