@@ -93,3 +93,10 @@ def test_requests_are_scored_the_same_in_any_batch_size():
     three = backend("CGLMWA", batch_size=3).loglikelihood(requests("loglikelihood", cases), disable_tqdm=True)
     assert [lp for lp, _ in one] == pytest.approx([lp for lp, _ in three], rel=1e-12)
     assert torch.tensor([g for _, g in one]).equal(torch.tensor([g for _, g in three]))
+
+
+def test_generation_settings_it_cannot_honour_are_named_in_a_warning():
+    lm = backend("A", with_eos=False)
+    settings = {"until": ["."], "max_gen_toks": 3, "repetition_penalty": 1.2}
+    with pytest.warns(UserWarning, match=r"generation settings \['repetition_penalty'\] are not supported"):
+        lm.generate_until(requests("generate_until", [("naps", settings)]), disable_tqdm=True)

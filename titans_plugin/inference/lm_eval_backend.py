@@ -51,8 +51,18 @@ def _device(device: str | None) -> str:
     return str(device)
 
 
+GENERATION_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p", "seed")
+
+
 def _sampling(kwargs: dict) -> Sampling:
     """lm-eval's generation settings as ours (do_sample false, or no temperature: greedy)."""
+    ignored = sorted(set(kwargs) - set(GENERATION_KWARGS))
+    if ignored:
+        warnings.warn(
+            f"titans: generation settings {ignored} are not supported and are ignored; "
+            f"supported: {', '.join(GENERATION_KWARGS)}",
+            stacklevel=3,
+        )
     temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
     seed = kwargs.get("seed")
     return Sampling(
