@@ -81,7 +81,9 @@ def test_greedy_generation_is_token_identical_to_the_full_pass(pattern):
 
 def test_generate_batch_equals_one_prompt_at_a_time():
     trained = trained_tiny("CGLMWA", with_eos=False)
-    prompts = [[BOS_ID, *random_ids(n, seed=n)] for n in (4, 9, 4, 12, 9)]
+    prompts = [[BOS_ID, *random_ids(n, seed=100 * i + n)] for i, n in enumerate((4, 9, 4, 12, 9))]
+    assert prompts[0] != prompts[2]  # different rows of one batch
+    assert prompts[1] != prompts[4]
     batch = generate_batch(trained, prompts, max_new_tokens=6, sampling=Sampling(), stop=["cc"])
     one = ["".join(generate(trained, p, max_new_tokens=6, sampling=Sampling(), stop=["cc"])) for p in prompts]
     assert batch == one
@@ -100,6 +102,46 @@ def test_stop_text_holds_back_what_may_start_a_stop_string_and_ends_before_it():
     assert "".join(released[: len("it is en the en")]) == "it is en the"[: len("it is en the en") - 3]
     assert stop.done
     assert stop.add(0) == ""
+
+
+class _ByteFallback:
+    """A tokenizer stand-in of one token per UTF-8 byte whose decoder, like a byte-fallback
+    one, shows every byte of an unfinished character as U+FFFD."""
+
+    eos_id = None
+
+    def decode(self, ids) -> str:
+        data = bytes(ids)
+        for cut in range(len(data), -1, -1):
+            try:
+                return data[:cut].decode() + "\ufffd" * (len(data) - cut)
+            except UnicodeDecodeError:
+                continue
+        raise AssertionError("unreachable")
+
+
+def test_stop_text_holds_an_unfinished_character_until_its_bytes_are_all_there():
+    class Model:
+        tokenizer = _ByteFallback()
+
+    stop = StopText(Model(), stop=["C."])  # type: ignore[arg-type]
+    pieces = [stop.add(b) for b in "A\N{GRINNING FACE}BC. x".encode()]
+    assert "".join(pieces) == "A\N{GRINNING FACE}B"
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_the_tokens_a_tokenizer_adds_by_itself_are_not_counted_twice():
+    class AddsBos(CharTokenizer):
+        hf_adds_bos = True
+
+        def encode(self, text, add_bos=False, add_eos=False):
+            return [BOS_ID, *super().encode(text, add_eos=add_eos)]
+
+    plain, adds = trained_tiny("CGLMWA"), trained_tiny("CGLMWA")
+    adds.tokenizer = AddsBos()
+    assert adds.encode("why? it is") == plain.encode("why? it is")
+    ids = plain.encode("the lazy dog")
+    assert document_logprob(adds, adds.encode("the lazy dog")) == document_logprob(plain, ids)
 
 
 def test_stop_text_ends_at_the_end_of_text_token():
@@ -136,6 +178,15 @@ def test_sampling_keeps_to_top_k_and_top_p_and_repeats_with_its_seed():
     prompt = [BOS_ID, *random_ids(5, seed=4)]
     runs = ["".join(generate(trained, prompt, max_new_tokens=12, sampling=Sampling(1.0, seed=s))) for s in (7, 7, 8)]
     assert runs[0] == runs[1] != runs[2]
+    repeats = generate_batch(trained, [prompt, prompt], max_new_tokens=12, sampling=Sampling(1.0, seed=7))
+    assert repeats[0] != repeats[1]  # one random stream per call: repeats of a prompt differ
+    assert generate_batch(trained, [prompt, prompt], max_new_tokens=12, sampling=Sampling(1.0, seed=7)) == repeats
+
+
+def test_top_k_keeps_exactly_k_tokens_when_scores_tie():
+    logits = torch.tensor([[2.0, 2.0, 2.0, 0.0]]).repeat(300, 1)
+    picked = pick(logits, Sampling(temperature=1.0, top_k=1), torch.Generator().manual_seed(0))
+    assert len(set(picked.tolist())) == 1
 
 
 def test_a_bad_dtype_names_the_allowed_ones():

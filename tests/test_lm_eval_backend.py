@@ -53,7 +53,7 @@ def test_loglikelihood_scores_the_continuation_with_the_context_spaces_moved_to_
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_generate_until_is_token_identical_to_full_pass_greedy(pattern):
     lm = backend(pattern, with_eos=False)
-    prompts = ["the quick brown fox", "why? it is", "the quick brown fox", "naps"]
+    prompts = ["the quick brown fox", "why? it is", "the lazy brown dog", "naps", "it is nap"]
     settings = {"until": [], "max_gen_toks": 15, "do_sample": False}
     got = lm.generate_until(requests("generate_until", [(p, settings) for p in prompts]), disable_tqdm=True)
     tokenizer = lm.trained.tokenizer
@@ -100,3 +100,21 @@ def test_generation_settings_it_cannot_honour_are_named_in_a_warning():
     settings = {"until": ["."], "max_gen_toks": 3, "repetition_penalty": 1.2}
     with pytest.warns(UserWarning, match=r"generation settings \['repetition_penalty'\] are not supported"):
         lm.generate_until(requests("generate_until", [("naps", settings)]), disable_tqdm=True)
+
+
+def test_generation_settings_are_read_as_lm_eval_reads_them():
+    """A temperature above 0 samples without do_sample, and max_new_tokens is max_gen_toks."""
+    lm = backend("CGLMWA", with_eos=False)
+    greedy, sampled, short = lm.generate_until(
+        requests(
+            "generate_until",
+            [
+                ("why? it is", {"until": [], "max_gen_toks": 12}),
+                ("why? it is", {"until": [], "max_gen_toks": 12, "temperature": 1.0, "seed": 3}),
+                ("why? it is", {"until": [], "max_new_tokens": 3}),
+            ],
+        ),
+        disable_tqdm=True,
+    )
+    assert sampled != greedy
+    assert short == greedy[:3]

@@ -25,9 +25,10 @@ import warnings
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
-from .sampling import Sampling, generate_batch
+from .sampling import Sampling, generate_batch, generator_of
 from .scoring import continuation_scores, document_logprob
 from .trained import Trained, load_trained
 
@@ -54,23 +55,30 @@ def _device(device: str | None) -> str:
 GENERATION_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p", "seed")
 
 
-def _sampling(kwargs: dict) -> Sampling:
-    """lm-eval's generation settings as ours (do_sample false, or no temperature: greedy)."""
+def _generation(gen_kwargs: dict, default_max_gen_toks: int) -> tuple[list[str], int, Sampling]:
+    """A request's generation settings read as lm-eval's own backends read them
+    (normalize_gen_kwargs: the max_new_tokens/max_tokens aliases, do_sample implied by a
+    temperature above 0): the stop strings, the token budget and our sampling settings.
+    do_sample with no temperature samples at temperature 1, as Hugging Face's generate."""
+    kwargs = normalize_gen_kwargs(dict(gen_kwargs), default_max_gen_toks)
     ignored = sorted(set(kwargs) - set(GENERATION_KWARGS))
     if ignored:
         warnings.warn(
             f"titans: generation settings {ignored} are not supported and are ignored; "
-            f"supported: {', '.join(GENERATION_KWARGS)}",
+            f"supported: {', '.join(GENERATION_KWARGS)} (and lm-eval's max_new_tokens aliases)",
             stacklevel=3,
         )
-    temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
+    temperature = float(kwargs.get("temperature") or 0.0) if kwargs["do_sample"] else 0.0
+    if kwargs["do_sample"] and temperature == 0:
+        temperature = 1.0
     seed = kwargs.get("seed")
-    return Sampling(
+    sampling = Sampling(
         temperature=temperature,
         top_k=int(kwargs.get("top_k") or 0),
         top_p=float(kwargs.get("top_p") or 1.0),
         seed=None if seed is None else int(seed),
     )
+    return [s for s in kwargs["until"] if s], int(kwargs["max_gen_toks"]), sampling
 
 
 @register_model("titans")
@@ -134,15 +142,20 @@ class TitansLM(LM):
         out = [""] * len(requests)
         with tqdm(total=len(requests), disable=disable_tqdm, desc="titans generate_until") as bar:
             for members in groups.values():
-                kwargs = dict(requests[members[0]].args[1])
-                until = kwargs.pop("until", None) or []
-                stop = [until] if isinstance(until, str) else list(until)
-                max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-                sampling = _sampling(kwargs)
+                stop, max_new, sampling = _generation(requests[members[0]].args[1], self.max_gen_toks)
+                generator = generator_of(sampling)  # one stream for the group: repeats differ
+                prompts = {i: [self.trained.prefix_id, *self.trained.encode(requests[i].args[0])] for i in members}
+                members = sorted(members, key=lambda i: len(prompts[i]))  # equal lengths batch together
                 for start in range(0, len(members), self.batch_size):
                     rows = members[start : start + self.batch_size]
-                    prompts = [[self.trained.prefix_id, *self.trained.encode(requests[i].args[0])] for i in rows]
-                    texts = generate_batch(self.trained, prompts, max_new_tokens=max_new, sampling=sampling, stop=stop)
+                    texts = generate_batch(
+                        self.trained,
+                        [prompts[i] for i in rows],
+                        max_new_tokens=max_new,
+                        sampling=sampling,
+                        stop=stop,
+                        generator=generator,
+                    )
                     for i, text in zip(rows, texts, strict=True):
                         out[i] = text
                         self.cache_hook.add_partial("generate_until", requests[i].args, text)

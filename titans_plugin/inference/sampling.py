@@ -35,9 +35,10 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | 
     if sampling.temperature == 0:
         return logits.argmax(-1)
     scores = logits.float() / sampling.temperature
-    if sampling.top_k:
-        kth = scores.topk(min(sampling.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_k:  # exactly k tokens, ties at the k-th broken by topk's order
+        top = scores.topk(min(sampling.top_k, scores.shape[-1]), dim=-1).indices
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+        scores = scores.masked_fill(~kept, float("-inf"))
     if sampling.top_p < 1:
         sorted_scores, order = scores.sort(dim=-1, descending=True)
         probs = sorted_scores.softmax(-1)
@@ -48,14 +49,19 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | 
     return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def generator_of(sampling: Sampling) -> torch.Generator | None:
+    """The random stream of one generation call (None: torch's global one)."""
+    return None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+
+
 @torch.no_grad()
-def token_stream(trained: Trained, prompts: torch.Tensor, sampling: Sampling, piece: int | None = None):
+def token_stream(trained: Trained, prompts: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None):
     """Generated tokens [B], step after step, for prompts [B, L] of one length (rows share
-    their caches' position); the caller stops when it has what it needs."""
-    model, piece = trained.model, piece or trained.seq_len
+    their caches' position), read in pieces of the training length; the caller stops when
+    it has what it needs."""
+    model, piece = trained.model, trained.seq_len
     if prompts.shape[1] == 0:
         raise ValueError("a prompt needs at least one token (the document prefix counts)")
-    generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
     model.cover_positions(prompts.shape[1])
     caches = None
     for lo in range(0, prompts.shape[1], piece):
@@ -95,10 +101,10 @@ class StopText:
             self.done = True
             return self._release(text, min(hits))
         hold = max((len(s) - 1 for s in self.stop), default=0)
-        safe = len(text) - hold
-        if text.endswith("\ufffd"):  # a character whose bytes are not all decoded yet
-            safe = min(safe, len(text) - 1)
-        return self._release(text, safe)
+        # a character whose bytes have not all been generated decodes as U+FFFD (one per
+        # byte with a byte-fallback tokenizer): held until it is whole
+        pending = len(text) - len(text.rstrip("\ufffd"))
+        return self._release(text, len(text) - max(hold, pending))
 
     def finish(self) -> str:
         """The rest of the text (at the end of generation; nothing after a stop string)."""
@@ -123,7 +129,7 @@ def generate(
     text = StopText(trained, stop)
     if max_new_tokens == 0:
         return
-    stream = token_stream(trained, torch.tensor([prompt]), sampling)
+    stream = token_stream(trained, torch.tensor([prompt]), sampling, generator_of(sampling))
     for _, token in zip(range(max_new_tokens), stream, strict=False):
         piece = text.add(int(token[0]))
         if piece:
@@ -136,17 +142,26 @@ def generate(
 
 
 def generate_batch(
-    trained: Trained, prompts: list[list[int]], *, max_new_tokens: int, sampling: Sampling, stop: Sequence[str] = ()
+    trained: Trained,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    stop: Sequence[str] = (),
+    generator: torch.Generator | None = None,
 ) -> list[str]:
     """The generated text of each prompt. Prompts of one length run as one batch (rows
-    share their caches' position), each row ending on its own."""
+    share their caches' position), each row ending on its own. One random stream for the
+    whole call (`generator`, else one from sampling.seed): rows and repeats of a prompt
+    draw different samples."""
+    generator = generator or generator_of(sampling)
     out = [""] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
     for rows in by_length.values():
         texts = [StopText(trained, stop) for _ in rows]
-        stream = token_stream(trained, torch.tensor([prompts[i] for i in rows]), sampling)
+        stream = token_stream(trained, torch.tensor([prompts[i] for i in rows]), sampling, generator)
         for _, tokens in zip(range(max_new_tokens), stream, strict=False):
             for row, t, token in zip(rows, texts, tokens.tolist(), strict=True):
                 out[row] += t.add(token)

@@ -25,7 +25,14 @@ class Trained:
         return next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_bos=False, add_eos=False)
+        """The text's tokens, without BOS or EOS: a tokenizer whose own post-processor adds
+        them (torchtitan's `hf_adds_bos` / `hf_adds_eos`) adds them even when asked not to."""
+        ids = self.tokenizer.encode(text, add_bos=False, add_eos=False)
+        if getattr(self.tokenizer, "hf_adds_bos", False) and ids[:1] == [self.tokenizer.bos_id]:
+            ids = ids[1:]
+        if getattr(self.tokenizer, "hf_adds_eos", False) and ids[-1:] == [self.tokenizer.eos_id]:
+            ids = ids[:-1]
+        return ids
 
     @property
     def prefix_id(self) -> int:

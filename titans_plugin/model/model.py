@@ -67,8 +67,11 @@ class TitansTransformer(nn.Module):
         if length <= self.freqs_cis.shape[0]:
             return
         self.model_args.max_seq_len = 1 << (length - 1).bit_length()  # doubling: few regrowths
-        with torch.device(self.freqs_cis.device):
-            self.freqs_cis = self._precompute_freqs_cis()
+        kept = self.freqs_cis
+        with torch.device(kept.device):
+            grown = self._precompute_freqs_cis()
+        grown[: kept.shape[0]] = kept  # bit for bit, wherever the old table was computed
+        self.freqs_cis = grown
 
     def init_weights(self, buffer_device: torch.device | None = None) -> None:
         """torchtitan builds on the meta device and calls this after materialising."""
