@@ -34,7 +34,7 @@ def _converted_logits(out, tokens, replace=None):
     model = build_model(train_args(load_job_config(MAL, *HYBRID)))
     load_dcp_checkpoint(model, out)
     if replace:
-        model.load_state_dict(replace, strict=True)
+        model.load_state_dict({**model.state_dict(), **replace}, strict=True)  # a misspelt name raises
     with torch.no_grad():
         return model(tokens), model.state_dict()
 
