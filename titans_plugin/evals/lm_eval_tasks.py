@@ -21,6 +21,7 @@ import argparse
 import gzip
 import json
 import os
+import random
 import re
 
 from titans_plugin.data.corpus import PLACES
@@ -93,13 +94,16 @@ def held_out_stories(n: int) -> list[str]:
 
 def where_questions(story: str) -> list[dict]:
     """One multiple-choice item per "Where does ... keep ...?" in the story: the text up to
-    the question, the true place and N_CHOICES - 1 others (the story's own places first,
-    they are the hard distractors), in a fixed order."""
+    the question, the true place and N_CHOICES - 1 others: the story's own other places
+    first (the hard distractors), then places drawn at random (seeded by the item), so a
+    model that knows only which places are common is at chance. Choices in alphabetical
+    order."""
     items = []
     for m in WHERE.finditer(story):
         place = m.group(3)
         mentioned = [p for p in re.findall(r" in the (\w+)\.", story[: m.start()]) if p in PLACES]
-        others = [p for p in dict.fromkeys(mentioned + PLACES) if p != place][: N_CHOICES - 1]
+        drawn = random.Random(f"{story[:80]}|{m.start()}").sample(PLACES, len(PLACES))
+        others = [p for p in dict.fromkeys(mentioned + drawn) if p != place][: N_CHOICES - 1]
         choices = sorted([place, *others])
         context = story[: m.start()] + m.group(0)[: m.group(0).index("?") + 1]
         items.append({"context": context, "choices": [f"In the {p}." for p in choices], "gold": choices.index(place)})
