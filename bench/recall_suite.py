@@ -28,43 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import machine, publish, table
+from bench.small_models import MEMORY_VARIANTS, VARIANTS, matched_args, n_params
 from titans_plugin.config import TitansConfig
 from titans_plugin.evals.recall_tasks import IGNORE, N_VALUES, TASKS, VOCAB, make_batch
-from titans_plugin.model import TitansModelArgs, TitansTransformer
+from titans_plugin.model import TitansTransformer
 
-VARIANTS = {"MAC": "C", "MAG": "G", "MAL": "L", "LMM": "M", "SWA": "W", "Full attention": "A"}
-MEMORY_VARIANTS = ("MAC", "MAG", "MAL", "LMM")
 WINDOW, TRAIN_T, BATCH, LR = 16, 96, 32, 3e-3
 STRETCH = [(1, 4), (8, 32), (32, 128)]  # (x training length, min answer distance in windows)
 EVAL_SAMPLES, EVAL_TOKENS = 256, 32768  # eval batches hold at most this many tokens
 CHANCE = 1 / N_VALUES
-
-
-def _args(letter: str, ffn_mult: float | None, max_len: int, overrides: dict) -> TitansModelArgs:
-    titans = dict(pattern=letter, memory_heads=4, window=WINDOW, segment_len=WINDOW, chunk_size=16, n_persistent=4)
-    return TitansModelArgs(
-        dim=64,
-        n_layers=2,
-        n_heads=4,
-        vocab_size=VOCAB,
-        multiple_of=16,
-        ffn_dim_multiplier=ffn_mult,
-        max_seq_len=max_len,
-        titans=TitansConfig(**{**titans, **overrides}),
-    )
-
-
-def _n_params(args: TitansModelArgs) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in TitansTransformer(args).parameters())
-
-
-def matched_args(letter: str, max_len: int, overrides: dict) -> TitansModelArgs:
-    """The FFN multiplier (0.5 to 4 in steps of 0.05) whose model is closest to the MAC
-    model's parameter count (at the default settings, so ablations keep the sizes)."""
-    target = _n_params(_args("C", None, max_len, {}))
-    grid = [None] + [round(0.5 + 0.05 * i, 2) for i in range(71)]
-    return min((_args(letter, m, max_len, overrides) for m in grid), key=lambda a: abs(_n_params(a) - target))
 
 
 @torch.no_grad()
@@ -85,7 +57,7 @@ def run(job: tuple) -> dict:
     """Train one (task, variant, seed) and evaluate it at every stretch. Runs in a worker."""
     task, name, seed, steps, train_len, overrides = job
     torch.set_num_threads(1)
-    args = matched_args(VARIANTS[name], 32 * train_len, overrides)
+    args = matched_args(VARIANTS[name], vocab=VOCAB, window=WINDOW, max_len=32 * train_len, overrides=overrides)
     torch.manual_seed(seed)
     model = TitansTransformer(args)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
@@ -100,7 +72,7 @@ def run(job: tuple) -> dict:
     seconds = time.perf_counter() - t0
     model.eval()
     acc = [accuracy(model, task, k * train_len, d * WINDOW, seed=100 + i) for i, (k, d) in enumerate(STRETCH)]
-    return dict(task=task, name=name, seed=seed, acc=acc, loss=loss.item(), seconds=seconds, params=_n_params(args))
+    return dict(task=task, name=name, seed=seed, acc=acc, loss=loss.item(), seconds=seconds, params=n_params(args))
 
 
 def summarise(runs: list[dict]) -> dict:

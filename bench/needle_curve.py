@@ -1,0 +1,308 @@
+"""Needle in a haystack far past the training length: small MAC, MAG, MAL and LMM models and
+the sliding-window and full-attention baselines, trained on CPU at --train-len tokens on the
+embedded corpus mixed with needle documents, then asked for the needle at 4K to 1M tokens.
+
+    python -m bench.needle_curve train             # every model; checkpoints in outputs/needle_curve/
+    python -m bench.needle_curve evaluate          # every trained model at every length; results.json
+    python -m bench.needle_curve publish           # table + plot into docs/results.md
+    python -m bench.needle_curve train --variants MAG --steps 20 --train-len 256 --out /tmp/nc   # smoke
+
+Models (bench/small_models.py): 2 layers of one block type, width --dim, 4 heads, attention
+window and MAC segment --window, parameters matched to the MAC model by the FFN width.
+Training: --steps AdamW steps of --batch sequences of --train-len tokens. Half the sequences
+(--needle-frac) are needle documents (titans_plugin/evals/needles.py: passkey, number or
+uuid-like value, up to 3 distractor needles, needle anywhere, haystack from the training
+stories) followed by their answer; the rest are plain corpus text. Loss: next-token loss
+over every token, plus the loss on the answer tokens (so the few answer tokens of a
+document are not drowned by 2K tokens of text).
+
+Evaluation: documents of exactly each length from the held-out stories (cycled past their
+~150K tokens), the needle's start at depths 10-90% of the haystack, kinds in turn, no
+distractors; the prompt is read through the incremental path (forward_cached) in pieces of
+the training length, the answer decoded greedily and scored by exact match of the whole
+value. The same documents for every model. Full attention only up to --full-max tokens.
+"""
+
+import argparse
+import json
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import machine, publish, table
+from bench.small_models import VARIANTS, matched_args, n_params
+from devtools.paths import REPO
+from titans_plugin.evals.needles import KINDS, exact_match, haystack, make_document, story_ids
+from titans_plugin.evals.niah import tokenizer
+from titans_plugin.inference.sampling import Sampling, token_stream
+from titans_plugin.inference.trained import Trained
+from titans_plugin.model import TitansModelArgs, TitansTransformer
+
+LENGTHS = [4096, 16384, 65536, 262144, 1048576]
+DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
+LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's setting
+OUT = os.path.join(REPO, "outputs", "needle_curve")
+TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
+ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
+MIN_DOC = 256  # the shortest needle document in training
+
+
+def _args(name: str, a) -> TitansModelArgs:
+    overrides = dict(LONG_CONTEXT if a.long_context else {})
+    vocab = tokenizer().get_vocab_size()
+    return matched_args(
+        VARIANTS[name], vocab=vocab, window=a.window, max_len=a.train_len, overrides=overrides, dim=a.dim
+    )
+
+
+def needle_sequence(tok, stories: list[int], T: int, rng: random.Random) -> tuple[list[int], list[bool]]:
+    """T + 1 tokens of needle documents back to back, each of a random length from MIN_DOC
+    to T tokens and followed by its answer and a full stop, and the mask of answer targets.
+    Several answers per sequence give more retrieval signal per token; a document's needle
+    is at any depth, so the distances trained run from a few tokens to nearly T."""
+    seq: list[int] = []
+    mask: list[bool] = []
+    while T + 1 - len(seq) >= MIN_DOC:
+        length = min(rng.randint(MIN_DOC, T), T + 1 - len(seq)) - ANSWER_ROOM
+        kind = rng.choice(KINDS)
+        distractors = 0 if kind == "passkey" or rng.random() < 0.5 else rng.randint(1, 3)
+        doc = make_document(tok, stories, length, rng.random(), kind, rng, distractors)
+        at = len(seq) + len(doc.prompt) - 1  # the target index of the first answer token
+        seq += doc.prompt + doc.answer_ids + tok.encode(".").ids
+        mask += [False] * (at - len(mask)) + [True] * len(doc.answer_ids)
+    seq += haystack(stories, T + 1 - len(seq), rng.randrange(len(stories)))
+    seq = seq[: T + 1]
+    return seq, (mask + [False] * T)[:T]
+
+
+def training_batch(tok, stories: list[int], a, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """inputs [B, T], targets [B, T], and the mask of answer targets [B, T]: a fraction
+    --needle-frac of the rows are needle documents, the rest plain corpus text."""
+    T, rows, answers = a.train_len, [], []
+    for _ in range(a.batch):
+        if rng.random() < a.needle_frac:
+            seq, mask = needle_sequence(tok, stories, T, rng)
+        else:
+            start = rng.randrange(len(stories) - T - 1)
+            seq, mask = stories[start : start + T + 1], [False] * T
+        rows.append(seq)
+        answers.append(mask)
+    x = torch.tensor(rows)
+    return x[:, :-1], x[:, 1:], torch.tensor(answers)
+
+
+def train(job: tuple) -> dict:
+    """Train one model, save its weights and facts. Runs in a worker process."""
+    name, a = job
+    torch.set_num_threads(1)
+    tok = tokenizer()
+    stories = story_ids(tok, "train", TRAIN_STORIES)
+    args = _args(name, a)
+    torch.manual_seed(a.seed)
+    model = TitansTransformer(args)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    rng = random.Random(a.seed + 1)
+    t0, log = time.perf_counter(), []
+    for step in range(a.steps):
+        x, y, answer = training_batch(tok, stories, a, rng)
+        logits = model(x).float()
+        lm = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        ans = F.cross_entropy(logits[answer], y[answer]) if answer.any() else logits.new_zeros(())
+        loss = lm + ans
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        log.append((lm.item(), ans.item()))
+        if step % 50 == 0 or step == a.steps - 1:
+            print(f"{name} step {step}: lm {lm.item():.3f} answer {ans.item():.3f}", flush=True)
+    seconds = time.perf_counter() - t0
+    tail = log[-20:]
+    facts = dict(
+        name=name,
+        params=n_params(args),
+        train_seconds=seconds,
+        steps=a.steps,
+        batch=a.batch,
+        train_len=a.train_len,
+        window=a.window,
+        dim=a.dim,
+        long_context=a.long_context,
+        lm_loss=sum(lm for lm, _ in tail) / len(tail),
+        answer_loss=sum(x for _, x in tail) / len(tail),
+    )
+    os.makedirs(a.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(a.out, f"{_file(name)}.pt"))
+    with open(os.path.join(a.out, f"{_file(name)}.json"), "w") as f:
+        json.dump(facts, f, indent=1)
+    return facts
+
+
+def _file(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+def load(name: str, a) -> tuple[TitansTransformer, dict]:
+    with open(os.path.join(a.out, f"{_file(name)}.json")) as f:
+        facts = json.load(f)
+    for key in ("train_len", "window", "dim", "long_context"):
+        setattr(a, key, facts[key])
+    model = TitansTransformer(_args(name, a))
+    model.load_state_dict(torch.load(os.path.join(a.out, f"{_file(name)}.pt"), weights_only=True))
+    return model.eval(), facts
+
+
+def samples_at(length: int, a) -> int:
+    return a.samples if length <= 65536 else a.samples_long
+
+
+@torch.no_grad()
+def ask(model, tok, doc, piece: int) -> bool:
+    """Read the prompt in pieces, decode the answer greedily, score it."""
+    trained = Trained(model, None, piece)
+    stream = token_stream(trained, torch.tensor([doc.prompt]), Sampling())
+    out = [int(t[0]) for _, t in zip(range(len(doc.answer_ids) + 2), stream, strict=False)]
+    return exact_match(tok.decode(out), doc.answer)
+
+
+def evaluate(job: tuple) -> dict:
+    """One model at one length: exact-match hits over the samples. Runs in a worker."""
+    name, length, a = job
+    torch.set_num_threads(1)
+    tok = tokenizer()
+    stories = story_ids(tok, "validation")
+    model, facts = load(name, a)
+    hits, t0 = [], time.perf_counter()
+    for i in range(samples_at(length, a)):
+        rng = random.Random(length * 1000 + i)  # the same documents for every model
+        doc = make_document(tok, stories, length, DEPTHS[i % len(DEPTHS)], KINDS[i % len(KINDS)], rng)
+        hits.append(ask(model, tok, doc, facts["train_len"]))
+    seconds = (time.perf_counter() - t0) / len(hits)
+    print(f"{name} at {length:,}: {sum(hits)}/{len(hits)} exact, {seconds:.1f} s per sample", flush=True)
+    return dict(name=name, length=length, hits=hits, seconds_per_sample=seconds)
+
+
+def _results_path(a) -> str:
+    return os.path.join(a.out, "results.json")
+
+
+def _read_results(a) -> dict:
+    path = _results_path(a)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def cmd_train(a) -> None:
+    with ProcessPoolExecutor(a.workers) as pool:
+        for facts in pool.map(train, [(n, a) for n in a.variants]):
+            print(json.dumps(facts), flush=True)
+
+
+def cmd_evaluate(a) -> None:
+    results = _read_results(a)
+    jobs = [
+        (n, length, a)
+        for length in a.lengths
+        for n in a.variants
+        if not (n == "Full attention" and length > a.full_max) and f"{n}@{length}" not in results
+    ]
+    with ProcessPoolExecutor(a.workers) as pool:
+        for r in pool.map(evaluate, jobs):
+            results[f"{r['name']}@{r['length']}"] = r
+            with open(_results_path(a), "w") as f:  # after every cell: a stopped run keeps what it measured
+                json.dump(results, f, indent=1)
+
+
+def cmd_publish(a) -> None:
+    results = _read_results(a)
+    facts = {}
+    for n in a.variants:
+        path = os.path.join(a.out, f"{_file(n)}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                facts[n] = json.load(f)
+    names = [n for n in a.variants if n in facts]
+    if not names:
+        raise SystemExit(f"no trained models in {a.out}: run `python -m bench.needle_curve train` first")
+    lengths = sorted({r["length"] for r in results.values()})
+    rows = []
+    for n in names:
+        f = facts[n]
+        row = [n, f"{f['params']:,}", f"{f['train_seconds'] / 60:.0f}", f"{f['lm_loss']:.3f}"]
+        row.append(f"{f['answer_loss']:.3f}")
+        for length in lengths:
+            r = results.get(f"{n}@{length}")
+            row.append(f"{100 * sum(r['hits']) / len(r['hits']):.0f} ({len(r['hits'])})" if r else "-")
+        rows.append(row)
+    f0 = facts[names[0]]
+    header = ["model", "params", "train min", "final LM loss", "final answer loss"]
+    header += [f"exact % at {length:,} ({length // f0['train_len']}x)" for length in lengths]
+    setting = "`forget_init = 1e-5`, `max_grad_norm = 4`" if f0["long_context"] else "the defaults"
+    doc = (
+        f"Machine: {machine()}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
+        f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, memory setting: {setting}. "
+        "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish`. "
+        "Cells: exact-match % (samples); '-' = not run.\n\n"
+        f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
+    )
+    publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for n in names:
+        pts = [(L, results[f"{n}@{L}"]) for L in lengths if f"{n}@{L}" in results]
+        if pts:
+            ax.plot([L for L, _ in pts], [100 * sum(r["hits"]) / len(r["hits"]) for _, r in pts], marker="o", label=n)
+    ax.axvline(f0["train_len"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [f"{L // 1024}K" for L in lengths])
+    ax.set_xlabel(f"context length (tokens); dotted: training length {f0['train_len']}")
+    ax.set_ylabel("needle exact match %")
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("command", choices=["train", "evaluate", "publish"])
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", default=OUT, help="checkpoints and results.json")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    # training
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--train-len", type=int, default=2048)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--needle-frac", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-long-context", dest="long_context", action="store_false", help="train with the defaults")
+    # evaluation
+    p.add_argument("--lengths", type=int, nargs="*", default=LENGTHS)
+    p.add_argument("--samples", type=int, default=20, help="documents per length up to 65,536 tokens")
+    p.add_argument("--samples-long", type=int, default=3, help="documents per length beyond 65,536 tokens")
+    p.add_argument("--full-max", type=int, default=65536, help="longest context full attention is asked at")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args()
+    {"train": cmd_train, "evaluate": cmd_evaluate, "publish": cmd_publish}[a.command](a)
+
+
+if __name__ == "__main__":
+    main()

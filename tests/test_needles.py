@@ -1,0 +1,139 @@
+"""Needle documents (titans_plugin/evals/needles.py) and the needle benchmark's pieces
+(bench/needle_curve.py): prompts of the exact length with the needle where the depth says,
+training sequences whose answer mask covers exactly the answers, the evaluation's greedy
+read-back scoring a model that knows the answer as right and one that does not as wrong,
+and the small models' parameter matching."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.needle_curve import ask, needle_sequence
+from bench.small_models import VARIANTS, matched_args, n_params
+from devtools.paths import REPO
+from titans_plugin.evals.needles import KEY_WORDS, KINDS, exact_match, make_document, make_needle, story_ids
+from titans_plugin.evals.niah import tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer()
+
+
+@pytest.fixture(scope="module")
+def stories(tok):
+    return story_ids(tok, "validation", 200)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_document_has_the_length_the_needle_at_its_depth_and_the_question_last(tok, stories, kind):
+    for seed, depth in enumerate((0.0, 0.5, 1.0)):
+        doc = make_document(tok, stories, 700, depth, kind, random.Random(seed))
+        assert len(doc.prompt) == 700
+        assert doc.answer.strip() in tok.decode(doc.prompt[doc.needle_at : doc.needle_at + 40])
+        assert doc.answer.strip() not in tok.decode(doc.prompt[: doc.needle_at])
+        question = make_needle(kind, random.Random(seed)).question
+        tail = tok.decode(doc.prompt[-len(tok.encode(question).ids) :])
+        assert tail.split(" for ")[0] == question.split(" for ")[0]
+    lo = make_document(tok, stories, 2000, 0.1, kind, random.Random(1))
+    hi = make_document(tok, stories, 2000, 0.9, kind, random.Random(1))
+    assert 150 <= lo.needle_at <= 250
+    assert 1700 <= hi.needle_at <= 1850
+
+
+def test_distractors_are_other_keys_of_the_same_kind(tok, stories):
+    doc = make_document(tok, stories, 900, 0.5, "number", random.Random(3), distractors=3)
+    text = tok.decode(doc.prompt)
+    asked = text.rsplit("special magic number for ", 1)[1].split(" is:")[0]
+    stated = [part.split(" is:")[0] for part in text.split("special magic number for ")[1:-2]]
+    assert len(stated) == 4
+    assert stated.count(asked) == 1
+    assert all(k in KEY_WORDS for k in stated)
+    assert f"for {asked} is:{doc.answer}." in text
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_needle("colour", random.Random(0))
+    with pytest.raises(ValueError, match="depth must be in"):
+        make_document(tok, stories, 900, 1.5, "number", random.Random(0))
+    with pytest.raises(ValueError, match="split must be"):
+        story_ids(tok, "test")
+
+
+def test_exact_match_wants_the_whole_value():
+    assert exact_match(" 58213.", " 58213")
+    assert exact_match("58213", " 58213")
+    assert exact_match(" 7f3a91c2-e0b4. The", " 7f3a91c2-e0b4")
+    assert not exact_match(" 582134", " 58213")
+    assert not exact_match(" 5821", " 58213")
+    assert not exact_match(" The 58213", " 58213")
+
+
+def test_training_sequences_mask_exactly_their_answers(tok):
+    train = story_ids(tok, "train", 200)
+    seq, mask = needle_sequence(tok, train, 1024, random.Random(5))
+    assert len(seq) == 1025
+    assert len(mask) == 1024
+    starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
+    assert len(starts) >= 1
+    for i in starts:
+        end = next((j for j in range(i, 1024) if not mask[j]), 1024)
+        value = tok.decode(seq[i + 1 : end + 1]).strip()
+        before = tok.decode(seq[: i + 1])
+        assert before.endswith(("is:", "pass key is")), before[-60:]
+        stated = before.rsplit("?", 1)[0]
+        assert f" {value}. " in stated or f" {value}." in stated
+        assert tok.decode(seq[end + 1 : end + 2]) == "."
+
+
+class _Oracle(torch.nn.Module):
+    """Reads a prompt through forward_cached and then says `answer`, token by token (or
+    nothing useful when `knows` is False): stands in for a model in the evaluation path."""
+
+    def __init__(self, answer: list[int], vocab: int, knows: bool):
+        super().__init__()
+        self.answer, self.vocab, self.knows = answer, vocab, knows
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.read = 0
+
+    def cover_positions(self, length: int) -> None:
+        pass
+
+    def forward_cached(self, tokens, caches):
+        said = (caches or 0) + (tokens.shape[1] == 1)  # answer tokens fed back so far
+        self.read += tokens.shape[1]
+        logits = torch.zeros(1, tokens.shape[1], self.vocab)
+        token = self.answer[min(said, len(self.answer) - 1)] if self.knows else 0
+        logits[0, -1, token] = 1.0
+        return logits, said
+
+
+def test_the_evaluation_scores_a_model_that_knows_the_answer_right_and_one_that_does_not_wrong(tok, stories):
+    doc = make_document(tok, stories, 3000, 0.3, "uuid", random.Random(2))
+    vocab = tok.get_vocab_size()
+    right = _Oracle(doc.answer_ids + tok.encode(".").ids, vocab, True)
+    assert ask(right, tok, doc, piece=512)
+    assert right.read >= 3000  # the whole prompt was read, in pieces
+    assert not ask(_Oracle(doc.answer_ids, vocab, False), tok, doc, piece=512)
+
+
+def test_small_models_are_matched_within_three_percent():
+    kw = dict(vocab=1854, window=64, max_len=2048, overrides={})
+    sizes = {n: n_params(matched_args(c, **kw)) for n, c in VARIANTS.items()}
+    target = sizes["MAC"]
+    assert all(abs(s - target) / target < 0.03 for s in sizes.values()), sizes
+
+
+@pytest.mark.slow  # three subprocesses, each training or reading a model
+def test_train_evaluate_publish_end_to_end(tmp_path):
+    base = [sys.executable, "-m", "bench.needle_curve"]
+    common = ["--variants", "MAG", "SWA", "--out", str(tmp_path), "--workers", "1"]
+    train = ["--steps", "2", "--train-len", "512", "--batch", "2"]
+    for cmd in (["train", *train], ["evaluate", "--lengths", "1024", "--samples", "2"], ["publish", "--no-write"]):
+        proc = subprocess.run(base + cmd + common, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| MAG | " in proc.stdout
+    assert "exact % at 1,024 (2x)" in proc.stdout
+    assert (tmp_path / "results.json").exists()
+    assert (tmp_path / "mag.pt").exists()
