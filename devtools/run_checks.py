@@ -12,7 +12,7 @@ import torch
 from devtools.torchrun import losses
 
 VAL_RE = re.compile(r"validate step:\s*(\d+)\s+\S*loss:\s*([-\w.]+)")
-MEMORY_STATS = ("theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms")
+MEMORY_STATS = ("theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms", "clip_active", "clip_factor_mean")
 
 
 def assert_loss_falls(log: str, steps: int) -> None:

@@ -230,7 +230,7 @@ class _ChunkScan(torch.autograd.Function):
         # Chunk-start states are only kept when a backward can follow: inference holds
         # one state at a time, whatever the length.
         keep = any(ctx.needs_input_grad)
-        saved_W, saved_S, outs = [], [], []
+        saved_W, saved_S, outs, factors = [], [], [], []
         for i, start in enumerate(starts):
             sl = slice(start, min(start + chunk_size, T))
             if i in restart_at:  # in place, on the restarting rows only
@@ -244,7 +244,7 @@ class _ChunkScan(torch.autograd.Function):
             if keep:
                 saved_W.append(W)
                 saved_S.append(S)
-            y, W, S, _ = chunk_forward(
+            y, W, S, it = chunk_forward(
                 q[:, :, sl],
                 k[:, :, sl],
                 v[:, :, sl],
@@ -257,14 +257,18 @@ class _ChunkScan(torch.autograd.Function):
                 max_norm,
             )
             outs.append(y)
+            if it.clip is not None:
+                factors.append(torch.clamp(it.clip[0], max=1.0))
         flat_states = [t for W_, S_ in zip(saved_W, saved_S, strict=True) for t in (*W_, *S_)]
         ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, *flat_states)
         ctx.meta = (chunk_size, act_name, max_norm, n_layers, len(starts))
         ctx.restart_at, ctx.n_init = restart_at, len(init)
-        return (torch.cat(outs, dim=2), *W, *S)
+        clip_factor = torch.cat(factors, dim=2).float() if factors else q.new_empty(0, dtype=torch.float32)
+        ctx.mark_non_differentiable(clip_factor)
+        return (torch.cat(outs, dim=2), clip_factor, *W, *S)
 
     @staticmethod
-    def backward(ctx, dy, *dstate):
+    def backward(ctx, dy, _dclip_factor, *dstate):
         chunk_size, act_name, max_norm, L, n_chunks = ctx.meta
         act = get_activation(act_name)
         q, k, v, theta, log_eta, log_retain, *flat = ctx.saved_tensors
@@ -337,6 +341,7 @@ def chunk_neural_memory(
     max_grad_norm: float | None = None,
     resets: torch.Tensor | None = None,
     initial: MemoryState | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Same contract as naive_neural_memory, computed chunk by chunk.
 
@@ -352,6 +357,8 @@ def chunk_neural_memory(
     q, k, v, theta, log_eta, log_retain, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
     L = len(state.weights)
     if q.shape[2] == 0:
+        if stats is not None and max_grad_norm:
+            stats["clip_factor"] = q.new_ones(q.shape[0], 0, q.shape[1], dtype=torch.float32)
         return q.new_zeros(q.shape[0], 0, q.shape[1], state.weights[-1].shape[-1]), state
     init = () if resets is None or initial is None else tuple(w.to(q.dtype) for w in initial.weights)
     out = _ChunkScan.apply(
@@ -370,7 +377,9 @@ def chunk_neural_memory(
         *state.momentum,
         *init,
     )
-    y, W, S = out[0], out[1 : 1 + L], out[1 + L :]
+    y, clip_factor, W, S = out[0], out[1], out[2 : 2 + L], out[2 + L :]
+    if stats is not None and max_grad_norm:
+        stats["clip_factor"] = clip_factor.transpose(1, 2)  # [B, H, T] -> [B, T, H]
     return y.transpose(1, 2), MemoryState(tuple(W), tuple(S))
 
 

@@ -49,6 +49,7 @@ def chunk_neural_memory_autograd(
     chunk_size: int = 64,
     activation: str = "silu",
     max_grad_norm: float | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Same contract as naive_neural_memory, computed chunk by chunk.
 
@@ -59,10 +60,10 @@ def chunk_neural_memory_autograd(
     act = get_activation(activation)
     q, k, v, theta, log_eta, log_retain, state = prepare_inputs(q, k, v, theta, eta, alpha, state, chunk_size)
     T = q.shape[2]
-    outputs = []
+    outputs, factors = [], []
     for start in range(0, T, chunk_size):
         sl = slice(start, min(start + chunk_size, T))
-        y, W, S, _ = chunk_forward(
+        y, W, S, it = chunk_forward(
             q[:, :, sl],
             k[:, :, sl],
             v[:, :, sl],
@@ -76,6 +77,10 @@ def chunk_neural_memory_autograd(
         )
         state = MemoryState(W, S)
         outputs.append(y)
+        if it.clip is not None:
+            factors.append(torch.clamp(it.clip[0], max=1.0).detach().float())
+    if stats is not None and max_grad_norm:
+        stats["clip_factor"] = torch.cat(factors, dim=2).transpose(1, 2) if factors else theta.new_ones(0)
     if not outputs:
         B, H = q.shape[0], q.shape[1]
         return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state

@@ -3,12 +3,15 @@
 Every backend takes the same arguments, by name after the inputs and the state:
 
     scan(q, k, v, theta, eta, alpha, state, *, chunk_size, activation, max_grad_norm,
-         resets, initial) -> (y, end state)
+         resets, initial, stats) -> (y, end state)
 
 q, k [B, T, H, D_k], v [B, T, H, D_v], theta, eta, alpha [B, T, H]. resets [B, n_chunks]
 (bool) with `initial`: row b restarts from initial's weights (zero momentum) before chunk i
 where resets[b, i], as if a new sequence began there (packed documents, each laid out by
-the memory to start at a chunk boundary); each backend handles restarts itself. A backend
+the memory to start at a chunk boundary); each backend handles restarts itself. stats: a
+dict, or None; with max_grad_norm set, the backend puts into it "clip_factor" [B, T, H]
+fp32, no gradient: each token's min(1, max_grad_norm / |its inner gradient|), < 1 where
+the clip acted (the memory's clip-activity statistic). A backend
 also says where it cannot run: `supports(q, state, **config) -> reason or None`.
 
     naive   per-token reference (kernels/naive.py)
@@ -93,6 +96,7 @@ def neural_memory_scan(
     backend: str = "auto",
     resets: torch.Tensor | None = None,
     initial: MemoryState | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """The scan by the backend `backend` resolves to (module docstring)."""
     name = resolve_backend(
@@ -118,4 +122,5 @@ def neural_memory_scan(
         max_grad_norm=max_grad_norm,
         resets=resets,
         initial=initial,
+        stats=stats,
     )

@@ -45,6 +45,7 @@ def naive_neural_memory(
     max_grad_norm: float | None = None,
     resets: torch.Tensor | None = None,
     initial: MemoryState | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, MemoryState]:
     """q, k: [B, T, H, D_k]; v: [B, T, H, D_v]; theta, eta, alpha: [B, T, H].
 
@@ -54,14 +55,14 @@ def naive_neural_memory(
     left, with the restarting rows set to `initial`."""
     if resets is not None:
         return _with_restarts(
-            (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm
+            (q, k, v, theta, eta, alpha), state, resets, initial, chunk_size, activation, max_grad_norm, stats
         )
     act = get_activation(activation).fn
     dtype = state_dtype(q)
     weights = [w.to(dtype) for w in state.weights]
     momentum = [s.to(dtype) for s in state.momentum]
     outer_grad = torch.is_grad_enabled()
-    outputs = []
+    outputs, factors = [], []
     for t in range(q.shape[1]):
         if t % chunk_size == 0:
             chunk_start = weights
@@ -75,13 +76,18 @@ def naive_neural_memory(
             grads = torch.autograd.grad(loss, leaves, create_graph=outer_grad)
         if max_grad_norm:
             norm = torch.sqrt(cast(torch.Tensor, sum(g.pow(2).sum((-2, -1), keepdim=True) for g in grads)) + 1e-30)
-            grads = tuple(g * torch.clamp(max_grad_norm / norm, max=1.0) for g in grads)
+            factor = torch.clamp(max_grad_norm / norm, max=1.0)
+            grads = tuple(g * factor for g in grads)
+            factors.append(factor.detach().reshape(factor.shape[:2]).float())
         if t % chunk_size == 0:
             chunk_start = leaves  # same values; keeps any graph through the leaves
             weights = leaves
         momentum = [eta_t * s - theta_t * g for s, g in zip(momentum, grads, strict=True)]
         weights = [(1 - alpha_t) * w + s for w, s in zip(weights, momentum, strict=True)]
         outputs.append(memory_mlp(q_t, weights, act).squeeze(-2))
+    if stats is not None and max_grad_norm:
+        B, T, H, _ = q.shape
+        stats["clip_factor"] = torch.stack(factors, dim=1) if factors else q.new_ones(B, T, H, dtype=torch.float32)
     if not outputs:
         B, _, H, _ = q.shape
         return q.new_zeros(B, 0, H, weights[-1].shape[-1], dtype=dtype), MemoryState(tuple(weights), tuple(momentum))
@@ -89,7 +95,7 @@ def naive_neural_memory(
     return y, MemoryState(tuple(weights), tuple(momentum))
 
 
-def _with_restarts(inputs, state, resets, initial, chunk_size, activation, max_grad_norm):
+def _with_restarts(inputs, state, resets, initial, chunk_size, activation, max_grad_norm, stats):
     """The scan cut at every chunk where some row restarts. The pieces come from one
     split, whose backward is one concatenation (slicing every piece would zero-fill the
     whole input's gradient once per piece)."""
@@ -100,15 +106,23 @@ def _with_restarts(inputs, state, resets, initial, chunk_size, activation, max_g
     sizes = [
         min(last * chunk_size, T) - first * chunk_size for first, last in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    outs = []
+    outs, piece_stats = [], []
     pieces = zip(*(x.split(sizes, dim=1) for x in inputs), strict=True)
     for first, piece in zip(bounds[:-1], pieces, strict=True):
         if first in cuts:
             state = state.reset_rows(resets[:, first], initial)
+        piece_stats.append({})
         y, state = naive_neural_memory(
-            *piece, state, chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm
+            *piece,
+            state,
+            chunk_size=chunk_size,
+            activation=activation,
+            max_grad_norm=max_grad_norm,
+            stats=piece_stats[-1],
         )
         outs.append(y)
+    if stats is not None and max_grad_norm:
+        stats["clip_factor"] = torch.cat([p["clip_factor"] for p in piece_stats], dim=1)
     return torch.cat(outs, dim=1), state
 
 

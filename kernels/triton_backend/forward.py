@@ -15,6 +15,7 @@ from .pieces import (
     mm_nt,
     operand,
     restart_state,
+    store_gate,
     store_tile,
     store_tokens,
 )
@@ -75,6 +76,7 @@ def layer1_phase(
     state_ptr,
     inputs,
     scratch_ptr,
+    clip_ptr,
     pos,
     DK: tl.constexpr,
     DT: tl.constexpr,
@@ -93,7 +95,8 @@ def layer1_phase(
 ):
     """Phased forward (depth 2), first phase: chunk ci's inner errors and layer 1's
     retrieval h1 = act(c (q W1) + f (q S1) - ((q k^T) * G) d0) from the chunk-start state,
-    tile by tile, into the forward scratch with d1 and theta_eff."""
+    tile by tile, into the forward scratch with d1 and theta_eff; with CLIP, each token's
+    clip factor min(1, raw) at clip_ptr ([B, T, H])."""
     q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = inputs
     ci, T, max_norm, H = pos
     L1: tl.constexpr = DK * DT
@@ -106,6 +109,8 @@ def layer1_phase(
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         st, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, 2, ACT, CLIP, OP
     )
+    if CLIP:
+        store_gate(clip_ptr + row0, tl.minimum(raw, 1.0), valid, BC, H)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     sG = operand(mm_nt(q, k, OP) * G, OP)
     d1o = operand(d1, OP)
@@ -206,6 +211,7 @@ def forward_chunk(
     state_ptr,
     inputs,
     y_ptr,
+    clip_ptr,
     pos,
     DK: tl.constexpr,
     DT: tl.constexpr,
@@ -235,8 +241,9 @@ def forward_chunk(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk = (q, k, v, theta, log_eta, log_retain, valid, last)
-    v_rows, y_rows = v_ptr + row0 * DV, y_ptr + row0 * DV
-    chunk_step(st, st, chunk, max_norm, v_rows, y_rows, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
+    v_rows, y_rows, clip_rows = v_ptr + row0 * DV, y_ptr + row0 * DV, clip_ptr + row0
+    out = (v_rows, y_rows, clip_rows)
+    chunk_step(st, st, chunk, max_norm, out, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
 
 
 @triton.jit
@@ -249,6 +256,7 @@ def scan_forward_kernel(
     log_retain_ptr,
     state_ptr,
     y_ptr,
+    clip_ptr,
     saved_ptr,
     scratch_ptr,
     resets_ptr,
@@ -277,7 +285,8 @@ def scan_forward_kernel(
     FSCRATCH: tl.constexpr,
 ):
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
-    state on entry and the end state on exit. With SAVE, the state at the start of every
+    state on entry and the end state on exit. With CLIP, clip_ptr ([B, T, H] fp32) gets
+    each token's clip factor min(1, max_norm / |inner gradient|). With SAVE, the state at the start of every
     CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
     checkpoints, from which it recomputes the chunks in between. With RESETS (packed
     documents), a row restarts from its initial weights (init_ptr) before every chunk
@@ -297,6 +306,7 @@ def scan_forward_kernel(
                 state_ptr,
                 inputs,
                 scratch_ptr,
+                clip_ptr,
                 pos,
                 DK,
                 DT,
@@ -320,5 +330,23 @@ def scan_forward_kernel(
             output_phase(inputs, y_ptr, scratch_ptr, pos, DK, DV, BK, BV, CHUNK, BC, OP, FSCRATCH)
         else:
             forward_chunk(
-                state_ptr, inputs, y_ptr, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE
+                state_ptr,
+                inputs,
+                y_ptr,
+                clip_ptr,
+                pos,
+                DK,
+                DT,
+                DV,
+                BK,
+                BT,
+                BV,
+                CHUNK,
+                BC,
+                NT,
+                DEPTH,
+                ACT,
+                CLIP,
+                OP,
+                NSTATE,
             )

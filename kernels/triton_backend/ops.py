@@ -65,13 +65,15 @@ def memory_scan(
     max_grad_norm: float,
     save_states: bool,
     checkpoint_every: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """q, k [B, T, H, DK], v [B, T, H, DV] (fp32/bf16/fp16, contiguous); theta and
     log-gates fp32 [B, T, H]; state fp32 [B, H, N]. resets int8 [B, n_chunks] with init
     fp32 [B, H, N / 2] (packed documents: a row restarts from its init weights, zero
     momentum, before every flagged chunk), or both empty. Returns y [B, T, H, DV] in q's
-    dtype, the end state, and the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]:
-    the state at the start of every checkpoint_every-th chunk (empty unless save_states)."""
+    dtype, the end state, the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]:
+    the state at the start of every checkpoint_every-th chunk (empty unless save_states),
+    and each token's clip factor min(1, max_grad_norm / |inner gradient|) fp32 [B, T, H]
+    (empty when max_grad_norm is 0)."""
     from .forward import scan_forward_kernel
 
     B, T, H = q.shape[:3]
@@ -82,6 +84,7 @@ def memory_scan(
     )
     args = forward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
     scratch = _empty((B * H, args["FSCRATCH"]), torch.float32, q.device)
+    clip_factor = _empty((B, T, H) if max_grad_norm > 0 else (0,), torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
         q,
         k,
@@ -91,6 +94,7 @@ def memory_scan(
         log_retain,
         state_out,
         y,
+        clip_factor,
         saved,
         scratch,
         resets,
@@ -101,7 +105,7 @@ def memory_scan(
         SAVE=save_states,
         **args,
     )
-    return y, state_out, saved
+    return y, state_out, saved, clip_factor
 
 
 @memory_scan.register_fake
@@ -124,7 +128,13 @@ def _memory_scan_fake(
 ):
     B, T, H = q.shape[:3]
     saved_shape = _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
-    return q.new_empty(B, T, H, v.shape[3]), state.new_empty(state.shape), state.new_empty(saved_shape)
+    clip_shape = (B, T, H) if max_grad_norm > 0 else (0,)
+    return (
+        q.new_empty(B, T, H, v.shape[3]),
+        state.new_empty(state.shape),
+        state.new_empty(saved_shape),
+        state.new_empty(clip_shape),
+    )
 
 
 @torch.library.custom_op("titans::memory_scan_backward", mutates_args=())
@@ -228,7 +238,7 @@ def _setup_context(ctx, inputs, output):
     ctx.state_shape = state.shape
 
 
-def _backward(ctx, dy, dstate, _dsaved):
+def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
     hidden, chunk_size, activation, max_norm, saved_states, every = ctx.meta
     if not saved_states:
         raise RuntimeError("titans::memory_scan ran with save_states=False; it cannot be differentiated")
@@ -297,6 +307,7 @@ def triton_neural_memory(
     resets: Tensor | None = None,
     initial: MemoryState | None = None,
     checkpoint_every: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract as chunk_neural_memory (q, k [B, T, H, D_k], v [B, T, H, D_v], gates
     [B, T, H], resets [B, n_chunks] with initial), computed by the Triton kernels in one
@@ -321,6 +332,7 @@ def triton_neural_memory(
         resets=resets,
         initial=initial,
         checkpoint_every=checkpoint_every,
+        stats=stats,
     )
 
 
@@ -350,10 +362,13 @@ def launch(
     resets: Tensor | None = None,
     initial: MemoryState | None = None,
     checkpoint_every: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """The Triton scan, once `supports` has found nothing against it."""
     B, T, H, _ = q.shape
     if T == 0:
+        if stats is not None and max_grad_norm:
+            stats["clip_factor"] = q.new_ones(B, 0, H, dtype=torch.float32)
         return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state
     log_eta, log_retain = log_gates(eta, alpha, torch.float32)
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
@@ -370,7 +385,7 @@ def launch(
         checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)
     elif checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every}")
-    y, flat_out, _ = memory_scan(
+    y, flat_out, _, clip_factor = memory_scan(
         *(t.contiguous() for t in inputs),
         hidden,
         chunk_size,
@@ -379,4 +394,6 @@ def launch(
         save,
         checkpoint_every,
     )
+    if stats is not None and max_grad_norm:
+        stats["clip_factor"] = clip_factor.detach()
     return y, unpack_state(flat_out, state)

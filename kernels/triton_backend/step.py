@@ -45,6 +45,7 @@ from .pieces import (
     operand,
     row_at,
     rowsum,
+    store_gate,
     store_tile,
     store_tokens,
 )
@@ -172,8 +173,7 @@ def chunk_step(
     dst,
     chunk,
     max_norm,
-    v_ptr,
-    y_ptr,
+    rows,
     H,
     DK: tl.constexpr,
     DT: tl.constexpr,
@@ -190,15 +190,20 @@ def chunk_step(
     WITH_OUTPUT: tl.constexpr,
 ):
     """One chunk: the state at `src` (the chunk start) advances to `dst` (may be `src`), and
-    with WITH_OUTPUT the retrieval y is written at y_ptr (row-major [C, H * DV] view).
+    with WITH_OUTPUT the retrieval y is written at y_ptr (row-major [C, H * DV] view) and,
+    with CLIP, each token's clip factor min(1, raw) at clip_ptr (row stride H). rows: the
+    chunk's first rows of v, y and the clip factors (v_ptr, y_ptr, clip_ptr).
     chunk: its loaded inputs (q, k, v, theta, log_eta, log_retain) with the valid rows and
     the last token (program_chunk)."""
     q, k, v, theta, log_eta, log_retain, valid, last = chunk
+    v_ptr, y_ptr, clip_ptr = rows
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         src, k, v, theta, max_norm, v_ptr, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP
     )
+    if WITH_OUTPUT and CLIP:
+        store_gate(clip_ptr, tl.minimum(raw, 1.0), valid, BC, H)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
     sG = operand(mm_nt(q, k, OP) * G, OP)
@@ -302,6 +307,7 @@ def advance_chunk(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk = (q, k, v, theta, log_eta, log_retain, valid, last)
-    # No output without WITH_OUTPUT: v_ptr stands in for the unused y pointer.
+    # No output without WITH_OUTPUT: v_ptr stands in for the unused y and clip pointers.
     v_rows = v_ptr + row0 * DV
-    chunk_step(src, dst, chunk, max_norm, v_rows, v_ptr, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False)
+    rows = (v_rows, v_ptr, v_ptr)
+    chunk_step(src, dst, chunk, max_norm, rows, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, False)

@@ -10,6 +10,7 @@ from torchtitan.distributed import ParallelDims
 
 from devtools.paths import REPO
 from devtools.processes import imports_then, python
+from devtools.run_checks import MEMORY_STATS
 from titans_plugin.config import TitansConfig
 from titans_plugin.model import TitansTransformer
 from titans_plugin.torchtitan022.args import TitansTrainArgs
@@ -150,7 +151,7 @@ def test_parallelize_compiles_every_block_and_keeps_memory_statistics():
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         assert (a.grad - b.grad).abs().max() <= 1e-4 * a.grad.abs().max() + 1e-7, name
     stats = compiled.layers["0"].memory.last_stats
-    assert set(stats) == {"theta_mean", "eta_mean", "alpha_mean", "surprise_rms", "weight_rms"}
+    assert set(stats) == set(MEMORY_STATS)
     for key, value in eager.layers["0"].memory.last_stats.items():
         assert abs(float(stats[key]) - float(value)) <= 1e-5 * abs(float(value)), key
 

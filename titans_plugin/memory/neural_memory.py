@@ -173,7 +173,7 @@ class NeuralMemory(nn.Module):
     def read_flops_per_token(self) -> int:
         return self.config.read_flops_per_token()
 
-    def scan(self, inputs, state: MemoryState, resets=None):
+    def scan(self, inputs, state: MemoryState, resets=None, stats: dict | None = None):
         c = self.config
         return neural_memory_scan(
             *inputs,
@@ -184,6 +184,7 @@ class NeuralMemory(nn.Module):
             backend=c.backend,
             resets=resets,
             initial=None if resets is None else self.initial_state(inputs[0].shape[0]),
+            stats=stats,
         )
 
     def _chunk_resets(self, starts: torch.Tensor, n_pending: int) -> torch.Tensor:
@@ -229,9 +230,13 @@ class NeuralMemory(nn.Module):
         n_full = seq[0].shape[1] // C * C
         resets = None if starts is None else self._chunk_resets(starts, n_pending)
         outs, boundary = [], chunk_start
+        scan_stats: list[dict] = [{}, {}]  # what each of the two scans reports (clip factors)
         if n_full:
             y, boundary = self.scan(
-                tuple(s[:, :n_full] for s in seq), chunk_start, None if resets is None else resets[:, : n_full // C]
+                tuple(s[:, :n_full] for s in seq),
+                chunk_start,
+                None if resets is None else resets[:, : n_full // C],
+                scan_stats[0],
             )
             outs.append(y)
         pending = tuple(s[:, n_full:] for s in seq)
@@ -241,12 +246,13 @@ class NeuralMemory(nn.Module):
             boundary = boundary.reset_rows(resets[:, -1], self.initial_state(B))
         final = boundary
         if pending[0].shape[1]:
-            y, final = self.scan(pending, boundary)
+            y, final = self.scan(pending, boundary, stats=scan_stats[1])
             outs.append(y)
         y = torch.cat(outs, dim=1)[:, n_pending:] if outs else q.new_zeros(B, 0, q.shape[2], q.shape[3])
         out = self.output(x, y)
         if self.training:
-            self.record_stats(new[3:], final)
+            factors = [st["clip_factor"] for st in scan_stats if "clip_factor" in st]
+            self.record_stats(new[3:], final, torch.cat(factors, dim=1)[:, n_pending:] if factors else None)
         return out, NeuralMemoryState(final, boundary, pending, conv_tail, seen + T)
 
     def forward_documents(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -264,21 +270,31 @@ class NeuralMemory(nn.Module):
         theta, eta, alpha = gates
         seq = (lanes.pack(q), lanes.pack(k), lanes.pack(v), lanes.pack(theta), lanes.pack(eta, 1.0), lanes.pack(alpha))
         seq = self.chunk_gates(seq)
-        y, end = self.scan(seq, self.initial_state(lanes.n_lanes), lanes.resets)
+        scan_stats: dict = {}
+        y, end = self.scan(seq, self.initial_state(lanes.n_lanes), lanes.resets, scan_stats)
         if self.training:
-            self.record_stats(gates, end)
+            factor = scan_stats.get("clip_factor")
+            self.record_stats(gates, end, None if factor is None else lanes.unpack(factor, B))
         return self.output(x, lanes.unpack(y, B))
 
-    def record_stats(self, gates, final: MemoryState) -> None:
+    def record_stats(self, gates, final: MemoryState, clip_factor: torch.Tensor | None = None) -> None:
         """Detached summaries of the last training forward, for the metrics logger.
-        Tensors, not floats: nothing synchronises until the logger reads them."""
+        Tensors, not floats: nothing synchronises until the logger reads them.
+        clip_factor [B, T, H]: each token's min(1, max_grad_norm / |inner gradient|)
+        from the scan (None without the clip: it never acts)."""
         theta, eta, alpha = (g.detach() for g in gates)
+        if clip_factor is None:
+            clip_active, clip_factor_mean = theta.new_zeros(()), theta.new_ones(())
+        else:
+            clip_active, clip_factor_mean = (clip_factor < 1).float().mean(), clip_factor.mean()
         self.last_stats = {
             "theta_mean": theta.mean(),
             "eta_mean": eta.mean(),
             "alpha_mean": alpha.mean(),
             "surprise_rms": _rms(final.momentum),
             "weight_rms": _rms(final.weights),
+            "clip_active": clip_active,  # the fraction of tokens whose inner gradient was clipped
+            "clip_factor_mean": clip_factor_mean,  # the mean scale the clip applied (1 = never)
         }
 
     def output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Per-layer memory statistics for the training logs (TensorBoard / stdout).
 
 For every memory layer i, at each log step: titans/layer{i}/{theta_mean, eta_mean,
-alpha_mean, surprise_rms, weight_rms} from that layer's last training forward. Each
+alpha_mean, surprise_rms, weight_rms, clip_active, clip_factor_mean} from that layer's last training forward. Each
 adapter's metrics processor adds these to torchtitan's own."""
 
 from titans_plugin.memory import NeuralMemory
