@@ -9,10 +9,11 @@ embedded corpus mixed with needle documents, then asked for the needle at 4K to 
 
 Models (bench/small_models.py): 2 layers of one block type, width --dim, 4 heads, attention
 window and MAC segment --window, parameters matched to the MAC model by the FFN width.
-Training: --steps AdamW steps of --batch sequences of --train-len tokens. Half the sequences
-(--needle-frac) are needle documents (titans_plugin/evals/needles.py: passkey, number or
-uuid-like value, up to 3 distractor needles, needle anywhere, haystack from the training
-stories) followed by their answer; the rest are plain corpus text. Loss: next-token loss
+Training: --steps AdamW steps of --batch sequences of --train-len tokens. Three quarters of
+the sequences (--needle-frac) are needle documents back to back (titans_plugin/evals/needles.py:
+passkey, number or uuid-like value, up to 3 distractor needles in documents of 512 tokens or more, needle anywhere, haystack
+from the training stories, lengths log-uniform from 96 tokens to the training length), each
+followed by its answer; the rest are plain corpus text. Loss: next-token loss
 over every token, plus the loss on the answer tokens (so the few answer tokens of a
 document are not drowned by 2K tokens of text).
 
@@ -25,6 +26,7 @@ value. The same documents for every model. Full attention only up to --full-max 
 
 import argparse
 import json
+import math
 import os
 import random
 import time
@@ -48,7 +50,7 @@ LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's 
 OUT = os.path.join(REPO, "outputs", "needle_curve")
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
-MIN_DOC = 256  # the shortest needle document in training
+MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
 
 
 def _args(name: str, a) -> TitansModelArgs:
@@ -60,16 +62,20 @@ def _args(name: str, a) -> TitansModelArgs:
 
 
 def needle_sequence(tok, stories: list[int], T: int, rng: random.Random) -> tuple[list[int], list[bool]]:
-    """T + 1 tokens of needle documents back to back, each of a random length from MIN_DOC
-    to T tokens and followed by its answer and a full stop, and the mask of answer targets.
-    Several answers per sequence give more retrieval signal per token; a document's needle
-    is at any depth, so the distances trained run from a few tokens to nearly T."""
+    """T + 1 tokens of needle documents back to back, each followed by its answer and a full
+    stop, and the mask of answer targets. Document lengths are log-uniform from MIN_DOC to
+    T: many short documents, which attention alone can answer (they teach the format and
+    the copy), and long ones, which only the memory can; several answers per sequence give
+    more retrieval signal per token. The needle is at any depth, so the distances trained
+    run from a few tokens to nearly T."""
     seq: list[int] = []
     mask: list[bool] = []
     while T + 1 - len(seq) >= MIN_DOC:
-        length = min(rng.randint(MIN_DOC, T), T + 1 - len(seq)) - ANSWER_ROOM
+        drawn = int(math.exp(rng.uniform(math.log(MIN_DOC), math.log(T))))
+        length = min(drawn, T + 1 - len(seq)) - ANSWER_ROOM
         kind = rng.choice(KINDS)
-        distractors = 0 if kind == "passkey" or rng.random() < 0.5 else rng.randint(1, 3)
+        # distractors in half of the number and code documents long enough to hold them
+        distractors = 0 if kind == "passkey" or length < 512 or rng.random() < 0.5 else rng.randint(1, 3)
         doc = make_document(tok, stories, length, rng.random(), kind, rng, distractors)
         at = len(seq) + len(doc.prompt) - 1  # the target index of the first answer token
         seq += doc.prompt + doc.answer_ids + tok.encode(".").ids
@@ -285,13 +291,13 @@ def main() -> None:
     p.add_argument("--out", default=OUT, help="checkpoints and results.json")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     # training
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-len", type=int, default=2048)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--needle-frac", type=float, default=0.5)
+    p.add_argument("--needle-frac", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-long-context", dest="long_context", action="store_false", help="train with the defaults")
     # evaluation
