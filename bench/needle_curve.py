@@ -11,11 +11,11 @@ Models (bench/small_models.py): 2 layers of one block type, width --dim, 4 heads
 window and MAC segment --window, parameters matched to the MAC model by the FFN width.
 Training: --steps AdamW steps of --batch sequences of --train-len tokens. Three quarters of
 the sequences (--needle-frac) are needle documents back to back (titans_plugin/evals/needles.py:
-passkey, number or uuid-like value, up to 3 distractor needles in documents of 512 tokens or more, needle anywhere, haystack
-from the training stories, lengths log-uniform from 96 tokens to the training length), each
-followed by its answer; the rest are plain corpus text. Loss: next-token loss
-over every token, plus the loss on the answer tokens (so the few answer tokens of a
-document are not drowned by 2K tokens of text).
+passkey, number or uuid-like value, up to 3 distractor needles in documents of 512 tokens or
+more, needle anywhere, haystack from the training stories, lengths log-uniform from 96 tokens
+to the training length), each followed by its answer; the rest are plain corpus text.
+Loss: next-token loss over every token, plus the loss on the answer tokens (so the few
+answer tokens of a document are not drowned by 2K tokens of text).
 
 Evaluation: documents of exactly each length from the held-out stories (cycled past their
 ~150K tokens), the needle's start at depths 10-90% of the haystack, kinds in turn, no
