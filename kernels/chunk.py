@@ -213,14 +213,17 @@ def _rows_per_chunk(resets: torch.Tensor) -> dict[int, torch.Tensor]:
 
 
 class _ChunkScan(torch.autograd.Function):
-    """Inputs [B, H, T, *] in the state dtype; returns (y, *weights, *momentum).
+    """Inputs [B, H, T, *] in the state dtype; returns (y, clip factors, *weights, *momentum).
 
     resets [B, n_chunks] (bool) or None: rows restart from `init` (the last n_layers
     tensors of `state`) before those chunks; the backward sends those chunks' start-state
-    gradient to init instead of to the chunk before."""
+    gradient to init instead of to the chunk before. report_clip: return each token's clip
+    factor [B, H, T] (no gradient; empty when not asked for or without the clip)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, theta, log_eta, log_retain, chunk_size, act_name, max_norm, n_layers, resets, *state):
+    def forward(
+        ctx, q, k, v, theta, log_eta, log_retain, chunk_size, act_name, max_norm, n_layers, resets, report_clip, *state
+    ):
         act = get_activation(act_name)
         W, S = list(state[:n_layers]), list(state[n_layers : 2 * n_layers])
         init = state[2 * n_layers :]
@@ -257,7 +260,7 @@ class _ChunkScan(torch.autograd.Function):
                 max_norm,
             )
             outs.append(y)
-            if it.clip is not None:
+            if report_clip and it.clip is not None:
                 factors.append(torch.clamp(it.clip[0], max=1.0))
         flat_states = [t for W_, S_ in zip(saved_W, saved_S, strict=True) for t in (*W_, *S_)]
         ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, *flat_states)
@@ -321,6 +324,7 @@ class _ChunkScan(torch.autograd.Function):
             None,
             None,
             None,
+            None,
             *dW_next,
             *dS_next,
             *dinit,
@@ -373,6 +377,7 @@ def chunk_neural_memory(
         max_grad_norm or 0.0,
         L,
         resets,
+        stats is not None,
         *state.weights,
         *state.momentum,
         *init,

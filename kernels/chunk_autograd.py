@@ -80,7 +80,9 @@ def chunk_neural_memory_autograd(
         if it.clip is not None:
             factors.append(torch.clamp(it.clip[0], max=1.0).detach().float())
     if stats is not None and max_grad_norm:
-        stats["clip_factor"] = torch.cat(factors, dim=2).transpose(1, 2) if factors else theta.new_ones(0)
+        B, H = q.shape[0], q.shape[1]
+        empty = torch.ones(B, 0, H, dtype=torch.float32, device=q.device)
+        stats["clip_factor"] = torch.cat(factors, dim=2).transpose(1, 2) if factors else empty
     if not outputs:
         B, H = q.shape[0], q.shape[1]
         return q.new_zeros(B, 0, H, state.weights[-1].shape[-1]), state

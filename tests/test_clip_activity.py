@@ -14,8 +14,9 @@ from titans_plugin.memory import MemoryConfig, NeuralMemory
 
 
 def _norms(inputs, state, chunk_size):
-    """Each token's inner-gradient norm, from the reference with a clip that never acts
-    (a factor of max_norm / |g| below 1 exposes |g|)."""
+    """Each token's inner-gradient norm, from the reference with a clip so small that it
+    acts on every token (the factor max_norm / |g| then exposes |g|); the memory barely
+    moves under it, so these are the norms of a nearly frozen memory."""
     stats: dict = {}
     naive_neural_memory(*inputs, state, chunk_size=chunk_size, max_grad_norm=1e-9, stats=stats)
     return 1e-9 / stats["clip_factor"]
@@ -107,3 +108,34 @@ def test_packed_documents_report_only_their_tokens():
     starts[0, 5] = True
     m.forward_documents(x, starts)
     assert m.last_stats["clip_active"].item() == 1.0
+
+
+def test_mac_reports_its_whole_sequence_not_its_last_segment(monkeypatch):
+    """MAC runs the memory once per segment; its logged statistics are token-weighted over
+    every segment of the forward (end-state statistics from the last)."""
+    from bench.small_models import model_args
+    from titans_plugin.model import TitansTransformer
+
+    calls = []
+    record = NeuralMemory.record_stats
+
+    def spy(self, gates, final, clip_factor=None):
+        calls.append((gates[0].detach(), clip_factor))
+        record(self, gates, final, clip_factor)
+
+    monkeypatch.setattr(NeuralMemory, "record_stats", spy)
+    torch.manual_seed(0)
+    args = model_args("C", vocab=64, window=8, max_len=64, overrides={"max_grad_norm": 1.0})
+    model = TitansTransformer(args).train()
+    model(torch.randint(0, 64, (2, 40)))
+    memory = model.layers["0"].memory
+    mine = calls[: len(calls) // 2]  # layer 0's calls come first
+    assert len(mine) == 5  # 40 tokens in segments of 8
+    stats = memory.last_stats
+    assert stats["theta_mean"].item() == pytest.approx(torch.cat([t for t, _ in mine], 1).mean().item(), rel=1e-6)
+    clipped = torch.cat([(f < 1).float() for _, f in mine], 1).mean().item()
+    assert 0 < clipped < 1
+    assert stats["clip_active"].item() == pytest.approx(clipped, abs=1e-6)
+    last = mine[-1][0].mean().item()
+    assert stats["theta_mean"].item() != pytest.approx(last, rel=1e-3)  # the last segment alone says otherwise
+    assert memory.stats_parts is None

@@ -58,9 +58,9 @@ def _dropping_momentum(monkeypatch):
     real = ops.memory_scan
 
     def wrong(q, k, v, theta, log_eta, log_retain, state, *args):
-        y, end, saved = real(q, k, v, theta, log_eta, log_retain, state, *args)
+        y, end, saved, clip_factor = real(q, k, v, theta, log_eta, log_retain, state, *args)
         half = end.shape[-1] // 2  # W then S in the flat state
-        return y, torch.cat([end[..., :half], torch.zeros_like(end[..., half:])], -1), saved
+        return y, torch.cat([end[..., :half], torch.zeros_like(end[..., half:])], -1), saved, clip_factor
 
     monkeypatch.setattr(ops, "memory_scan", wrong)
 

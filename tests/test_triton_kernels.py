@@ -194,11 +194,11 @@ def test_inference_saves_no_chunk_states():
     args = [t.to(DEVICE).contiguous() for t in inputs[:4]] + [torch.zeros(1, 40, 1, device=DEVICE)] * 2
     flat_state = ops.pack_state(state).to(DEVICE)
     no_resets = (torch.zeros(0, dtype=torch.int8, device=DEVICE), torch.zeros(0, device=DEVICE))
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1)
     assert saved.numel() == 0
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 1)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 1)
     assert saved.shape == (1, 1, 3, 2 * 16 * 16)
-    _, _, saved = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 2)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 2)
     assert saved.shape == (1, 1, 2, 2 * 16 * 16)  # 3 chunks, a checkpoint every 2
 
 

@@ -89,6 +89,8 @@ class MACBlock(TitansBlockBase):
         cache = cache or self._empty_cache(x, freqs_cis)
         L = self.segment_len
         outs, start = [], 0
+        if self.training:
+            self.memory.collect_stats()  # the statistics of every segment, not the last one's
         while start < x.shape[1]:
             if cache.pos % L == 0 and cache.pos > 0 and cache.segment_k.shape[1]:
                 cache = self._begin_segment(cache)
@@ -96,6 +98,8 @@ class MACBlock(TitansBlockBase):
             o, cache = self._segment_piece(x[:, start : start + n], freqs_cis, cache)
             outs.append(o)
             start += n
+        if self.training:
+            self.memory.merge_stats()
         return torch.cat(outs, dim=1), cache
 
     def _mix_documents(self, x, freqs_cis, docs):
@@ -105,6 +109,8 @@ class MACBlock(TitansBlockBase):
         cache = self._empty_cache(xs, freqs_cis)
         initial = cache.segment_weights
         outs = []
+        if self.training:
+            self.memory.collect_stats()
         for start in range(0, xs.shape[1], L):
             sl = slice(start, start + L)
             if start:
@@ -114,6 +120,8 @@ class MACBlock(TitansBlockBase):
             cache = cache._replace(segment_weights=weights)
             o, cache = self._segment_piece(xs[:, sl], freqs_cis, cache, layout.positions[:, sl], layout.starts[:, sl])
             outs.append(o)
+        if self.training:
+            self.memory.merge_stats()
         return layout.unpack(torch.cat(outs, dim=1))
 
     def cache_to_hand_over(self, cache: MACCache) -> MACCache:

@@ -53,6 +53,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+_TOKEN_MEANS = ("theta_mean", "eta_mean", "alpha_mean", "clip_active", "clip_factor_mean")
+
+
 def _rms(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Root of the mean over tensors of each tensor's mean square (detached, fp32)."""
     return torch.stack([t.detach().float().pow(2).mean() for t in tensors]).mean().sqrt()
@@ -88,6 +91,7 @@ class NeuralMemory(nn.Module):
         )
         self.out_norm_weight = nn.Parameter(torch.empty(H, D))
         self.last_stats: dict[str, torch.Tensor] = {}
+        self.stats_parts: list | None = None  # collect_stats .. merge_stats
         self.init_weights()
 
     # -- parameters ---------------------------------------------------------------
@@ -296,6 +300,24 @@ class NeuralMemory(nn.Module):
             "clip_active": clip_active,  # the fraction of tokens whose inner gradient was clipped
             "clip_factor_mean": clip_factor_mean,  # the mean scale the clip applied (1 = never)
         }
+        if self.stats_parts is not None:
+            self.stats_parts.append((self.last_stats, theta.numel()))
+
+    def collect_stats(self) -> None:
+        """From here to merge_stats, keep every call's statistics: for a block that runs the
+        memory once per segment (MAC), so that the logged statistics describe its whole
+        sequence, not its last segment."""
+        self.stats_parts = []
+
+    def merge_stats(self) -> None:
+        """last_stats over the calls since collect_stats: token-weighted means, and the
+        end-state statistics (surprise_rms, weight_rms) of the last call."""
+        parts, self.stats_parts = self.stats_parts, None
+        if not parts:
+            return
+        total = sum(n for _, n in parts)
+        merged = {key: sum(stats[key] * (n / total) for stats, n in parts) for key in _TOKEN_MEANS}
+        self.last_stats = {**parts[-1][0], **merged}
 
     def output(self, x: torch.Tensor, y_BTHD: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
