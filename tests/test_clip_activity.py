@@ -139,3 +139,22 @@ def test_mac_reports_its_whole_sequence_not_its_last_segment(monkeypatch):
     last = mine[-1][0].mean().item()
     assert stats["theta_mean"].item() != pytest.approx(last, rel=1e-3)  # the last segment alone says otherwise
     assert memory.stats_parts is None
+
+
+def test_the_clip_activity_bench_reads_every_token_of_every_layer():
+    """bench/clip_activity.py: a positive norm per token and head from every memory layer,
+    the logged fraction in [0, 1], and the model's own clip restored afterwards."""
+    from bench.clip_activity import layer_stats
+    from bench.small_models import model_args
+    from titans_plugin.model import TitansTransformer
+
+    torch.manual_seed(0)
+    model = TitansTransformer(model_args("G", vocab=64, window=8, max_len=64, overrides={"max_grad_norm": 1.0}))
+    x = torch.randint(0, 64, (2, 32))
+    out = layer_stats(model.train(), x)
+    assert [name for name, _, _ in out] == ["layers.0.memory", "layers.1.memory"]
+    for _, logged, norms in out:
+        assert norms.shape == (2 * 32 * 4,)
+        assert (norms > 0).all()
+        assert 0.0 <= logged["clip_active"] <= 1.0
+    assert model.layers["0"].memory.config.max_grad_norm == 1.0  # restored
