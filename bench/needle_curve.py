@@ -64,9 +64,9 @@ def _args(name: str, a) -> TitansModelArgs:
 def needle_sequence(tok, stories: list[int], T: int, rng: random.Random) -> tuple[list[int], list[bool]]:
     """T + 1 tokens of needle documents back to back, each followed by its answer and a full
     stop, and the mask of answer targets. Document lengths are log-uniform from MIN_DOC to
-    T: many short documents, which attention alone can answer (they teach the format and
-    the copy), and long ones, which only the memory can; several answers per sequence give
-    more retrieval signal per token. The needle is at any depth, so the distances trained
+    T: many short documents, where the needle is often within the attention's reach, and
+    long ones, where only the memory can carry it; several answers per sequence give more
+    retrieval signal per token. The needle is at any depth, so the distances trained
     run from a few tokens to nearly T."""
     seq: list[int] = []
     mask: list[bool] = []
