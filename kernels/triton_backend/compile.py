@@ -19,7 +19,7 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, log_eta_ptr=f, log_retain_ptr=f)
     restarts = dict(resets_ptr="*i8", init_ptr=f)
     if kernel.startswith("forward"):
-        names = {**inputs, "state_ptr": f, "y_ptr": t, "clip_ptr": f, "saved_ptr": f, "scratch_ptr": f, **restarts}
+        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, "scratch_ptr": f, **restarts}
     else:
         grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlog_retain_ptr
         names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}

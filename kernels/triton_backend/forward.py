@@ -22,6 +22,14 @@ from .pieces import (
 from .step import advance_chunk, chunk_step, inner_errors, layer1_tile, program_chunk
 
 
+@triton.jit
+def clip_factors(theta_ptr, T):
+    """Where the clip factors go ([B, T, H] fp32): right after theta in the same buffer
+    (ops.memory_scan allocates them together), so that the chunk loop holds no pointer
+    more than without them (one more held pointer spills on sm_80)."""
+    return theta_ptr + tl.cast(T, tl.int64) * tl.num_programs(0)
+
+
 @triton.jit(noinline=True)
 def save_checkpoint(state_ptr, saved_ptr, ci, T, CHUNK: tl.constexpr, NSTATE: tl.constexpr, CKPT: tl.constexpr):
     """Copy this program's state to its checkpoint slot if chunk ci starts a group (not
@@ -62,7 +70,9 @@ def update_phase(
 def forward_scratch(fs, BC: tl.constexpr, BV: tl.constexpr):
     """The phased forward's scratch (fp32, per program; config.forward_scratch sizes
     it): d1 and the retrieval's partial y1 [BC, BV], the layer-2 scores s1 [BC, BC],
-    theta_eff [BC], then layer 1's output h1 [BC, DT]."""
+    the clip factor min(1, raw) [BC] (1 without a clip; the later phases take theta_eff =
+    theta * it, the same product layer1_phase took, and output_phase writes it out), then
+    layer 1's output h1 [BC, DT]."""
     d1 = fs
     y1 = d1 + BC * BV
     s1 = y1 + BC * BV
@@ -76,7 +86,6 @@ def layer1_phase(
     state_ptr,
     inputs,
     scratch_ptr,
-    clip_ptr,
     pos,
     DK: tl.constexpr,
     DT: tl.constexpr,
@@ -95,8 +104,8 @@ def layer1_phase(
 ):
     """Phased forward (depth 2), first phase: chunk ci's inner errors and layer 1's
     retrieval h1 = act(c (q W1) + f (q S1) - ((q k^T) * G) d0) from the chunk-start state,
-    tile by tile, into the forward scratch with d1 and theta_eff; with CLIP, each token's
-    clip factor min(1, raw) at clip_ptr ([B, T, H])."""
+    tile by tile, into the forward scratch with d1 and each token's clip factor (theta_eff
+    = theta * factor)."""
     q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = inputs
     ci, T, max_norm, H = pos
     L1: tl.constexpr = DK * DT
@@ -109,12 +118,10 @@ def layer1_phase(
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         st, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, 2, ACT, CLIP, OP
     )
-    if CLIP:
-        store_gate(clip_ptr + row0, tl.minimum(raw, 1.0), valid, BC, H)
+    d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     sG = operand(mm_nt(q, k, OP) * G, OP)
     d1o = operand(d1, OP)
-    d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     for j in range(NT):
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             st, j, k, d1o, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, 2, ACT, OP
@@ -123,7 +130,10 @@ def layer1_phase(
         y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(sG, d0, OP)
         store_tile(h1p, act_fn(y0, ACT), BC, DT, 0, j * BT, BC, BT)
     store_tile(d1p, d1, BC, BV, 0, 0, BC, BV)
-    tl.store(thp + tl.arange(0, BC), theta_eff)
+    if CLIP:
+        tl.store(thp + tl.arange(0, BC), tl.minimum(raw, 1.0))
+    else:
+        tl.store(thp + tl.arange(0, BC), theta * 0.0 + 1.0)
     tl.debug_barrier()
 
 
@@ -160,7 +170,7 @@ def layer2_phase(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
-    A, E, P, G, c, em, f = decays(log_retain, log_eta, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
+    A, E, P, G, c, em, f = decays(log_retain, log_eta, theta * tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
     y1 = tl.zeros([BC, BV], dtype=tl.float32)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     for j in range(NT):
@@ -187,11 +197,12 @@ def output_phase(
     BV: tl.constexpr,
     CHUNK: tl.constexpr,
     BC: tl.constexpr,
+    CLIP: tl.constexpr,
     OP: tl.constexpr,
     FSCRATCH: tl.constexpr,
 ):
     """Phased forward (depth 2), last phase: y = y1 - ((s1 * G) d1) from layer2_phase's
-    sums, written out."""
+    sums, written out, and with CLIP the chunk's clip factors."""
     q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = inputs
     ci, T, max_norm, H = pos
     pid = tl.program_id(0)
@@ -199,10 +210,13 @@ def output_phase(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
-    A, E, P, G, c, em, f = decays(log_retain, log_eta, tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
+    factor = tl.load(thp + tl.arange(0, BC))
+    A, E, P, G, c, em, f = decays(log_retain, log_eta, theta * factor, valid, BC, OP)
     s1G = operand(load_tile(s1p, BC, BC, 0, 0, BC, BC) * G, OP)
     y = load_tile(y1p, BC, BV, 0, 0, BC, BV) - mm(s1G, load_tile(d1p, BC, BV, 0, 0, BC, BV), OP)
     store_tokens(y_ptr + row0 * DV, y, valid, DV, BC, BV, H * DV)
+    if CLIP:
+        store_gate(clip_factors(theta_ptr, T) + row0, factor, valid, BC, H)
     tl.debug_barrier()  # the next chunk's layer1_phase overwrites the scratch
 
 
@@ -211,7 +225,6 @@ def forward_chunk(
     state_ptr,
     inputs,
     y_ptr,
-    clip_ptr,
     pos,
     DK: tl.constexpr,
     DT: tl.constexpr,
@@ -241,7 +254,7 @@ def forward_chunk(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk = (q, k, v, theta, log_eta, log_retain, valid, last)
-    v_rows, y_rows, clip_rows = v_ptr + row0 * DV, y_ptr + row0 * DV, clip_ptr + row0
+    v_rows, y_rows, clip_rows = v_ptr + row0 * DV, y_ptr + row0 * DV, clip_factors(theta_ptr, T) + row0
     out = (v_rows, y_rows, clip_rows)
     chunk_step(st, st, chunk, max_norm, out, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP, True)
 
@@ -256,7 +269,6 @@ def scan_forward_kernel(
     log_retain_ptr,
     state_ptr,
     y_ptr,
-    clip_ptr,
     saved_ptr,
     scratch_ptr,
     resets_ptr,
@@ -285,9 +297,9 @@ def scan_forward_kernel(
     FSCRATCH: tl.constexpr,
 ):
     """One program per (batch, head) walks the chunks in order. state_ptr holds the initial
-    state on entry and the end state on exit. With CLIP, clip_ptr ([B, T, H] fp32) gets
-    each token's clip factor min(1, max_norm / |inner gradient|). With SAVE, the state at the start of every
-    CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
+    state on entry and the end state on exit. With CLIP, each token's clip factor
+    min(1, max_norm / |inner gradient|) goes right after theta (clip_factors). With SAVE,
+    the state at the start of every CKPT-th chunk is copied to saved_ptr ([B*H, n_checkpoints, NSTATE]): the backward's
     checkpoints, from which it recomputes the chunks in between. With RESETS (packed
     documents), a row restarts from its initial weights (init_ptr) before every chunk
     that resets_ptr flags; a checkpoint holds the restarted state. With PHASED (depth 2),
@@ -306,7 +318,6 @@ def scan_forward_kernel(
                 state_ptr,
                 inputs,
                 scratch_ptr,
-                clip_ptr,
                 pos,
                 DK,
                 DT,
@@ -327,13 +338,12 @@ def scan_forward_kernel(
                 state_ptr, inputs, scratch_ptr, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, ACT, OP, NSTATE, FSCRATCH
             )
             update_phase(state_ptr, inputs, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, ACT, CLIP, OP, NSTATE)
-            output_phase(inputs, y_ptr, scratch_ptr, pos, DK, DV, BK, BV, CHUNK, BC, OP, FSCRATCH)
+            output_phase(inputs, y_ptr, scratch_ptr, pos, DK, DV, BK, BV, CHUNK, BC, CLIP, OP, FSCRATCH)
         else:
             forward_chunk(
                 state_ptr,
                 inputs,
                 y_ptr,
-                clip_ptr,
                 pos,
                 DK,
                 DT,

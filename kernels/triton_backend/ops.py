@@ -84,7 +84,12 @@ def memory_scan(
     )
     args = forward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
     scratch = _empty((B * H, args["FSCRATCH"]), torch.float32, q.device)
-    clip_factor = _empty((B, T, H) if max_grad_norm > 0 else (0,), torch.float32, q.device)
+    if max_grad_norm > 0:  # the kernel writes each token's clip factor right after theta
+        gates = _empty((2, B, T, H), torch.float32, q.device)
+        gates[0].copy_(theta)
+        theta, clip_factor = gates[0], gates[1]
+    else:
+        clip_factor = _empty((0,), torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
         q,
         k,
@@ -94,7 +99,6 @@ def memory_scan(
         log_retain,
         state_out,
         y,
-        clip_factor,
         saved,
         scratch,
         resets,
