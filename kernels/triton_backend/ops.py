@@ -109,7 +109,7 @@ def memory_scan(
         SAVE=save_states,
         **args,
     )
-    return y, state_out, saved, clip_factor
+    return y, state_out, saved, clip_factor.clone()  # its own storage, as the fake says
 
 
 @memory_scan.register_fake
