@@ -18,7 +18,6 @@ import dataclasses
 import torch
 
 from bench.common import machine, publish, table
-from bench.niah import model_for
 from titans_plugin.evals.needles import story_ids
 from titans_plugin.evals.niah import tokenizer
 from titans_plugin.memory import NeuralMemory
@@ -63,6 +62,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--write", action="store_true", help="write the table into docs/memory.md")
     a = p.parse_args()
+    from bench.niah import model_for  # torchtitan 0.2.2's build helpers (layer_stats needs none)
+
     ids = story_ids(tokenizer(), "validation")
     x = torch.tensor([ids[i * a.seq_len : (i + 1) * a.seq_len] for i in range(a.sequences)])
     rows = []
