@@ -341,22 +341,5 @@ def scan_forward_kernel(
             output_phase(inputs, y_ptr, scratch_ptr, pos, DK, DV, BK, BV, CHUNK, BC, CLIP, OP, FSCRATCH)
         else:
             forward_chunk(
-                state_ptr,
-                inputs,
-                y_ptr,
-                pos,
-                DK,
-                DT,
-                DV,
-                BK,
-                BT,
-                BV,
-                CHUNK,
-                BC,
-                NT,
-                DEPTH,
-                ACT,
-                CLIP,
-                OP,
-                NSTATE,
+                state_ptr, inputs, y_ptr, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, NSTATE
             )
