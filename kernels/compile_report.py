@@ -26,7 +26,7 @@ import tempfile
 
 import torch
 
-from .triton_backend.compile import KERNELS, TYPE_NAME, compile_for
+from .triton_backend.compile import TYPE_NAME, compile_for, reported_kernels
 from .triton_backend.config import checkpoint_interval, kernel_meta, state_size
 
 # Per-block shared-memory limits (opt-in maximum), bytes.
@@ -159,7 +159,8 @@ def _sass_counts(cubin: bytes) -> tuple[dict, int]:
 
 
 def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
-    """kernel: 'forward-train' (saves checkpoints), 'forward-infer' or 'backward'."""
+    """kernel: 'forward-train' (saves checkpoints), 'forward-infer', 'backward' or
+    'split-forward-train' (compile.REPORT_SPLIT programs per (batch, head))."""
     every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
     meta = kernel_meta(
         cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch, cfg.resets
@@ -238,9 +239,11 @@ def _compile_job(job: tuple) -> Report:
     return compile_kernel(kernel, cfg, arch)
 
 
-def run(configs: list[Config], archs=(90, 80), kernels=KERNELS, progress=print, jobs: int = 1) -> list[Report]:
-    """Compile every (configuration, arch, kernel); jobs > 1 compiles in that many
-    processes (ptxas is single-threaded), rows in the same order either way."""
+def run(configs: list[Config], archs=(90, 80), kernels=None, progress=print, jobs: int = 1) -> list[Report]:
+    """Compile every (configuration, arch, kernel) (kernels: default every reported one);
+    jobs > 1 compiles in that many processes (ptxas is single-threaded), rows in the same
+    order either way."""
+    kernels = kernels or reported_kernels()
     todo = [(kernel, cfg, arch) for cfg, arch, kernel in itertools.product(configs, archs, kernels)]
     if jobs > 1:
         import concurrent.futures

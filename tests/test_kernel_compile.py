@@ -33,6 +33,11 @@ SPILL_CEILING = {
     ("forward-train", 80): 0,
     ("forward-infer", 80): 16,
     ("backward", 80): 1024,
+    # The split-state forward (4 programs per (batch, head), not launched by `auto`): the
+    # 1 KiB target is met on sm_90 (196 B at depth 2) and missed on sm_80 (1,304 B at depth
+    # 2: it has no phases yet); these ceilings catch regressions.
+    ("split-forward-train", 90): 256,
+    ("split-forward-train", 80): 1536,
 }
 
 
@@ -56,7 +61,13 @@ def _row(r):
 
 
 def test_every_kernel_compiles_and_fits_shared_memory(compiled):
-    assert len(compiled) == 2 * len(SPILL_CEILING)  # 2 configs x 2 archs x 3 kernels
+    import triton.language as tl
+
+    kernels = {kernel for kernel, _ in SPILL_CEILING}
+    if not hasattr(tl, "atomic_poll"):  # triton < 3.9 compiles no split kernel
+        kernels = {kernel for kernel in kernels if not kernel.startswith("split")}
+    assert {r["kernel"] for r in compiled} == kernels
+    assert len(compiled) == 2 * 2 * len(kernels)  # 2 configs x 2 archs
     for r in compiled:
         assert r["fits"], _row(r)
 

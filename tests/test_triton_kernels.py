@@ -25,7 +25,7 @@ from titans_plugin.kernels import (
     resolve_backend,
     triton_neural_memory,
 )
-from titans_plugin.kernels.triton_backend import config, ops
+from titans_plugin.kernels.triton_backend import buffers, config, ops
 from titans_plugin.memory import MemoryConfig, NeuralMemory
 
 pytestmark = pytest.mark.slow  # the Triton interpreter (minutes)
@@ -38,7 +38,7 @@ def poison_outputs(monkeypatch):
     def nan_filled(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(ops, "_empty", nan_filled)
+    monkeypatch.setattr(buffers, "empty", nan_filled)
 
 
 def _compare(inputs, state, tol=2e-5, grad_tol=5e-5, dtype=torch.float32, reference="chunk", **kw):

@@ -17,35 +17,9 @@ from torch import Tensor
 from ..activations import get_activation
 from ..chunk_math import log_gates
 from ..state import MemoryState, check_resets
-from . import capability
-from .config import arch_of, backward_args, checkpoint_interval, forward_args, kernel_meta
-
-
-def _empty(shape, dtype, device) -> Tensor:
-    """Every output and scratch buffer comes from here (tests poison it with NaN to prove
-    the kernels write every element they return and read no scratch they did not write)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets):
-    return kernel_meta(
-        q.shape[3],
-        hidden,
-        v.shape[3],
-        chunk_size,
-        activation,
-        max_grad_norm > 0,
-        q.dtype,
-        checkpoint_every,
-        arch_of(q.device),
-        resets.numel() > 0,
-    )
-
-
-def _saved_shape(B, H, T, chunk_size, checkpoint_every, nstate, save):
-    n_chunks = -(-T // chunk_size)
-    n_ckpt = -(-n_chunks // checkpoint_every)
-    return (B, H, n_ckpt, nstate) if save else (0,)
+from . import buffers, capability, config
+from .buffers import forward_outputs, launch_meta, saved_shape
+from .config import backward_args, checkpoint_interval, forward_args
 
 
 @torch.library.custom_op("titans::memory_scan", mutates_args=())
@@ -76,20 +50,19 @@ def memory_scan(
     (empty when max_grad_norm is 0)."""
     from .forward import scan_forward_kernel
 
+    if config.SPLIT_FORWARD is not None:
+        from .split import split_memory_scan
+
+        return split_memory_scan(
+            q, k, v, theta, log_eta, log_retain, state, resets, init, hidden, chunk_size, activation,
+            max_grad_norm, save_states, checkpoint_every, config.SPLIT_FORWARD,
+        )  # fmt: skip
     B, T, H = q.shape[:3]
-    y = _empty((B, T, H, v.shape[3]), q.dtype, q.device)
-    state_out = state.clone()  # the kernel advances it in place
-    saved = _empty(
-        _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states), torch.float32, q.device
+    y, state_out, saved, theta, clip_factor = forward_outputs(
+        q, v, theta, state, chunk_size, max_grad_norm, save_states, checkpoint_every
     )
-    args = forward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
-    scratch = _empty((B * H, args["FSCRATCH"]), torch.float32, q.device)
-    if max_grad_norm > 0:  # the kernel writes each token's clip factor right after theta
-        gates = _empty((2, B, T, H), torch.float32, q.device)
-        gates[0].copy_(theta)
-        theta, clip_factor = gates[0], gates[1]
-    else:
-        clip_factor = _empty((0,), torch.float32, q.device)
+    args = forward_args(launch_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
+    scratch = buffers.empty((B * H, args["FSCRATCH"]), torch.float32, q.device)
     scan_forward_kernel[(B * H,)](
         q,
         k,
@@ -131,12 +104,12 @@ def _memory_scan_fake(
     checkpoint_every,
 ):
     B, T, H = q.shape[:3]
-    saved_shape = _saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
+    saved = saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
     clip_shape = (B, T, H) if max_grad_norm > 0 else (0,)
     return (
         q.new_empty(B, T, H, v.shape[3]),
         state.new_empty(state.shape),
-        state.new_empty(saved_shape),
+        state.new_empty(saved),
         state.new_empty(clip_shape),
     )
 
@@ -166,14 +139,14 @@ def memory_scan_backward(
     from .backward import scan_backward_kernel
 
     B, T, H = q.shape[:3]
-    args = backward_args(_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dv = _empty(v.shape, v.dtype, v.device)
-    dgates = [_empty(theta.shape, torch.float32, q.device) for _ in range(3)]
+    args = backward_args(launch_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
+    dq = buffers.empty(q.shape, q.dtype, q.device)
+    dk = buffers.empty(k.shape, k.dtype, k.device)
+    dv = buffers.empty(v.shape, v.dtype, v.device)
+    dgates = [buffers.empty(theta.shape, torch.float32, q.device) for _ in range(3)]
     dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
-    replay = _empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
-    scratch = _empty((B * H, args["SCRATCH"]), torch.float32, q.device)
+    replay = buffers.empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
+    scratch = buffers.empty((B * H, args["SCRATCH"]), torch.float32, q.device)
     dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
     scan_backward_kernel[(B * H,)](
         dy,

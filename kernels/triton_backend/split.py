@@ -1,0 +1,111 @@
+"""Host side of the split-state forward (split_forward.py): SPLIT programs per (batch,
+head), the same inputs and outputs as the one-program `titans::memory_scan` op, so its
+checkpoints feed the one-program backward unchanged.
+
+Not yet chosen by `auto`: it is selected explicitly (`split_memory_scan`) until a GPU has
+measured it against the one-program kernel and its self-check exists (docs/kernels.md,
+"Splitting the state across programs")."""
+
+import torch
+import triton.language as tl
+from torch import Tensor
+
+from . import buffers
+from .buffers import forward_outputs, launch_meta
+from .config import forward_args
+from .split_forward import MEETINGS
+
+TIMEOUT_S = 10.0  # a meeting that waits longer than this fails the launch
+
+
+def split_problem(meta: dict, split: int) -> str | None:
+    """Why the split forward cannot run this configuration with `split` programs (None
+    when it can)."""
+    if not hasattr(tl, "atomic_poll"):
+        return "this triton has no tl.atomic_poll (the split forward needs triton >= 3.9)"
+    if split < 2:
+        return f"split must be an integer >= 2, got {split}"
+    if meta["NT"] % split:
+        return f"the {meta['NT']} hidden tiles of {meta['BT']} units do not divide among {split} programs"
+    return None
+
+
+def split_memory_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    log_eta: Tensor,
+    log_retain: Tensor,
+    state: Tensor,
+    resets: Tensor,
+    init: Tensor,
+    hidden: int,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float,
+    save_states: bool,
+    checkpoint_every: int,
+    split: int,
+    timeout_s: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`titans::memory_scan` (ops.py: the arguments and the four outputs) with `split`
+    programs per (batch, head). Raises if the configuration cannot be split, or if a
+    program's partners did not all arrive at a meeting (its values would be wrong)."""
+    from .split_forward import split_forward_kernel
+
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
+    B, T, H = q.shape[:3]
+    meta = forward_args(launch_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
+    problem = split_problem(meta, split)
+    if problem:
+        raise ValueError(f"split forward: {problem}")
+    args = {name: meta[name] for name in _KERNEL_META}
+    y, state_out, saved, theta, clip_factor = forward_outputs(
+        q, v, theta, state, chunk_size, max_grad_norm, save_states, checkpoint_every
+    )
+    n_chunks = -(-T // chunk_size)
+    slot = meta["BC"] * meta["BV"]
+    slots = buffers.empty((B * H, 2, split, slot), torch.float32, q.device)
+    counters = torch.zeros(B * H, n_chunks, MEETINGS, dtype=torch.int32, device=q.device)
+    ok = torch.zeros(B * H * split, dtype=torch.int32, device=q.device)
+    split_forward_kernel[(B * H * split,)](
+        q,
+        k,
+        v,
+        theta,
+        log_eta,
+        log_retain,
+        state_out,
+        y,
+        saved,
+        resets,
+        init,
+        slots,
+        counters,
+        ok,
+        T,
+        H,
+        max_grad_norm,
+        SAVE=save_states,
+        SPLIT=split,
+        SLOT=slot,
+        TIMEOUT_NS=int(timeout_s * 1e9),
+        launch_cooperative_grid=True,  # all programs resident, or the launch fails
+        **args,
+    )
+    stuck = int((ok == 0).sum())
+    if stuck:
+        raise RuntimeError(
+            f"split forward: {stuck} of {ok.numel()} programs waited more than {timeout_s} s for a partner "
+            "at a meeting; its outputs are wrong and were not returned"
+        )
+    return y, state_out, saved, clip_factor.clone()
+
+
+# The one-program kernel's compile-time arguments that the split kernel takes too (it has
+# no phases and no scratch).
+_KERNEL_META = (
+    "DK", "DT", "DV", "BK", "BT", "BV", "NT", "CHUNK", "BC", "DEPTH", "ACT", "NSTATE", "CKPT", "CLIP", "OP",
+    "RESETS", "num_warps", "maxnreg",
+)  # fmt: skip
