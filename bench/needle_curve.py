@@ -61,17 +61,19 @@ def _args(name: str, a) -> TitansModelArgs:
     )
 
 
-def needle_sequence(tok, stories: list[int], T: int, rng: random.Random) -> tuple[list[int], list[bool]]:
+def needle_sequence(
+    tok, stories: list[int], T: int, rng: random.Random, longest: int | None = None
+) -> tuple[list[int], list[bool]]:
     """T + 1 tokens of needle documents back to back, each followed by its answer and a full
     stop, and the mask of answer targets. Document lengths are log-uniform from MIN_DOC to
-    T: many short documents, where the needle is often within the attention's reach, and
+    `longest` (default T): many short documents, where the needle is often within the attention's reach, and
     long ones, where only the memory can carry it; several answers per sequence give more
     retrieval signal per token. The needle is at any depth, so the distances trained
     run from a few tokens to nearly T."""
     seq: list[int] = []
     mask: list[bool] = []
     while T + 1 - len(seq) >= MIN_DOC:
-        drawn = int(math.exp(rng.uniform(math.log(MIN_DOC), math.log(T))))
+        drawn = int(math.exp(rng.uniform(math.log(MIN_DOC), math.log(longest or T))))
         length = min(drawn, T + 1 - len(seq)) - ANSWER_ROOM
         kind = rng.choice(KINDS)
         # distractors in half of the number and code documents long enough to hold them
@@ -85,13 +87,27 @@ def needle_sequence(tok, stories: list[int], T: int, rng: random.Random) -> tupl
     return seq, (mask + [False] * T)[:T]
 
 
-def training_batch(tok, stories: list[int], a, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def longest_document(step: int, a) -> int:
+    """The curriculum: the longest needle document at `step`. With --curriculum F it grows
+    log-linearly from 2 x MIN_DOC to the training length over the first fraction F of the
+    steps (short documents first: many answers per sequence, the needle a few windows
+    back, where the recall suite's models learn to retrieve); without it, the training length."""
+    start, end = 2 * MIN_DOC, a.train_len
+    if a.curriculum <= 0 or start >= end:
+        return end
+    progress = min(1.0, step / (a.curriculum * a.steps))
+    return int(math.exp(math.log(start) + progress * (math.log(end) - math.log(start))))
+
+
+def training_batch(
+    tok, stories: list[int], a, rng: random.Random, step: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """inputs [B, T], targets [B, T], and the mask of answer targets [B, T]: a fraction
     --needle-frac of the rows are needle documents, the rest plain corpus text."""
     T, rows, answers = a.train_len, [], []
     for _ in range(a.batch):
         if rng.random() < a.needle_frac:
-            seq, mask = needle_sequence(tok, stories, T, rng)
+            seq, mask = needle_sequence(tok, stories, T, rng, longest_document(step, a))
         else:
             start = rng.randrange(len(stories) - T - 1)
             seq, mask = stories[start : start + T + 1], [False] * T
@@ -115,11 +131,11 @@ def train(job: tuple) -> dict:
     rng = random.Random(a.seed + 1)
     t0, log = time.perf_counter(), []
     for step in range(a.steps):
-        x, y, answer = training_batch(tok, stories, a, rng)
+        x, y, answer = training_batch(tok, stories, a, rng, step)
         logits = model(x).float()
         lm = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         ans = F.cross_entropy(logits[answer], y[answer]) if answer.any() else logits.new_zeros(())
-        loss = lm + ans
+        loss = lm + a.answer_weight * ans
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -127,7 +143,8 @@ def train(job: tuple) -> dict:
         sched.step()
         log.append((lm.item(), ans.item()))
         if step % 50 == 0 or step == a.steps - 1:
-            print(f"{name} step {step}: lm {lm.item():.3f} answer {ans.item():.3f}", flush=True)
+            longest = longest_document(step, a)
+            print(f"{name} step {step}: lm {lm.item():.3f} answer {ans.item():.3f} (docs <= {longest})", flush=True)
     seconds = time.perf_counter() - t0
     tail = log[-20:]
     facts = dict(
@@ -140,6 +157,8 @@ def train(job: tuple) -> dict:
         window=a.window,
         dim=a.dim,
         long_context=a.long_context,
+        curriculum=a.curriculum,
+        answer_weight=a.answer_weight,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
     )
@@ -300,6 +319,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--needle-frac", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--curriculum", type=float, default=0.0, help="grow the longest needle document over this fraction of the steps"
+    )
+    p.add_argument("--answer-weight", type=float, default=1.0, help="weight of the answer-token loss")
     p.add_argument("--no-long-context", dest="long_context", action="store_false", help="train with the defaults")
     # evaluation
     p.add_argument("--lengths", type=int, nargs="*", default=LENGTHS)
