@@ -13,6 +13,8 @@ Steps, each reported and each able to fail the run (exit status 1):
 4. the scan's speed at T = 4K and 16K: tokens/s, useful TFLOP/s and share of bf16 peak,
    next to the roofline model's prediction (measured / predicted), with the chunked path
    and SDPA attention beside it;
+   and the split-state forward (`backend = "triton_split"`, its own self-check first) beside
+   the one-program forward at B x H = 32, where the roofline model says the split pays;
 5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
    without torch.compile: loss, tokens/s, peak memory;
 6. ring attention's fused-kernel check on the device.
@@ -252,6 +254,68 @@ def speed(run: Run) -> None:
     run.results["speed"] = {"spills": spills, "rows": rows}
 
 
+def split_speed(run: Run) -> None:
+    """The split-state forward against the one-program forward, forward only (the backward
+    is the same kernel): its self-check, the largest output difference, and the time, at
+    B x H = 32 and the first length. Not run, with the reason, where the split cannot run."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from titans_plugin.kernels import MemoryState, neural_memory_scan, self_check
+    from titans_plugin.kernels.triton_backend import split_supports
+
+    s = run.sizes
+    B, H, T, D, hidden = (1 if run.dry else 2), s["heads"], s["lengths"][0], s["head_dim"], s["hidden"]
+    dtype = torch.float32 if run.dry else torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(run.device)
+
+    q, k = (F.normalize(rnd(B, T, H, D), dim=-1).to(dtype) for _ in range(2))
+    inputs = (
+        q,
+        k,
+        rnd(B, T, H, D).to(dtype),
+        *(torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1, 0.1)),
+    )
+    w = (rnd(B, H, D, hidden) / D**0.5, rnd(B, H, hidden, D) / hidden**0.5)
+    state = MemoryState(w, tuple(torch.zeros_like(t) for t in w))
+    config = dict(chunk_size=s["chunk"], activation="silu", max_grad_norm=1.0)
+    reason = split_supports(q, state, **config)
+    if reason is not None:
+        run.results["split_speed"] = {"not_run": reason}
+        print(f"split-state forward not run: {reason}", flush=True)
+        return
+    if run.dry:  # programs that wait for each other need one thread each in the interpreter
+        from devtools.threaded_grid import threaded_grid as grid
+    else:
+        grid = contextlib.nullcontext
+    sync = torch.cuda.synchronize if run.device == "cuda" else (lambda: None)
+    with grid():
+        check = self_check.check(run.device, dtype, state, s["chunk"], "silu", True, False, split=True)
+    print(check.message, flush=True)
+    if not check.ok:
+        run.fail(check.message)
+    with grid(), torch.no_grad():
+        outs, rows = {}, []
+        for impl in ("triton", "triton_split"):
+            step = functools.partial(neural_memory_scan, *inputs, state, **config, backend=impl)
+            outs[impl] = step()[0].float()
+            seconds = _time_s(step, sync, 1 if run.dry else 10)
+            rows.append({"impl": impl, "T": T, "B": B, "H": H, "seconds": seconds, "tokens_per_s": B * T / seconds})
+    scale = outs["triton"].abs().max().clamp_min(1e-30)
+    difference = ((outs["triton_split"] - outs["triton"]).abs().max() / scale).item()
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+        print(f"{row['impl']} forward T={T} B x H={B * H}: {row['tokens_per_s']:,.0f} tokens/s, x{row['speedup']:.2f}")
+    print(f"split against one-program output: largest relative difference {difference:.1e}", flush=True)
+    if not difference <= 3e-2:
+        run.fail(f"the split-state forward differs from the one-program forward by {difference:.1e}")
+    run.results["split_speed"] = {"self_check": check.message, "difference": difference, "rows": rows}
+
+
 def _spills(run: Run) -> dict:
     """Spill stores per thread of the default kernels for this GPU (the compile report's)."""
     if run.dry:
@@ -366,6 +430,21 @@ def report(run: Run) -> str:
             ],
         )
     )
+    split = r.get("split_speed") or {}
+    if "not_run" in split:
+        lines.append(f"Split-state forward: not run ({split['not_run']}).")
+    elif split:
+        lines.append(f"Split-state forward: {split['self_check']}; output against the one-program forward: "
+                     f"largest relative difference {split['difference']:.1e}.")  # fmt: skip
+        lines.append(
+            table(
+                ["forward", "T", "B x H", "tokens/s", "speedup"],
+                [
+                    [x["impl"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
+                    for x in split["rows"]
+                ],
+            )
+        )
     train_rows = [x for x in r.get("training") or [] if x["ok"]]
     lines.append(
         table(
@@ -399,7 +478,7 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --dry-run to check the script on CPU", file=sys.stderr)
         return 2
     run = Run(a.dry_run)
-    for step in (environment, self_checks, block_parity, speed, training, ring_attention):
+    for step in (environment, self_checks, block_parity, speed, split_speed, training, ring_attention):
         print(f"== {step.__name__}", flush=True)
         try:
             step(run)

@@ -17,6 +17,9 @@ also says where it cannot run: `supports(q, state, **config) -> reason or None`.
     naive   per-token reference (kernels/naive.py)
     chunk   the exact chunk-parallel PyTorch path (kernels/chunk.py)
     triton  the Triton kernels (kernels/triton_backend/)
+    triton_split  the same with the forward's state split across 4 (or 2) programs per
+            (batch, head) (triton_backend/split.py); chosen only when named, until a GPU
+            has measured it against `triton`
     auto    triton on CUDA where it supports the configuration and passed its first-use
             self-check (kernels/self_check.py); chunk everywhere else
 """
@@ -29,13 +32,14 @@ import torch
 from . import chunk, naive, self_check, triton_backend
 from .state import MemoryState
 
-BACKENDS = ("auto", "chunk", "naive", "triton")
+BACKENDS = ("auto", "chunk", "naive", "triton", "triton_split")
 Scan = Callable[..., tuple[torch.Tensor, MemoryState]]
 Supports = Callable[..., str | None]
 _SCANS: dict[str, tuple[Scan, Supports]] = {
     "chunk": (chunk.chunk_neural_memory, chunk.supports),
     "naive": (naive.naive_neural_memory, naive.supports),
     "triton": (triton_backend.launch, triton_backend.supports),
+    "triton_split": (triton_backend.launch_split, triton_backend.split_supports),
 }
 AUTO_TRITON_DEVICES = ("cuda",)  # where "auto" uses the Triton kernels (tests add "cpu": the interpreter)
 _warned: set[str] = set()
@@ -69,10 +73,10 @@ def resolve_backend(
     name = "triton" if backend == "auto" else backend
     config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
     reason = _SCANS[name][1](q, state, **config)
-    if reason is None and name == "triton":
-        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets)
-        if reason is not None and backend == "triton":  # the device computes something else
-            raise RuntimeError(f"titans.backend = 'triton': {reason}; use 'auto' (falls back to 'chunk') or 'chunk'")
+    if reason is None and name in ("triton", "triton_split"):
+        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name == "triton_split")
+        if reason is not None and backend != "auto":  # the device computes something else
+            raise RuntimeError(f"titans.backend = {name!r}: {reason}; use 'auto' (falls back to 'chunk') or 'chunk'")
     if reason is None:
         return name
     if backend == "auto":

@@ -52,34 +52,42 @@ def enabled() -> bool:
     return os.environ.get("TITANS_TRITON_SELF_CHECK", "1") != "0"
 
 
-def failure(q, state: MemoryState, chunk_size: int, activation: str, max_grad_norm, resets: bool) -> str | None:
-    """None when the Triton scan passed its check for this configuration on q's device (or
-    is not checked there); else why not. Runs the check the first time, then remembers."""
+def failure(
+    q, state: MemoryState, chunk_size: int, activation: str, max_grad_norm, resets: bool, split: bool = False
+) -> str | None:
+    """None when the Triton scan (with split: its split-state forward) passed its check for
+    this configuration on q's device (or is not checked there); else why not. Runs the
+    check the first time, then remembers."""
     if not enabled() or q.device.type not in CHECKED_DEVICES:
         return None
-    result = check(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets)
+    result = check(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets, split)
     return None if result.ok else result.message
 
 
-def configuration(device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool):
+def configuration(
+    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, split: bool = False
+):
     dk, dv = state.weights[0].shape[-2], state.weights[-1].shape[-1]
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
-    return (str(torch.device(device)), dtype, len(state.weights), activation, clip, resets, dk, hidden, dv, chunk_size)
+    depth = len(state.weights)
+    return (str(torch.device(device)), dtype, depth, activation, clip, resets, dk, hidden, dv, chunk_size, split)
 
 
 def describe(key: tuple) -> str:
-    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk = key
+    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk, split = key
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
     return (
         f"{device} ({name}), {str(dtype).removeprefix('torch.')}, depth {depth}, {activation}, "
         f"clip {'on' if clip else 'off'}, restarts {'on' if resets else 'off'}, head dim {dk}/{dv}, "
-        f"hidden {hidden}, chunk {chunk}"
+        f"hidden {hidden}, chunk {chunk}" + (", split-state forward" if split else "")
     )
 
 
-def check(device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool):
+def check(
+    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, split: bool = False
+):
     """The check of one configuration (run once per process, then remembered)."""
-    key = configuration(device, dtype, state, chunk_size, activation, clip, resets)
+    key = configuration(device, dtype, state, chunk_size, activation, clip, resets, split)
     if key not in _RESULTS:
         _RESULTS[key] = _run(key)
     return _RESULTS[key]
@@ -93,7 +101,7 @@ def forget() -> None:
 def _problem(key: tuple, checkpoint_every: int):
     """Inputs as the memory module makes them (L2-normalised q and k, gates inside their
     ranges), a ragged last chunk after a checkpoint group boundary, and restarts."""
-    device, dtype, depth, _, _, resets, dk, hidden, dv, chunk = key
+    device, dtype, depth, _, _, resets, dk, hidden, dv, chunk, _ = key
     g = torch.Generator().manual_seed(0)
     B, H = 2, 2
     T = (checkpoint_every + 1) * chunk + chunk // 2 + 1  # past a group boundary, a ragged last chunk
@@ -150,9 +158,9 @@ def _gradients(y, end: MemoryState, leaves) -> list[torch.Tensor]:
 
 def _run(key: tuple) -> CheckResult:
     from .triton_backend.config import checkpoint_interval, state_size
-    from .triton_backend.ops import launch
+    from .triton_backend.ops import launch, launch_split
 
-    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk = key
+    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk, split = key
     start = time.perf_counter()
     label = describe(key)
     try:
@@ -162,7 +170,8 @@ def _run(key: tuple) -> CheckResult:
         ins, st, init = _leaves(inputs, state, initial)
         q, k, v, theta, eta, alpha = ins
         config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
-        y, end = launch(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
+        scan = launch_split if split else launch
+        y, end = scan(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
         # the reference sees the same (rounded) inputs, in fp32
         ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
         q, k, v, theta, eta, alpha = ref_ins

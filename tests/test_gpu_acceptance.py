@@ -26,6 +26,13 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
     assert all(r["ok"] and r["max_error"] < 1e-4 for r in results["self_checks"])
     assert {r["pattern"] for r in results["block_parity"]} == {"CA", "GA", "LA", "M"}
     assert {r["impl"] for r in results["speed"]["rows"]} == {"triton", "chunk", "sdpa"}
+    split = results["split_speed"]
+    if hasattr(__import__("triton.language").language, "atomic_poll"):
+        assert "self-check passed" in split["self_check"]
+        assert split["difference"] < 1e-5
+        assert [r["impl"] for r in split["rows"]] == ["triton", "triton_split"]
+    else:  # triton < 3.9: the step says why it did not run
+        assert "tl.atomic_poll" in split["not_run"]
     assert all(r["ok"] for r in results["training"])
     assert all(r["ok"] for r in results["ring_attention"])
     calibration = subprocess.run(

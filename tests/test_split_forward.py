@@ -14,8 +14,8 @@ import triton.language as tl
 
 from devtools import scan_harness as harness
 from devtools.models import memory_inputs
-from titans_plugin.kernels import MemoryState, chunk_neural_memory, triton_neural_memory
-from titans_plugin.kernels.triton_backend import buffers, config
+from titans_plugin.kernels import MemoryState, chunk_neural_memory, dispatch, neural_memory_scan, self_check
+from titans_plugin.kernels.triton_backend import buffers, config, ops, split
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,10 +40,9 @@ def threads():
         yield
 
 
-def _compare(split, monkeypatch, *, depth, hidden, D=20, T=70, chunk=24, every=2, clip=0.5, **kw):
-    monkeypatch.setattr(config, "SPLIT_FORWARD", split)
+def _compare(split, *, depth, hidden, D=20, T=70, chunk=24, every=2, clip=0.5, **kw):
     inputs, state = memory_inputs(B=2, T=T, H=2, D=D, depth=depth, hidden=hidden)
-    scan = functools.partial(triton_neural_memory, checkpoint_every=every)
+    scan = functools.partial(ops.launch, checkpoint_every=every, split=split)
     return harness.compare(
         scan,
         chunk_neural_memory,
@@ -63,19 +62,19 @@ def _compare(split, monkeypatch, *, depth, hidden, D=20, T=70, chunk=24, every=2
 def test_depth_2_split_equals_the_reference(split, hidden, monkeypatch, threads):
     """hidden 60 is 4 tiles (the last 12 wide), 36 is 3; chunk 24 pads to 32 and T = 70
     leaves a ragged last chunk; a checkpoint every 2 chunks; the clip acts on most tokens."""
-    _compare(split, monkeypatch, depth=2, hidden=hidden)
+    _compare(split, depth=2, hidden=hidden)
 
 
 def test_depth_2_without_the_clip(monkeypatch, threads):
     """Two meetings a chunk instead of three: the slot sets must still alternate."""
-    _compare(2, monkeypatch, depth=2, hidden=60, clip=0.0)
+    _compare(2, depth=2, hidden=60, clip=0.0)
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_depth_1_split_over_the_value_columns(clip, monkeypatch, threads):
     """Depth 1 splits W's columns (D_v 20: 2 tiles): with the clip, one meeting a chunk for
     its norm; without, none at all."""
-    _compare(2, monkeypatch, depth=1, hidden=0, clip=clip)
+    _compare(2, depth=1, hidden=0, clip=clip)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -89,7 +88,6 @@ def test_restarts_in_the_split(depth, monkeypatch, threads):
     resets = torch.tensor([[False, True, False, True, False], [True, False, True, False, True]])
     errors = _compare(
         2,
-        monkeypatch,
         depth=depth,
         hidden=60 if depth == 2 else 0,
         chunk=16,
@@ -100,17 +98,15 @@ def test_restarts_in_the_split(depth, monkeypatch, threads):
     assert f"gradient of restart W{depth}" in errors
 
 
-def _scan(split, monkeypatch, **kw):
-    monkeypatch.setattr(config, "SPLIT_FORWARD", split)
+def _scan(split, **kw):
     inputs, state = memory_inputs(B=1, T=40, H=2, D=20, depth=2, hidden=60)
     inputs = tuple(t.float() for t in inputs)
     state = MemoryState(tuple(w.float() for w in state.weights), tuple(m.float() for m in state.momentum))
-    return triton_neural_memory(*inputs, state, chunk_size=16, activation="silu", max_grad_norm=0.5, **kw)
+    return ops.launch(*inputs, state, chunk_size=16, activation="silu", max_grad_norm=0.5, split=split, **kw)
 
 
-def test_a_meeting_that_does_not_wait_is_caught(monkeypatch, threads):
-    """The meeting's wait left out: program 0 reads its partners' slots before they have
-    written them (NaN) and the output is wrong."""
+def _break_meetings(monkeypatch):
+    """Every meeting without its wait: a program arrives and reads on."""
     import triton
 
     from titans_plugin.kernels.triton_backend import exchange
@@ -120,25 +116,99 @@ def test_a_meeting_that_does_not_wait_is_caught(monkeypatch, threads):
         tl.atomic_add(counter_ptr, 1, sem="release")
         return tl.full([], 1, tl.int32)
 
-    want, _ = _scan(2, monkeypatch)
-    assert torch.isfinite(want).all()
     monkeypatch.setattr(exchange, "meet", arrive_only)
-    got, _ = _scan(2, monkeypatch)
+
+
+def test_a_meeting_that_does_not_wait_is_caught(monkeypatch, threads):
+    """The meeting's wait left out: program 0 reads its partners' slots before they have
+    written them (NaN) and the output is wrong."""
+    want, _ = _scan(2)
+    assert torch.isfinite(want).all()
+    _break_meetings(monkeypatch)
+    got, _ = _scan(2)
     assert not torch.isfinite(got).all() or (got - want).abs().max() > 1e-3
 
 
 def test_a_partner_that_never_arrives_is_an_error(monkeypatch):
     """In the plain interpreter program 0 waits for program 1, which runs only after it:
     the wait times out, and the launch raises rather than return its values."""
-    from titans_plugin.kernels.triton_backend import split
-
     monkeypatch.setattr(split, "TIMEOUT_S", 0.02)
     with pytest.raises(RuntimeError, match="waited more than 0.02 s for a partner"):
-        _scan(2, monkeypatch)
+        _scan(2)
 
 
-def test_a_split_that_does_not_divide_the_tiles_is_refused(monkeypatch):
+def test_a_split_that_does_not_divide_the_tiles_is_refused():
     with pytest.raises(ValueError, match="the 4 hidden tiles of 16 units do not divide among 3 programs"):
-        _scan(3, monkeypatch)
-    with pytest.raises(ValueError, match="split must be an integer >= 2, got 1"):
-        _scan(1, monkeypatch)
+        _scan(3)
+    meta = {"NT": 4, "BT": 16}
+    assert split.split_problem(meta, 1) == "split must be an integer >= 2, got 1"
+    assert split.split_programs(meta) == (4, None)
+    assert split.split_programs({"NT": 6, "BT": 16}) == (2, None)
+    assert split.split_programs({"NT": 3, "BT": 16}) == (
+        0,
+        "the 3 hidden tiles of 16 units do not divide among 2 programs",
+    )
+
+
+def test_the_programs_must_all_fit_on_the_device_at_once(monkeypatch):
+    """A cooperative launch of more programs than can be resident fails; the backend says so
+    first (one program per SM assumed: 255 registers per thread)."""
+    import types
+
+    props = types.SimpleNamespace(multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    cuda = torch.device("cuda")
+    assert split.residency_problem(128, cuda) is None
+    assert split.residency_problem(136, cuda) == (
+        "136 split programs (batch x heads x split) exceed the 132 SMs that can hold them at once"
+    )
+    assert split.residency_problem(10**6, torch.device("cpu")) is None  # the interpreter
+
+
+def _depth2():
+    inputs, state = memory_inputs(B=1, T=40, H=2, D=16, depth=2, hidden=32, dtype=torch.float32)
+    return inputs, state
+
+
+def test_the_split_backend_equals_chunk(threads):
+    """`backend = "triton_split"` through dispatch: hidden 32 is 2 tiles, so 2 programs."""
+    inputs, state = _depth2()
+    config = dict(chunk_size=16, activation="silu", max_grad_norm=0.5)
+    y, end = neural_memory_scan(*inputs, state, backend="triton_split", **config)
+    y_ref, end_ref = chunk_neural_memory(*inputs, state, **config)
+    assert (y - y_ref).abs().max() < 1e-5
+    for a, b in zip(end.weights + end.momentum, end_ref.weights + end_ref.momentum, strict=True):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_the_split_backend_says_why_it_cannot_run(monkeypatch):
+    inputs, state = memory_inputs(B=1, T=8, H=1, D=16, depth=2, hidden=48, dtype=torch.float32)  # 3 tiles
+    with pytest.raises(ValueError, match=r"'triton_split' cannot run here: the 3 hidden tiles .* among 2 programs"):
+        neural_memory_scan(*inputs, state, chunk_size=8, activation="silu", backend="triton_split")
+    monkeypatch.delattr(tl, "atomic_poll")
+    with pytest.raises(ValueError, match=r"no tl.atomic_poll \(the split forward needs triton >= 3.9\)"):
+        neural_memory_scan(*_depth2()[0], _depth2()[1], chunk_size=8, activation="silu", backend="triton_split")
+
+
+@pytest.fixture
+def checked_on_cpu(monkeypatch):
+    monkeypatch.setattr(self_check, "CHECKED_DEVICES", ("cpu",))
+    monkeypatch.delenv("TITANS_TRITON_SELF_CHECK", raising=False)
+    self_check.forget()
+    yield
+    self_check.forget()
+
+
+def test_the_self_check_runs_the_split_and_catches_a_broken_meeting(monkeypatch, threads, checked_on_cpu):
+    """The first-use check runs the split-state forward for `triton_split` (a key of its own)
+    and passes; with the meetings' wait left out it fails, and the forced backend raises."""
+    _, state = _depth2()
+    q = torch.zeros(1, 4, 2, 16)
+    assert self_check.failure(q, state, 8, "silu", 0.5, False, split=True) is None
+    (key,) = self_check._RESULTS
+    assert key[-1] is True
+    assert "split-state forward" in self_check._RESULTS[key].message
+    self_check.forget()
+    _break_meetings(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"titans\.backend = 'triton_split': Triton memory scan self-check failed"):
+        dispatch.resolve_backend("triton_split", q, state, chunk_size=8, activation="silu", max_grad_norm=0.5)

@@ -194,11 +194,11 @@ def test_inference_saves_no_chunk_states():
     args = [t.to(DEVICE).contiguous() for t in inputs[:4]] + [torch.zeros(1, 40, 1, device=DEVICE)] * 2
     flat_state = ops.pack_state(state).to(DEVICE)
     no_resets = (torch.zeros(0, dtype=torch.int8, device=DEVICE), torch.zeros(0, device=DEVICE))
-    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, False, 1, 1)
     assert saved.numel() == 0
-    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 1)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 1, 1)
     assert saved.shape == (1, 1, 3, 2 * 16 * 16)
-    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 2)
+    _, _, saved, _ = torch.ops.titans.memory_scan(*args, flat_state, *no_resets, 0, 16, "silu", 0.0, True, 2, 1)
     assert saved.shape == (1, 1, 2, 2 * 16 * 16)  # 3 chunks, a checkpoint every 2
 
 
@@ -212,7 +212,8 @@ def _op_args(depth, requires_grad, resets=False):
     tensors = [t.contiguous().requires_grad_(requires_grad) for t in tensors]
     # 3 chunks of 8, a checkpoint every 2: the restart at chunk 1 falls inside a group
     flags = torch.tensor([[0, 1, 0]] if resets else [], dtype=torch.int8, device=DEVICE)
-    return (*tensors[:7], flags, tensors[7], 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2)
+    # split 1: the one-program kernel
+    return (*tensors[:7], flags, tensors[7], 16 if depth == 2 else 0, 8, "silu", 1.0, requires_grad, 2, 1)
 
 
 @pytest.mark.parametrize(("depth", "resets"), [(1, False), (2, False), (2, True)])

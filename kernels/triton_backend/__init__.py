@@ -7,6 +7,8 @@ ops.py         the custom ops `titans::memory_scan` and its backward, with their
                autograd; `triton_neural_memory`, the backend's scan
 step.py        a chunk's work (inner errors, retrieval and state update), shared by the
                forward kernel (forward.py) and the backward's replay
+split.py       the split-state forward (split_forward.py): SPLIT programs per (batch, head)
+               meet through global memory (exchange.py); the `triton_split` backend
 backward.py    the backward kernel, its ten phases in backward_state.py and
                backward_inputs.py, their scratch in backward_scratch.py
 pieces.py      the building blocks every kernel uses (tiles, decays, activations)
@@ -14,6 +16,6 @@ compile.py     ahead-of-time compiles for an sm_<arch> target (no GPU needed)
 """
 
 from .config import SUPPORTED_DEPTHS
-from .ops import launch, supports, triton_neural_memory
+from .ops import launch, launch_split, split_supports, supports, triton_neural_memory
 
-__all__ = ["SUPPORTED_DEPTHS", "launch", "supports", "triton_neural_memory"]
+__all__ = ["SUPPORTED_DEPTHS", "launch", "launch_split", "split_supports", "supports", "triton_neural_memory"]

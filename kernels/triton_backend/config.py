@@ -24,9 +24,6 @@ HIDDEN_TILE = 16  # hidden units per state tile (forward.py); 16 spills least (d
 PHASED_FORWARD_BELOW_ARCH = 90
 PHASED_FORWARD_ABOVE_TILE = 64
 PHASED_FORWARD: bool | None = None
-# Programs per (batch, head) of the forward (split.py): None runs the one-program kernel.
-# Not chosen automatically until a GPU has measured the split (docs/kernels.md); tests set it.
-SPLIT_FORWARD: int | None = None
 
 
 def pad(n: int) -> int:

@@ -17,9 +17,9 @@ from torch import Tensor
 from ..activations import get_activation
 from ..chunk_math import log_gates
 from ..state import MemoryState, check_resets
-from . import buffers, capability, config
+from . import buffers, capability
 from .buffers import forward_outputs, launch_meta, saved_shape
-from .config import backward_args, checkpoint_interval, forward_args
+from .config import arch_of, backward_args, checkpoint_interval, forward_args, kernel_meta
 
 
 @torch.library.custom_op("titans::memory_scan", mutates_args=())
@@ -39,6 +39,7 @@ def memory_scan(
     max_grad_norm: float,
     save_states: bool,
     checkpoint_every: int,
+    split: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """q, k [B, T, H, DK], v [B, T, H, DV] (fp32/bf16/fp16, contiguous); theta and
     log-gates fp32 [B, T, H]; state fp32 [B, H, N]. resets int8 [B, n_chunks] with init
@@ -47,15 +48,17 @@ def memory_scan(
     dtype, the end state, the checkpoints [B, H, ceil(n_chunks / checkpoint_every), N]:
     the state at the start of every checkpoint_every-th chunk (empty unless save_states),
     and each token's clip factor min(1, max_grad_norm / |inner gradient|) fp32 [B, T, H]
-    (empty when max_grad_norm is 0)."""
+    (empty when max_grad_norm is 0). split: programs per (batch, head); 1 runs the
+    one-program kernel (forward.py), more the split-state kernel (split.py), which saves
+    the same checkpoints for the same backward."""
     from .forward import scan_forward_kernel
 
-    if config.SPLIT_FORWARD is not None:
+    if split > 1:
         from .split import split_memory_scan
 
         return split_memory_scan(
             q, k, v, theta, log_eta, log_retain, state, resets, init, hidden, chunk_size, activation,
-            max_grad_norm, save_states, checkpoint_every, config.SPLIT_FORWARD,
+            max_grad_norm, save_states, checkpoint_every, split,
         )  # fmt: skip
     B, T, H = q.shape[:3]
     y, state_out, saved, theta, clip_factor = forward_outputs(
@@ -102,6 +105,7 @@ def _memory_scan_fake(
     max_grad_norm,
     save_states,
     checkpoint_every,
+    split,
 ):
     B, T, H = q.shape[:3]
     saved = saved_shape(B, H, T, chunk_size, checkpoint_every, state.shape[-1], save_states)
@@ -207,9 +211,8 @@ def _memory_scan_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, theta, log_eta, log_retain, state, resets, init, hidden, chunk_size, activation, max_norm, save, every = (
-        inputs
-    )
+    q, k, v, theta, log_eta, log_retain, state, resets, init = inputs[:9]
+    hidden, chunk_size, activation, max_norm, save, every, _split = inputs[9:]
     ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2], resets, init)
     ctx.meta = (hidden, chunk_size, activation, max_norm, save, every)
     ctx.state_shape = state.shape
@@ -243,7 +246,7 @@ def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
         every,
     )
     *grads, dinit = grads
-    return (*grads, None, dinit, None, None, None, None, None, None)
+    return (*grads, None, dinit, None, None, None, None, None, None, None)
 
 
 memory_scan.register_autograd(_backward, setup_context=_setup_context)
@@ -324,6 +327,39 @@ def supports(q: Tensor, state: MemoryState, *, chunk_size, activation, max_grad_
     )
 
 
+def split_supports(
+    q: Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm=None, resets=False
+) -> str | None:
+    """`supports` for the split-state forward (split.py): the one-program kernels' checks
+    (its backward is theirs), then the split's own: triton's tl.atomic_poll, hidden tiles
+    that divide among the programs, and every program resident at once."""
+    config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
+    problem = supports(q, state, **config)
+    if problem:
+        return problem
+    from .split import residency_problem, split_programs
+
+    split, problem = split_programs(_state_meta(q, state, chunk_size, activation, max_grad_norm, resets))
+    return problem or residency_problem(q.shape[0] * q.shape[2] * split, q.device)
+
+
+def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor, state, **config):
+    """The scan with the split-state forward, once `split_supports` has found nothing
+    against it (`launch`'s arguments)."""
+    from .split import split_programs
+
+    meta = _state_meta(q, state, config["chunk_size"], config["activation"], config.get("max_grad_norm"), False)
+    split, _ = split_programs(meta)
+    return launch(q, k, v, theta, eta, alpha, state, **config, split=split)
+
+
+def _state_meta(q: Tensor, state: MemoryState, chunk_size, activation, max_grad_norm, resets) -> dict:
+    hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
+    dk, dv = state.weights[0].shape[-2], state.weights[-1].shape[-1]
+    clip = bool(max_grad_norm)
+    return kernel_meta(dk, hidden, dv, chunk_size, activation, clip, q.dtype, 1, arch_of(q.device), bool(resets))
+
+
 def launch(
     q: Tensor,
     k: Tensor,
@@ -340,8 +376,10 @@ def launch(
     initial: MemoryState | None = None,
     checkpoint_every: int | None = None,
     stats: dict | None = None,
+    split: int = 1,
 ) -> tuple[Tensor, MemoryState]:
-    """The Triton scan, once `supports` has found nothing against it."""
+    """The Triton scan, once `supports` has found nothing against it; with split > 1 the
+    forward runs `split` programs per (batch, head) (split.py; `split_supports` first)."""
     B, T, H, _ = q.shape
     if T == 0:
         if stats is not None and max_grad_norm:
@@ -370,6 +408,7 @@ def launch(
         float(max_grad_norm or 0.0),
         save,
         checkpoint_every,
+        split,
     )
     if stats is not None and max_grad_norm:
         stats["clip_factor"] = clip_factor.detach()

@@ -18,6 +18,32 @@ from .split_forward import MEETINGS
 TIMEOUT_S = 10.0  # a meeting that waits longer than this fails the launch
 
 
+SPLIT_PROGRAMS = (4, 2)  # programs per (batch, head) the backend tries, in order
+
+
+def split_programs(meta: dict) -> tuple[int, str | None]:
+    """(programs per (batch, head), None) for the backend's split of this configuration,
+    or (0, why it cannot be split)."""
+    for split in SPLIT_PROGRAMS:
+        problem = split_problem(meta, split)
+        if problem is None:
+            return split, None
+    return 0, problem
+
+
+def residency_problem(programs: int, device) -> str | None:
+    """Why `programs` programs cannot all be resident on `device` at once (None when they
+    can). A split program holds 255 registers per thread (compile report), so one per SM
+    is assumed until a GPU measures the occupancy; the cooperative launch would fail
+    otherwise."""
+    if device.type != "cuda":
+        return None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if programs > sms:
+        return f"{programs} split programs (batch x heads x split) exceed the {sms} SMs that can hold them at once"
+    return None
+
+
 def split_problem(meta: dict, split: int) -> str | None:
     """Why the split forward cannot run this configuration with `split` programs (None
     when it can)."""

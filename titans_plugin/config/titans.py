@@ -157,8 +157,10 @@ class TitansConfig:
         """The rules that tie one field to another."""
         if "memory_heads" in read and not self.memory_head_dim and dim % self.memory_heads:
             _fail("memory_heads", f"a divisor of model.dim={dim} (or set titans.memory_head_dim)", self.memory_heads)
-        if "backend" in read and self.backend == "triton" and self.memory_depth not in TRITON_DEPTHS:
-            _fail("memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.backend='triton'", self.memory_depth)
+        if "backend" in read and self.backend.startswith("triton") and self.memory_depth not in TRITON_DEPTHS:
+            _fail(
+                "memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.backend={self.backend!r}", self.memory_depth
+            )
         if "cp_scan" in read and self.cp_scan == "parallel":  # the scan is affine in its start state only then
             if self.memory_depth != 1:
                 _fail("memory_depth", "1 with titans.cp_scan='parallel' (a linear memory)", self.memory_depth)
