@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from bench.common import machine, publish, table
 from bench.small_models import VARIANTS, matched_args, n_params
 from devtools.paths import REPO
-from titans_plugin.evals.needles import KINDS, exact_match, haystack, make_document, story_ids
+from titans_plugin.evals.needles import KINDS, characters_right, exact_match, haystack, make_document, story_ids
 from titans_plugin.evals.niah import tokenizer
 from titans_plugin.inference.sampling import Sampling, token_stream
 from titans_plugin.inference.trained import Trained
@@ -188,12 +188,14 @@ def samples_at(length: int, a) -> int:
 
 
 @torch.no_grad()
-def ask(model, tok, doc, piece: int) -> bool:
-    """Read the prompt in pieces, decode the answer greedily, score it."""
+def ask(model, tok, doc, piece: int) -> tuple[bool, float]:
+    """Read the prompt in pieces, decode the answer greedily, score it: exact match, and
+    the fraction of the value's characters right (partial credit)."""
     trained = Trained(model, None, piece)
     stream = token_stream(trained, torch.tensor([doc.prompt]), Sampling())
     out = [int(t[0]) for _, t in zip(range(len(doc.answer_ids) + 2), stream, strict=False)]
-    return exact_match(tok.decode(out), doc.answer)
+    text = tok.decode(out)
+    return exact_match(text, doc.answer), characters_right(text, doc.answer)
 
 
 def evaluate(job: tuple) -> dict:
@@ -203,15 +205,19 @@ def evaluate(job: tuple) -> dict:
     tok = tokenizer()
     stories = story_ids(tok, "validation")
     model, facts = load(name, a)
-    hits, t0 = [], time.perf_counter()
+    hits, chars, t0 = [], [], time.perf_counter()
     for i in range(samples_at(length, a)):
         rng = random.Random(length * 1000 + i)  # the same documents for every model
         # depths 10, 50, 90, 30, 70%, ...: three samples already span the haystack
         doc = make_document(tok, stories, length, DEPTHS[2 * i % len(DEPTHS)], KINDS[i % len(KINDS)], rng)
-        hits.append(ask(model, tok, doc, facts["train_len"]))
+        exact, right = ask(model, tok, doc, facts["train_len"])
+        hits.append(exact)
+        chars.append(right)
     seconds = (time.perf_counter() - t0) / len(hits)
-    print(f"{name} at {length:,}: {sum(hits)}/{len(hits)} exact, {seconds:.1f} s per sample", flush=True)
-    return dict(name=name, length=length, hits=hits, seconds_per_sample=seconds)
+    partial = 100 * sum(chars) / len(chars)
+    exact = f"{sum(hits)}/{len(hits)} exact, {partial:.0f}% of characters"
+    print(f"{name} at {length:,}: {exact}, {seconds:.1f} s per sample", flush=True)
+    return dict(name=name, length=length, hits=hits, characters=chars, seconds_per_sample=seconds)
 
 
 def _results_path(a) -> str:
@@ -266,7 +272,7 @@ def cmd_publish(a) -> None:
         row.append(f"{f['answer_loss']:.3f}")
         for length in lengths:
             r = results.get(f"{n}@{length}")
-            row.append(f"{100 * sum(r['hits']) / len(r['hits']):.0f} ({len(r['hits'])})" if r else "-")
+            row.append(_cell(r))
         rows.append(row)
     f0 = facts[names[0]]
     header = ["model", "params", "train min", "final LM loss", "final answer loss"]
@@ -276,10 +282,18 @@ def cmd_publish(a) -> None:
         f"Machine: {machine()}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
         f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, memory setting: {setting}. "
         "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish`. "
-        "Cells: exact-match % (samples); '-' = not run.\n\n"
+        "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def _cell(r: dict | None) -> str:
+    """exact % / characters % (samples)."""
+    if r is None:
+        return "-"
+    chars = f" / {100 * sum(r['characters']) / len(r['characters']):.0f}" if "characters" in r else ""
+    return f"{100 * sum(r['hits']) / len(r['hits']):.0f}{chars} ({len(r['hits'])})"
 
 
 def plot(results: dict, names, lengths, f0: dict, path: str) -> None:

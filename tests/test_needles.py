@@ -14,7 +14,15 @@ import torch
 from bench.needle_curve import ask, needle_sequence
 from bench.small_models import VARIANTS, matched_args, n_params
 from devtools.paths import REPO
-from titans_plugin.evals.needles import KEY_WORDS, KINDS, exact_match, make_document, make_needle, story_ids
+from titans_plugin.evals.needles import (
+    KEY_WORDS,
+    KINDS,
+    characters_right,
+    exact_match,
+    make_document,
+    make_needle,
+    story_ids,
+)
 from titans_plugin.evals.niah import tokenizer
 
 
@@ -59,6 +67,14 @@ def test_distractors_are_other_keys_of_the_same_kind(tok, stories):
         make_document(tok, stories, 900, 1.5, "number", random.Random(0))
     with pytest.raises(ValueError, match="split must be"):
         story_ids(tok, "test")
+
+
+def test_characters_right_gives_partial_credit_by_place():
+    assert characters_right(" b0fd5e00-f7ec.", " b0faeb3b-f7ec") == 8 / 13
+    assert characters_right("58213", " 58213") == 1.0
+    assert characters_right(" 5821", " 58213") == 4 / 5  # a short answer loses the missing places
+    assert characters_right(" 15821", " 58213") == 0.0  # shifted by one: nothing at its place
+    assert characters_right("", " 58213") == 0.0
 
 
 def test_exact_match_wants_the_whole_value():
@@ -113,9 +129,9 @@ def test_the_evaluation_scores_a_model_that_knows_the_answer_right_and_one_that_
     doc = make_document(tok, stories, 3000, 0.3, "uuid", random.Random(2))
     vocab = tok.get_vocab_size()
     right = _Oracle(doc.answer_ids + tok.encode(".").ids, vocab, True)
-    assert ask(right, tok, doc, piece=512)
+    assert ask(right, tok, doc, piece=512) == (True, 1.0)
     assert right.read >= 3000  # the whole prompt was read, in pieces
-    assert not ask(_Oracle(doc.answer_ids, vocab, False), tok, doc, piece=512)
+    assert ask(_Oracle(doc.answer_ids, vocab, False), tok, doc, piece=512) == (False, 0.0)
 
 
 def test_small_models_are_matched_within_three_percent():

@@ -135,3 +135,11 @@ def exact_match(generated: str, answer: str) -> bool:
     """The whole value, and nothing glued to it: " 58213." matches " 58213", " 582134" does not."""
     text, value = generated.strip(), answer.strip()
     return text.startswith(value) and not text[len(value) : len(value) + 1].isalnum()
+
+
+def characters_right(generated: str, answer: str) -> float:
+    """Partial credit: the fraction of the value's characters that the generation has at
+    the same place (" b0fd5e00-f7ec" for " b0faeb3b-f7ec": 8 of 13). A model that knows only
+    the format scores about its chance of guessing each character (a digit: 1 in 10)."""
+    text, value = generated.strip(), answer.strip()
+    return sum(a == b for a, b in zip(text, value, strict=False)) / len(value)
