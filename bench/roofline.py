@@ -100,6 +100,84 @@ def predict(C, D, H, tile, every, clip, spills, programs, per_step=False):
     }
 
 
+# A meeting of the split forward's programs through global memory (release add, acquire
+# poll, the partials through L2): an assumed round trip, to be measured on a GPU.
+MEETING_US = 1.5
+
+
+def split_forward(C, D, H, tile, every, clip, spills: dict, BH: int, split: int) -> dict:
+    """The forward alone, one program per (batch, head) (split 1) or `split` programs per
+    (batch, head) (triton_backend/split_forward.py): time per chunk for all programs, and
+    the forward's useful TFLOP/s (a third of the scan's useful work). Each split program
+    does 1/split of the tile work and streams 1/split of the state, plus its meetings: the
+    pre-error and the retrieval ([C, D] fp32: its partial written, every partial read), the
+    clip's norms ([C, 2]), each a round trip of MEETING_US. spills: the forward's spill
+    stores per thread (moved once per chunk)."""
+    m = per_chunk(C, D, H, tile, every, clip, {"fwd": spills["fwd"], "bwd": 0}, False)
+    programs = BH * split
+    active = min(programs, SMS)
+    l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
+    sm_peak = PEAK_TFLOPS * 1e12 / SMS
+    meetings = (2 + (1 if clip else 0)) if split > 1 else 0
+    exchange = (1 + split) * 4 * C * (2 * D + (2 if clip else 0)) if split > 1 else 0
+    compute = m["flops"]["fwd"] / split / sm_peak
+    memory = (m["l2"]["fwd"] / split + exchange + m["spill"]["fwd"]) / l2_rate
+    t = max(compute, memory) + meetings * MEETING_US * 1e-6
+    total = t * -(-programs // SMS)  # waves
+    useful = m["useful"] / 3 * BH  # the forward's share: 13 of 39 units
+    return {
+        "time_us": total * 1e6,
+        "pct_peak": 100 * useful / total / 1e12 / PEAK_TFLOPS,
+        "bound": "L2" if memory > compute else "tensor",
+        "meetings_us": meetings * MEETING_US,
+        "exchange_kib": exchange / 1024,
+    }
+
+
+def split_table(spills: dict, split_spills: dict) -> str:
+    """The split forward against the one-program forward, per B*H (the default config)."""
+    C, D, H, tile, every = 64, 64, 256, 16, 4
+    rows = []
+    for BH in (8, 32, 128):
+        one = split_forward(C, D, H, tile, every, True, spills, BH, 1)
+        for split in (2, 4):
+            r = split_forward(C, D, H, tile, every, True, split_spills, BH, split)
+            rows.append(
+                [
+                    BH,
+                    split,
+                    f"{one['time_us']:.2f}",
+                    f"{r['time_us']:.2f}",
+                    f"{one['time_us'] / r['time_us']:.2f}",
+                    f"{one['pct_peak']:.1f}% -> {r['pct_peak']:.1f}%",
+                    r["bound"],
+                    f"{r['meetings_us']:.1f}",
+                    f"{r['exchange_kib']:.0f}",
+                ]
+            )
+    header = [
+        "B*H",
+        "programs per (b, h)",
+        "one-program fwd us/chunk",
+        "split fwd us/chunk",
+        "speedup",
+        "forward % of bf16 peak",
+        "split bound by",
+        "meetings us/chunk",
+        "exchange KiB/program/chunk",
+    ]
+    note = (
+        f"Forward only (the split's backward is the one-program kernel). Assumed: {MEETING_US} us per meeting "
+        f"round trip, spills from the sm_90 compile report ({spills['fwd']} B one-program, {split_spills['fwd']} B "
+        "split). The split pays where B*H leaves SMs idle: the one-program kernel runs one program per SM, so "
+        "at B*H = 32 it uses 32 of 132 SMs; it costs where every SM is already busy (B*H >= 132), through the "
+        "meetings and the extra waves. Both are predictions until a GPU measures them "
+        "(`python -m bench.gpu_acceptance`)."
+    )
+    title = "### Roofline model: the split-state forward (a model, not a measurement)"
+    return f"{title}\n\n{table(header, rows)}\n\n{note}"
+
+
 LAUNCH_US = 5.0  # one kernel launch, as the model assumes it (two per training step: forward, backward)
 
 
@@ -191,6 +269,8 @@ def main() -> None:
         return rows[0]["spill_stores"]
 
     spills = {"fwd": spill("forward-train"), "bwd": spill("backward")}
+    split_rows = [r for r in reports if r["kernel"] == "split-forward-train" and r["arch"] == 90]
+    split_rows = [r for r in split_rows if r["config"]["depth"] == 2 and r["config"]["dtype"] == "bf16"]
     C, D, H, tile, every = 64, 64, 256, 16, 4
     rows = []
     for BH in (32, 128, 256):
@@ -243,6 +323,9 @@ def main() -> None:
         ]
     )
     publish(text, "kernels.md", "Roofline model (H100)", write=not args.no_write)
+    if split_rows:
+        split_text = split_table(spills, {"fwd": split_rows[0]["spill_stores"], "bwd": 0})
+        publish(split_text, "kernels.md", "Roofline model: split forward", write=not args.no_write)
 
 
 if __name__ == "__main__":
