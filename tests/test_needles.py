@@ -5,6 +5,7 @@ read-back scoring a model that knows the answer as right and one that does not a
 and the small models' parameter matching."""
 
 import random
+import re
 import subprocess
 import sys
 
@@ -150,6 +151,7 @@ def test_train_evaluate_publish_end_to_end(tmp_path):
         proc = subprocess.run(base + cmd + common, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| MAG | " in proc.stdout
-    assert "exact % at 1,024 (2x)" in proc.stdout
+    assert "| 1,024 tokens (2x) |" in proc.stdout
+    assert re.search(r"\| \d+ / \d+ \(2\) \|", proc.stdout)  # exact % / characters % (samples)
     assert (tmp_path / "results.json").exists()
     assert (tmp_path / "mag.pt").exists()
