@@ -294,15 +294,21 @@ def split_speed(run: Run) -> None:
         grid = contextlib.nullcontext
     sync = torch.cuda.synchronize if run.device == "cuda" else (lambda: None)
     with grid():
-        check = self_check.check(run.device, dtype, state, s["chunk"], "silu", True, False, split=True)
+        # q.device, as dispatch keys it ("cuda:0"), so this is the check that gates the backend
+        check = self_check.check(q.device, dtype, state, s["chunk"], "silu", True, False, split=True)
     print(check.message, flush=True)
     if not check.ok:
         run.fail(check.message)
     with grid(), torch.no_grad():
         outs, rows = {}, []
         for impl in ("triton", "triton_split"):
-            step = functools.partial(neural_memory_scan, *inputs, state, **config, backend=impl)
-            outs[impl] = step()[0].float()
+            scan = functools.partial(neural_memory_scan, *inputs, state, **config, backend=impl)
+            outs[impl] = scan()[0].float()
+
+            def step(scan=scan):  # synchronised each call: the split checks its meetings on the host
+                scan()
+                sync()
+
             seconds = _time_s(step, sync, 1 if run.dry else 10)
             rows.append({"impl": impl, "T": T, "B": B, "H": H, "seconds": seconds, "tokens_per_s": B * T / seconds})
     scale = outs["triton"].abs().max().clamp_min(1e-30)

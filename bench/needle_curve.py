@@ -47,7 +47,7 @@ from titans_plugin.inference.sampling import Sampling, token_stream
 from titans_plugin.inference.trained import Trained
 from titans_plugin.model import TitansModelArgs, TitansTransformer
 
-LENGTHS = [256, 4096, 16384, 65536, 262144, 1048576]  # the training length first: retrieval there at all?
+LENGTHS = [4096, 16384, 65536, 262144, 1048576]  # after each model's training length (retrieval there at all?)
 DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's setting
 OUT = os.path.join(REPO, "outputs", "needle_curve")
@@ -243,12 +243,20 @@ def cmd_train(a) -> None:
 
 def cmd_evaluate(a) -> None:
     results = _read_results(a)
+
+    def lengths(name: str) -> list[int]:  # by default the model's own training length first
+        if a.lengths:
+            return a.lengths
+        with open(os.path.join(a.out, f"{_file(name)}.json")) as f:
+            return [json.load(f)["train_len"], *LENGTHS]
+
     jobs = [
         (n, length, a)
-        for length in a.lengths
         for n in a.variants
+        for length in lengths(n)
         if not (n == "Full attention" and length > a.full_max) and f"{n}@{length}" not in results
     ]
+    jobs.sort(key=lambda job: job[1])  # shortest first: every model's short cells before any long one
     with ProcessPoolExecutor(a.workers) as pool:
         for r in pool.map(evaluate, jobs):
             results[f"{r['name']}@{r['length']}"] = r
@@ -283,12 +291,18 @@ def cmd_publish(a) -> None:
     setting = "`forget_init = 1e-5`, `max_grad_norm = 4`" if f0["long_context"] else "the defaults"
     doc = (
         f"Machine: {machine()}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
-        f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, memory setting: {setting}. "
+        f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, answer loss weight "
+        f"{f0.get('answer_weight', 1.0):g}{_curriculum(f0)}, memory setting: {setting}. "
         "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish`. "
         "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def _curriculum(facts: dict) -> str:
+    fraction = facts.get("curriculum", 0.0)
+    return f", documents growing over the first {fraction:.0%} of the steps" if fraction else ""
 
 
 def _cell(r: dict | None) -> str:
@@ -351,7 +365,7 @@ def main() -> None:
     p.add_argument("--answer-weight", type=float, default=2.0, help="weight of the answer-token loss")
     p.add_argument("--no-long-context", dest="long_context", action="store_false", help="train with the defaults")
     # evaluation
-    p.add_argument("--lengths", type=int, nargs="*", default=LENGTHS)
+    p.add_argument("--lengths", type=int, nargs="*", help=f"default: the training length, then {LENGTHS}")
     p.add_argument("--samples", type=int, default=20, help="documents per length up to 65,536 tokens")
     p.add_argument("--samples-long", type=int, default=3, help="documents per length beyond 65,536 tokens")
     p.add_argument("--full-max", type=int, default=65536, help="longest context full attention is asked at")

@@ -115,17 +115,22 @@ def split_forward(C, D, H, tile, every, clip, spills: dict, BH: int, split: int)
     stores per thread (moved once per chunk)."""
     m = per_chunk(C, D, H, tile, every, clip, {"fwd": spills["fwd"], "bwd": 0}, False)
     programs = BH * split
+    if split > 1 and programs > SMS:  # a cooperative launch needs every program resident
+        return {"launches": False, "programs": programs}
     active = min(programs, SMS)
     l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
     sm_peak = PEAK_TFLOPS * 1e12 / SMS
     meetings = (2 + (1 if clip else 0)) if split > 1 else 0
     exchange = (1 + split) * 4 * C * (2 * D + (2 if clip else 0)) if split > 1 else 0
-    compute = m["flops"]["fwd"] / split / sm_peak
+    small = 3 * 2 * C * C * D  # the [C, C] products: every program computes them whole
+    compute = ((m["flops"]["fwd"] - small) / split + small) / sm_peak
     memory = (m["l2"]["fwd"] / split + exchange + m["spill"]["fwd"]) / l2_rate
     t = max(compute, memory) + meetings * MEETING_US * 1e-6
     total = t * -(-programs // SMS)  # waves
     useful = m["useful"] / 3 * BH  # the forward's share: 13 of 39 units
     return {
+        "launches": True,
+        "programs": programs,
         "time_us": total * 1e6,
         "pct_peak": 100 * useful / total / 1e12 / PEAK_TFLOPS,
         "bound": "L2" if memory > compute else "tensor",
@@ -138,10 +143,16 @@ def split_table(spills: dict, split_spills: dict) -> str:
     """The split forward against the one-program forward, per B*H (the default config)."""
     C, D, H, tile, every = 64, 64, 256, 16, 4
     rows = []
-    for BH in (8, 32, 128):
+    for BH in (8, 32, 64, 128):
         one = split_forward(C, D, H, tile, every, True, spills, BH, 1)
         for split in (2, 4):
             r = split_forward(C, D, H, tile, every, True, split_spills, BH, split)
+            if not r["launches"]:
+                rows.append(
+                    [BH, split, f"{one['time_us']:.2f}", f"cannot launch: {r['programs']} programs > {SMS} SMs"]
+                )
+                rows[-1] += [""] * 5
+                continue
             rows.append(
                 [
                     BH,
@@ -169,9 +180,10 @@ def split_table(spills: dict, split_spills: dict) -> str:
     note = (
         f"Forward only (the split's backward is the one-program kernel). Assumed: {MEETING_US} us per meeting "
         f"round trip, spills from the sm_90 compile report ({spills['fwd']} B one-program, {split_spills['fwd']} B "
-        "split). The split pays where B*H leaves SMs idle: the one-program kernel runs one program per SM, so "
-        "at B*H = 32 it uses 32 of 132 SMs; it costs where every SM is already busy (B*H >= 132), through the "
-        "meetings and the extra waves. Both are predictions until a GPU measures them "
+        "split; the [C, C] products are computed whole by every program). The split fills SMs the one-program "
+        "kernel leaves idle (at B*H = 32 it uses 32 of 132), but in this model it is slower at every B*H: each "
+        "program still streams its shard of the state through L2 every chunk, and its meetings add traffic and "
+        "latency. Past 132 programs the cooperative launch cannot start. Predictions until a GPU measures them "
         "(`python -m bench.gpu_acceptance`)."
     )
     title = "### Roofline model: the split-state forward (a model, not a measurement)"

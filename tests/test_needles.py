@@ -4,6 +4,7 @@ training sequences whose answer mask covers exactly the answers, the evaluation'
 read-back scoring a model that knows the answer as right and one that does not as wrong,
 and the small models' parameter matching."""
 
+import argparse
 import random
 import re
 import subprocess
@@ -155,3 +156,14 @@ def test_train_evaluate_publish_end_to_end(tmp_path):
     assert re.search(r"\| \d+ / \d+ \(2\) \|", proc.stdout)  # exact % / characters % (samples)
     assert (tmp_path / "results.json").exists()
     assert (tmp_path / "mag.pt").exists()
+
+
+def test_the_curriculum_grows_the_longest_document_log_linearly():
+    from bench.needle_curve import MIN_DOC, longest_document
+
+    a = argparse.Namespace(train_len=2048, steps=100, curriculum=0.5)
+    assert longest_document(0, a) == 2 * MIN_DOC
+    assert longest_document(25, a) == int((2 * MIN_DOC * 2048) ** 0.5)  # halfway, on a log scale
+    assert longest_document(50, a) == longest_document(99, a) == 2048
+    a.curriculum = 0.0
+    assert longest_document(0, a) == 2048  # off: every length from the start

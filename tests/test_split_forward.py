@@ -163,6 +163,13 @@ def test_the_programs_must_all_fit_on_the_device_at_once(monkeypatch):
         "136 split programs (batch x heads x split) exceed the 132 SMs that can hold them at once"
     )
     assert split.residency_problem(10**6, torch.device("cpu")) is None  # the interpreter
+    meta = {"NT": 16, "BT": 16}
+    assert split.split_programs(meta, 33, cuda) == (4, None)  # 132 programs
+    assert split.split_programs(meta, 34, cuda) == (2, None)  # 136 would not fit: 2 per (b, h)
+    assert split.split_programs(meta, 67, cuda) == (
+        0,
+        "134 split programs (batch x heads x split) exceed the 132 SMs that can hold them at once",
+    )
 
 
 def _depth2():

@@ -337,10 +337,10 @@ def split_supports(
     problem = supports(q, state, **config)
     if problem:
         return problem
-    from .split import residency_problem, split_programs
+    from .split import split_programs
 
-    split, problem = split_programs(_state_meta(q, state, chunk_size, activation, max_grad_norm, resets))
-    return problem or residency_problem(q.shape[0] * q.shape[2] * split, q.device)
+    meta = _state_meta(q, state, chunk_size, activation, max_grad_norm, resets)
+    return split_programs(meta, q.shape[0] * q.shape[2], q.device)[1]
 
 
 def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor, state, **config):
@@ -349,7 +349,7 @@ def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, al
     from .split import split_programs
 
     meta = _state_meta(q, state, config["chunk_size"], config["activation"], config.get("max_grad_norm"), False)
-    split, _ = split_programs(meta)
+    split, _ = split_programs(meta, q.shape[0] * q.shape[2], q.device)
     return launch(q, k, v, theta, eta, alpha, state, **config, split=split)
 
 

@@ -21,11 +21,15 @@ TIMEOUT_S = 10.0  # a meeting that waits longer than this fails the launch
 SPLIT_PROGRAMS = (4, 2)  # programs per (batch, head) the backend tries, in order
 
 
-def split_programs(meta: dict) -> tuple[int, str | None]:
-    """(programs per (batch, head), None) for the backend's split of this configuration,
-    or (0, why it cannot be split)."""
+def split_programs(meta: dict, groups: int = 1, device=None) -> tuple[int, str | None]:
+    """(programs per (batch, head), None) for the backend's split of this configuration
+    with `groups` (batch, head) pairs on `device`: the largest of SPLIT_PROGRAMS that
+    divides the hidden tiles and lets every program be resident; or (0, why none does)."""
+    problem = None
     for split in SPLIT_PROGRAMS:
-        problem = split_problem(meta, split)
+        problem = split_problem(meta, split) or (
+            residency_problem(groups * split, device) if device is not None else None
+        )
         if problem is None:
             return split, None
     return 0, problem

@@ -105,18 +105,19 @@ def copy_shard(
 ):
     """This program's tiles of a flat state from src to dst: the weights, and the momenta
     too with MOMENTUM, zero momenta without (src is then a weights-only initial state, whose
-    weights sit where the flat state's do)."""
+    weights sit where the flat state's do; zeros, not weights x 0, which a non-finite
+    weight would turn into NaN)."""
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     for jj in range(NTS):
         j = s * NTS + jj
         W1 = load_tile(src, DK, DT, 0, j * BT, BK, BT)
-        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT) if MOMENTUM else W1 * 0.0
+        S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT) if MOMENTUM else tl.zeros([BK, BT], tl.float32)
         store_tile(dst, W1, DK, DT, 0, j * BT, BK, BT)
         store_tile(dst + L1 + L2, S1, DK, DT, 0, j * BT, BK, BT)
         if DEPTH == 2:
             W2 = load_tile(src + L1, DT, DV, j * BT, 0, BT, BV)
-            S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV) if MOMENTUM else W2 * 0.0
+            S2 = load_tile(src + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV) if MOMENTUM else tl.zeros([BT, BV], tl.float32)
             store_tile(dst + L1, W2, DT, DV, j * BT, 0, BT, BV)
             store_tile(dst + 2 * L1 + L2, S2, DT, DV, j * BT, 0, BT, BV)
 
