@@ -47,6 +47,23 @@ def unsupported_reason(depth: int, activation: str, dtype: torch.dtype, device: 
     return None
 
 
+def state_meta(
+    q: torch.Tensor,
+    state: MemoryState,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float | None,
+    resets: bool = False,
+) -> dict:
+    """The kernels' compile-time arguments for a scan of q over `state` on q's device,
+    with the checkpoint interval the launch uses."""
+    DK, DV = state.weights[0].shape[-2], state.weights[-1].shape[-1]
+    hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
+    every = checkpoint_interval(state_size(DK, hidden, DV), chunk_size)
+    clip = bool(max_grad_norm)
+    return kernel_meta(DK, hidden, DV, chunk_size, activation, clip, q.dtype, every, arch_of(q.device), bool(resets))
+
+
 def launch_problem(
     q: torch.Tensor,
     state: MemoryState,
@@ -59,20 +76,6 @@ def launch_problem(
     they can, and always None under the interpreter, which has no per-block limits)."""
     if q.device.type != "cuda":
         return None
-
-    DK, DV = state.weights[0].shape[-2], state.weights[-1].shape[-1]
-    hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
-    meta = kernel_meta(
-        DK,
-        hidden,
-        DV,
-        chunk_size,
-        activation,
-        bool(max_grad_norm),
-        q.dtype,
-        checkpoint_interval(state_size(DK, hidden, DV), chunk_size),
-        arch_of(q.device),
-        resets,
-    )
+    meta = state_meta(q, state, chunk_size, activation, max_grad_norm, resets)
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return device_problem(tuple(sorted(meta.items())), q.dtype, index)

@@ -19,7 +19,7 @@ from ..chunk_math import log_gates
 from ..state import MemoryState, check_resets
 from . import buffers, capability
 from .buffers import forward_outputs, launch_meta, saved_shape
-from .config import arch_of, backward_args, checkpoint_interval, forward_args, kernel_meta
+from .config import backward_args, checkpoint_interval, forward_args
 
 
 @torch.library.custom_op("titans::memory_scan", mutates_args=())
@@ -339,7 +339,7 @@ def split_supports(
         return problem
     from .split import split_programs
 
-    meta = _state_meta(q, state, chunk_size, activation, max_grad_norm, resets)
+    meta = capability.state_meta(q, state, chunk_size, activation, max_grad_norm, resets)
     return split_programs(meta, q.shape[0] * q.shape[2], q.device)[1]
 
 
@@ -348,16 +348,12 @@ def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, al
     against it (`launch`'s arguments)."""
     from .split import split_programs
 
-    meta = _state_meta(q, state, config["chunk_size"], config["activation"], config.get("max_grad_norm"), False)
+    resets = config.get("resets") is not None
+    meta = capability.state_meta(
+        q, state, config["chunk_size"], config["activation"], config.get("max_grad_norm"), resets
+    )
     split, _ = split_programs(meta, q.shape[0] * q.shape[2], q.device)
     return launch(q, k, v, theta, eta, alpha, state, **config, split=split)
-
-
-def _state_meta(q: Tensor, state: MemoryState, chunk_size, activation, max_grad_norm, resets) -> dict:
-    hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
-    dk, dv = state.weights[0].shape[-2], state.weights[-1].shape[-1]
-    clip = bool(max_grad_norm)
-    return kernel_meta(dk, hidden, dv, chunk_size, activation, clip, q.dtype, 1, arch_of(q.device), bool(resets))
 
 
 def launch(
