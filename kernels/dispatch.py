@@ -65,13 +65,44 @@ def resolve_backend(
     on CUDA: the Triton kernels where they support the configuration (depth 1 or 2,
     fp32/bf16/fp16 inputs, within the device's shared memory) and passed their first-use
     self-check, else 'chunk' with the reason warned once. A forced backend that cannot
-    run is an error, never a silent fallback."""
+    run is an error, never a silent fallback.
+
+    Under torch.compile the checks behind the answer (an ahead-of-time kernel compile that
+    sizes shared memory, a self-check that launches the kernels) cannot be traced: they run
+    eagerly while the graph is traced, on stand-ins of q and the state that carry only
+    device, dtype and shape, and the answer enters the graph as a constant."""
+    config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
+    if torch.compiler.is_compiling():
+        tensors = (*state.weights, *state.momentum)
+        shapes = tuple((tuple(int(n) for n in t.shape), t.dtype) for t in tensors)
+        spec = (str(q.device), q.dtype, tuple(int(n) for n in q.shape), len(state.weights), shapes)
+        return _resolve_while_tracing(backend, spec, **config)
+    return _resolve(backend, q, state, **config)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_while_tracing(backend: str, spec: tuple, **config) -> str:
+    device, dtype, q_shape, depth, shapes = spec
+
+    def stand_in(shape, dt):  # no memory: what the checks read is device, dtype and shape
+        return torch.empty((), device=device, dtype=dt).expand(shape)
+
+    state = MemoryState(
+        tuple(stand_in(*s) for s in shapes[:depth]),
+        tuple(stand_in(*s) for s in shapes[depth:]),
+    )
+    return _resolve(backend, stand_in(q_shape, dtype), state, **config)
+
+
+def _resolve(
+    backend: str, q: torch.Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm, resets
+) -> str:
+    config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
     if backend not in BACKENDS:
         raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "auto" and q.device.type not in AUTO_TRITON_DEVICES:
         return "chunk"
     name = "triton" if backend == "auto" else backend
-    config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
     reason = _SCANS[name][1](q, state, **config)
     if reason is None and name in ("triton", "triton_split"):
         reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name == "triton_split")

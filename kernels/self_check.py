@@ -156,39 +156,50 @@ def _gradients(y, end: MemoryState, leaves) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, leaves, allow_unused=True))
 
 
-def _run(key: tuple) -> CheckResult:
+def paired_outputs(key: tuple, threshold: float | None, reference_stats: dict | None = None) -> list[tuple]:
+    """The check's problem for configuration `key` through the Triton kernels and through the
+    fp32 chunked path (clip threshold `threshold`): (name, triton, reference) for the output,
+    the end state and every gradient; the triton side is None where a gradient is missing.
+    `reference_stats` receives the chunked path's statistics (its clip factors)."""
     from .triton_backend.config import checkpoint_interval, state_size
     from .triton_backend.ops import launch, launch_split
 
-    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk, split = key
+    _, _, depth, activation, _, _, dk, hidden, dv, chunk, split = key
+    every = checkpoint_interval(state_size(dk, hidden, dv), chunk)  # the kernel production runs
+    inputs, state, restarts, initial = _problem(key, every)
+    ins, st, init = _leaves(inputs, state, initial)
+    q, k, v, theta, eta, alpha = ins
+    config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
+    scan = launch_split if split else launch
+    y, end = scan(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
+    # the reference sees the same (rounded) inputs, in fp32
+    ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
+    q, k, v, theta, eta, alpha = ref_ins
+    y_ref, end_ref = chunk_neural_memory(
+        q, k, v, theta, eta, alpha, ref_st, **config, initial=ref_init, stats=reference_stats
+    )
+    names = ["q", "k", "v", "theta", "eta", "alpha"]
+    names += [f"initial W{i + 1}" for i in range(depth)] + [f"initial S{i + 1}" for i in range(depth)]
+    leaves = [*ins, *st.weights, *st.momentum]
+    ref_leaves = [*ref_ins, *ref_st.weights, *ref_st.momentum]
+    if init is not None and ref_init is not None:
+        names += [f"restart W{i + 1}" for i in range(depth)]
+        leaves += list(init.weights)
+        ref_leaves += list(ref_init.weights)
+    pairs = [("output", y, y_ref)]
+    pairs += [(f"end W{i + 1}", a, b) for i, (a, b) in enumerate(zip(end.weights, end_ref.weights, strict=True))]
+    pairs += [(f"end S{i + 1}", a, b) for i, (a, b) in enumerate(zip(end.momentum, end_ref.momentum, strict=True))]
+    grads, ref_grads = _gradients(y, end, leaves), _gradients(y_ref, end_ref, ref_leaves)
+    pairs += [(f"gradient of {n}", a, b) for n, a, b in zip(names, grads, ref_grads, strict=True) if b is not None]
+    return pairs
+
+
+def _run(key: tuple) -> CheckResult:
+    dtype, clip = key[1], key[4]
     start = time.perf_counter()
     label = describe(key)
     try:
-        every = checkpoint_interval(state_size(dk, hidden, dv), chunk)  # the kernel production runs
-        inputs, state, restarts, initial = _problem(key, every)
-        threshold = CLIP if clip else None
-        ins, st, init = _leaves(inputs, state, initial)
-        q, k, v, theta, eta, alpha = ins
-        config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
-        scan = launch_split if split else launch
-        y, end = scan(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
-        # the reference sees the same (rounded) inputs, in fp32
-        ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
-        q, k, v, theta, eta, alpha = ref_ins
-        y_ref, end_ref = chunk_neural_memory(q, k, v, theta, eta, alpha, ref_st, **config, initial=ref_init)
-        names = ["q", "k", "v", "theta", "eta", "alpha"]
-        names += [f"initial W{i + 1}" for i in range(depth)] + [f"initial S{i + 1}" for i in range(depth)]
-        leaves = [*ins, *st.weights, *st.momentum]
-        ref_leaves = [*ref_ins, *ref_st.weights, *ref_st.momentum]
-        if init is not None and ref_init is not None:
-            names += [f"restart W{i + 1}" for i in range(depth)]
-            leaves += list(init.weights)
-            ref_leaves += list(ref_init.weights)
-        pairs = [("output", y, y_ref)]
-        pairs += [(f"end W{i + 1}", a, b) for i, (a, b) in enumerate(zip(end.weights, end_ref.weights, strict=True))]
-        pairs += [(f"end S{i + 1}", a, b) for i, (a, b) in enumerate(zip(end.momentum, end_ref.momentum, strict=True))]
-        grads, ref_grads = _gradients(y, end, leaves), _gradients(y_ref, end_ref, ref_leaves)
-        pairs += [(f"gradient of {n}", a, b) for n, a, b in zip(names, grads, ref_grads, strict=True) if b is not None]
+        pairs = paired_outputs(key, CLIP if clip else None)
         worst, error = "", 0.0
         for name, a, b in pairs:
             if a is None:

@@ -104,3 +104,52 @@ def test_the_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv("TITANS_TRITON_SELF_CHECK", "0")
     _dropping_momentum(monkeypatch)
     assert self_check.failure(_q(), _state(1), 8, "silu", 0.0, False) is None
+
+
+def _compiled_scan_gradients(backend: str, compiled: bool):
+    """The memory scan with `backend` under torch.compile(fullgraph=True), as torchtitan
+    compiles a block: the backend is resolved while the graph is traced."""
+    from devtools.models import memory_inputs
+
+    inputs, state = memory_inputs(B=1, T=20, H=1, D=DIMS["dk"], depth=2, hidden=DIMS["hidden"], dtype=torch.float32)
+    leaves = [t.detach().requires_grad_() for t in (*inputs, *state.weights, *state.momentum)]
+
+    def run(*leaves):
+        st = MemoryState(tuple(leaves[6:8]), tuple(leaves[8:]))
+        y, end = dispatch.neural_memory_scan(
+            *leaves[:6], st, chunk_size=8, activation="silu", max_grad_norm=1.0, backend=backend
+        )
+        return y.square().sum() + end.weights[1].sum()
+
+    graphs = []
+
+    def recording(gm, example_inputs):  # the traced graph, run as traced
+        graphs.append(gm.code)
+        return gm.forward
+
+    fn = torch.compile(run, fullgraph=True, backend=recording) if compiled else run
+    return torch.autograd.grad(fn(*leaves), leaves), "".join(graphs)
+
+
+@pytest.mark.parametrize("wrong_kernel", [False, True])
+def test_the_backend_is_resolved_eagerly_inside_a_fullgraph_compile(monkeypatch, wrong_kernel):
+    """Tracing runs the checks behind the choice (the self-check launches kernels; on CUDA an
+    ahead-of-time compile sizes shared memory) eagerly, once, and the answer enters the graph
+    as a constant: a fullgraph compile neither breaks on them nor skips them."""
+    if wrong_kernel:
+        _dropping_momentum(monkeypatch)
+    runs = []
+    real = self_check._run
+    monkeypatch.setattr(self_check, "_run", lambda key: runs.append(key) or real(key))
+    torch._dynamo.reset()
+    if wrong_kernel:  # the check fails while tracing: 'auto' compiles the chunked path, warned
+        with pytest.warns(UserWarning, match="self-check failed"):
+            compiled, graph = _compiled_scan_gradients("auto", True)
+        expected, _ = _compiled_scan_gradients("chunk", False)
+    else:
+        compiled, graph = _compiled_scan_gradients("auto", True)
+        expected, _ = _compiled_scan_gradients("triton", False)
+    assert ("titans.memory_scan" in graph) is not wrong_kernel
+    assert len(runs) == 1
+    for a, b in zip(compiled, expected, strict=True):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-6
