@@ -40,6 +40,8 @@ from devtools.paths import REPO
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 GPU = dict(heads=16, head_dim=64, hidden=256, chunk=64, lengths=(4096, 16384), tokens=65536, steps=20, parity_chunks=10)
+# the training step's torchtitan runs (CONFIG or CONFIG:compile)
+TRAINING = tuple(f"{n}{c}" for n in ("debug_mac", "debug_mag", "debug_mal", "debug_lmm") for c in ("", ":compile"))
 # the dry run: the same steps, sized for the interpreter (its cost grows with the chunks walked)
 TOY = dict(heads=2, head_dim=16, hidden=32, chunk=8, lengths=(16, 32), tokens=32, steps=3, parity_chunks=4)
 
@@ -51,11 +53,22 @@ def _peak(name: str) -> float | None:
 class Run:
     """What every step reports: its rows, and whether it failed."""
 
-    def __init__(self, dry: bool):
+    def __init__(self, dry: bool, training=TRAINING, kernel_test_workers: int = 0):
         self.dry, self.sizes = dry, TOY if dry else GPU
+        self.training, self.kernel_test_workers = list(training), kernel_test_workers
+        self.path: str | None = None
+        self.dtypes = [torch.bfloat16, torch.float32]  # of the self-check and the block parity
+        self.precision_dtypes = [torch.float16] if dry else [torch.bfloat16, torch.float16]  # interpreter: no bf16
+        self.clips: list[float] = []  # the precision step's clip thresholds (default: the self-check's)
         self.device = "cpu" if dry else "cuda"
         self.results: dict = {"dry_run": dry, "date": datetime.date.today().isoformat(), "failures": []}
         self.results["sizes"] = self.sizes
+
+    def save(self) -> None:
+        """Written after every step and every training run: a run cut short keeps what it measured."""
+        if self.path:
+            with open(self.path, "w") as f:
+                json.dump(self.results, f, indent=1, default=str)
 
     def fail(self, what: str) -> None:
         print(f"FAILED: {what}", flush=True)
@@ -96,7 +109,7 @@ def self_checks(run: Run) -> None:
 
     if run.dry:
         self_check.CHECKED_DEVICES = ("cpu",)
-    dtypes = [torch.float32] if run.dry else [torch.bfloat16, torch.float32]  # bf16 is wrong in the interpreter
+    dtypes = [torch.float32] if run.dry else run.dtypes  # bf16 is wrong in the interpreter
     rows = []
     for dtype in dtypes:
         for depth, clip, resets in ((2, True, False), (2, True, True), (1, True, False), (2, False, False)):
@@ -107,11 +120,44 @@ def self_checks(run: Run) -> None:
             if not r.ok:
                 run.fail(r.message)
     run.results["self_checks"] = rows
+
+
+def precision(run: Run) -> None:
+    """Where the self-check's problem (depth 2, clip on) differs from the fp32 chunked path,
+    per tensor, for bf16 and fp16 inputs with restarts off and on, and the token with the
+    largest key-gradient error: it tells rounding (fp16 about 8x closer than bf16 everywhere)
+    from a defect (one tensor or one token far off)."""
+    from titans_plugin.kernels import self_check as sc
+
+    s = run.sizes
+    rows = []
+    cases = [(dtype, resets, clip) for dtype in run.precision_dtypes for resets in (False, True) for clip in run.clips]
+    for dtype, resets, clip in cases:
+        key = (run.device, dtype, 2, "silu", True, resets, s["head_dim"], s["hidden"], s["head_dim"], s["chunk"], False)
+        stats: dict = {}
+        pairs = sc.paired_outputs(key, clip, stats)
+        errors = {name: sc._relative_error(a, b) for name, a, b in pairs}
+        _, dk, dk_ref = next(p for p in pairs if p[0] == "gradient of k")
+        difference = (dk.float() - dk_ref).abs()
+        # [batch, token, head, channel]
+        worst = [int(i) for i in (difference == difference.max()).nonzero()[0].tolist()]
+        factor = stats["clip_factor"][worst[0], worst[1], worst[2]].item()  # the fp32 path's, at that token
+        row = {"dtype": str(dtype), "restarts": resets, "clip": clip, "errors": errors, "dk_worst_at": worst}
+        rows.append(row | {"clip_factor_there": factor})
+        listed = ", ".join(f"{n} {e:.1e}" for n, e in errors.items())
+        where = f"dk worst at {worst} (clip factor there {factor:.5f})"
+        print(f"{dtype} restarts {'on' if resets else 'off'} clip {clip}: {listed}; {where}", flush=True)
+    run.results["precision"] = rows
+
+
+def kernel_tests(run: Run) -> None:
     if run.dry:
         run.results["kernel_tests"] = "not run: the test command runs them in the interpreter"
         return
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton_kernels.py"]
+    if run.kernel_test_workers:  # pytest-xdist: each worker compiles its own kernels
+        cmd += ["-n", str(run.kernel_test_workers)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     run.results["kernel_tests"] = summary
@@ -148,7 +194,7 @@ def block_parity(run: Run) -> None:
     s = run.sizes
     T = s["parity_chunks"] * s["chunk"] + s["chunk"] // 2 + 1  # several chunks and segments, a ragged end
     tokens = torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(0)).to(run.device)
-    dtypes = [torch.float32] if run.dry else [torch.bfloat16, torch.float32]
+    dtypes = [torch.float32] if run.dry else run.dtypes
     tolerance = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
     rows = []
     for dtype in dtypes:
@@ -343,11 +389,8 @@ def training(run: Run) -> None:
 
     s = run.sizes
     rows = []
-    variants = (
-        [("debug_mag", False)]
-        if run.dry
-        else [(n, c) for n in ("debug_mac", "debug_mag", "debug_mal", "debug_lmm") for c in (False, True)]
-    )
+    names = ["debug_mag"] if run.dry else run.training
+    variants = [(n.split(":")[0], n.endswith(":compile")) for n in names]
     for name, compiled in variants:
         args = ["--training.steps", str(s["steps"]), "--metrics.log_freq", "1", "--validation.no-enable"]
         args += ["--checkpoint.no-enable", "--titans.backend", "auto", "--lr_scheduler.warmup_steps", "2"]
@@ -372,7 +415,8 @@ def training(run: Run) -> None:
         else:
             run.fail(f"torchtitan {name} compile={compiled}: exit {rc}\n{log[-3000:]}")
         rows.append(row)
-    run.results["training"] = rows
+        run.results["training"] = rows
+        run.save()
 
 
 # -- 6. ring attention --------------------------------------------------------------------------
@@ -391,85 +435,91 @@ def ring_attention(run: Run) -> None:
     run.results["ring_attention"] = rows
 
 
-def report(run: Run) -> str:
-    r = run.results
-    env = r["environment"] or {}
+def report(r: dict) -> str:
+    """The docs section for one run's results (steps that did not run are left out)."""
+    env = r.get("environment") or {}
     verdict = (
         "**Passed.**"
         if not r["failures"]
         else f"**Failed** ({len(r['failures'])}): " + "; ".join(f.splitlines()[0] for f in r["failures"])
     )
+    ran = ", ".join(f"{k} {v:.0f} s" for k, v in (r.get("step_seconds") or {}).items())
     lines = [
-        f"### GPU acceptance, {r['date']}: {env.get('device')}",
-        f"Command: `python -m bench.gpu_acceptance`. {env}. {verdict}",
+        f"### GPU acceptance, {r['date']}: {env.get('device')}, triton {env.get('triton')}",
+        f"Command: `{r.get('command', 'python -m bench.gpu_acceptance')}`. {env}. Steps run: {ran}. {verdict}",
     ]
-    checks = r.get("self_checks") or []
-    lines.append(
-        table(
-            ["self-check", "max error", "s"],
-            [[x["message"], f"{x['max_error']:.1e}", f"{x['seconds']:.2f}"] for x in checks],
-        )
-    )
-    lines.append(f"Triton kernel tests on the GPU: {r.get('kernel_tests')}")
-    blocks = r.get("block_parity") or []
-    lines.append(
-        table(
-            ["block", "dtype", "logits error", "worst gradient error"],
-            [[x["pattern"], x["dtype"], f"{x['logits']:.1e}", f"{x['worst_gradient']:.1e}"] for x in blocks],
-        )
-    )
+    if r.get("self_checks"):
+        rows = [[x["message"], f"{x['max_error']:.1e}", f"{x['seconds']:.2f}"] for x in r["self_checks"]]
+        lines.append(table(["self-check", "max error", "s"], rows))
+    if r.get("precision"):
+        names = list(r["precision"][0]["errors"])
+        rows = [
+            [x["dtype"].removeprefix("torch."), "on" if x["restarts"] else "off", x["clip"]]
+            + [f"{x['errors'][n]:.1e}" for n in names]
+            + [str(x["dk_worst_at"]), f"{x['clip_factor_there']:.5f}"]
+            for x in r["precision"]
+        ]
+        lines.append(table(["inputs", "restarts", "clip", *names, "dk worst at", "clip factor there"], rows))
+    if r.get("kernel_tests"):
+        lines.append(f"Triton kernel tests on the GPU: {r['kernel_tests']}")
+    if r.get("block_parity"):
+        rows = [
+            [x["pattern"], x["dtype"], f"{x['logits']:.1e}", f"{x['worst_gradient']:.1e}"] for x in r["block_parity"]
+        ]
+        lines.append(table(["block", "dtype", "logits error", "worst gradient error"], rows))
     speed_rows = (r.get("speed") or {}).get("rows", [])
-    lines.append(
-        table(
-            ["scan", "T", "B", "tokens/s", "TFLOP/s", "% bf16 peak", "measured / roofline"],
+    if speed_rows:
+        rows = [
             [
-                [
-                    x["impl"],
-                    x["T"],
-                    x["B"],
-                    f"{x['tokens_per_s']:,.0f}",
-                    f"{x['tflops']:.2f}",
-                    "" if x["pct_peak"] is None else f"{x['pct_peak']:.1f}%",
-                    f"{x['measured_over_predicted']:.2f}" if "measured_over_predicted" in x else "",
-                ]
-                for x in speed_rows
-            ],
-        )
-    )
+                x["impl"],
+                x["T"],
+                x["B"],
+                f"{x['tokens_per_s']:,.0f}",
+                f"{x['tflops']:.2f}",
+                "" if x["pct_peak"] is None else f"{x['pct_peak']:.1f}%",
+                f"{x['measured_over_predicted']:.2f}" if "measured_over_predicted" in x else "",
+            ]
+            for x in speed_rows
+        ]
+        lines.append(table(["scan", "T", "B", "tokens/s", "TFLOP/s", "% bf16 peak", "measured / roofline"], rows))
     split = r.get("split_speed") or {}
     if "not_run" in split:
         lines.append(f"Split-state forward: not run ({split['not_run']}).")
     elif split:
         lines.append(f"Split-state forward: {split['self_check']}; output against the one-program forward: "
                      f"largest relative difference {split['difference']:.1e}.")  # fmt: skip
-        lines.append(
-            table(
-                ["forward", "T", "B x H", "tokens/s", "speedup"],
-                [
-                    [x["impl"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
-                    for x in split["rows"]
-                ],
-            )
-        )
-    train_rows = [x for x in r.get("training") or [] if x["ok"]]
-    lines.append(
-        table(
-            ["config", "compile", "loss first -> last", "tokens/s", "peak GiB"],
-            [
-                [
-                    x["config"],
-                    x["compile"],
-                    f"{x['first_loss']:.3f} -> {x['last_loss']:.3f}",
-                    f"{x['tokens_per_s']:,.0f}",
-                    x["peak_memory_gib"],
-                ]
-                for x in train_rows
-            ],
-        )
-    )
-    ring = r.get("ring_attention") or []
-    lines.append(table(["ring attention", "head dim", "matches"], [[x["dtype"], x["head_dim"], x["ok"]] for x in ring]))
+        rows = [
+            [x["impl"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
+            for x in split["rows"]
+        ]
+        lines.append(table(["forward", "T", "B x H", "tokens/s", "speedup"], rows))
+    if r.get("training"):
+        rows = [
+            [x["config"], x["compile"], f"{x['first_loss']:.3f} -> {x['last_loss']:.3f}", f"{x['tokens_per_s']:,.0f}",
+             x["peak_memory_gib"]] if x["ok"] else [x["config"], x["compile"], "failed", "", ""]
+            for x in r["training"]
+        ]  # fmt: skip
+        lines.append(table(["config", "compile", "loss first -> last", "tokens/s", "peak GiB"], rows))
+    if r.get("ring_attention"):
+        rows = [[x["dtype"], x["head_dim"], x["ok"]] for x in r["ring_attention"]]
+        lines.append(table(["ring attention", "head dim", "matches"], rows))
     return "\n\n".join(lines)
+
+
+STEPS = {
+    f.__name__: f
+    for f in (
+        environment,
+        self_checks,
+        precision,
+        block_parity,
+        speed,
+        split_speed,
+        training,
+        ring_attention,
+        kernel_tests,
+    )
+}
 
 
 def main(argv=None) -> int:
@@ -477,26 +527,57 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="toy sizes in the Triton interpreter, on CPU")
     p.add_argument("--json", help="where to write the results (default: docs/gpu_acceptance.json on a GPU)")
     p.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of: {', '.join(STEPS)}")
+    p.add_argument(
+        "--train", default=",".join(TRAINING), help="torchtitan runs of the training step: CONFIG or CONFIG:compile"
+    )
+    p.add_argument("--kernel-test-workers", type=int, default=0, help="pytest-xdist workers for the kernel tests")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="write docs/benchmarks.md from saved results; no GPU")
+    p.add_argument("--dtypes", default="bfloat16,float32", help="of the self-check and the block parity")
+    p.add_argument("--clips", default="", help="the precision step's clip thresholds (default: the self-check's)")
     a = p.parse_args(argv)
+    if a.render:
+        runs = []
+        for name in a.render:
+            with open(name) as f:
+                runs.append(json.load(f))
+        write_doc_section("benchmarks.md", "gpu-acceptance", "\n\n".join(report(r) for r in runs))
+        return 0
+    allowed = ("bfloat16", "float16", "float32")
+    if any(x not in allowed for x in a.dtypes.split(",")):
+        p.error(f"--dtypes: {a.dtypes!r}; allowed: comma-separated of {', '.join(allowed)}")
+    steps = [x for x in a.steps.split(",") if x]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        p.error(f"--steps: unknown {unknown}; allowed: {', '.join(STEPS)}")
+    train = [x for x in a.train.split(",") if x]
+    if sorted(set(train) - set(TRAINING)):
+        p.error(f"--train: unknown {sorted(set(train) - set(TRAINING))}; allowed: {', '.join(TRAINING)}")
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run to check the script on CPU", file=sys.stderr)
         return 2
-    run = Run(a.dry_run)
-    for step in (environment, self_checks, block_parity, speed, split_speed, training, ring_attention):
-        print(f"== {step.__name__}", flush=True)
+    from titans_plugin.kernels import self_check
+
+    run = Run(a.dry_run, train, a.kernel_test_workers)
+    run.results["command"] = " ".join(["python -m bench.gpu_acceptance", *(argv if argv is not None else sys.argv[1:])])
+    run.dtypes = [getattr(torch, x) for x in a.dtypes.split(",")]
+    run.clips = [float(x) for x in a.clips.split(",") if x] or [self_check.CLIP]
+    run.path = a.json or (None if a.dry_run else os.path.join(REPO, "docs", "gpu_acceptance.json"))
+    run.results["step_seconds"] = {}
+    for name in ["environment"] + [x for x in steps if x != "environment"]:  # in the order given
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
         try:
-            step(run)
+            STEPS[name](run)
         except Exception as exc:  # a step that crashes is a failure, and the others still run
-            run.fail(f"{step.__name__} raised {exc!r}")
-            run.results.setdefault(step.__name__, None)
-    path = a.json or (None if a.dry_run else os.path.join(REPO, "docs", "gpu_acceptance.json"))
-    if path:
-        with open(path, "w") as f:
-            json.dump(run.results, f, indent=1, default=str)
+            run.fail(f"{name} raised {exc!r}")
+            run.results.setdefault(name, None)
+        run.results["step_seconds"][name] = round(time.perf_counter() - start, 1)
+        run.save()
     if not a.dry_run and not a.no_write:
-        write_doc_section("benchmarks.md", "gpu-acceptance", report(run))
+        write_doc_section("benchmarks.md", "gpu-acceptance", report(run.results))
     print(
         "GPU acceptance: " + ("passed" if not run.results["failures"] else f"FAILED ({len(run.results['failures'])})")
     )

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from bench import gpu_acceptance
 from devtools.paths import REPO
 
 pytestmark = pytest.mark.slow  # the Triton interpreter and a torchrun run
@@ -35,6 +36,14 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
         assert "tl.atomic_poll" in split["not_run"]
     assert all(r["ok"] for r in results["training"])
     assert all(r["ok"] for r in results["ring_attention"])
+    assert [(r["dtype"], r["restarts"]) for r in results["precision"]] == [
+        ("torch.float16", False),
+        ("torch.float16", True),
+    ]
+    assert all(max(r["errors"].values()) < 1e-2 for r in results["precision"])  # fp16 rounding, no more
+    report = gpu_acceptance.report(results)  # what --render writes into docs/benchmarks.md
+    for heading in ("self-check", "dk worst at", "block", "scan", "config", "ring attention"):
+        assert f"| {heading} |" in report
     calibration = subprocess.run(
         [sys.executable, "-m", "bench.roofline", "--measured", str(out)], cwd=REPO, capture_output=True, text=True
     )
