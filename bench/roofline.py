@@ -40,15 +40,18 @@ def per_chunk(C: int, D: int, H: int, tile: int, every: int, clip: bool, spills:
     state = 4 * (2 * D * H)  # bytes of W1 + W2 (fp32); S1 + S2 the same again
     scratch = 4 * C * H
     key_walks = 2 + (2 if clip else 0)  # inner_errors: k W1, a W2 (+ the clip's k W1, d1 W2^T)
-    fwd_flops = (key_walks + 12) * U + 3 * small
+    # inner_errors takes k W1 and a W2 as split products (pieces.mm_fine): 2 + 3 tensor-core
+    # products where one each would do, so 3 more per pass over the inner errors
+    fine = 3
+    fwd_flops = (key_walks + fine + 12) * U + 3 * small
     fwd_bytes = (key_walks // 2) * state + 2 * (2 * state)  # key walks read W; the step reads and writes W, S
     replay = (every - 1) / every  # chunks rebuilt from a checkpoint in the backward
-    step_no_output = (key_walks + 6) * U  # z, u and four updates
+    step_no_output = (key_walks + fine + 6) * U  # z, u and four updates
     # The backward runs a chunk as ten phases (triton_backend/backward.py: backward_chunk), each
     # reloading the chunk's inputs and recomputing its decays; the tile walks are inner
     # errors, end state, layer-1 output, layer-2 retrieval, layer-1 retrieval, key path, finish.
     phases = 10
-    walk_flops = (key_walks + 29 + 4 + 5) * U  # the products of a one-pass chunk backward
+    walk_flops = (key_walks + fine + 29 + 4 + 5) * U  # the products of a one-pass chunk backward
     rework = 7 * U + (phases + 3) * small  # k W1, d1 W2^T, q W1, q S1 again; decays, q k^T per phase
     bwd_flops = replay * step_no_output + walk_flops + rework + 6 * small
     half = state // 2  # W1 (or W2) alone

@@ -5,8 +5,11 @@ kernels build. Depth 1 and 2 at the default sizes, bf16, every kernel the op lau
 interpreter that conftest.py switches on for the other tests).
 
 Spills: the kernels are held to the targets (no spills in the forward, at most 1 KiB of
-spill stores per thread in the backward), except the A100 inference forward, which misses
-by 8 B and is held to a ceiling that catches regressions: docs/kernels.md has the table.
+spill stores per thread in the backward) where they meet them; the forwards miss by 4-8 B
+(one value on the stack: the A100 inference forward's loop counter, and since the inner
+error's products are split for precision, 4 B in the sm_90 forwards and the A100 depth-1
+forwards) and are held to ceilings at what they measure, to catch regressions:
+docs/kernels.md has the table.
 """
 
 import json
@@ -23,18 +26,18 @@ from titans_plugin.kernels.triton_backend import capability
 
 pytestmark = pytest.mark.slow  # ahead-of-time compiles for sm_90 and sm_80 (about a minute)
 
-# Spill stores per thread (bytes), by kernel and architecture: the targets (measured worst of
-# depth 1 and 2: forwards 0 B, backward 128 B sm_90 and 888 B sm_80), and for the sm_80
-# inference forward (8 B measured) a regression ceiling.
+# Spill stores per thread (bytes), by kernel and architecture: the backward's target (measured
+# worst of depth 1 and 2: 128 B sm_90, 888 B sm_80), and for the forwards, which miss the 0 B
+# target, ceilings at their measured worst (sm_90: 4 B; sm_80: 4 B training, 8 B inference).
 SPILL_CEILING = {
-    ("forward-train", 90): 0,
-    ("forward-infer", 90): 0,
+    ("forward-train", 90): 4,
+    ("forward-infer", 90): 4,
     ("backward", 90): 1024,
-    ("forward-train", 80): 0,
-    ("forward-infer", 80): 16,
+    ("forward-train", 80): 4,
+    ("forward-infer", 80): 8,
     ("backward", 80): 1024,
     # The split-state forward (4 programs per (batch, head), not launched by `auto`): the
-    # 1 KiB target is met on sm_90 (196 B at depth 2) and missed on sm_80 (1,304 B at depth
+    # 1 KiB target is met on sm_90 (200 B at depth 2) and missed on sm_80 (1,324 B at depth
     # 2: it has no phases yet); these ceilings catch regressions.
     ("split-forward-train", 90): 256,
     ("split-forward-train", 80): 1536,

@@ -24,6 +24,8 @@ Module-level constants are `tl.constexpr(...)` objects: a plain annotated global
 No block pointers (removed in triton 3.9): plain base + offsets with masks everywhere.
 """
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -40,6 +42,12 @@ OP_BF16 = tl.constexpr(1)
 OP_FP16 = tl.constexpr(2)
 
 EPS = tl.constexpr(1e-30)  # chunk.py's _EPS: inside the clip's sqrt
+
+# Under the interpreter, fp32 -> bf16 rounds toward zero and bf16 products are computed on
+# the raw bits (DESIGN.md). There, bf16 operands are rounded to nearest-even by hand and
+# multiplied in fp32: what a tensor core computes (a product of two bf16 values is exact in
+# fp32, the sum is fp32), so bf16 numerics are tested on CPU. A GPU compile drops the branch.
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -86,9 +94,20 @@ def act_grad2(z, ACT: tl.constexpr):
 
 
 @triton.jit
+def round_bf16(x):
+    """x rounded to the nearest bf16 (ties to even), kept in fp32: the interpreter's stand-in
+    for a bf16 cast (finite x; the bits are rounded as integers)."""
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def mm(a, b, OP: tl.constexpr):
     """a @ b with fp32 accumulation; operands in the inputs' precision (see module doc)."""
-    if OP == OP_BF16:
+    if OP == OP_BF16 and INTERPRETED:
+        out = tl.dot(round_bf16(a), round_bf16(b), input_precision="ieee")
+    elif OP == OP_BF16:
         out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif OP == OP_FP16:
         out = tl.dot(a.to(tl.float16), b.to(tl.float16))
@@ -101,12 +120,36 @@ def mm(a, b, OP: tl.constexpr):
 def operand(x, OP: tl.constexpr):
     """x in the matmul operand type. For bf16/fp16 inputs loaded as fp32 this is exact,
     and it halves the registers a chunk's q and k hold."""
-    if OP == OP_BF16:
+    if OP == OP_BF16 and INTERPRETED:
+        out = round_bf16(x)
+    elif OP == OP_BF16:
         out = x.to(tl.bfloat16)
     elif OP == OP_FP16:
         out = x.to(tl.float16)
     else:
         out = x
+    return out
+
+
+@triton.jit
+def mm_fine(a, b, OP: tl.constexpr, A_EXACT: tl.constexpr):
+    """a @ b to about twice the operand type's precision, for a product that feeds a
+    difference which cancels (the inner error M(k) - v: once the memory fits, M(k) is close
+    to v, and a bf16 operand's 2^-9 rounding of the state became a 2-6% error in the
+    gradients of k, v and theta; measured on an H200 and reproduced here). Each operand is
+    split into a high and a low part in the operand type, and the three products that
+    matter are summed in fp32, small ones first (bf16x3); A_EXACT: a already is exact in
+    the operand type (loaded keys), so two products. fp32 inputs: the IEEE product."""
+    if OP == OP_FP32:
+        out = mm(a, b, OP)
+    else:
+        b_hi = operand(b, OP)
+        b_lo = operand(b - b_hi.to(tl.float32), OP)
+        a_hi = operand(a, OP)
+        out = mm(a_hi, b_lo, OP)
+        if not A_EXACT:
+            out += mm(operand(a - a_hi.to(tl.float32), OP), b_hi, OP)
+        out += mm(a_hi, b_hi, OP)
     return out
 
 
@@ -178,6 +221,8 @@ def store_tokens(ptr, x, rows_valid, n_cols, BR: tl.constexpr, BCOL: tl.constexp
     c = tl.arange(0, BCOL)
     offs = r[:, None] * row_stride + c[None, :]
     mask = rows_valid[:, None] & (c[None, :] < n_cols)
+    if INTERPRETED and ptr.dtype.element_ty == tl.bfloat16:
+        x = round_bf16(x)  # the interpreter's own cast would round toward zero
     tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
 
 

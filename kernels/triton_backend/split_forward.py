@@ -45,7 +45,7 @@ from .pieces import (
     store_tile,
     store_tokens,
 )
-from .step import end_coefficients, layer1_tile
+from .step import end_coefficients, layer1_tile, memory_output_tile
 
 MEETINGS = tl.constexpr(3)  # per chunk: the pre-error, the clip's norms, the retrieval
 
@@ -175,8 +175,8 @@ def split_chunk(
             j = s * NTS + jj
             W1 = load_tile(st, DK, DT, 0, j * BT, BK, BT)
             W2 = load_tile(st + L1, DT, DV, j * BT, 0, BT, BV)
-            a = act_fn(mm(k, W1, OP), ACT)
-            e += mm(a, W2, OP)
+            a, out = memory_output_tile(k, W1, W2, ACT, OP)
+            e += out
             sqa1 += rowsum(a * a)
         e, arrived = meeting(e, xch, bh, s, ci, 0, SPLIT, BC, BV, SLOT, TIMEOUT_NS, DEPTH, CLIP)
         ok = ok & arrived
@@ -225,8 +225,10 @@ def split_chunk(
         W1n = cT * W1 + fT * S1 - mm_tn(k, g[:, None] * d0, OP)
         S1n = mT * S1 - mm_tn(k, n[:, None] * d0, OP)
         if DEPTH == 2:
-            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1o, OP)
-            S2n = mT * S2 - mm_tn(a, n[:, None] * d1o, OP)
+            # the fp32 d1, scaled, then rounded once: rounding d1 first cost the gradients
+            # of k, v and theta 15x in bf16 (tests/test_triton_kernels.py, bf16 case)
+            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1, OP)
+            S2n = mT * S2 - mm_tn(a, n[:, None] * d1, OP)
         tl.debug_barrier()  # every thread has read tile j before it is overwritten
         store_tile(st, W1n, DK, DT, 0, j * BT, BK, BT)
         store_tile(st + L1 + L2, S1n, DK, DT, 0, j * BT, BK, BT)

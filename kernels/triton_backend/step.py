@@ -40,6 +40,7 @@ from .pieces import (
     load_tile,
     load_tokens,
     mm,
+    mm_fine,
     mm_nt,
     mm_tn,
     operand,
@@ -75,20 +76,31 @@ def layer1_tile(
     again at depth 1), z = k W1_j, a = act(z), act'(z), u = d1 W2_j^T and the inner
     error d0 at this layer's output (depth 1: 2 (z - v_j); depth 2: u * act'(z))."""
     W1 = load_tile(st, DK, DT, 0, j * BT, BK, BT)
-    z = mm(k, W1, OP)
     if DEPTH == 2:
+        z = mm(k, W1, OP)
         W2 = load_tile(st + DK * DT, DT, DV, j * BT, 0, BT, BV)
         a = act_fn(z, ACT)
         phi = act_grad(z, ACT)
         u = mm_nt(d1, W2, OP)
         d0 = u * phi
     else:
+        z = mm_fine(k, W1, OP, True)  # d0 = 2 (z - v) cancels
         W2 = W1
         a = z
         phi = z
         u = z
         d0 = 2.0 * (z - load_tokens(v_ptr + j * BT, valid, DV - j * BT, BC, BT, H * DV))
     return W1, W2, z, a, phi, u, d0
+
+
+@triton.jit
+def memory_output_tile(k, W1, W2, ACT: tl.constexpr, OP: tl.constexpr):
+    """(Depth 2) hidden tile j's activations a = act(k W1_j) and its share a W2_j of the
+    memory's output M(k), which the inner error d1 = 2 (M(k) - v) compares with v: both
+    products to about twice the operand precision (mm_fine), because that difference
+    cancels."""
+    a = act_fn(mm_fine(k, W1, OP, True), ACT)
+    return a, mm_fine(a, W2, OP, False)
 
 
 @triton.jit
@@ -124,8 +136,8 @@ def inner_errors(
         for j in range(NT):
             W1 = load_tile(st, DK, DT, 0, j * BT, BK, BT)
             W2 = load_tile(st + DK * DT, DT, DV, j * BT, 0, BT, BV)
-            a = act_fn(mm(k, W1, OP), ACT)
-            e += mm(a, W2, OP)
+            a, out = memory_output_tile(k, W1, W2, ACT, OP)
+            e += out
             sqa1 += rowsum(a * a)
         d1 = 2.0 * (e - v)
         sqd1 = rowsum(d1 * d1)
@@ -207,7 +219,7 @@ def chunk_step(
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
     sG = operand(mm_nt(q, k, OP) * G, OP)
-    d1o = operand(d1, OP)  # from here on d1 is only a matmul operand
+    d1o = operand(d1, OP)  # d1 as a matmul operand
     y1 = tl.zeros([BC, BV], dtype=tl.float32)
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     for j in range(NT):
@@ -230,8 +242,10 @@ def chunk_step(
         W1n = cT * W1 + fT * S1 - mm_tn(k, g[:, None] * d0, OP)
         S1n = mT * S1 - mm_tn(k, n[:, None] * d0, OP)
         if DEPTH == 2:
-            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1o, OP)
-            S2n = mT * S2 - mm_tn(a, n[:, None] * d1o, OP)
+            # the fp32 d1, scaled, then rounded once: rounding d1 first cost the gradients
+            # of k, v and theta 15x in bf16 (tests/test_triton_kernels.py, bf16 case)
+            W2n = cT * W2 + fT * S2 - mm_tn(a, g[:, None] * d1, OP)
+            S2n = mT * S2 - mm_tn(a, n[:, None] * d1, OP)
         tl.debug_barrier()  # every thread has read tile j before it is overwritten
         store_tile(dst, W1n, DK, DT, 0, j * BT, BK, BT)
         store_tile(dst + L1 + L2, S1n, DK, DT, 0, j * BT, BK, BT)
