@@ -174,10 +174,13 @@ def _rounded_bf16(x_ptr, y_ptr, N: tl.constexpr):
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's stand-in for the bf16 cast")
 def test_interpreted_bf16_rounding_is_round_to_nearest_even():
     """pieces.round_bf16 equals torch's fp32 -> bf16 cast bit for bit: ties to even (both
-    ways), signs, subnormals, the largest finite values and zeros."""
+    ways, normal and subnormal), signs, subnormals, overflow past bf16's largest value to
+    infinity, infinities and zeros."""
     g = torch.Generator().manual_seed(0)
-    ties = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 2**-130 * (1 + 2**-8)])
-    special = torch.tensor([0.0, -0.0, 3.0e38, -3.0e38, 1e-40, -1e-40, 1.0, -2.5])
+    ties = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 0.0])
+    ties[3] = torch.tensor(0x00018000, dtype=torch.int32).view(torch.float32)  # a subnormal tie: up
+    special = torch.tensor([3.3e38, -0.0, 3.4e38, -3.4e38, 1e-40, float("inf"), float("-inf"), 0.0])
+    special[7] = torch.tensor(0x00008000, dtype=torch.int32).view(torch.float32)  # a subnormal tie: down
     scales = 10.0 ** torch.randint(-30, 30, (4084,), generator=g)
     x = torch.cat([torch.randn(4084, generator=g) * scales, ties, special])
     y = torch.empty_like(x)

@@ -2,8 +2,6 @@
 configuration itself: depth, activation, dtype, device) and `launch_problem` (its kernels
 against the device's per-block limits, compiled ahead of time once per configuration)."""
 
-import os
-
 import torch
 
 from ..state import MemoryState
@@ -14,13 +12,10 @@ from .config import (
     SUPPORTED_DEPTHS,
     arch_of,
     checkpoint_interval,
+    interpreting,
     kernel_meta,
     state_size,
 )
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def triton_usable(device: torch.device) -> bool:

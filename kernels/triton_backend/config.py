@@ -3,7 +3,17 @@ configuration on a GPU architecture. Pure functions and constants (a leaf module
 launches, the capability checks, the ahead-of-time compile and the compile report all read
 it, so a kernel's compile-time arguments are written in one place."""
 
+import os
+
 import torch
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter: TRITON_INTERPRET read as Triton reads it
+    (1, true, on or yes, in any case). Read here, not through triton.knobs, because dispatch
+    asks while torch.compile traces, and dynamo cannot trace Triton's C++ reader."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1, "tanh": 2, "relu": 3}
 # Matmul operand type per input dtype (pieces.OP_*): bf16/fp16 on the tensor cores

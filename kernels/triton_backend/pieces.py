@@ -24,10 +24,10 @@ Module-level constants are `tl.constexpr(...)` objects: a plain annotated global
 No block pointers (removed in triton 3.9): plain base + offsets with masks everywhere.
 """
 
-import os
-
 import triton
 import triton.language as tl
+
+from .config import interpreting
 
 # Activation codes shared with the Python side (config.ACTIVATION_CODES).
 SILU = tl.constexpr(0)
@@ -47,7 +47,7 @@ EPS = tl.constexpr(1e-30)  # chunk.py's _EPS: inside the clip's sqrt
 # the raw bits (DESIGN.md). There, bf16 operands are rounded to nearest-even by hand and
 # multiplied in fp32: what a tensor core computes (a product of two bf16 values is exact in
 # fp32, the sum is fp32), so bf16 numerics are tested on CPU. A GPU compile drops the branch.
-INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+INTERPRETED = tl.constexpr(interpreting())
 
 
 @triton.jit
@@ -137,10 +137,12 @@ def mm_fine(a, b, OP: tl.constexpr, A_EXACT: tl.constexpr):
     difference which cancels (the inner error M(k) - v: once the memory fits, M(k) is close
     to v, and a bf16 operand's 2^-9 rounding of the state became a 2-6% error in the
     gradients of k, v and theta; measured on an H200 and reproduced here). Each operand is
-    split into a high and a low part in the operand type, and the three products that
-    matter are summed in fp32, small ones first (bf16x3); A_EXACT: a already is exact in
-    the operand type (loaded keys), so two products. fp32 inputs: the IEEE product."""
-    if OP == OP_FP32:
+    split into a high and a low part in bf16, and the three products that matter are summed
+    in fp32, small ones first (bf16x3); A_EXACT: a already is exact in bf16 (loaded keys), so
+    two products. fp16 inputs keep the one product: 8x finer than bf16, they were within
+    rounding on the H200, and fp16 low parts would be subnormal for small weights. fp32
+    inputs: the IEEE product."""
+    if OP != OP_BF16:
         out = mm(a, b, OP)
     else:
         b_hi = operand(b, OP)
