@@ -58,7 +58,8 @@ class Run:
         self.training, self.kernel_test_workers = list(training), kernel_test_workers
         self.path: str | None = None
         self.dtypes = [torch.bfloat16, torch.float32]  # of the self-check and the block parity
-        self.precision_dtypes = [torch.float16] if dry else [torch.bfloat16, torch.float16]  # interpreter: no bf16
+        # the dry run checks one dtype, for time (the bf16 kernels: tests/test_triton_kernels.py)
+        self.precision_dtypes = [torch.float16] if dry else [torch.bfloat16, torch.float16]
         self.clips: list[float] = []  # the precision step's clip thresholds (default: the self-check's)
         self.device = "cpu" if dry else "cuda"
         self.results: dict = {"dry_run": dry, "date": datetime.date.today().isoformat(), "failures": []}
@@ -109,7 +110,7 @@ def self_checks(run: Run) -> None:
 
     if run.dry:
         self_check.CHECKED_DEVICES = ("cpu",)
-    dtypes = [torch.float32] if run.dry else run.dtypes  # bf16 is wrong in the interpreter
+    dtypes = [torch.float32] if run.dry else run.dtypes  # the dry run: one dtype, for time
     rows = []
     for dtype in dtypes:
         for depth, clip, resets in ((2, True, False), (2, True, True), (1, True, False), (2, False, False)):
