@@ -43,7 +43,9 @@ PARAMS_RE = re.compile(r"size:\s*([\d,]+)\s*total parameters")
 RESULTS = os.path.join(REPO, "docs", "lm_quality.json")
 
 
-def run(name: str, steps: int, val_every: int, overrides: list[str]) -> dict:
+def run(name: str, steps: int, val_every: int, overrides: list[str], extra: tuple[str, ...] = ()) -> dict:
+    """One training run of train_configs/<name>.toml; `overrides` are [titans] FIELD=VALUE,
+    `extra` more torchtitan flags (0.2.2 spelling, e.g. --debug.seed 1)."""
     args = [
         "--training.steps",
         str(steps),
@@ -52,6 +54,7 @@ def run(name: str, steps: int, val_every: int, overrides: list[str]) -> dict:
         "--checkpoint.no-enable",
         "--job.dump_folder",
         f"./outputs/lm_quality/{name}",
+        *extra,
     ]
     for item in overrides:
         key, _, value = item.partition("=")
