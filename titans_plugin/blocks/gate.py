@@ -7,16 +7,23 @@ from torch import nn
 class MemoryGate(nn.Module):
     """o = RMSNorm_y(y) * sigmoid(RMSNorm_m(m)): the memory branch decides, per channel,
     how much of the attention branch passes (MAG: y = SW-attention, m = M(x); MAC:
-    y = attention output, m = M*_t(u), u what MAC stores)."""
+    y = attention output, m = M*_t(u), u what MAC stores).
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    norm_y's weight starts at `scale_init`. The normalisation undoes the small, depth-scaled
+    init of the attention's output projection, so with a weight of 1 each gated layer
+    passes gradients at about unit gain and they compound with depth; a small start gives
+    the layer a standard residual branch's scale (docs/blocks.md, the gate's initial scale)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, scale_init: float = 1.0):
         super().__init__()
+        self.scale_init = scale_init
         self.norm_y = nn.RMSNorm(dim, eps=eps)
         self.norm_m = nn.RMSNorm(dim, eps=eps)
+        self.reset_parameters()
 
     def forward(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return self.norm_y(y) * torch.sigmoid(self.norm_m(m))
 
     def reset_parameters(self) -> None:
-        self.norm_y.reset_parameters()
+        nn.init.constant_(self.norm_y.weight, self.scale_init)
         self.norm_m.reset_parameters()

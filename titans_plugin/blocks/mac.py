@@ -66,13 +66,14 @@ class MACBlock(TitansBlockBase):
         segment_len: int,
         n_persistent: int,
         mac_memory_input: str,
+        gate_scale_init: float = 1.0,
     ):
         super().__init__(layer_id, model_args)
         self.segment_len = segment_len
         self.store_residual = mac_memory_input == "residual"
         self.attention = self._make_attention(model_args, None, n_persistent)
         self.memory = NeuralMemory(memory)
-        self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
+        self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps, scale_init=gate_scale_init)
 
     def _empty_cache(self, x: torch.Tensor, freqs_cis: torch.Tensor) -> MACCache:
         # Empty key/value tensors shaped like this rank's projections (tensor parallel

@@ -28,12 +28,20 @@ class MAGBlock(TitansBlockBase):
     token_norms = ("gate.norm_y", "gate.norm_m")  # the gate reads both sub-layers per token
 
     def __init__(
-        self, layer_id: int, model_args, *, memory: MemoryConfig, window: int, n_persistent: int, cp_scan: str
+        self,
+        layer_id: int,
+        model_args,
+        *,
+        memory: MemoryConfig,
+        window: int,
+        n_persistent: int,
+        cp_scan: str,
+        gate_scale_init: float = 1.0,
     ):
         super().__init__(layer_id, model_args)
         self.attention = self._make_attention(model_args, window, n_persistent)
         self.memory = NeuralMemory(memory)
-        self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps)
+        self.gate = MemoryGate(model_args.dim, eps=model_args.norm_eps, scale_init=gate_scale_init)
         self.parallel_scan = cp_scan == "parallel"
 
     def mix(self, x, freqs_cis, cache: MAGCache | None, docs=None):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from titans_plugin.blocks import BLOCK_TYPES
 from titans_plugin.memory import TRITON_DEPTHS, MemoryConfig
-from titans_plugin.utils.fields import Check, check_value, declared, integer, one_of, setting
+from titans_plugin.utils.fields import Check, check_value, declared, integer, one_of, positive, setting
 
 from .pattern import PATTERN_HELP, parse_layer_spec
 
@@ -70,6 +70,14 @@ class TitansConfig:
     window: int = span(128, "sliding window of MAG, MAL and W layers")
     n_persistent: int = setting(
         4, integer(0), "persistent memory tokens per block (MAC, MAG: attention; MAL: memory prefix)"
+    )
+    gate_scale_init: float = setting(
+        1.0,
+        positive(),
+        "MAC and MAG: the initial value of the gate's learnable scale on the attention branch (RMSNorm weight "
+        "of y in y (x) M); 1 makes every such layer pass the gradient at unit gain, which compounds with depth "
+        "(initial gradient norm about 3,000x the Transformer's at 12 layers); 0.02 starts at the Transformer's "
+        "([measured](blocks.md#the-gates-initial-scale))",
     )
     mac_memory_input: str = setting(
         "residual",
