@@ -109,10 +109,10 @@ def tensorboard_scalars(folder: str, since: float = 0.0) -> dict[str, dict[int, 
     return out
 
 
-def stability(settings: list[str]) -> None:
+def stability(settings: list[str], steps: int = STABILITY_STEPS) -> None:
     for setting in settings:
         folder = f"./outputs/long_context_defaults/170m_{setting}"
-        args = [*STABILITY_ARGS, "--training.steps", str(STABILITY_STEPS), "--job.dump_folder", folder]
+        args = [*STABILITY_ARGS, "--training.steps", str(steps), "--job.dump_folder", folder]
         for item in SETTINGS[setting]:
             field, _, value = item.partition("=")
             args += [f"--titans.{field}", value]
@@ -132,6 +132,7 @@ def stability(settings: list[str]) -> None:
             "grad_norm": grad,
             "clip_active_mean": per_step_clip,
             "clip_active_layers": {t.split("/")[1]: statistics.mean(c.values()) for t, c in clip.items()},
+            "steps": steps,
             "finite": all(math.isfinite(v) for v in [*loss.values(), *grad.values()]),
             "minutes": round((time.perf_counter() - t0) / 60, 1),
             "date": time.strftime("%Y-%m-%d"),
@@ -181,15 +182,15 @@ def render() -> None:
             layers = r["clip_active_layers"]
             first, last = loss[min(loss, key=int)], loss[max(loss, key=int)]
             srows.append([
-                setting, "yes" if r["finite"] else "no", f"{first:.3f} -> {last:.3f}",
+                setting, str(r["steps"]), "yes" if r["finite"] else "no", f"{first:.3f} -> {last:.3f}",
                 f"{max(grad.values()):.2f}", f"{grad[max(grad, key=int)]:.2f}",
                 f"{statistics.mean(clip):.3f} ({min(layers.values()):.3f}-{max(layers.values()):.3f})",
                 f"{r['minutes']:.0f}", r["date"],
             ])  # fmt: skip
-        sheader = ["setting", "finite", "loss (first -> last)", "max grad norm", "last grad norm",
+        sheader = ["setting", "steps", "finite", "loss (first -> last)", "max grad norm", "last grad norm",
                    "clip_active mean (layer range)", "minutes", "measured"]  # fmt: skip
         doc += (
-            f"\n170M shape, {STABILITY_STEPS} steps (`python -m bench.long_context_defaults stability`; 1 x 1,024 "
+            f"\n170M shape (`python -m bench.long_context_defaults stability [--steps N]`; 1 x 1,024 "
             f"tokens a step, AdamW 4e-4 after 10 warm-up steps, fp32, embedded corpus; gradient norm before "
             f"torchtitan's clip at 1; clip_active: the fraction of tokens whose inner gradient the memory clips, "
             f"averaged over layers and steps):\n\n{table(sheader, srows)}\n"
@@ -204,11 +205,12 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--rerun", action="store_true", help="measure runs that are already stored again")
+    p.add_argument("--steps", type=int, default=STABILITY_STEPS, help="stability: training steps at the 170M shape")
     a = p.parse_args()
     if a.step == "quality":
         quality(a.models, a.seeds, a.settings, a.rerun)
     elif a.step == "stability":
-        stability(a.settings)
+        stability(a.settings, a.steps)
     render()
 
 
