@@ -9,10 +9,11 @@ class MemoryGate(nn.Module):
     how much of the attention branch passes (MAG: y = SW-attention, m = M(x); MAC:
     y = attention output, m = M*_t(u), u what MAC stores).
 
-    norm_y's weight starts at `scale_init`. The normalisation undoes the small, depth-scaled
-    init of the attention's output projection, so with a weight of 1 each gated layer
-    passes gradients at about unit gain and they compound with depth; a small start gives
-    the layer a standard residual branch's scale (docs/blocks.md, the gate's initial scale)."""
+    norm_y's weight starts at `scale_init`. The normalisation makes the output independent
+    of the size of y, so the small, depth-scaled init of the attention's output projection
+    no longer keeps the branch small: its gradient is inflated and grows through a deep
+    stack of gated layers. A small start gives the layer a standard residual branch's size
+    (docs/blocks.md, the gate's initial scale)."""
 
     def __init__(self, dim: int, eps: float = 1e-5, scale_init: float = 1.0):
         super().__init__()

@@ -74,11 +74,9 @@ class TitansConfig:
     gate_scale_init: float = setting(
         1.0,
         positive(),
-        "MAC and MAG: the initial value of the gate's learnable scale on the attention branch (RMSNorm weight "
-        "of y in y (x) M); 1 makes every such layer pass the gradient at unit gain, which compounds with depth "
-        "(at the 170M shape the first gradient norm is 3,000x (MAG) to 30,000x (MAC) a Transformer's); 0.02 "
-        "starts at a Transformer's "
-        "([measured](blocks.md#the-gates-initial-scale))",
+        "MAC and MAG: where the learnable scale of the gate's attention branch starts (the weight of RMSNorm_y in "
+        "RMSNorm_y(y) * sigmoid(RMSNorm_m(m))); at 1 a deep model's first gradient is thousands of times a "
+        "Transformer's, 0.02 starts it at a Transformer's ([measured](blocks.md#the-gates-initial-scale))",
     )
     mac_memory_input: str = setting(
         "residual",

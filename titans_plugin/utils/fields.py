@@ -7,6 +7,7 @@ declaration: the check of a user's value (`check_value`), parsing a value from t
 (`titans.memory_heads`), so one declaration serves every place that reads it."""
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -33,7 +34,7 @@ def integer(minimum: int, note: str = "") -> Check:
 
 
 def positive() -> Check:
-    return Check("a number > 0", lambda v: _is_number(v) and v > 0)
+    return Check("a number > 0", lambda v: _is_number(v) and math.isfinite(v) and v > 0)
 
 
 def at_least_zero(note: str = "") -> Check:
