@@ -1,9 +1,11 @@
 """bench/long_context_defaults.py: the rule that decides whether the long-context setting
 becomes the default, and the TensorBoard reader its 170M stability run relies on."""
 
+import math
+
 import pytest
 
-from bench.long_context_defaults import SEEDS, decision, tensorboard_scalars
+from bench.long_context_defaults import SEEDS, decision, tensorboard_scalars, verdict
 
 
 def _stored(mag_shift: float, mac_shift: float, seeds=SEEDS) -> dict:
@@ -20,18 +22,34 @@ def _stored(mag_shift: float, mac_shift: float, seeds=SEEDS) -> dict:
     [(0.0, 0.0, True), (0.009, -0.02, True), (0.011, 0.0, False), (0.0, 0.05, False)],
 )
 def test_the_setting_passes_only_within_the_tolerance_for_both_models(mag, mac, ok):
-    rows, passed = decision(_stored(mag, mac))
-    assert passed is ok
+    rows, outcome = decision(_stored(mag, mac))
+    assert outcome == ("met" if ok else "not met")
     assert [float(r[5]) for r in rows] == pytest.approx([mag, mac], abs=1e-4)
 
 
-def test_fewer_than_every_seed_never_passes():
-    rows, passed = decision(_stored(0.0, 0.0, seeds=SEEDS[:2]))
-    assert not passed
+def test_fewer_than_every_seed_is_incomplete_and_unpaired_values_are_marked():
+    stored = _stored(0.0, 0.0, seeds=SEEDS[:2])
+    stored["quality"]["debug_mag/defaults/2"] = {"val": 1.5}  # no long-context partner
+    rows, outcome = decision(stored)
+    assert outcome == f"incomplete (2 of {len(SEEDS)} seeds)"
     assert [r[-1] for r in rows] == ["2", "2"]
+    assert rows[0][1].endswith("(1.5000)")
+    assert rows[0][3] == "1.1050"  # the mean leaves the unpaired run out
+
+
+def test_a_difference_of_exactly_the_tolerance_passes():
+    assert verdict([1.11], [1.12]) == (pytest.approx(0.01), True)
+    assert not verdict([1.11], [1.1201])[1]
+
+
+def test_a_setting_that_diverges_fails_and_defaults_that_diverge_do_not_fail_it():
+    assert not verdict([1.1, 1.1], [1.1, math.nan])[1]
+    assert not verdict([1.1, 1.1], [1.1, math.inf])[1]
+    assert verdict([1.1, math.nan], [1.2, 1.2])[1]
 
 
 def test_tensorboard_scalars_reads_every_tag_and_step(tmp_path):
+    pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path / "tb" / "run"))
@@ -48,6 +66,7 @@ def test_tensorboard_scalars_leaves_out_earlier_runs(tmp_path):
     import os
     import time
 
+    pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
     old = SummaryWriter(str(tmp_path / "tb" / "old"))
