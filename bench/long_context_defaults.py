@@ -112,10 +112,15 @@ def tensorboard_scalars(folder: str, since: float = 0.0) -> dict[str, dict[int, 
     return out
 
 
-def stability(settings: list[str], steps: int = STABILITY_STEPS) -> None:
+def stability(settings: list[str], steps: int = STABILITY_STEPS, gate_scale_init: float | None = None) -> None:
+    """`gate_scale_init`: also start the MAC gates' scale there (docs/blocks.md); the run is
+    stored under the setting's name plus that value."""
     for setting in settings:
-        folder = f"./outputs/long_context_defaults/170m_{setting}"
+        name = setting if gate_scale_init is None else f"{setting}, gate_scale_init {gate_scale_init:g}"
+        folder = f"./outputs/long_context_defaults/170m_{name.replace(', ', '_').replace(' ', '_')}"
         args = [*STABILITY_ARGS, "--training.steps", str(steps), "--job.dump_folder", folder]
+        if gate_scale_init is not None:
+            args += ["--titans.gate_scale_init", str(gate_scale_init)]
         for item in SETTINGS[setting]:
             field, _, value = item.partition("=")
             args += [f"--titans.{field}", value]
@@ -135,11 +140,11 @@ def stability(settings: list[str], steps: int = STABILITY_STEPS) -> None:
         }
         if rc != 0 or not steps_seen:  # a run that fails is a result too: keep what it logged
             failed = {**base, "finite": False, "loss": loss, "grad_norm": grad, "log_tail": log[-3000:]}
-            record("stability", setting, failed)
-            print(f"170M {setting}: exit code {rc}, {len(steps_seen)} steps logged\n{log[-3000:]}", flush=True)
+            record("stability", name, failed)
+            print(f"170M {name}: exit code {rc}, {len(steps_seen)} steps logged\n{log[-3000:]}", flush=True)
             continue
         per_step_clip = {s: statistics.mean(c[s] for c in clip.values() if s in c) for s in steps_seen}
-        record("stability", setting, {
+        record("stability", name, {
             **base,
             "loss": loss,
             "grad_norm": grad,
@@ -149,7 +154,7 @@ def stability(settings: list[str], steps: int = STABILITY_STEPS) -> None:
         })  # fmt: skip
         clip_mean = statistics.mean(per_step_clip.values())
         first, last = (loss[min(loss)], loss[max(loss)]) if loss else (math.nan, math.nan)
-        print(f"170M {setting}: loss {first:.3f} -> {last:.3f}, max grad norm {max(grad.values()):.2f}, "
+        print(f"170M {name}: loss {first:.3f} -> {last:.3f}, max grad norm {max(grad.values()):.2f}, "
               f"clip_active mean {clip_mean:.3f}", flush=True)  # fmt: skip
 
 
@@ -244,11 +249,12 @@ def main() -> None:
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--rerun", action="store_true", help="measure runs that are already stored again")
     p.add_argument("--steps", type=int, default=STABILITY_STEPS, help="stability: training steps at the 170M shape")
+    p.add_argument("--gate-scale-init", type=float, help="stability: start the MAC gates' scale here")
     a = p.parse_args()
     if a.step == "quality":
         quality(a.models, a.seeds, a.settings, a.rerun)
     elif a.step == "stability":
-        stability(a.settings, a.steps)
+        stability(a.settings, a.steps, a.gate_scale_init)
     render()
 
 
