@@ -17,7 +17,8 @@ steps, fp32, for 50 steps: whether loss and gradient norm stay finite, and the g
 norm's course (before torchtitan's clip); the memory's clip activity (clip_active, every
 layer, every step) is read from TensorBoard. A run that fails is stored with its exit code.
 
-Every run is stored in docs/long_context_defaults.json as it finishes (a stopped sweep
+Drawing the plot needs the bench extra (matplotlib). Every run is stored in
+docs/long_context_defaults.json as it finishes (a stopped sweep
 resumes where it stopped; --rerun measures stored runs again).
 """
 
@@ -216,9 +217,9 @@ def render() -> None:
     stab = stored.get("stability", {})
     if stab:
         srows = []
-        for setting, r in stab.items():
+        for setting, r in sorted(stab.items()):
             if "clip_active_mean" not in r:
-                srows.append([setting, str(r["steps"]), f"no (exit code {r['exit_code']})", *["-"] * 5, r["date"]])
+                srows.append([setting, str(r["steps"]), f"no (exit code {r['exit_code']})", *["-"] * 6, r["date"]])
                 continue
             loss, grad = r["loss"], r["grad_norm"]
             clip = list(r["clip_active_mean"].values())
@@ -226,19 +227,41 @@ def render() -> None:
             first, last = loss[min(loss, key=int)], loss[max(loss, key=int)]
             srows.append([
                 setting, str(r["steps"]), "yes" if r["finite"] else "no", f"{first:.3f} -> {last:.3f}",
-                f"{max(grad.values()):.2f}", f"{grad[max(grad, key=int)]:.2f}",
+                f"{statistics.median(grad.values()):,.1f}", f"{max(grad.values()):,.1f}",
+                f"{grad[max(grad, key=int)]:,.1f}",
                 f"{statistics.mean(clip):.3f} ({min(layers.values()):.3f}-{max(layers.values()):.3f})",
                 f"{r['minutes']:.0f}", r["date"],
             ])  # fmt: skip
-        sheader = ["setting", "steps", "finite", "loss (first -> last)", "max grad norm", "last grad norm",
+        sheader = ["setting", "steps", "finite", "loss (first -> last)", "median grad norm", "max grad norm",
+                   "last grad norm",
                    "clip_active mean (layer range)", "minutes", "measured"]  # fmt: skip
         doc += (
             f"\n170M shape (`python -m bench.long_context_defaults stability [--steps N]`; 1 x 1,024 "
             f"tokens a step, AdamW 4e-4 after 10 warm-up steps, fp32, embedded corpus; gradient norm before "
             f"torchtitan's clip at 1; clip_active: the fraction of tokens whose inner gradient the memory clips, "
-            f"averaged over layers and steps):\n\n{table(sheader, srows)}\n"
+            f"averaged over layers and steps):\n\n{table(sheader, srows)}\n\n"
+            f"![gradient norm per step at the 170M shape](long-context-170m.png)\n"
         )
-    publish(doc, "results.md", "long-context-defaults", True)
+    publish(doc, "results.md", "long-context-defaults", True, (lambda path: plot(stab, path)) if stab else None)
+
+
+def plot(stab: dict, path: str) -> None:
+    """The gradient norm of every step of each 170M run, on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for setting, r in sorted(stab.items()):
+        steps = sorted(r["grad_norm"], key=int)
+        ax.plot([int(s) for s in steps], [r["grad_norm"][s] for s in steps], marker=".", label=setting)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm (before the clip at 1)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
