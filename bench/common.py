@@ -74,6 +74,25 @@ def write_doc_section(doc: str, name: str, text: str) -> None:
         f.write(content)
 
 
+def read_store(path: str) -> dict:
+    """A benchmark's stored runs (docs/<name>.json), or {} before the first."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def store(path: str, section: str, key: str, value: dict) -> None:
+    """Store one run under stored[section][key], re-reading the file first so that runs
+    stored meanwhile by another process are kept."""
+    stored = read_store(path)
+    stored.setdefault(section, {})[key] = value
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(stored, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # a run stopped mid-write never loses the runs stored before
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -24,13 +24,12 @@ resumes where it stopped; --rerun measures stored runs again).
 
 import argparse
 import glob
-import json
 import math
 import os
 import statistics
 import time
 
-from bench.common import REPO, machine, publish, table
+from bench.common import REPO, machine, publish, read_store, store, table
 from bench.lm_quality import run as lm_run
 from devtools.torchrun import losses, run_torchrun
 
@@ -56,20 +55,11 @@ STABILITY_ARGS = [
 
 
 def load() -> dict:
-    if not os.path.exists(RESULTS):
-        return {"quality": {}, "stability": {}}
-    with open(RESULTS) as f:
-        return json.load(f)
+    return {"quality": {}, "stability": {}, **read_store(RESULTS)}
 
 
 def record(section: str, key: str, result: dict) -> None:
-    """Store one run, re-reading the file first so that runs stored meanwhile are kept."""
-    stored = load()
-    stored.setdefault(section, {})[key] = result
-    tmp = RESULTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(stored, f, indent=1, sort_keys=True)
-    os.replace(tmp, RESULTS)  # a run stopped mid-write never loses the runs stored before
+    store(RESULTS, section, key, result)
 
 
 def quality(models: list[str], seeds: list[int], settings: list[str], rerun: bool) -> None:

@@ -25,6 +25,11 @@ distractors; the prompt is read through the incremental path (forward_cached) in
 the training length, the answer decoded greedily and scored by exact match of the whole
 value, with partial credit (the value's characters right, by place) beside it. The same
 documents for every model. Full attention only up to --full-max tokens.
+
+Every trained model's facts and every measured cell are kept in docs/needle_curve.json
+(with the date and machine), so models trained on different days, or on different machines,
+share one table; the checkpoints stay in --out. A run with another --out keeps its results
+in that folder instead (smoke runs leave the docs alone).
 """
 
 import argparse
@@ -33,12 +38,12 @@ import math
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import machine, publish, table
+from bench.common import machine, publish, read_store, store, table
 from bench.small_models import VARIANTS, matched_args, n_params
 from devtools.paths import REPO
 from titans_plugin.evals.needles import KINDS, characters_right, exact_match, haystack, make_document, story_ids
@@ -51,6 +56,9 @@ LENGTHS = [4096, 16384, 65536, 262144, 1048576]  # after each model's training l
 DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's setting
 OUT = os.path.join(REPO, "outputs", "needle_curve")
+RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
+# what makes two models' rows comparable: a row trained otherwise says how, beside its name
+RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight")
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
@@ -164,6 +172,8 @@ def train(job: tuple) -> dict:
         answer_weight=a.answer_weight,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
+        date=time.strftime("%Y-%m-%d"),
+        machine=machine(dated=False),
     )
     os.makedirs(a.out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(a.out, f"{_file(name)}.pt"))
@@ -218,37 +228,44 @@ def evaluate(job: tuple) -> dict:
         chars.append(right)
     seconds = (time.perf_counter() - t0) / len(hits)
     partial = 100 * sum(chars) / len(chars)
-    exact = f"{sum(hits)}/{len(hits)} exact, {partial:.0f}% of characters"
-    print(f"{name} at {length:,}: {exact}, {seconds:.1f} s per sample", flush=True)
+    scored = f"{sum(hits)}/{len(hits)} exact, {partial:.0f}% of characters"
+    print(f"{name} at {length:,}: {scored}, {seconds:.1f} s per sample", flush=True)
     return dict(name=name, length=length, hits=hits, characters=chars, seconds_per_sample=seconds)
 
 
 def _results_path(a) -> str:
-    return os.path.join(a.out, "results.json")
+    return RESULTS if os.path.abspath(a.out) == os.path.abspath(OUT) else os.path.join(a.out, "results.json")
 
 
-def _read_results(a) -> dict:
-    path = _results_path(a)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def _checkpoint_facts(name: str, a) -> dict:
+    base = os.path.join(a.out, _file(name))
+    with open(base + ".json") as f:
+        facts = json.load(f)
+    if "date" not in facts:  # trained before the facts carried their date: the checkpoint's
+        facts["date"] = time.strftime("%Y-%m-%d", time.gmtime(os.path.getmtime(base + ".pt")))
+        facts["machine"] = machine(dated=False)
+    return facts
 
 
 def cmd_train(a) -> None:
     with ProcessPoolExecutor(a.workers) as pool:
-        for facts in pool.map(train, [(n, a) for n in a.variants]):
+        for done in as_completed([pool.submit(train, (n, a)) for n in a.variants]):
+            facts = done.result()
+            store(_results_path(a), "models", facts["name"], facts)  # as each finishes
             print(json.dumps(facts), flush=True)
 
 
 def cmd_evaluate(a) -> None:
-    results = _read_results(a)
+    stored = read_store(_results_path(a))
+    for n in a.variants:  # the facts of models whose training was not recorded (an older run)
+        if n not in stored.get("models", {}):
+            store(_results_path(a), "models", n, _checkpoint_facts(n, a))
+    results = stored.get("cells", {})
 
     def lengths(name: str) -> list[int]:  # by default the model's own training length first
         if a.lengths:
             return a.lengths
-        with open(os.path.join(a.out, f"{_file(name)}.json")) as f:
-            return [json.load(f)["train_len"], *LENGTHS]
+        return [_checkpoint_facts(name, a)["train_len"], *LENGTHS]
 
     jobs = [
         (n, length, a)
@@ -259,41 +276,36 @@ def cmd_evaluate(a) -> None:
     jobs.sort(key=lambda job: job[1])  # shortest first: every model's short cells before any long one
     with ProcessPoolExecutor(a.workers) as pool:
         for r in pool.map(evaluate, jobs):
-            results[f"{r['name']}@{r['length']}"] = r
-            with open(_results_path(a), "w") as f:  # after every cell: a stopped run keeps what it measured
-                json.dump(results, f, indent=1)
+            r.update(date=time.strftime("%Y-%m-%d"), machine=machine(dated=False))
+            store(_results_path(a), "cells", f"{r['name']}@{r['length']}", r)  # a stopped run keeps what it measured
 
 
 def cmd_publish(a) -> None:
-    results = _read_results(a)
-    facts = {}
-    for n in a.variants:
-        path = os.path.join(a.out, f"{_file(n)}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                facts[n] = json.load(f)
+    stored = read_store(_results_path(a))
+    facts, results = stored.get("models", {}), stored.get("cells", {})
     names = [n for n in a.variants if n in facts]
     if not names:
-        raise SystemExit(f"no trained models in {a.out}: run `python -m bench.needle_curve train` first")
-    lengths = sorted({r["length"] for r in results.values()})
+        raise SystemExit(f"no trained models in {_results_path(a)}: run `python -m bench.needle_curve train` first")
+    f0 = facts[names[0]]
+    lengths = sorted({r["length"] for r in results.values() if r["name"] in names})
     rows = []
     for n in names:
         f = facts[n]
-        row = [n, f"{f['params']:,}", f"{f['train_seconds'] / 60:.0f}", f"{f['lm_loss']:.3f}"]
-        row.append(f"{f['answer_loss']:.3f}")
-        for length in lengths:
-            r = results.get(f"{n}@{length}")
-            row.append(_cell(r))
+        differs = [f"{k} {f.get(k)}" for k in RECIPE if f.get(k) != f0.get(k)]
+        row = [n + (f" ({', '.join(differs)})" if differs else ""), f"{f['params']:,}", f["date"]]
+        row += [f"{f['train_seconds'] / 60:.0f}", f"{f['lm_loss']:.3f}", f"{f['answer_loss']:.3f}"]
+        row += [_cell(results.get(f"{n}@{length}")) for length in lengths]
         rows.append(row)
-    f0 = facts[names[0]]
-    header = ["model", "params", "train min", "final LM loss", "final answer loss"]
+    header = ["model", "params", "trained", "train min", "final LM loss", "final answer loss"]
     header += [f"{length:,} tokens ({length // f0['train_len']}x)" for length in lengths]
     setting = "`forget_init = 1e-5`, `max_grad_norm = 4`" if f0["long_context"] else "the defaults"
+    machines = "; ".join(sorted({facts[n]["machine"] for n in names}))
     doc = (
-        f"Machine: {machine()}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
+        f"Machine: {machines}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
         f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, answer loss weight "
         f"{f0.get('answer_weight', 1.0):g}{_curriculum(f0)}, memory setting: {setting}. "
-        "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish`. "
+        "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish` "
+        "(runs kept in docs/needle_curve.json). "
         "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
@@ -305,12 +317,21 @@ def _curriculum(facts: dict) -> str:
     return f", documents growing over the first {fraction:.0%} of the steps" if fraction else ""
 
 
+def summary(r: dict) -> tuple[float, float | None, int]:
+    """exact-match %, characters-right % (None if not measured) and the sample count of one
+    cell: from its per-sample lists, or from the counts of a cell stored without them."""
+    if "hits" in r:
+        chars = r.get("characters")
+        return 100 * sum(r["hits"]) / len(r["hits"]), 100 * sum(chars) / len(chars) if chars else None, len(r["hits"])
+    return 100 * r["exact"] / r["samples"], r.get("characters_pct"), r["samples"]
+
+
 def _cell(r: dict | None) -> str:
     """exact % / characters % (samples)."""
     if r is None:
         return "-"
-    chars = f" / {100 * sum(r['characters']) / len(r['characters']):.0f}" if "characters" in r else ""
-    return f"{100 * sum(r['hits']) / len(r['hits']):.0f}{chars} ({len(r['hits'])})"
+    exact, chars, n = summary(r)
+    return f"{exact:.0f}{'' if chars is None else f' / {chars:.0f}'} ({n})"
 
 
 def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
@@ -325,11 +346,11 @@ def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
         if not pts:
             continue
         xs = [L for L, _ in pts]
-        (line,) = ax.plot(xs, [100 * sum(r["hits"]) / len(r["hits"]) for _, r in pts], marker="o", label=n)
-        chars = [(L, r["characters"]) for L, r in pts if "characters" in r]
+        (line,) = ax.plot(xs, [summary(r)[0] for _, r in pts], marker="o", label=n)
+        chars = [(L, c) for L, r in pts if (c := summary(r)[1]) is not None]
         if chars:  # partial credit, dashed, in the model's colour
-            ys = [100 * sum(c) / len(c) for _, c in chars]
-            ax.plot([L for L, _ in chars], ys, ls="--", marker=".", color=line.get_color(), alpha=0.7)
+            xs, ys = [L for L, _ in chars], [c for _, c in chars]
+            ax.plot(xs, ys, ls="--", marker=".", color=line.get_color(), alpha=0.7)
     ax.axvline(f0["train_len"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [f"{L // 1024}K" if L >= 1024 else str(L) for L in lengths])
@@ -345,7 +366,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("command", choices=["train", "evaluate", "publish"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--out", default=OUT, help="checkpoints and results.json")
+    p.add_argument("--out", default=OUT, help="checkpoints (and results.json, if not the default folder)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     # training
     # The recipe that learns to retrieve on 2 cores (docs/results.md): short sequences, many

@@ -167,3 +167,39 @@ def test_the_curriculum_grows_the_longest_document_log_linearly():
     assert longest_document(50, a) == longest_document(99, a) == 2048
     a.curriculum = 0.0
     assert longest_document(0, a) == 2048  # off: every length from the start
+
+
+def test_cells_stored_per_sample_or_as_counts_read_alike():
+    from bench.needle_curve import _cell, summary
+
+    per_sample = {"hits": [True, False, False, True], "characters": [1.0, 0.5, 0.5, 1.0]}
+    assert summary(per_sample) == (50.0, 75.0, 4)
+    counted = {"exact": 7, "samples": 20, "characters_pct": 73}  # a cell kept without its lists
+    assert summary(counted) == (35.0, 73, 20)
+    assert _cell(counted) == "35 / 73 (20)"
+    assert _cell({"hits": [True, True]}) == "100 (2)"  # no partial credit measured
+    assert _cell(None) == "-"
+
+
+def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, capsys):
+    import json
+
+    from bench.needle_curve import RECIPE, cmd_publish
+
+    recipe = {k: 1 for k in RECIPE} | {"train_len": 256, "long_context": True}
+    base = dict(params=1000, train_seconds=60, lm_loss=1.0, answer_loss=0.5, date="2026-12-05", machine="m", **recipe)
+    store = {
+        "models": {"MAG": dict(base, name="MAG"), "MAC": dict(base, name="MAC", steps=2)},
+        "cells": {
+            "MAG@4096": {"name": "MAG", "length": 4096, "exact": 1, "samples": 4, "characters_pct": 50},
+            "MAC@4096": {"name": "MAC", "length": 4096, "hits": [True, True], "characters": [1.0, 1.0]},
+            "SWA@512": {"name": "SWA", "length": 512, "hits": [False]},  # a model not asked for: not shown
+        },
+    }
+    (tmp_path / "results.json").write_text(json.dumps(store))
+    a = argparse.Namespace(out=str(tmp_path), variants=["MAC", "MAG"], no_write=True)
+    cmd_publish(a)
+    out = capsys.readouterr().out
+    assert "| 4,096 tokens (16x) |" in out and "512 tokens" not in out
+    assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 / 100 (2) |" in out
+    assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 25 / 50 (4) |" in out
