@@ -218,19 +218,24 @@ def evaluate(job: tuple) -> dict:
     tok = tokenizer()
     stories = story_ids(tok, "validation")
     model, facts = load(name, a)
-    hits, chars, t0 = [], [], time.perf_counter()
+    hits, chars, depths, kinds, t0 = [], [], [], [], time.perf_counter()
     for i in range(samples_at(length, a)):
         rng = random.Random(length * 1000 + i)  # the same documents for every model
         # depths 10, 50, 90, 30, 70%, ...: three samples already span the haystack
-        doc = make_document(tok, stories, length, DEPTHS[2 * i % len(DEPTHS)], KINDS[i % len(KINDS)], rng)
+        depth, kind = DEPTHS[2 * i % len(DEPTHS)], KINDS[i % len(KINDS)]
+        doc = make_document(tok, stories, length, depth, kind, rng)
         exact, right = ask(model, tok, doc, facts["train_len"])
         hits.append(exact)
         chars.append(right)
+        depths.append(depth)
+        kinds.append(kind)
     seconds = (time.perf_counter() - t0) / len(hits)
     partial = 100 * sum(chars) / len(chars)
     scored = f"{sum(hits)}/{len(hits)} exact, {partial:.0f}% of characters"
     print(f"{name} at {length:,}: {scored}, {seconds:.1f} s per sample", flush=True)
-    return dict(name=name, length=length, hits=hits, characters=chars, seconds_per_sample=seconds)
+    return dict(
+        name=name, length=length, hits=hits, characters=chars, depths=depths, kinds=kinds, seconds_per_sample=seconds
+    )
 
 
 def _results_path(a) -> str:
@@ -309,7 +314,34 @@ def cmd_publish(a) -> None:
         "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
+    doc += by_kind(results, names, lengths)
     publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def by_kind(results: dict, names, lengths) -> str:
+    """Exact match per needle kind, for the cells that recorded each sample's kind: is a
+    model that fails at a length failing on every kind, or only on the long values?"""
+    rows = []
+    for n in names:
+        cells = [results.get(f"{n}@{length}") for length in lengths]
+        if not any(r and "kinds" in r for r in cells):
+            continue
+        row = [n]
+        for r in cells:
+            if not (r and "kinds" in r):
+                row.append("-")
+                continue
+            pct = []
+            for kind in KINDS:
+                hits = [h for h, k in zip(r["hits"], r["kinds"], strict=True) if k == kind]
+                pct.append(f"{100 * sum(hits) / len(hits):.0f}" if hits else "-")
+            row.append(" / ".join(pct))
+        rows.append(row)
+    if not rows:
+        return ""
+    header = ["model"] + [f"{length:,} tokens" for length in lengths]
+    intro = f"Exact match % by needle kind ({' / '.join(KINDS)}), where each sample's kind was recorded:"
+    return f"\n{intro}\n\n{table(header, rows)}\n"
 
 
 def _curriculum(facts: dict) -> str:

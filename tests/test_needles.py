@@ -203,3 +203,17 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
     assert "| 4,096 tokens (16x) |" in out and "512 tokens" not in out
     assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 / 100 (2) |" in out
     assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 25 / 50 (4) |" in out
+
+
+def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
+    from bench.needle_curve import by_kind
+
+    results = {
+        "MAG@4096": {"hits": [True, False, True, True], "kinds": ["passkey", "number", "uuid", "passkey"]},
+        "MAG@16384": {"exact": 0, "samples": 3},  # stored without kinds
+        "SWA@4096": {"exact": 0, "samples": 3},
+    }
+    text = by_kind(results, ["MAG", "SWA"], [4096, 16384])
+    assert "| MAG | 100 / 0 / 100 | - |" in text
+    assert "SWA" not in text  # no cell of it recorded kinds
+    assert by_kind({"SWA@4096": {"exact": 0, "samples": 3}}, ["SWA"], [4096]) == ""
