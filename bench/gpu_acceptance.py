@@ -15,6 +15,8 @@ Steps, each reported and each able to fail the run (exit status 1):
    and SDPA attention beside it;
    and the split-state forward (`backend = "triton_split"`, its own self-check first) beside
    the one-program forward at B x H = 32, where the roofline model says the split pays;
+   and what a meeting of split programs costs (bench/exchange_bench.py: through global
+   memory, and on sm_90 through a cluster's distributed shared memory);
 5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
    without torch.compile: loss, tokens/s, peak memory;
 6. ring attention's fused-kernel check on the device.
@@ -369,6 +371,33 @@ def split_speed(run: Run) -> None:
     run.results["split_speed"] = {"self_check": check.message, "difference": difference, "rows": rows}
 
 
+def exchange(run: Run) -> None:
+    """What a meeting of split programs costs (bench/exchange_bench.py): the global-memory
+    meeting of the plain split and, on sm_90, the cluster design's exchange through
+    distributed shared memory, each with and without its payload, every result checked.
+    The roofline model's meeting terms are assumptions until this step has run."""
+    import triton.language as tl
+
+    from bench import exchange_bench
+
+    if not hasattr(tl, "atomic_poll"):
+        run.results["exchange"] = {"not_run": "this triton has no tl.atomic_poll (the meetings need triton >= 3.9)"}
+        print(f"exchange not run: {run.results['exchange']['not_run']}", flush=True)
+        return
+    if run.dry:
+        from devtools.threaded_grid import threaded_grid
+
+        with threaded_grid():
+            result = exchange_bench.measure(torch.device("cpu"), dry=True)
+    else:
+        result = exchange_bench.measure(torch.device(run.device))
+    print(exchange_bench.report(result), flush=True)
+    wrong = [f"{r['exchange']} {r['payload']} x{r['split']}" for r in result["rows"] if not r["correct"]]
+    if wrong:
+        run.fail(f"the exchange microbenchmark computed wrong sums: {', '.join(wrong)}")
+    run.results["exchange"] = result
+
+
 def _spills(run: Run) -> dict:
     """Spill stores per thread of the default kernels for this GPU (the compile report's)."""
     if run.dry:
@@ -494,6 +523,13 @@ def report(r: dict) -> str:
             for x in split["rows"]
         ]
         lines.append(table(["forward", "T", "B x H", "tokens/s", "speedup"], rows))
+    exchanged = r.get("exchange") or {}
+    if "rows" in exchanged:
+        from bench.exchange_bench import report as exchange_report
+
+        lines.append("Meetings of split programs (`python -m bench.exchange_bench`):\n\n" + exchange_report(exchanged))
+    elif exchanged:
+        lines.append(f"Meetings of split programs: not run ({exchanged['not_run']}).")
     if r.get("training"):
         rows = [
             [x["config"], x["compile"], f"{x['first_loss']:.3f} -> {x['last_loss']:.3f}", f"{x['tokens_per_s']:,.0f}",
@@ -516,6 +552,7 @@ STEPS = {
         block_parity,
         speed,
         split_speed,
+        exchange,
         training,
         ring_attention,
         kernel_tests,

@@ -32,8 +32,11 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
         assert "self-check passed" in split["self_check"]
         assert split["difference"] < 1e-5
         assert [r["impl"] for r in split["rows"]] == ["triton", "triton_split"]
-    else:  # triton < 3.9: the step says why it did not run
+        assert all(r["correct"] for r in results["exchange"]["rows"])
+        assert "no interpreter path" in results["exchange"]["not_run"]["cluster"]
+    else:  # triton < 3.9: the steps say why they did not run
         assert "tl.atomic_poll" in split["not_run"]
+        assert "tl.atomic_poll" in results["exchange"]["not_run"]
     assert all(r["ok"] for r in results["training"])
     assert all(r["ok"] for r in results["ring_attention"])
     assert [(r["dtype"], r["restarts"]) for r in results["precision"]] == [
@@ -42,6 +45,7 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
     ]
     assert all(max(r["errors"].values()) < 1e-2 for r in results["precision"])  # fp16 rounding, no more
     report = gpu_acceptance.report(results)  # what --render writes into docs/benchmarks.md
+    assert "Meetings of split programs" in report
     for heading in ("self-check", "dk worst at", "block", "scan", "config", "ring attention"):
         assert f"| {heading} |" in report
     calibration = subprocess.run(

@@ -200,7 +200,8 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
     a = argparse.Namespace(out=str(tmp_path), variants=["MAC", "MAG"], no_write=True)
     cmd_publish(a)
     out = capsys.readouterr().out
-    assert "| 4,096 tokens (16x) |" in out and "512 tokens" not in out
+    assert "| 4,096 tokens (16x) |" in out
+    assert "512 tokens" not in out
     assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 / 100 (2) |" in out
     assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 25 / 50 (4) |" in out
 

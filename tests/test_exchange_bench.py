@@ -1,0 +1,113 @@
+"""The exchange microbenchmarks (bench/exchange_bench.py) on CPU: the global meeting equals
+its closed form in the threaded interpreter grid at 2 and 4 programs per group; the dry run
+checks every row and says why the cluster part did not run; a wrong row is reported as
+wrong; and the Gluon cluster exchange compiles for sm_90 to distributed-shared-memory loads
+and cluster barriers with no spills."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton.language as tl
+
+from devtools.paths import REPO
+
+needs_poll = pytest.mark.skipif(
+    not hasattr(tl, "atomic_poll") or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs triton >= 3.9 (tl.atomic_poll) and its interpreter",
+)
+
+
+def test_the_closed_form_equals_the_rounds_summed_one_by_one():
+    from bench.exchange_bench import expected
+
+    p = torch.randn(3, 4, 2, 8, generator=torch.Generator().manual_seed(0))
+    rounds = 5
+    direct = sum((p.double() + r).sum(1) for r in range(rounds))
+    assert torch.allclose(expected(p, rounds), direct)
+
+
+@needs_poll
+@pytest.mark.parametrize("split", [2, 4])
+def test_the_global_meeting_equals_its_closed_form_in_the_threaded_grid(split):
+    from bench.exchange_bench import expected, global_meeting
+    from devtools.threaded_grid import threaded_grid
+
+    p = torch.randn(2, split, 2, 16, generator=torch.Generator().manual_seed(split))
+    with threaded_grid():
+        out, ok = global_meeting(p, rounds=3)
+    assert ok.eq(1).all()
+    want = expected(p, 3)
+    for s in range(split):  # every program holds the group's sum, bit for bit the same
+        assert torch.equal(out[:, s], out[:, 0])
+    assert (out[:, 0].double() - want).abs().max().item() < 1e-4
+
+
+@needs_poll
+def test_the_dry_run_checks_every_row_and_says_why_the_cluster_part_did_not_run():
+    from bench.exchange_bench import measure, report
+    from devtools.threaded_grid import threaded_grid
+
+    with threaded_grid():
+        result = measure(torch.device("cpu"), dry=True)
+    assert {(r["exchange"], r["payload"]) for r in result["rows"]} == {
+        ("global", "64x64 fp32"),
+        ("global", "barrier only"),
+    }
+    assert all(r["correct"] for r in result["rows"])
+    assert "no interpreter path" in result["not_run"]["cluster"]
+    text = report(result)
+    assert "| global | 64x64 fp32 | 2 | 2 |" in text
+    assert "cluster exchange not run" in text
+
+
+def test_a_wrong_row_is_reported_as_wrong():
+    from bench.exchange_bench import report
+
+    row = dict(exchange="cluster", payload="64x64 fp32", split=4, groups=32, us=1.0, correct=False)
+    assert "| cluster | 64x64 fp32 | 4 | 32 | 1.00 | NO |" in report({"rows": [row], "not_run": {}})
+
+
+def test_the_dry_run_refuses_to_start_outside_the_interpreter():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "bench.exchange_bench", "--dry-run"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "TRITON_INTERPRET=1" in proc.stderr
+
+
+COMPILE = """
+from bench.exchange_bench import compile_cluster_exchange
+from titans_plugin.kernels.compile_report import _ptxas_report
+for ctas in (2, 4, 8):
+    for exchange in (True, False):
+        k = compile_cluster_exchange(ctas, exchange)
+        ptx, r = k.asm["ptx"], _ptxas_report(k.asm["ptx"], 90)
+        print(ctas, int(exchange), k.metadata.num_ctas, k.metadata.shared, r["spill_stores"],
+              ptx.count("ld.shared::cluster"), ptx.count("barrier.cluster.arrive"))
+"""
+
+
+@pytest.mark.slow  # ahead-of-time compiles (ptxas), in a process without the interpreter
+def test_the_cluster_exchange_compiles_for_sm90_to_dsmem_loads_and_cluster_barriers():
+    from bench.exchange_bench import gluon_problem
+
+    if gluon_problem():
+        pytest.skip(gluon_problem())
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run([sys.executable, "-c", COMPILE], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[int(x) for x in line.split()] for line in proc.stdout.splitlines()]
+    assert len(rows) == 6
+    for ctas, exchange, num_ctas, shared, spills, remote_loads, barriers in rows:
+        assert num_ctas == ctas
+        assert spills == 0
+        assert barriers > 0
+        if exchange:  # each CTA's slot of the [ctas, 64, 64] fp32 buffer; the others' read remotely
+            assert shared == 64 * 64 * 4
+            assert remote_loads > 0
+        else:
+            assert shared == 0
+            assert remote_loads == 0
