@@ -15,6 +15,9 @@ and 32 groups (B x H = 32, where splitting pays):
   [64, 64] partial into its slot of a cluster-sharded shared buffer, a cluster barrier,
   every CTA reads all slots (the others' over distributed shared memory) and sums them, a
   second barrier before the slots are reused; and the cluster barrier alone.
+And how many clusters of 2, 4 and 8 CTAs can be resident at once at the shared memory a
+cluster kernel would hold (the driver's cuOccupancyMaxActiveClusters): clusters cannot span
+GPCs, so fewer SMs than 132 may be usable, which the model assumes away.
 A round's cost is the difference of two launches (2N and N rounds) over N, so the launch
 and the first load cancel. Every launch's result is checked against its closed form.
 """
@@ -200,7 +203,31 @@ def measure(device: torch.device, dry: bool = False) -> dict:
                 us = per_round_us(lambda n, p=p, e=exchange: cluster_exchange(p, n, e), device, rounds, iters)
                 payload = f"{PAYLOAD[0]}x{PAYLOAD[1]} fp32" if exchange else "barrier only"
                 rows.append(dict(exchange="cluster", payload=payload, split=ctas, groups=groups, us=us, correct=right))
-    return {"rows": rows, "not_run": not_run}
+    occupancy = []
+    if not problem:
+        try:
+            occupancy = cluster_occupancy(device)
+        except Exception as e:  # a driver without the query: said, not fatal
+            not_run["occupancy"] = f"{type(e).__name__}: {e}"
+    return {"rows": rows, "occupancy": occupancy, "not_run": not_run}
+
+
+CLUSTER_SHARED = (16384, 98304, 131072, 196608)  # the exchange alone; the prototypes' sizes; most of an SM
+
+
+def cluster_occupancy(device: torch.device) -> list[dict]:
+    """Clusters of each size resident at once at each CLUSTER_SHARED bytes of shared memory
+    per CTA, and the SMs they keep busy, from the driver (sm_90 only)."""
+    from triton.runtime import driver
+
+    rows = []
+    for ctas in SPLITS:
+        k = compile_cluster_exchange(ctas, arch=torch.cuda.get_device_capability(device)[0] * 10)
+        k._init_handles()  # loads the binary on the current device: the handle the driver asks about
+        for shared in CLUSTER_SHARED:
+            clusters = driver.active.utils.cuOccupancyMaxActiveClusters(k.function, shared, ctas)
+            rows.append(dict(ctas=ctas, shared=shared, clusters=clusters, sms=clusters * ctas))
+    return rows
 
 
 def cluster_problem(device: torch.device) -> str | None:
@@ -229,8 +256,11 @@ def report(result: dict) -> str:
         for r in result["rows"]
     ]
     text = table(["exchange", "payload", "programs per group", "groups", "us per round", "correct"], rows)
+    if result.get("occupancy"):
+        occ = [[o["ctas"], f"{o['shared']:,}", o["clusters"], o["sms"]] for o in result["occupancy"]]
+        text += "\n\n" + table(["CTAs per cluster", "shared B per CTA", "clusters resident", "SMs busy"], occ)
     for part, why in result["not_run"].items():
-        text += f"\n\n{part} exchange not run: {why}"
+        text += f"\n\nNot run ({part}): {why}"
     return text
 
 

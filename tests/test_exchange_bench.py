@@ -60,7 +60,7 @@ def test_the_dry_run_checks_every_row_and_says_why_the_cluster_part_did_not_run(
     assert "no interpreter path" in result["not_run"]["cluster"]
     text = report(result)
     assert "| global | 64x64 fp32 | 2 | 2 |" in text
-    assert "cluster exchange not run" in text
+    assert "Not run (cluster): Gluon kernels run only on a GPU" in text
 
 
 def test_a_wrong_row_is_reported_as_wrong():
@@ -68,6 +68,10 @@ def test_a_wrong_row_is_reported_as_wrong():
 
     row = dict(exchange="cluster", payload="64x64 fp32", split=4, groups=32, us=1.0, correct=False)
     assert "| cluster | 64x64 fp32 | 4 | 32 | 1.00 | NO |" in report({"rows": [row], "not_run": {}})
+    occupancy = [dict(ctas=4, shared=131072, clusters=30, sms=120)]
+    text = report({"rows": [row], "occupancy": occupancy, "not_run": {"occupancy": "no driver query"}})
+    assert "| 4 | 131,072 | 30 | 120 |" in text
+    assert "Not run (occupancy): no driver query" in text
 
 
 def test_the_dry_run_refuses_to_start_outside_the_interpreter():
