@@ -193,6 +193,121 @@ def split_table(spills: dict, split_spills: dict) -> str:
     return f"{title}\n\n{table(header, rows)}\n\n{note}"
 
 
+# The designs past one program per (batch, head) (issue: the state split across programs or a
+# cluster). Each chunk couples the programs of a head through sums of [C, D] partials: the
+# forward's inner error, retrieval and clip norms, and about eight in the backward.
+EXCHANGES = {"fwd": 3, "bwd": 8}
+# One exchange of a [64, 64] fp32 partial among the CTAs of a cluster (slots in shared
+# memory, read over DSMEM, two cluster barriers): an assumed cost, measured by
+# bench/exchange_bench.py on an sm_90 GPU.
+CLUSTER_EXCHANGE_US = 1.0
+SHARED_PER_SM = 227 * 1024  # an H100 block's shared-memory limit
+
+
+def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING_US,
+           cluster_us: float = CLUSTER_EXCHANGE_US, C: int = 64, D: int = 64, H: int = 256) -> dict:  # fmt: skip
+    """Forward + backward per chunk for one design at B x H = BH: kind "one" (one program
+    per (batch, head), the state streamed through L2: today's kernels), "split" (n programs
+    per head, each streaming its shard of the state through L2, meeting through global
+    memory: the plain-Triton split, its backward extrapolated from the forward) or "cluster"
+    (a cluster of n CTAs per head, each holding its shard of W1, W2, S1, S2 in shared memory
+    for the whole sequence, exchanging over DSMEM). Bytes through L2 per chunk and head,
+    DSMEM bytes per CTA, barriers, shared memory per CTA, programs resident, the time per
+    chunk for all heads and the useful share of bf16 peak, with what binds it."""
+    tile, every = 16, 4
+    if kind == "one":  # today's kernels: the model above, as it is
+        r = predict(C, D, H, tile, every, True, spills, BH)
+        l2 = r["l2"]["fwd"] + r["l2"]["bwd"]
+        pct, time_us = r["pct_peak"], r["time_us"] * -(-BH // SMS)
+        common = dict(launches=True, programs=BH, l2_kib=l2 / 1024, dsmem_kib=0, barriers=0, shared=None)
+        return {**common, "time_us": time_us, "pct_peak": pct, "bound": r["bound_fwd"], "exchange_budget_us": None}
+    m = per_chunk(C, D, H, tile, every, True, spills, False)
+    flops, useful = m["flops"]["fwd"] + m["flops"]["bwd"], m["useful"]
+    state = 4 * 4 * D * H  # W1, W2, S1, S2 fp32
+    partial = 4 * C * D
+    exchanges = EXCHANGES["fwd"] + EXCHANGES["bwd"]
+    small = (3 + 19) * 2 * C * C * D  # the [C, C] products (forward 3, backward 19): every program does them whole
+    if kind == "split":
+        # each program streams 1/n of the state; each exchange writes its partial and reads all n
+        l2 = m["l2"]["fwd"] + m["l2"]["bwd"] + n * exchanges * (1 + n) * partial
+        dsmem, barriers, shared = 0, exchanges, None
+        compute = (flops - small) + n * small
+        exchange_us = exchanges * meeting_us
+    elif kind == "cluster":
+        inputs = 2 * (3 * C * D * 2 + 3 * C * 4) + C * D * 2  # q, k, v, gates read by the forward and backward, dy
+        outputs = C * D * 2 + 3 * C * D * 2 + 3 * C * 4  # y; dq, dk, dv, the gates' gradients
+        checkpoints = 2 * state / every  # written by the forward, read by the backward
+        replay = 2 * 3 * state / every  # the backward's replayed states (3 of every 4 chunks) through L2
+        l2 = n * inputs + outputs + checkpoints + replay
+        dsmem, barriers = exchanges * (n - 1) * partial, 2 * exchanges
+        shared = state // n + 3 * C * D * 2  # the shard, and the chunk's q, k, v staged
+        compute = (flops - small) + n * small
+        exchange_us = exchanges * cluster_us
+    else:
+        raise ValueError(f"design kind must be one of 'one', 'split', 'cluster', got {kind!r}")
+    programs = BH * n
+    resident = SMS if kind != "cluster" else (SMS // n) * n  # at most one program per SM; whole clusters
+    if kind == "split" and programs > SMS:  # a cooperative launch needs every program resident
+        return {"launches": False, "programs": programs}
+    if shared is not None and shared > SHARED_PER_SM:
+        return {"launches": False, "programs": programs, "shared": shared}
+    active = min(programs, resident)
+    l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
+    sm_peak = PEAK_TFLOPS * 1e12 / SMS
+    t_compute, t_memory = compute / n / sm_peak, l2 / n / l2_rate  # no spills: these kernels do not exist yet
+    # the exchanges do not overlap the work: each chunk's update needs its inner error
+    t = max(t_compute, t_memory) + exchange_us * 1e-6
+    waves = -(-programs // resident)
+    total = t * waves
+    # the most an exchange may cost for 25% of peak (None: out of reach even without exchanges)
+    budget = (useful * BH / (0.25 * PEAK_TFLOPS * 1e12) / waves - max(t_compute, t_memory)) / max(exchanges, 1)
+    bound = "exchange" if exchange_us * 1e-6 > max(t_compute, t_memory) else "L2" if t_memory > t_compute else "tensor"
+    return {
+        "launches": True,
+        "programs": programs,
+        "l2_kib": l2 / 1024,
+        "dsmem_kib": dsmem / 1024,
+        "barriers": barriers,
+        "shared": shared,
+        "time_us": total * 1e6,
+        "pct_peak": 100 * useful * BH / total / 1e12 / PEAK_TFLOPS,
+        "bound": bound,
+        "exchange_budget_us": budget * 1e6 if budget > 0 else None,
+    }
+
+
+DESIGNS = [("one", 1), ("split", 2), ("split", 4), ("cluster", 2), ("cluster", 4), ("cluster", 8)]
+DESIGN_NAMES = {
+    "one": "one program per head (today)",
+    "split": "plain split, state in L2",
+    "cluster": "cluster, state on chip",
+}
+
+
+def designs_table(spills: dict, meeting_us: float = MEETING_US, cluster_us: float = CLUSTER_EXCHANGE_US) -> str:
+    """Every design at B x H = 32 and 128, forward + backward (the default configuration)."""
+    rows = []
+    for kind, n in DESIGNS:
+        first = design(kind, n, 32, spills, meeting_us, cluster_us)
+        row = [DESIGN_NAMES[kind], n]
+        if "l2_kib" in first:
+            shared = "-" if first["shared"] is None else f"{first['shared'] // 1024}"
+            row += [f"{first['l2_kib']:,.0f}", f"{first['dsmem_kib']:,.0f}", first["barriers"], shared]
+        else:
+            row += ["", "", "", f"{first.get('shared', 0) // 1024}"]
+        for BH in (32, 128):
+            r = design(kind, n, BH, spills, meeting_us, cluster_us)
+            cannot = f"cannot launch ({r['programs']} programs)"
+            row.append(f"{r['pct_peak']:.1f}% ({r['bound']})" if r["launches"] else cannot)
+        budget = first.get("exchange_budget_us")
+        row.append("-" if kind == "one" else f"{budget:.2f}" if budget else "out of reach")
+        rows.append(row)
+    header = ["design", "programs per head", "L2 KiB per chunk and head", "DSMEM KiB per CTA per chunk",
+              "barriers per chunk", "shared KiB per CTA", "B*H = 32: % of bf16 peak (bound)", "B*H = 128",
+              "us per exchange for 25% at B*H = 32"]  # fmt: skip
+    return table(header, rows)
+
+
 LAUNCH_US = 5.0  # one kernel launch, as the model assumes it (two per training step: forward, backward)
 
 
@@ -249,7 +364,41 @@ def calibrate(measured: dict) -> str:
         "time far above both the compute and the L2 term, with the implied rates far below the model's, points at "
         "a term the model lacks (latency, occupancy, spills moving every tile step)."
     )
-    return table(header, rows) + "\n\n" + note
+    return table(header, rows) + "\n\n" + note + exchange_calibration(measured, spills)
+
+
+def exchange_calibration(measured: dict, spills: dict) -> str:
+    """The designs' exchange terms, assumed against measured (bench/exchange_bench.py's rows
+    in a GPU acceptance run: the [64, 64] exchange at 4 programs per group), and the designs
+    table again with the measured costs ("" when the run has no such rows)."""
+    rows = (measured.get("exchange") or {}).get("rows", [])
+
+    def at4(exchange: str) -> float | None:
+        found = [
+            r["us"] for r in rows if r["exchange"] == exchange and r["split"] == 4 and r["payload"] != "barrier only"
+        ]
+        return found[0] if found else None
+
+    meeting, cluster = at4("global"), at4("cluster")
+    if meeting is None and cluster is None:
+        return ""
+    terms = [
+        ["global meeting, 4 programs, 64x64 fp32", f"{MEETING_US:.2f}", "-" if meeting is None else f"{meeting:.2f}"],
+        [
+            "cluster exchange, 4 CTAs, 64x64 fp32",
+            f"{CLUSTER_EXCHANGE_US:.2f}",
+            "-" if cluster is None else f"{cluster:.2f}",
+        ],
+    ]
+    again = designs_table(
+        spills, MEETING_US if meeting is None else meeting, CLUSTER_EXCHANGE_US if cluster is None else cluster
+    )
+    return (
+        "\n\n"
+        + table(["exchange term (us)", "model assumed", "measured"], terms)
+        + "\n\nThe designs with the measured exchange costs:\n\n"
+        + again
+    )
 
 
 def sm_peak_tflops() -> float:
@@ -341,6 +490,26 @@ def main() -> None:
     if split_rows:
         split_text = split_table(spills, {"fwd": split_rows[0]["spill_stores"], "bwd": 0})
         publish(split_text, "kernels.md", "Roofline model: split forward", write=not args.no_write)
+    publish(designs_text(spills), "kernels.md", "Roofline model: every design", write=not args.no_write)
+
+
+def designs_text(spills: dict) -> str:
+    note = (
+        "Forward + backward per chunk, default configuration (depth 2, head dim 64, hidden 256, chunk 64, bf16, "
+        "clip on). The first row is the model above. The plain split (built: its forward; tested on CPU) is "
+        f"extrapolated to the backward with {EXCHANGES['bwd']} [C, D] sums per chunk besides the forward's "
+        f"{EXCHANGES['fwd']}: each program still streams its shard of the state through L2, so it moves the same "
+        "state bytes as one program, plus its exchanges. The cluster (not built) keeps each CTA's shard of W1, W2, "
+        "S1 and S2 in shared memory for the whole sequence: only the chunk's inputs and outputs, the checkpoints "
+        "and the backward's replayed states cross L2. Assumed: "
+        f"{MEETING_US} us per global meeting and {CLUSTER_EXCHANGE_US} us per cluster exchange of a [64, 64] fp32 "
+        "partial, neither overlapping work (a chunk's update needs its inner error); whole clusters on "
+        f"{SMS} SMs; no spills in the kernels not built. The last column is the exchange cost at which the "
+        "design reaches 25% of bf16 peak at B*H = 32: what `python -m bench.exchange_bench` measures on a GPU "
+        "(`python -m bench.roofline --measured docs/gpu_acceptance.json` redraws the table with it)."
+    )
+    title = "### Roofline model: every design (a model, not a measurement)"
+    return f"{title}\n\n{designs_table(spills)}\n\n{note}"
 
 
 if __name__ == "__main__":
