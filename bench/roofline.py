@@ -219,28 +219,36 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
         r = predict(C, D, H, tile, every, True, spills, BH)
         l2 = r["l2"]["fwd"] + r["l2"]["bwd"]
         pct, time_us = r["pct_peak"], r["time_us"] * -(-BH // SMS)
+        l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / min(BH, SMS)) * 1e9
+        memory = (l2 + r["spill"]["fwd"] + r["spill"]["bwd"]) / l2_rate
+        compute = (r["flops"]["fwd"] + r["flops"]["bwd"]) / (PEAK_TFLOPS * 1e12 / SMS)
         common = dict(launches=True, programs=BH, l2_kib=l2 / 1024, dsmem_kib=0, barriers=0, shared=None)
-        return {**common, "time_us": time_us, "pct_peak": pct, "bound": r["bound_fwd"], "exchange_budget_us": None}
+        bound = "L2" if memory > compute else "tensor"  # over the forward and the backward
+        return {**common, "time_us": time_us, "pct_peak": pct, "bound": bound, "exchange_budget_us": None}
     m = per_chunk(C, D, H, tile, every, True, spills, False)
     flops, useful = m["flops"]["fwd"] + m["flops"]["bwd"], m["useful"]
     state = 4 * 4 * D * H  # W1, W2, S1, S2 fp32
     partial = 4 * C * D
     exchanges = EXCHANGES["fwd"] + EXCHANGES["bwd"]
     small = (3 + 19) * 2 * C * C * D  # the [C, C] products (forward 3, backward 19): every program does them whole
+    inputs = 2 * (3 * C * D * 2 + 3 * C * 4) + C * D * 2  # q, k, v, gates read by the forward and backward, dy
     if kind == "split":
-        # each program streams 1/n of the state; each exchange writes its partial and reads all n
-        l2 = m["l2"]["fwd"] + m["l2"]["bwd"] + n * exchanges * (1 + n) * partial
+        # each program streams 1/n of the state and reads the chunk's inputs whole; each
+        # exchange writes its partial and reads all n
+        l2 = m["l2"]["fwd"] + m["l2"]["bwd"] + (n - 1) * inputs + n * exchanges * (1 + n) * partial
         dsmem, barriers, shared = 0, exchanges, None
         compute = (flops - small) + n * small
         exchange_us = exchanges * meeting_us
     elif kind == "cluster":
-        inputs = 2 * (3 * C * D * 2 + 3 * C * 4) + C * D * 2  # q, k, v, gates read by the forward and backward, dy
         outputs = C * D * 2 + 3 * C * D * 2 + 3 * C * 4  # y; dq, dk, dv, the gates' gradients
         checkpoints = 2 * state / every  # written by the forward, read by the backward
-        replay = 2 * 3 * state / every  # the backward's replayed states (3 of every 4 chunks) through L2
+        replay = 2 * (every - 1) * state / every  # the backward's replayed states, written and read through L2
         l2 = n * inputs + outputs + checkpoints + replay
-        dsmem, barriers = exchanges * (n - 1) * partial, 2 * exchanges
-        shared = state // n + 3 * C * D * 2  # the shard, and the chunk's q, k, v staged
+        # two slot sets alternated by exchange: one cluster barrier each (bench/exchange_bench.py)
+        dsmem, barriers = exchanges * (n - 1) * partial, exchanges
+        # the backward holds the state's shard and its gradient's (dW1, dW2, dS1, dS2) across
+        # chunks; the chunk's q, k, v staged; the two slot sets
+        shared = 2 * state // n + 3 * C * D * 2 + 2 * partial
         compute = (flops - small) + n * small
         exchange_us = exchanges * cluster_us
     else:
@@ -248,9 +256,10 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     programs = BH * n
     resident = SMS if kind != "cluster" else (SMS // n) * n  # at most one program per SM; whole clusters
     if kind == "split" and programs > SMS:  # a cooperative launch needs every program resident
-        return {"launches": False, "programs": programs}
+        return {"launches": False, "programs": programs, "shared": shared, "why": f"{programs} programs > {SMS} SMs"}
     if shared is not None and shared > SHARED_PER_SM:
-        return {"launches": False, "programs": programs, "shared": shared}
+        why = f"{shared // 1024} KiB of shared memory > {SHARED_PER_SM // 1024}"
+        return {"launches": False, "programs": programs, "shared": shared, "why": why}
     active = min(programs, resident)
     l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
     sm_peak = PEAK_TFLOPS * 1e12 / SMS
@@ -290,17 +299,17 @@ def designs_table(spills: dict, meeting_us: float = MEETING_US, cluster_us: floa
     for kind, n in DESIGNS:
         first = design(kind, n, 32, spills, meeting_us, cluster_us)
         row = [DESIGN_NAMES[kind], n]
+        shared = "-" if first.get("shared") is None else f"{first['shared'] // 1024}"
         if "l2_kib" in first:
-            shared = "-" if first["shared"] is None else f"{first['shared'] // 1024}"
             row += [f"{first['l2_kib']:,.0f}", f"{first['dsmem_kib']:,.0f}", first["barriers"], shared]
         else:
-            row += ["", "", "", f"{first.get('shared', 0) // 1024}"]
+            row += ["", "", "", shared]
         for BH in (32, 128):
             r = design(kind, n, BH, spills, meeting_us, cluster_us)
-            cannot = f"cannot launch ({r['programs']} programs)"
+            cannot = f"cannot launch ({r.get('why')})"
             row.append(f"{r['pct_peak']:.1f}% ({r['bound']})" if r["launches"] else cannot)
         budget = first.get("exchange_budget_us")
-        row.append("-" if kind == "one" else f"{budget:.2f}" if budget else "out of reach")
+        row.append("-" if kind == "one" or not first["launches"] else f"{budget:.2f}" if budget else "out of reach")
         rows.append(row)
     header = ["design", "programs per head", "L2 KiB per chunk and head", "DSMEM KiB per CTA per chunk",
               "barriers per chunk", "shared KiB per CTA", "B*H = 32: % of bf16 peak (bound)", "B*H = 128",
@@ -373,19 +382,18 @@ def exchange_calibration(measured: dict, spills: dict) -> str:
     table again with the measured costs ("" when the run has no such rows)."""
     rows = (measured.get("exchange") or {}).get("rows", [])
 
-    def at4(exchange: str) -> float | None:
-        found = [
-            r["us"] for r in rows if r["exchange"] == exchange and r["split"] == 4 and r["payload"] != "barrier only"
-        ]
-        return found[0] if found else None
+    def at4(exchange: str, payload: str) -> float | None:
+        found = [r["us"] for r in rows if (r["exchange"], r["split"], r["payload"]) == (exchange, 4, payload)]
+        return found[0] if found and found[0] is not None else None
 
-    meeting, cluster = at4("global"), at4("cluster")
+    # the designs' exchanges: the inner error's [64, 64] fp32 partial; a cluster alternates two slot sets
+    meeting, cluster = at4("global", "64x64 fp32"), at4("cluster", "64x64 fp32, two slot sets")
     if meeting is None and cluster is None:
         return ""
     terms = [
         ["global meeting, 4 programs, 64x64 fp32", f"{MEETING_US:.2f}", "-" if meeting is None else f"{meeting:.2f}"],
         [
-            "cluster exchange, 4 CTAs, 64x64 fp32",
+            "cluster exchange, 4 CTAs, 64x64 fp32, two slot sets",
             f"{CLUSTER_EXCHANGE_US:.2f}",
             "-" if cluster is None else f"{cluster:.2f}",
         ],

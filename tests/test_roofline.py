@@ -50,11 +50,12 @@ def test_the_one_program_design_is_the_model_of_todays_kernels():
 def test_the_cluster_keeps_the_state_on_chip_where_its_shard_fits():
     one, four = roofline.design("one", 1, 32, SPILLS), roofline.design("cluster", 4, 32, SPILLS)
     assert four["l2_kib"] < one["l2_kib"] / 5  # only the chunk's inputs, outputs and checkpoints move
-    assert four["shared"] == (256 * 1024) // 4 + 3 * 64 * 64 * 2  # its quarter of W1, W2, S1, S2 and q, k, v
-    assert four["barriers"] == 2 * (roofline.EXCHANGES["fwd"] + roofline.EXCHANGES["bwd"])
-    whole = roofline.design("cluster", 1, 32, SPILLS)  # the whole 256 KiB state in one CTA
-    assert not whole["launches"]
-    assert whole["shared"] > roofline.SHARED_PER_SM
+    # its quarter of W1, W2, S1, S2 and of their gradients (the backward), q, k, v, two slot sets
+    assert four["shared"] == 2 * (256 * 1024) // 4 + 3 * 64 * 64 * 2 + 2 * 64 * 64 * 4
+    assert four["barriers"] == roofline.EXCHANGES["fwd"] + roofline.EXCHANGES["bwd"]  # one per exchange
+    two = roofline.design("cluster", 2, 32, SPILLS)  # half the state and half its gradient: too much
+    assert not two["launches"]
+    assert two["why"] == "312 KiB of shared memory > 227"
 
 
 def test_the_exchanges_add_to_the_time_and_the_budget_is_what_reaches_25_percent():
@@ -70,7 +71,12 @@ def test_the_exchanges_add_to_the_time_and_the_budget_is_what_reaches_25_percent
 
 def test_a_plain_split_past_the_sms_cannot_launch_and_a_bad_kind_is_named():
     assert roofline.design("split", 4, 33, SPILLS)["launches"]  # 132 programs
-    assert roofline.design("split", 4, 34, SPILLS) == {"launches": False, "programs": 136}
+    assert roofline.design("split", 4, 34, SPILLS) == {
+        "launches": False,
+        "programs": 136,
+        "shared": None,
+        "why": "136 programs > 132 SMs",
+    }
     with pytest.raises(ValueError, match="'one', 'split', 'cluster'"):
         roofline.design("ring", 4, 32, SPILLS)
 
@@ -79,11 +85,12 @@ def test_a_measured_exchange_replaces_the_assumed_one():
     rows = [
         dict(exchange="global", payload="64x64 fp32", split=4, us=3.0),
         dict(exchange="global", payload="barrier only", split=4, us=2.0),
-        dict(exchange="cluster", payload="64x64 fp32", split=4, us=0.25),
+        dict(exchange="cluster", payload="64x64 fp32, one slot set", split=4, us=0.5),
+        dict(exchange="cluster", payload="64x64 fp32, two slot sets", split=4, us=0.25),
     ]
     text = roofline.exchange_calibration({"exchange": {"rows": rows}}, SPILLS)
     assert f"| global meeting, 4 programs, 64x64 fp32 | {roofline.MEETING_US:.2f} | 3.00 |" in text
-    assert "| cluster exchange, 4 CTAs, 64x64 fp32 | 1.00 | 0.25 |" in text
+    assert "| cluster exchange, 4 CTAs, 64x64 fp32, two slot sets | 1.00 | 0.25 |" in text
     want = roofline.design("cluster", 4, 32, SPILLS, 3.0, 0.25)["pct_peak"]
-    assert f"| cluster, state on chip | 4 | 775 | 528 | 22 | 88 | {want:.1f}% (tensor) |" in text
+    assert f"| cluster, state on chip | 4 | 775 | 528 | 11 | 184 | {want:.1f}% (tensor) |" in text
     assert roofline.exchange_calibration({}, SPILLS) == ""
