@@ -62,13 +62,26 @@ def record(section: str, key: str, result: dict) -> None:
     store(RESULTS, section, key, result)
 
 
-def quality(models: list[str], seeds: list[int], settings: list[str], rerun: bool) -> None:
+def label(setting: str, gate_scale_init: float | None) -> str:
+    """A setting's name in the stored runs: with a gate start, that value beside it."""
+    return setting if gate_scale_init is None else f"{setting}, gate_scale_init {gate_scale_init:g}"
+
+
+def overrides_of(setting: str, gate_scale_init: float | None) -> list[str]:
+    return SETTINGS[setting] + ([] if gate_scale_init is None else [f"gate_scale_init={gate_scale_init:g}"])
+
+
+def quality(
+    models: list[str], seeds: list[int], settings: list[str], rerun: bool, gate_scale_init: float | None = None
+) -> None:
+    """`gate_scale_init`: also start the gates' scale there; stored as a setting of its own
+    (say "long-context, gate_scale_init 0.02"), judged against the defaults like the others."""
     stored = load()["quality"]
     for seed in seeds:  # seed by seed: a stopped sweep still compares like with like
         for name in models:
             for setting in settings:
-                overrides = SETTINGS[setting]
-                key = f"{name}/{setting}/{seed}"
+                overrides = overrides_of(setting, gate_scale_init)
+                key = f"{name}/{label(setting, gate_scale_init)}/{seed}"
                 if key in stored and stored[key].get("overrides", overrides) == overrides and not rerun:
                     continue  # measured with these overrides already
                 r = lm_run(name, 400, 100, overrides, ("--debug.seed", str(seed)))
@@ -107,7 +120,7 @@ def stability(settings: list[str], steps: int = STABILITY_STEPS, gate_scale_init
     """`gate_scale_init`: also start the MAC gates' scale there (docs/blocks.md); the run is
     stored under the setting's name plus that value."""
     for setting in settings:
-        name = setting if gate_scale_init is None else f"{setting}, gate_scale_init {gate_scale_init:g}"
+        name = label(setting, gate_scale_init)
         folder = f"./outputs/long_context_defaults/170m_{name.replace(', ', '_').replace(' ', '_')}"
         args = [*STABILITY_ARGS, "--training.steps", str(steps), "--job.dump_folder", folder]
         if gate_scale_init is not None:
@@ -161,17 +174,25 @@ def verdict(defaults: list[float], setting: list[float]) -> tuple[float, bool]:
     return delta, round(delta, 9) <= TOLERANCE  # losses are stored rounded: 0.01 itself passes
 
 
-def decision(stored: dict) -> tuple[list[list[str]], str]:
-    """One row per model (each setting's per-seed losses, unpaired ones in brackets; the
-    means over the seeds both settings ran; their difference) and the verdict: "met" or
-    "not met" over every seed of SEEDS, "incomplete (k of n seeds)" before that."""
+def candidates(stored: dict) -> list[str]:
+    """The settings stored besides the defaults, the long-context setting first."""
+    found = {key.split("/")[1] for key in stored["quality"]} - {"defaults"}
+    return sorted(found, key=lambda s: (s != "long-context", s))
+
+
+def decision(stored: dict, candidate: str = "long-context") -> tuple[list[list[str]], str]:
+    """One row per model (the defaults' and the candidate setting's per-seed losses,
+    unpaired ones in brackets; the means over the seeds both ran; their difference) and
+    the verdict: "met" or "not met" over every seed of SEEDS, "incomplete (k of n seeds)"
+    before that."""
     rows, verdicts, fewest = [], [], len(SEEDS)
-    for name, label in MODELS.items():
-        runs = {s: {seed: stored["quality"].get(f"{name}/{s}/{seed}") for seed in SEEDS} for s in SETTINGS}
-        paired = [seed for seed in SEEDS if all(runs[s][seed] for s in SETTINGS)]
+    pair = ("defaults", candidate)
+    for name, model in MODELS.items():
+        runs = {s: {seed: stored["quality"].get(f"{name}/{s}/{seed}") for seed in SEEDS} for s in pair}
+        paired = [seed for seed in SEEDS if all(runs[s][seed] for s in pair)]
         fewest = min(fewest, len(paired))
-        values = {s: [runs[s][seed]["val"] for seed in paired] for s in SETTINGS}
-        delta, ok = verdict(values["defaults"], values["long-context"]) if paired else (math.nan, False)
+        values = {s: [runs[s][seed]["val"] for seed in paired] for s in pair}
+        delta, ok = verdict(values["defaults"], values[candidate]) if paired else (math.nan, False)
         verdicts.append(ok)
         cells = [
             ", ".join(
@@ -179,10 +200,10 @@ def decision(stored: dict) -> tuple[list[list[str]], str]:
                 else f"({runs[s][seed]['val']:.4f})"
                 for seed in SEEDS
             )
-            for s in SETTINGS
+            for s in pair
         ]  # fmt: skip
-        means = [f"{statistics.mean(values[s]):.4f}" if paired else "-" for s in SETTINGS]
-        rows.append([label, *cells, *means, f"{delta:+.4f}", str(len(paired))])
+        means = [f"{statistics.mean(values[s]):.4f}" if paired else "-" for s in pair]
+        rows.append([model, *cells, *means, f"{delta:+.4f}", str(len(paired))])
     if fewest < len(SEEDS):
         return rows, f"incomplete ({fewest} of {len(SEEDS)} seeds)"
     return rows, "met" if all(verdicts) else "not met"
@@ -190,20 +211,24 @@ def decision(stored: dict) -> tuple[list[list[str]], str]:
 
 def render() -> None:
     stored = load()
-    rows, outcome = decision(stored)
     seeds = ", ".join(str(seed) for seed in SEEDS)
-    header = ["model", f"defaults (seeds {seeds})", f"long-context (seeds {seeds})", "defaults mean",
-              "long-context mean", "difference", "seeds paired"]  # fmt: skip
     dates = sorted({r["date"] for r in stored["quality"].values()})
     machines = sorted({r["machine"] for r in stored["quality"].values()})
     doc = (
         f"Machine: {'; '.join(machines) or '-'}, measured {', '.join(dates) or '-'}. Command: `python -m "
-        f"bench.long_context_defaults quality`. Validation loss at step 400 (debugmodel, 8 x 512 tokens; the "
-        f"language-model table's setup), defaults against `forget_init = 1e-5`, `max_grad_norm = 4`; the seed sets "
-        f"the initialisation, the data order is the same. Means over the seeds both settings ran; a value in "
-        f"brackets has no partner yet.\n\n{table(header, rows)}\n\nRule: the setting's mean at most {TOLERANCE} "
-        f"above the defaults' for both models over seeds {seeds}: **{outcome}**.\n"
+        f"bench.long_context_defaults quality [--gate-scale-init G]`. Validation loss at step 400 (debugmodel, "
+        f"8 x 512 tokens; the language-model table's setup), the defaults against each setting "
+        f"(long-context: `forget_init = 1e-5`, `max_grad_norm = 4`); the seed sets the initialisation, the data "
+        f"order is the same. Means over the seeds both ran; a value in brackets has no partner yet.\n"
     )
+    for candidate in candidates(stored) or ["long-context"]:
+        rows, outcome = decision(stored, candidate)
+        header = ["model", f"defaults (seeds {seeds})", f"{candidate} (seeds {seeds})", "defaults mean",
+                  f"{candidate} mean", "difference", "seeds paired"]  # fmt: skip
+        doc += (
+            f"\n{table(header, rows)}\n\nRule: the mean of {candidate} at most {TOLERANCE} above the defaults' for "
+            f"both models over seeds {seeds}: **{outcome}**.\n"
+        )
     stab = stored.get("stability", {})
     if stab:
         srows = []
@@ -262,10 +287,10 @@ def main() -> None:
     p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--rerun", action="store_true", help="measure runs that are already stored again")
     p.add_argument("--steps", type=int, default=STABILITY_STEPS, help="stability: training steps at the 170M shape")
-    p.add_argument("--gate-scale-init", type=float, help="stability: start the MAC gates' scale here")
+    p.add_argument("--gate-scale-init", type=float, help="start the gates' scale here (a setting of its own)")
     a = p.parse_args()
     if a.step == "quality":
-        quality(a.models, a.seeds, a.settings, a.rerun)
+        quality(a.models, a.seeds, a.settings, a.rerun, a.gate_scale_init)
     elif a.step == "stability":
         stability(a.settings, a.steps, a.gate_scale_init)
     render()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bench.long_context_defaults import SEEDS, decision, tensorboard_scalars, verdict
+from bench.long_context_defaults import SEEDS, candidates, decision, label, overrides_of, tensorboard_scalars, verdict
 
 
 def _stored(mag_shift: float, mac_shift: float, seeds=SEEDS) -> dict:
@@ -35,6 +35,22 @@ def test_fewer_than_every_seed_is_incomplete_and_unpaired_values_are_marked():
     assert [r[-1] for r in rows] == ["2", "2"]
     assert rows[0][1].endswith("(1.5000)")
     assert rows[0][3] == "1.1050"  # the mean leaves the unpaired run out
+
+
+def test_a_gate_start_is_a_setting_of_its_own_judged_against_the_defaults():
+    assert label("long-context", None) == "long-context"
+    gated = label("long-context", 0.02)
+    assert gated == "long-context, gate_scale_init 0.02"
+    assert overrides_of("long-context", 0.02) == ["forget_init=1e-5", "max_grad_norm=4", "gate_scale_init=0.02"]
+    assert overrides_of("defaults", None) == []
+    stored = _stored(0.0, 0.0)
+    for name in ("debug_mag", "debug_mac"):
+        stored["quality"][f"{name}/{gated}/0"] = {"val": 1.2}  # one seed so far, 0.1 above
+    assert candidates(stored) == ["long-context", gated]
+    rows, outcome = decision(stored, gated)
+    assert outcome == f"incomplete (1 of {len(SEEDS)} seeds)"
+    assert [float(r[5]) for r in rows] == pytest.approx([0.1, 0.1])
+    assert decision(stored)[1] == "met"  # the long-context rows are unchanged by it
 
 
 def test_a_difference_of_exactly_the_tolerance_passes():
