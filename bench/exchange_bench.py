@@ -212,11 +212,14 @@ class ClusterExchange:
 
 
 def _seconds(launch, device, iters: int) -> float:
+    """Seconds per launch, after one untimed launch (ROUNDS is a compile-time constant:
+    each round count compiles its own kernel)."""
     if device.type != "cuda":
         t0 = time.perf_counter()
         for _ in range(iters):
             launch()
         return (time.perf_counter() - t0) / iters
+    launch()
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
