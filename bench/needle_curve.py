@@ -5,6 +5,7 @@ length and at 4K to 1M tokens.
 
     python -m bench.needle_curve train             # every model; checkpoints in outputs/needle_curve/
     python -m bench.needle_curve evaluate          # every trained model at every length; results.json
+    python -m bench.needle_curve forgetting        # each memory head's half-life over held-out text
     python -m bench.needle_curve publish           # table + plot into docs/results.md
     python -m bench.needle_curve train --variants MAG --steps 20 --out /tmp/nc   # smoke
 
@@ -44,12 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import machine, publish, read_store, store, table
-from bench.small_models import VARIANTS, matched_args, n_params
+from bench.small_models import MEMORY_VARIANTS, VARIANTS, matched_args, n_params
 from devtools.paths import REPO
 from titans_plugin.evals.needles import KINDS, characters_right, exact_match, haystack, make_document, story_ids
 from titans_plugin.evals.niah import tokenizer
 from titans_plugin.inference.sampling import Sampling, token_stream
 from titans_plugin.inference.trained import Trained
+from titans_plugin.memory.neural_memory import NeuralMemory
 from titans_plugin.model import TitansModelArgs, TitansTransformer
 
 LENGTHS = [4096, 16384, 65536, 262144, 1048576]  # after each model's training length (retrieval there at all?)
@@ -238,6 +240,55 @@ def evaluate(job: tuple) -> dict:
     )
 
 
+FORGET_TOKENS = 16384  # of held-out stories, read like an evaluation prompt
+
+
+@torch.no_grad()
+def half_lives(model: TitansTransformer, tokens: list[int], piece: int) -> list[float]:
+    """Every memory head's half-life in tokens while it reads `tokens` through the
+    incremental path in pieces of `piece`: ln 2 over the mean of -log(1 - alpha) per token
+    (alpha: its forgetting gate). That many tokens of such text halve what the memory holds
+    by forgetting alone; new writes overwrite it too, so a needle lasts at most about this."""
+    memories = [m for m in model.modules() if isinstance(m, NeuralMemory)]
+    decay: list[torch.Tensor] = [torch.zeros((), dtype=torch.float64) for _ in memories]
+    seen = [0] * len(memories)
+
+    def recording(i: int, original):
+        def gates(x):
+            theta, eta, alpha = original(x)
+            decay[i] = decay[i] + (-torch.log1p(-alpha.double())).sum(dim=(0, 1))  # [H]
+            seen[i] += alpha.shape[0] * alpha.shape[1]
+            return theta, eta, alpha
+
+        return gates
+
+    for i, m in enumerate(memories):
+        m.gates = recording(i, m.gates)  # type: ignore[method-assign]
+    try:
+        model.cover_positions(len(tokens))
+        x, caches = torch.tensor([tokens]), None
+        for lo in range(0, len(tokens), piece):
+            _, caches = model.forward_cached(x[:, lo : lo + piece], caches)
+    finally:
+        for m in memories:
+            del m.gates  # the class's method again
+    rates = [float(head) / n for total, n in zip(decay, seen, strict=True) for head in total.reshape(-1)]
+    return [math.log(2) / rate if rate > 0 else math.inf for rate in rates]
+
+
+def cmd_forgetting(a) -> None:
+    tok = tokenizer()
+    tokens = haystack(story_ids(tok, "validation"), FORGET_TOKENS, 0)
+    for n in a.variants:
+        if n not in MEMORY_VARIANTS or not os.path.exists(os.path.join(a.out, f"{_file(n)}.pt")):
+            continue
+        model, facts = load(n, a)
+        lives = sorted(half_lives(model, tokens, facts["train_len"]))
+        r = dict(name=n, tokens=FORGET_TOKENS, half_lives=lives, date=time.strftime("%Y-%m-%d"))
+        store(_results_path(a), "forgetting", n, r)
+        print(f"{n}: memory heads' half-lives {', '.join(f'{h:,.0f}' for h in lives)} tokens", flush=True)
+
+
 def _results_path(a) -> str:
     return RESULTS if os.path.abspath(a.out) == os.path.abspath(OUT) else os.path.join(a.out, "results.json")
 
@@ -315,7 +366,30 @@ def cmd_publish(a) -> None:
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     doc += by_kind(results, names, lengths)
+    doc += forgetting_table(stored.get("forgetting", {}), names)
     publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def forgetting_table(forgetting: dict, names) -> str:
+    """Each memory model's heads' half-lives (`forgetting` step), as quantiles."""
+    rows = []
+    for n in names:
+        r = forgetting.get(n)
+        if r is None:
+            continue
+        lives = sorted(r["half_lives"])
+        longer = sum(h > r["tokens"] for h in lives)
+        cells = [f"{h:,.0f}" for h in (lives[0], lives[len(lives) // 2], lives[-1])]
+        rows.append([n, len(lives), *cells, f"{longer} of {len(lives)}"])
+    if not rows:
+        return ""
+    tokens = next(iter(forgetting.values()))["tokens"]
+    header = ["model", "memory heads", "shortest", "median", "longest", f"longer than {tokens:,}"]
+    intro = (
+        f"The memory heads' half-lives in tokens by forgetting alone (`python -m bench.needle_curve forgetting`: "
+        f"ln 2 over the mean of -log(1 - alpha) while reading {tokens:,} tokens of held-out stories):"
+    )
+    return f"\n{intro}\n\n{table(header, rows)}\n"
 
 
 def by_kind(results: dict, names, lengths) -> str:
@@ -396,7 +470,7 @@ def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["train", "evaluate", "publish"])
+    p.add_argument("command", choices=["train", "evaluate", "forgetting", "publish"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=OUT, help="checkpoints (and results.json, if not the default folder)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -424,7 +498,8 @@ def main() -> None:
     p.add_argument("--full-max", type=int, default=65536, help="longest context full attention is asked at")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
-    {"train": cmd_train, "evaluate": cmd_evaluate, "publish": cmd_publish}[a.command](a)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "publish": cmd_publish}
+    commands[a.command](a)
 
 
 if __name__ == "__main__":

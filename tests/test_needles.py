@@ -218,3 +218,38 @@ def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
     assert "| MAG | 100 / 0 / 100 | - |" in text
     assert "SWA" not in text  # no cell of it recorded kinds
     assert by_kind({"SWA@4096": {"exact": 0, "samples": 3}}, ["SWA"], [4096]) == ""
+
+
+def test_half_lives_are_ln2_over_the_forgetting_rate_of_every_memory_head():
+    import math
+
+    from bench.needle_curve import half_lives
+    from titans_plugin.memory.neural_memory import NeuralMemory
+    from titans_plugin.model import TitansTransformer
+
+    args = matched_args("M", vocab=64, window=8, max_len=16, overrides={}, dim=32)
+    model = TitansTransformer(args).eval()
+    with torch.no_grad():  # every head's alpha constant, and a different one per head
+        for m in model.modules():
+            if isinstance(m, NeuralMemory):
+                m.w_gates.weight.zero_()
+                m.w_gates.bias.view(m.n_heads, 3)[:, 2] = torch.linspace(-8.0, -2.0, m.n_heads)
+    alphas = [
+        m.config.max_forget * torch.sigmoid(b).item()
+        for m in model.modules()
+        if isinstance(m, NeuralMemory)
+        for b in m.w_gates.bias.view(m.n_heads, 3)[:, 2]
+    ]
+    got = half_lives(model, list(range(40)), piece=16)
+    assert got == pytest.approx([math.log(2) / -math.log1p(-a) for a in alphas], rel=1e-6)
+    assert all("gates" not in vars(m) for m in model.modules())  # the recording hooks are gone
+
+
+def test_the_forgetting_table_gives_each_models_half_life_quantiles():
+    from bench.needle_curve import forgetting_table
+
+    forgetting = {"MAL": {"tokens": 16384, "half_lives": [500000.0, 326.4, 20000.0, 7154.0]}}
+    text = forgetting_table(forgetting, ["MAC", "MAL"])
+    assert "| MAL | 4 | 326 | 20,000 | 500,000 | 2 of 4 |" in text
+    assert "MAC" not in text.split("|---|")[1]  # no row without a measurement
+    assert forgetting_table({}, ["MAL"]) == ""
