@@ -47,7 +47,15 @@ import torch.nn.functional as F
 from bench.common import machine, publish, read_store, store, table
 from bench.small_models import MEMORY_VARIANTS, VARIANTS, matched_args, n_params
 from devtools.paths import REPO
-from titans_plugin.evals.needles import KINDS, characters_right, exact_match, haystack, make_document, story_ids
+from titans_plugin.evals.needles import (
+    KINDS,
+    characters_right,
+    exact_match,
+    filler_ids,
+    haystack,
+    make_document,
+    story_ids,
+)
 from titans_plugin.evals.niah import tokenizer
 from titans_plugin.inference.sampling import Sampling, token_stream
 from titans_plugin.inference.trained import Trained
@@ -218,7 +226,7 @@ def evaluate(job: tuple) -> dict:
     name, length, a = job
     torch.set_num_threads(1)
     tok = tokenizer()
-    stories = story_ids(tok, "validation")
+    stories = story_ids(tok, "validation") if a.haystack == "stories" else filler_ids(tok)
     model, facts = load(name, a)
     hits, chars, depths, kinds, t0 = [], [], [], [], time.perf_counter()
     for i in range(samples_at(length, a)):
@@ -235,9 +243,13 @@ def evaluate(job: tuple) -> dict:
     partial = 100 * sum(chars) / len(chars)
     scored = f"{sum(hits)}/{len(hits)} exact, {partial:.0f}% of characters"
     print(f"{name} at {length:,}: {scored}, {seconds:.1f} s per sample", flush=True)
-    return dict(
-        name=name, length=length, hits=hits, characters=chars, depths=depths, kinds=kinds, seconds_per_sample=seconds
-    )
+    facts = dict(depths=depths, kinds=kinds, seconds_per_sample=seconds, haystack=a.haystack)
+    return dict(name=name, length=length, hits=hits, characters=chars, **facts)
+
+
+def cell_key(name: str, length: int, haystack: str = "stories") -> str:
+    """Where a cell is stored: the stories' cells as name@length, the others with their haystack."""
+    return f"{name}@{length}" + ("" if haystack == "stories" else f"/{haystack}")
 
 
 FORGET_TOKENS = 16384  # of held-out stories, read like an evaluation prompt
@@ -327,18 +339,20 @@ def cmd_evaluate(a) -> None:
         (n, length, a)
         for n in a.variants
         for length in lengths(n)
-        if not (n == "Full attention" and length > a.full_max) and f"{n}@{length}" not in results
+        if not (n == "Full attention" and length > a.full_max) and cell_key(n, length, a.haystack) not in results
     ]
     jobs.sort(key=lambda job: job[1])  # shortest first: every model's short cells before any long one
     with ProcessPoolExecutor(a.workers) as pool:
         for r in pool.map(evaluate, jobs):
             r.update(date=time.strftime("%Y-%m-%d"), machine=machine(dated=False))
-            store(_results_path(a), "cells", f"{r['name']}@{r['length']}", r)  # a stopped run keeps what it measured
+            key = cell_key(r["name"], r["length"], a.haystack)
+            store(_results_path(a), "cells", key, r)  # a stopped run keeps what it measured
 
 
 def cmd_publish(a) -> None:
     stored = read_store(_results_path(a))
-    facts, results = stored.get("models", {}), stored.get("cells", {})
+    facts, cells = stored.get("models", {}), stored.get("cells", {})
+    results = {k: r for k, r in cells.items() if r.get("haystack", "stories") == "stories"}
     names = [n for n in a.variants if n in facts]
     if not names:
         raise SystemExit(f"no trained models in {_results_path(a)}: run `python -m bench.needle_curve train` first")
@@ -366,8 +380,25 @@ def cmd_publish(a) -> None:
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     doc += by_kind(results, names, lengths)
+    doc += filler_table(cells, names)
     doc += forgetting_table(stored.get("forgetting", {}), names)
     publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+
+
+def filler_table(cells: dict, names) -> str:
+    """The cells asked with the repeated filler passage as the haystack (--haystack repeat)."""
+    filler = {k: r for k, r in cells.items() if r.get("haystack") == "repeat"}
+    lengths = sorted({r["length"] for r in filler.values() if r["name"] in names})
+    rows = [[n] + [_cell(filler.get(cell_key(n, L, "repeat"))) for L in lengths] for n in names]
+    rows = [row for row in rows if any(c != "-" for c in row[1:])]
+    if not rows:
+        return ""
+    header = ["model"] + [f"{L:,} tokens" for L in lengths]
+    intro = (
+        "The same needles in a haystack of one passage repeated (the passkey task's noise, `python -m "
+        "bench.needle_curve evaluate --haystack repeat`), exact % / characters % (samples):"
+    )
+    return f"\n{intro}\n\n{table(header, rows)}\n"
 
 
 def forgetting_table(forgetting: dict, names) -> str:
@@ -496,6 +527,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=20, help="documents per length up to 65,536 tokens")
     p.add_argument("--samples-long", type=int, default=3, help="documents per length beyond 65,536 tokens")
     p.add_argument("--full-max", type=int, default=65536, help="longest context full attention is asked at")
+    p.add_argument(
+        "--haystack", choices=["stories", "repeat"], default="stories", help="held-out stories, or one passage repeated"
+    )
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "publish": cmd_publish}

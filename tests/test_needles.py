@@ -148,12 +148,14 @@ def test_train_evaluate_publish_end_to_end(tmp_path):
     base = [sys.executable, "-m", "bench.needle_curve"]
     common = ["--variants", "MAG", "SWA", "--out", str(tmp_path), "--workers", "1"]
     train = ["--steps", "2", "--train-len", "512", "--batch", "2"]
-    for cmd in (["train", *train], ["evaluate", "--lengths", "1024", "--samples", "2"], ["publish", "--no-write"]):
+    evaluate = ["evaluate", "--lengths", "1024", "--samples", "2"]
+    for cmd in (["train", *train], evaluate, [*evaluate, "--haystack", "repeat"], ["publish", "--no-write"]):
         proc = subprocess.run(base + cmd + common, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| MAG | " in proc.stdout
     assert "| 1,024 tokens (2x) |" in proc.stdout
     assert re.search(r"\| \d+ / \d+ \(2\) \|", proc.stdout)  # exact % / characters % (samples)
+    assert "one passage repeated" in proc.stdout  # the filler haystack's table
     assert (tmp_path / "results.json").exists()
     assert (tmp_path / "mag.pt").exists()
 
@@ -253,3 +255,22 @@ def test_the_forgetting_table_gives_each_models_half_life_quantiles():
     assert "| MAL | 4 | 326 | 20,000 | 500,000 | 2 of 4 |" in text
     assert "MAC" not in text.split("|---|")[1]  # no row without a measurement
     assert forgetting_table({}, ["MAL"]) == ""
+
+
+def test_filler_cells_are_kept_apart_from_the_stories_cells():
+    from bench.needle_curve import cell_key, filler_table
+    from titans_plugin.evals.needles import FILLER, filler_ids
+
+    assert cell_key("MAL", 4096) == "MAL@4096"
+    assert cell_key("MAL", 4096, "repeat") == "MAL@4096/repeat"
+    cells = {
+        "MAL@4096": {"name": "MAL", "length": 4096, "exact": 1, "samples": 20},
+        "MAL@4096/repeat": {"name": "MAL", "length": 4096, "hits": [True, False], "haystack": "repeat"},
+    }
+    text = filler_table(cells, ["MAL", "MAC"])
+    assert "| MAL | 50 (2) |" in text
+    assert "MAC" not in text.split("|---|")[1]
+    assert filler_table({"MAL@4096": cells["MAL@4096"]}, ["MAL"]) == ""
+    tok = tokenizer()
+    ids = filler_ids(tok, repeats=3)
+    assert tok.decode(ids).strip() == " ".join([FILLER] * 3)

@@ -77,6 +77,16 @@ def story_ids(tok, split: str, max_stories: int | None = None) -> list[int]:
     return tok.encode(" " + " ".join(texts)).ids
 
 
+# The passkey task's noise (Mohtashami and Jaggi, 2023; RULER's "noise" haystack): one
+# passage repeated, so the haystack tells the memory almost nothing new after its first lap.
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+
+def filler_ids(tok, repeats: int = 64) -> list[int]:
+    """FILLER repeated, tokenized: a haystack source for haystack() like story_ids()."""
+    return tok.encode(" " + " ".join([FILLER] * repeats)).ids
+
+
 def haystack(stories: list[int], n_tokens: int, start: int) -> list[int]:
     """`n_tokens` of `stories` from `start`, cycling past the end."""
     out: list[int] = []
