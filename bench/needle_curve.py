@@ -423,30 +423,47 @@ def forgetting_table(forgetting: dict, names) -> str:
     return f"\n{intro}\n\n{table(header, rows)}\n"
 
 
-def by_kind(results: dict, names, lengths) -> str:
-    """Exact match per needle kind, for the cells that recorded each sample's kind: is a
-    model that fails at a length failing on every kind, or only on the long values?"""
+def breakdown(results: dict, names, lengths, field: str, groups, score: str) -> list[list[str]]:
+    """Rows of a model's cells split by a recorded per-sample field (`kinds`, `depths`):
+    per group, the % of `score` (`hits` or `characters`), "-" where none was recorded."""
     rows = []
     for n in names:
         cells = [results.get(f"{n}@{length}") for length in lengths]
-        if not any(r and "kinds" in r for r in cells):
+        if not any(r and field in r for r in cells):
             continue
         row = [n]
         for r in cells:
-            if not (r and "kinds" in r):
+            if not (r and field in r):
                 row.append("-")
                 continue
             pct = []
-            for kind in KINDS:
-                hits = [h for h, k in zip(r["hits"], r["kinds"], strict=True) if k == kind]
-                pct.append(f"{100 * sum(hits) / len(hits):.0f}" if hits else "-")
+            for group in groups:
+                values = [v for v, g in zip(r[score], r[field], strict=True) if g == group]
+                pct.append(f"{100 * sum(values) / len(values):.0f}" if values else "-")
             row.append(" / ".join(pct))
         rows.append(row)
-    if not rows:
-        return ""
+    return rows
+
+
+def by_kind(results: dict, names, lengths) -> str:
+    """Exact match per needle kind, and characters right per depth, for the cells that
+    recorded each sample's kind and depth: does a model fail on every kind, or only on the
+    long values; does it fail with the needle's distance, or with the document's length?"""
     header = ["model"] + [f"{length:,} tokens" for length in lengths]
-    intro = f"Exact match % by needle kind ({' / '.join(KINDS)}), where each sample's kind was recorded:"
-    return f"\n{intro}\n\n{table(header, rows)}\n"
+    text = ""
+    kinds = breakdown(results, names, lengths, "kinds", KINDS, "hits")
+    if kinds:
+        intro = f"Exact match % by needle kind ({' / '.join(KINDS)}), where each sample's kind was recorded:"
+        text += f"\n{intro}\n\n{table(header, kinds)}\n"
+    depths = breakdown(results, names, lengths, "depths", DEPTHS, "characters")
+    if depths:
+        order = " / ".join(f"{d:.0%}" for d in DEPTHS)
+        intro = (
+            f"Characters right % by the needle's depth in the haystack ({order}; 90% is nearest the question), "
+            "where each sample's depth was recorded:"
+        )
+        text += f"\n{intro}\n\n{table(header, depths)}\n"
+    return text
 
 
 def _curriculum(facts: dict) -> str:

@@ -274,3 +274,13 @@ def test_filler_cells_are_kept_apart_from_the_stories_cells():
     tok = tokenizer()
     ids = filler_ids(tok, repeats=3)
     assert tok.decode(ids).strip() == " ".join([FILLER] * 3)
+
+
+def test_characters_right_are_split_by_the_recorded_depth():
+    from bench.needle_curve import DEPTHS, by_kind
+
+    r = {"hits": [False] * 3, "characters": [0.2, 0.4, 0.9], "depths": [DEPTHS[0], DEPTHS[0], DEPTHS[-1]]}
+    r["kinds"] = ["passkey", "number", "uuid"]
+    text = by_kind({"MAL@4096": r}, ["MAL"], [4096])
+    assert "| MAL | 30 / - / - / - / 90 |" in text  # 10% depth: (0.2 + 0.4) / 2; 90% depth: 0.9
+    assert "| MAL | 0 / 0 / 0 |" in text  # by kind
