@@ -507,7 +507,7 @@ def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
             ax.plot(xs, ys, ls="--", marker=".", color=line.get_color(), alpha=0.7)
     ax.axvline(f0["train_len"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [f"{L // 1024}K" if L >= 1024 else str(L) for L in lengths])
+    ax.set_xticks(lengths, [f"{L >> 20}M" if L >= 2**20 else f"{L >> 10}K" if L >= 1024 else str(L) for L in lengths])
     ax.set_xlabel(f"context length (tokens); dotted: training length {f0['train_len']}")
     ax.set_ylabel("needle exact match % (dashed: characters right %)")
     ax.set_ylim(-3, 103)
