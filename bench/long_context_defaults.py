@@ -203,7 +203,7 @@ def decision(stored: dict, candidate: str = "long-context") -> tuple[list[list[s
             for s in pair
         ]  # fmt: skip
         means = [f"{statistics.mean(values[s]):.4f}" if paired else "-" for s in pair]
-        rows.append([model, *cells, *means, f"{delta:+.4f}", str(len(paired))])
+        rows.append([model, *cells, *means, f"{delta:+.4f}" if paired else "-", str(len(paired))])
     if fewest < len(SEEDS):
         return rows, f"incomplete ({fewest} of {len(SEEDS)} seeds)"
     return rows, "met" if all(verdicts) else "not met"
