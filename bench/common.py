@@ -83,14 +83,20 @@ def read_store(path: str) -> dict:
 
 
 def store(path: str, section: str, key: str, value: dict) -> None:
-    """Store one run under stored[section][key], re-reading the file first so that runs
-    stored meanwhile by another process are kept."""
-    stored = read_store(path)
-    stored.setdefault(section, {})[key] = value
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(stored, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)  # a run stopped mid-write never loses the runs stored before
+    """Store one run under stored[section][key]. The read, change and write hold a lock on
+    path + ".lock", so runs stored at the same moment by other processes are all kept, and
+    the file is replaced whole, so a run stopped mid-write never loses those before it."""
+    import fcntl
+    import tempfile
+
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = read_store(path)
+        stored.setdefault(section, {})[key] = value
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stored, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -68,7 +69,8 @@ LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's 
 OUT = os.path.join(REPO, "outputs", "needle_curve")
 RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
-RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight")
+RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
+          "needle_frac")  # fmt: skip
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
@@ -180,6 +182,9 @@ def train(job: tuple) -> dict:
         long_context=a.long_context,
         curriculum=a.curriculum,
         answer_weight=a.answer_weight,
+        seed=a.seed,
+        lr=a.lr,
+        needle_frac=a.needle_frac,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
         date=time.strftime("%Y-%m-%d"),
@@ -309,10 +314,17 @@ def _checkpoint_facts(name: str, a) -> dict:
     base = os.path.join(a.out, _file(name))
     with open(base + ".json") as f:
         facts = json.load(f)
-    if "date" not in facts:  # trained before the facts carried their date: the checkpoint's
-        facts["date"] = time.strftime("%Y-%m-%d", time.gmtime(os.path.getmtime(base + ".pt")))
+    if "date" not in facts:  # trained before the facts carried their date: the checkpoint's, said so
+        facts["date"] = time.strftime("%Y-%m-%d", time.localtime(os.path.getmtime(base + ".pt")))
         facts["machine"] = machine(dated=False)
+        facts["inferred"] = "date from the checkpoint file's time, machine from the machine that evaluated it"
     return facts
+
+
+def identity(facts: dict) -> str:
+    """Which training run a model's facts (or a cell measured on it) belong to: a cell whose
+    identity differs from its row's model was measured on an earlier training of the name."""
+    return facts.get("source") or f"trained {facts['date']} in {facts['train_seconds']:.0f} s"
 
 
 def cmd_train(a) -> None:
@@ -325,26 +337,34 @@ def cmd_train(a) -> None:
 
 def cmd_evaluate(a) -> None:
     stored = read_store(_results_path(a))
-    for n in a.variants:  # the facts of models whose training was not recorded (an older run)
-        if n not in stored.get("models", {}):
-            store(_results_path(a), "models", n, _checkpoint_facts(n, a))
+    models = dict(stored.get("models", {}))
+    for n in a.variants:
+        if os.path.exists(os.path.join(a.out, f"{_file(n)}.json")) and n not in models:
+            models[n] = _checkpoint_facts(n, a)  # trained before training recorded its facts here
+            store(_results_path(a), "models", n, models[n])
     results = stored.get("cells", {})
 
     def lengths(name: str) -> list[int]:  # by default the model's own training length first
-        if a.lengths:
-            return a.lengths
-        return [_checkpoint_facts(name, a)["train_len"], *LENGTHS]
+        return a.lengths or [models[name]["train_len"], *LENGTHS]
 
-    jobs = [
-        (n, length, a)
-        for n in a.variants
-        for length in lengths(n)
-        if not (n == "Full attention" and length > a.full_max) and cell_key(n, length, a.haystack) not in results
-    ]
+    jobs = []
+    for n in a.variants:
+        if n not in models:
+            continue
+        missing = [
+            length
+            for length in lengths(n)
+            if not (n == "Full attention" and length > a.full_max) and cell_key(n, length, a.haystack) not in results
+        ]
+        if missing and not os.path.exists(os.path.join(a.out, f"{_file(n)}.pt")):
+            print(f"{n}: no checkpoint in {a.out} for its {len(missing)} missing cells: train it first", flush=True)
+            continue
+        jobs += [(n, length, a) for length in missing]
     jobs.sort(key=lambda job: job[1])  # shortest first: every model's short cells before any long one
     with ProcessPoolExecutor(a.workers) as pool:
         for r in pool.map(evaluate, jobs):
             r.update(date=time.strftime("%Y-%m-%d"), machine=machine(dated=False))
+            r["checkpoint"] = identity(models[r["name"]])  # which training of the name it measured
             key = cell_key(r["name"], r["length"], a.haystack)
             store(_results_path(a), "cells", key, r)  # a stopped run keeps what it measured
 
@@ -361,10 +381,13 @@ def cmd_publish(a) -> None:
     rows = []
     for n in names:
         f = facts[n]
-        differs = [f"{k} {f.get(k)}" for k in RECIPE if f.get(k) != f0.get(k)]
+        differs = [f"{k} {f.get(k)}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k]]
         row = [n + (f" ({', '.join(differs)})" if differs else ""), f"{f['params']:,}", f["date"]]
         row += [f"{f['train_seconds'] / 60:.0f}", f"{f['lm_loss']:.3f}", f"{f['answer_loss']:.3f}"]
-        row += [_cell(results.get(f"{n}@{length}")) for length in lengths]
+        for length in lengths:
+            r = results.get(f"{n}@{length}")
+            earlier = r is not None and (r.get("source") or r.get("checkpoint")) != identity(f)
+            row.append(_cell(r) + (" †" if earlier else ""))
         rows.append(row)
     header = ["model", "params", "trained", "train min", "final LM loss", "final answer loss"]
     header += [f"{length:,} tokens ({length // f0['train_len']}x)" for length in lengths]
@@ -376,7 +399,8 @@ def cmd_publish(a) -> None:
         f"{f0.get('answer_weight', 1.0):g}{_curriculum(f0)}, memory setting: {setting}. "
         "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish` "
         "(runs kept in docs/needle_curve.json). "
-        "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run.\n\n"
+        "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run; "
+        "† = measured on an earlier training of the same name.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     doc += by_kind(results, names, lengths)
@@ -410,7 +434,7 @@ def forgetting_table(forgetting: dict, names) -> str:
             continue
         lives = sorted(r["half_lives"])
         longer = sum(h > r["tokens"] for h in lives)
-        cells = [f"{h:,.0f}" for h in (lives[0], lives[len(lives) // 2], lives[-1])]
+        cells = [f"{h:,.0f}" for h in (lives[0], statistics.median(lives), lives[-1])]
         rows.append([n, len(lives), *cells, f"{longer} of {len(lives)}"])
     if not rows:
         return ""

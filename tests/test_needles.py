@@ -195,6 +195,7 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
         "cells": {
             "MAG@4096": {"name": "MAG", "length": 4096, "exact": 1, "samples": 4, "characters_pct": 50},
             "MAC@4096": {"name": "MAC", "length": 4096, "hits": [True, True], "characters": [1.0, 1.0]},
+            "MAC@256": {"name": "MAC", "length": 256, "hits": [True], "checkpoint": "trained 2026-12-05 in 60 s"},
             "SWA@512": {"name": "SWA", "length": 512, "hits": [False]},  # a model not asked for: not shown
         },
     }
@@ -203,9 +204,10 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
     cmd_publish(a)
     out = capsys.readouterr().out
     assert "| 4,096 tokens (16x) |" in out
-    assert "512 tokens" not in out
-    assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 / 100 (2) |" in out
-    assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 25 / 50 (4) |" in out
+    assert "512 tokens" not in out  # the length of a model not asked for
+    # MAC@256 was measured on this training of MAC, MAC@4096 on an unknown (earlier) one
+    assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 (1) | 100 / 100 (2) † |" in out
+    assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | - | 25 / 50 (4) † |" in out
 
 
 def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
@@ -252,7 +254,7 @@ def test_the_forgetting_table_gives_each_models_half_life_quantiles():
 
     forgetting = {"MAL": {"tokens": 16384, "half_lives": [500000.0, 326.4, 20000.0, 7154.0]}}
     text = forgetting_table(forgetting, ["MAC", "MAL"])
-    assert "| MAL | 4 | 326 | 20,000 | 500,000 | 2 of 4 |" in text
+    assert "| MAL | 4 | 326 | 13,577 | 500,000 | 2 of 4 |" in text  # median of 7,154 and 20,000
     assert "MAC" not in text.split("|---|")[1]  # no row without a measurement
     assert forgetting_table({}, ["MAL"]) == ""
 
@@ -284,3 +286,17 @@ def test_characters_right_are_split_by_the_recorded_depth():
     text = by_kind({"MAL@4096": r}, ["MAL"], [4096])
     assert "| MAL | 30 / - / - / - / 90 |" in text  # 10% depth: (0.2 + 0.4) / 2; 90% depth: 0.9
     assert "| MAL | 0 / 0 / 0 |" in text  # by kind
+
+
+def test_evaluate_skips_a_stored_model_without_a_checkpoint(tmp_path, capsys):
+    import json
+
+    from bench.needle_curve import cmd_evaluate
+
+    facts = {"name": "MAG", "train_len": 256, "date": "2026-12-03", "train_seconds": 60, "source": "imported"}
+    (tmp_path / "results.json").write_text(json.dumps({"models": {"MAG": facts}, "cells": {}}))
+    a = argparse.Namespace(out=str(tmp_path), variants=["MAG", "SWA"], lengths=None, full_max=65536)
+    a.haystack, a.workers = "stories", 1
+    cmd_evaluate(a)  # MAG: stored, no checkpoint; SWA: neither: nothing to run, no crash
+    assert "MAG: no checkpoint" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == {}
