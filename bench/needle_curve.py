@@ -4,7 +4,7 @@ embedded corpus mixed with needle documents, then asked for the needle at the tr
 length and at 4K to 1M tokens.
 
     python -m bench.needle_curve train             # every model; checkpoints in outputs/needle_curve/
-    python -m bench.needle_curve evaluate          # every trained model at every length; results.json
+    python -m bench.needle_curve evaluate          # every trained model at every length; docs/needle_curve.json
     python -m bench.needle_curve forgetting        # each memory head's half-life over held-out text
     python -m bench.needle_curve publish           # table + plot into docs/results.md
     python -m bench.needle_curve train --variants MAG --steps 20 --out /tmp/nc   # smoke
