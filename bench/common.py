@@ -34,6 +34,27 @@ def time_steps(step, warmup: int = 1, iters: int = 3) -> tuple[float, int]:
     return (time.perf_counter() - t0) / iters, peak_rss_bytes() - base
 
 
+def seconds_per_call(fn, iters: int, cuda: bool = True) -> float:
+    """Mean seconds per call of fn() after one untimed call (compiles, warms caches): timed
+    with CUDA events on the GPU, with the wall clock otherwise."""
+    import torch
+
+    fn()
+    if not cuda:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
 def run_worker(module: str, args: list[str], python: str | None = None, timeout: int = 1800) -> dict:
     """Run `python -m module --worker ...` from the repository root in a fresh process
     (clean peak memory); returns the JSON it printed last."""

@@ -29,13 +29,12 @@ program (every CTA of a cluster).
 import argparse
 import functools
 import os
-import time
 
 import torch
 import triton
 import triton.language as tl
 
-from bench.common import table
+from bench.common import seconds_per_call, table
 from titans_plugin.kernels.triton_backend.exchange import all_reduce
 
 SPLITS = (2, 4, 8)
@@ -211,25 +210,6 @@ class ClusterExchange:
         return close(self.out, expected(self.p.cpu(), rounds)[:, None].expand(self.out.shape))
 
 
-def _seconds(launch, device, iters: int) -> float:
-    """Seconds per launch, after one untimed launch (ROUNDS is a compile-time constant:
-    each round count compiles its own kernel)."""
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            launch()
-        return (time.perf_counter() - t0) / iters
-    launch()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        launch()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / 1e3 / iters
-
-
 def timed(run, device, rounds: int, iters: int) -> dict:
     """Checks `run` (a GlobalMeeting or ClusterExchange) after a launch of `rounds`, times
     launches of 2 x rounds and of rounds, and checks the last timed launch again:
@@ -239,7 +219,10 @@ def timed(run, device, rounds: int, iters: int) -> dict:
     run(rounds)
     if not run.correct(rounds):
         return dict(us=None, launch_us=None, trusted=False, correct=False)
-    long, short = (_seconds(functools.partial(run, n), device, iters) for n in (2 * rounds, rounds))
+    # one untimed launch first: ROUNDS is a compile-time constant, each count compiles its own kernel
+    long, short = (
+        seconds_per_call(functools.partial(run, n), iters, device.type == "cuda") for n in (2 * rounds, rounds)
+    )
     correct = run.correct(rounds)  # the last launch timed was of `rounds`
     trusted = long > 1.5 * short
     return dict(us=1e6 * (long - short) / rounds, launch_us=1e6 * short, trusted=trusted, correct=correct)

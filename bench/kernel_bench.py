@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from bench.common import table, write_doc_section
+from bench.common import seconds_per_call, table, write_doc_section
 
 HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK, TOKENS = 16, 64, 2, 4, 64, 131072
 # Dense bf16 tensor-core peak (no sparsity), by device name.
@@ -28,17 +28,7 @@ def _peak(name: str) -> float | None:
 
 
 def _time_ms(fn, iters: int) -> float:
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    return 1e3 * seconds_per_call(fn, iters)
 
 
 def _scan_inputs(B, T):
