@@ -13,8 +13,8 @@ Steps, each reported and each able to fail the run (exit status 1):
 4. the scan's speed at T = 4K and 16K: tokens/s, useful TFLOP/s and share of bf16 peak,
    next to the roofline model's prediction (measured / predicted), with the chunked path
    and SDPA attention beside it;
-   and the split-state forward (`backend = "triton_split"`, its own self-check first) beside
-   the one-program forward at B x H = 32, where the roofline model says the split pays;
+   and the split-state scan (`backend = "triton_split"`, its own self-check first) beside
+   the one-program scan at B x H = 32, forward and forward + backward;
    and what a meeting of split programs costs (bench/exchange_bench.py: through global
    memory, and on sm_90 through a cluster's distributed shared memory);
 5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
@@ -304,9 +304,10 @@ def speed(run: Run) -> None:
 
 
 def split_speed(run: Run) -> None:
-    """The split-state forward against the one-program forward, forward only (the backward
-    is the same kernel): its self-check, the largest output difference, and the time, at
-    B x H = 32 and the first length. Not run, with the reason, where the split cannot run."""
+    """The split-state scan against the one-program scan: its self-check, the largest
+    difference of the output and of the input gradients, and the time of the forward and
+    of forward + backward, at B x H = 32 and the first length. Not run, with the reason,
+    where the split cannot run."""
     import contextlib
 
     import torch.nn.functional as F
@@ -323,19 +324,15 @@ def split_speed(run: Run) -> None:
         return torch.randn(*shape, generator=g).to(run.device)
 
     q, k = (F.normalize(rnd(B, T, H, D), dim=-1).to(dtype) for _ in range(2))
-    inputs = (
-        q,
-        k,
-        rnd(B, T, H, D).to(dtype),
-        *(torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1, 0.1)),
-    )
+    qkv = (q, k, rnd(B, T, H, D).to(dtype))
+    gates = tuple(torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1, 0.1))
     w = (rnd(B, H, D, hidden) / D**0.5, rnd(B, H, hidden, D) / hidden**0.5)
     state = MemoryState(w, tuple(torch.zeros_like(t) for t in w))
     config = dict(chunk_size=s["chunk"], activation="silu", max_grad_norm=1.0)
     reason = split_supports(q, state, **config)
     if reason is not None:
         run.results["split_speed"] = {"not_run": reason}
-        print(f"split-state forward not run: {reason}", flush=True)
+        print(f"split-state scan not run: {reason}", flush=True)
         return
     if run.dry:  # programs that wait for each other need one thread each in the interpreter
         from devtools.threaded_grid import threaded_grid as grid
@@ -348,27 +345,57 @@ def split_speed(run: Run) -> None:
     print(check.message, flush=True)
     if not check.ok:
         run.fail(check.message)
-    with grid(), torch.no_grad():
-        outs, rows = {}, []
+    leaves = tuple(t.detach().requires_grad_() for t in qkv)
+    weight = rnd(B, T, H, D)  # a fixed random functional of the output to differentiate
+    outs, grads, rows = {}, {}, []
+    with grid():
         for impl in ("triton", "triton_split"):
-            scan = functools.partial(neural_memory_scan, *inputs, state, **config, backend=impl)
-            outs[impl] = scan()[0].float()
+            scan = functools.partial(neural_memory_scan, state=state, **config, backend=impl)
 
-            def step(scan=scan):  # synchronised each call: the split checks its meetings on the host
-                scan()
+            def forward(scan=scan):  # synchronised each call: the split checks its meetings on the host
+                with torch.no_grad():
+                    out = scan(*qkv, *gates)[0]
                 sync()
+                return out
 
-            seconds = _time_s(step, sync, 1 if run.dry else 10)
-            rows.append({"impl": impl, "T": T, "B": B, "H": H, "seconds": seconds, "tokens_per_s": B * T / seconds})
-    scale = outs["triton"].abs().max().clamp_min(1e-30)
-    difference = ((outs["triton_split"] - outs["triton"]).abs().max() / scale).item()
+            def train(scan=scan):
+                y = scan(*leaves, *gates)[0]
+                out = torch.autograd.grad((y.float() * weight).sum(), leaves)
+                sync()
+                return out
+
+            outs[impl], grads[impl] = forward().float(), [t.float() for t in train()]
+            for direction, step in (("forward", forward), ("forward+backward", train)):
+                seconds = _time_s(step, sync, 1 if run.dry else 10)
+                row = {"impl": impl, "direction": direction, "T": T, "B": B, "H": H, "seconds": seconds}
+                rows.append({**row, "tokens_per_s": B * T / seconds})
+
+    def relative(a, b):
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+    difference = relative(outs["triton_split"], outs["triton"])
+    gradient_difference = max(relative(a, b) for a, b in zip(grads["triton_split"], grads["triton"], strict=True))
     for row in rows:
-        row["speedup"] = rows[0]["seconds"] / row["seconds"]
-        print(f"{row['impl']} forward T={T} B x H={B * H}: {row['tokens_per_s']:,.0f} tokens/s, x{row['speedup']:.2f}")
-    print(f"split against one-program output: largest relative difference {difference:.1e}", flush=True)
-    if not difference <= 3e-2:
-        run.fail(f"the split-state forward differs from the one-program forward by {difference:.1e}")
-    run.results["split_speed"] = {"self_check": check.message, "difference": difference, "rows": rows}
+        one = next(r for r in rows if r["impl"] == "triton" and r["direction"] == row["direction"])
+        row["speedup"] = one["seconds"] / row["seconds"]
+        print(
+            f"{row['impl']} {row['direction']} T={T} B x H={B * H}: {row['tokens_per_s']:,.0f} tokens/s, "
+            f"x{row['speedup']:.2f}"
+        )
+    print(
+        f"split against one-program: largest relative difference {difference:.1e} (output), "
+        f"{gradient_difference:.1e} (gradients of q, k, v)",
+        flush=True,
+    )
+    for what, value in (("output", difference), ("gradients", gradient_difference)):
+        if not value <= 3e-2:
+            run.fail(f"the split-state scan's {what} differ from the one-program scan's by {value:.1e}")
+    run.results["split_speed"] = {
+        "self_check": check.message,
+        "difference": difference,
+        "gradient_difference": gradient_difference,
+        "rows": rows,
+    }
 
 
 def exchange(run: Run) -> None:
@@ -514,15 +541,16 @@ def report(r: dict) -> str:
         lines.append(table(["scan", "T", "B", "tokens/s", "TFLOP/s", "% bf16 peak", "measured / roofline"], rows))
     split = r.get("split_speed") or {}
     if "not_run" in split:
-        lines.append(f"Split-state forward: not run ({split['not_run']}).")
+        lines.append(f"Split-state scan: not run ({split['not_run']}).")
     elif split:
-        lines.append(f"Split-state forward: {split['self_check']}; output against the one-program forward: "
-                     f"largest relative difference {split['difference']:.1e}.")  # fmt: skip
+        lines.append(f"Split-state scan: {split['self_check']}; against the one-program scan, largest relative "
+                     f"difference {split['difference']:.1e} (output) and {split['gradient_difference']:.1e} "
+                     "(gradients of q, k, v).")  # fmt: skip
         rows = [
-            [x["impl"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
+            [x["impl"], x["direction"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
             for x in split["rows"]
         ]
-        lines.append(table(["forward", "T", "B x H", "tokens/s", "speedup"], rows))
+        lines.append(table(["scan", "direction", "T", "B x H", "tokens/s", "speedup"], rows))
     exchanged = r.get("exchange") or {}
     if "rows" in exchanged:
         from bench.exchange_bench import report as exchange_report

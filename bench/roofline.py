@@ -181,7 +181,7 @@ def split_table(spills: dict, split_spills: dict) -> str:
         "exchange KiB/program/chunk",
     ]
     note = (
-        f"Forward only (the split's backward is the one-program kernel). Assumed: {MEETING_US} us per meeting "
+        f"Forward only (the split backward: the every-design table below). Assumed: {MEETING_US} us per meeting "
         f"round trip, spills from the sm_90 compile report ({spills['fwd']} B one-program, {split_spills['fwd']} B "
         "split; the [C, C] products are computed whole by every program). The split fills SMs the one-program "
         "kernel leaves idle (at B*H = 32 it uses 32 of 132), but in this model it is slower at every B*H: each "
@@ -194,9 +194,13 @@ def split_table(spills: dict, split_spills: dict) -> str:
 
 
 # The designs past one program per (batch, head) (issue: the state split across programs or a
-# cluster). Each chunk couples the programs of a head through sums of [C, D] partials: the
-# forward's inner error, retrieval and clip norms, and about eight in the backward.
-EXCHANGES = {"fwd": 3, "bwd": 8}
+# cluster). Each chunk couples the programs of a head through sums of [C, D] partials, as
+# the plain split is built (split_forward.py, split_backward.py; depth 2, clip on): the
+# forward's inner error, clip norms and retrieval (3 meetings); the backward's 7 meetings
+# a chunk (inner error, norms, end state, layer-2 and layer-1 retrieval, two key-path sums)
+# and its replay's 2 for 3 of every 4 chunks (checkpoint every 4): 8.5 meetings carrying
+# 8.75 [C, D] sums at C = D; the model charges one [C, D] partial per meeting.
+EXCHANGES = {"fwd": 3, "bwd": 8.5}
 # One exchange of a [64, 64] fp32 partial among the CTAs of a cluster (slots in shared
 # memory, read over DSMEM, two cluster barriers): an assumed cost, measured by
 # bench/exchange_bench.py on an sm_90 GPU.
@@ -209,7 +213,7 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     """Forward + backward per chunk for one design at B x H = BH: kind "one" (one program
     per (batch, head), the state streamed through L2: today's kernels), "split" (n programs
     per head, each streaming its shard of the state through L2, meeting through global
-    memory: the plain-Triton split, its backward extrapolated from the forward) or "cluster"
+    memory: the plain-Triton split as built, forward and backward) or "cluster"
     (a cluster of n CTAs per head, each holding its shard of W1, W2, S1, S2 in shared memory
     for the whole sequence, exchanging over DSMEM). Bytes through L2 per chunk and head,
     DSMEM bytes per CTA, barriers, shared memory per CTA, programs resident, the time per
@@ -504,9 +508,10 @@ def main() -> None:
 def designs_text(spills: dict) -> str:
     note = (
         "Forward + backward per chunk, default configuration (depth 2, head dim 64, hidden 256, chunk 64, bf16, "
-        "clip on). The first row is the model above. The plain split (built: its forward; tested on CPU) is "
-        f"extrapolated to the backward with {EXCHANGES['bwd']} [C, D] sums per chunk besides the forward's "
-        f"{EXCHANGES['fwd']}: each program still streams its shard of the state through L2, so it moves the same "
+        "clip on). The first row is the model above. The plain split (built, forward and backward; tested on "
+        f"CPU) meets {EXCHANGES['bwd']} times per chunk in the backward (its replay's meetings included) besides "
+        f"the forward's {EXCHANGES['fwd']}, each charged one [C, D] fp32 partial: each program still streams its "
+        "shard of the state through L2, so it moves the same "
         "state bytes as one program, plus its exchanges. The cluster (not built) keeps each CTA's shard of W1, W2, "
         "S1 and S2 (and in the backward, of their gradients) in shared memory for the whole sequence, with two "
         "slot sets for its exchanges (one cluster barrier each): only the chunk's inputs and outputs, the "

@@ -159,8 +159,9 @@ def _sass_counts(cubin: bytes) -> tuple[dict, int]:
 
 
 def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
-    """kernel: 'forward-train' (saves checkpoints), 'forward-infer', 'backward' or
-    'split-forward-train' (compile.REPORT_SPLIT programs per (batch, head))."""
+    """kernel: 'forward-train' (saves checkpoints), 'forward-infer', 'backward',
+    'split-forward-train' or 'split-backward' (compile.REPORT_SPLIT programs per (batch,
+    head))."""
     every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
     meta = kernel_meta(
         cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch, cfg.resets
@@ -259,7 +260,7 @@ def run(configs: list[Config], archs=(90, 80), kernels=None, progress=print, job
 
 
 SCOPE = {
-    "default": "the default configuration and depth 1 for both architectures (the split-state forward too), "
+    "default": "the default configuration and depth 1 for both architectures (the split-state scan too), "
     "one-axis variations of the default for sm_90, and the default with restarts (packed documents)",
     "ci": "what CI compiles: depth 1 and 2 at the default sizes, bf16, both architectures",
     "full": "every supported configuration",
@@ -321,7 +322,7 @@ def main() -> None:
     else:
         reports = run(ci(), tuple(args.arch), jobs=args.jobs)
         if not args.ci:
-            # the variations for the launched kernels only (the split forward: the CI configurations)
+            # the variations for the launched kernels only (the split scan: the CI configurations)
             reports += run(variations(), tuple(args.arch[:1]), kernels=KERNELS, jobs=args.jobs)
     bad = [r for r in reports if not r.fits]
     print(

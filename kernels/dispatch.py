@@ -17,7 +17,7 @@ also says where it cannot run: `supports(q, state, **config) -> reason or None`.
     naive   per-token reference (kernels/naive.py)
     chunk   the exact chunk-parallel PyTorch path (kernels/chunk.py)
     triton  the Triton kernels (kernels/triton_backend/)
-    triton_split  the same with the forward's state split across 4 (or 2) programs per
+    triton_split  the same with the state split across 4 (or 2) programs per
             (batch, head) (triton_backend/split.py); chosen only when named, until a GPU
             has measured it against `triton`
     auto    triton on CUDA where it supports the configuration and passed its first-use

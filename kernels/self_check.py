@@ -55,7 +55,7 @@ def enabled() -> bool:
 def failure(
     q, state: MemoryState, chunk_size: int, activation: str, max_grad_norm, resets: bool, split: bool = False
 ) -> str | None:
-    """None when the Triton scan (with split: its split-state forward) passed its check for
+    """None when the Triton scan (with split: its split-state scan) passed its check for
     this configuration on q's device (or is not checked there); else why not. Runs the
     check the first time, then remembers."""
     if not enabled() or q.device.type not in CHECKED_DEVICES:
@@ -79,7 +79,7 @@ def describe(key: tuple) -> str:
     return (
         f"{device} ({name}), {str(dtype).removeprefix('torch.')}, depth {depth}, {activation}, "
         f"clip {'on' if clip else 'off'}, restarts {'on' if resets else 'off'}, head dim {dk}/{dv}, "
-        f"hidden {hidden}, chunk {chunk}" + (", split-state forward" if split else "")
+        f"hidden {hidden}, chunk {chunk}" + (", split-state scan" if split else "")
     )
 
 

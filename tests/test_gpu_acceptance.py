@@ -31,7 +31,13 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
     if hasattr(__import__("triton.language").language, "atomic_poll"):
         assert "self-check passed" in split["self_check"]
         assert split["difference"] < 1e-5
-        assert [r["impl"] for r in split["rows"]] == ["triton", "triton_split"]
+        assert split["gradient_difference"] < 1e-4
+        assert [(r["impl"], r["direction"]) for r in split["rows"]] == [
+            ("triton", "forward"),
+            ("triton", "forward+backward"),
+            ("triton_split", "forward"),
+            ("triton_split", "forward+backward"),
+        ]
         assert all(r["correct"] for r in results["exchange"]["rows"])
         assert "no interpreter path" in results["exchange"]["not_run"]["cluster"]
     else:  # triton < 3.9: the steps say why they did not run

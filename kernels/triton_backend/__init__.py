@@ -7,9 +7,10 @@ ops.py         the custom ops `titans::memory_scan` and its backward, with their
                autograd; `triton_neural_memory`, the backend's scan
 step.py        a chunk's work (inner errors, retrieval and state update), shared by the
                forward kernel (forward.py) and the backward's replay
-split.py       the split-state forward (split_forward.py): SPLIT programs per (batch, head)
-               meet through global memory (exchange.py); the `triton_split` backend
-backward.py    the backward kernel, its ten phases in backward_state.py and
+split.py       the split-state scan (split_forward.py, split_backward.py): SPLIT programs
+               per (batch, head) meet through global memory (exchange.py); the
+               `triton_split` backend
+backward.py    the backward kernel, its eleven phases in backward_state.py and
                backward_inputs.py, their scratch in backward_scratch.py
 pieces.py      the building blocks every kernel uses (tiles, decays, activations)
 compile.py     ahead-of-time compiles for an sm_<arch> target (no GPU needed)

@@ -8,8 +8,8 @@ differentiates the group's chunks last to first with `backward_chunk`. The gradi
 state after the current chunk lives in a per-program fp32 buffer (dstate_ptr), tiled like
 the state and rewritten in place.
 
-`backward_chunk` is chunk.py's chain rule at hidden-tile granularity, as ten phases
-(backward_state.py: phases 0-4, backward_inputs.py: 5-9), each a non-inlined function
+`backward_chunk` is chunk.py's chain rule at hidden-tile granularity, as eleven phases
+(backward_state.py: phases 0-4, backward_inputs.py: 5-10), each a non-inlined function
 taking its pointers grouped as `work` (chunk-start state, state gradient, the two
 scratches), `io` (dy and the inputs), `grads` (the input gradients) and `pos` (chunk index,
 T, the clip's threshold, H). The tiles couple through sums that must be complete
@@ -26,7 +26,14 @@ Tensors from the forward (z, a, act'(z), d0) are recomputed per tile, not stored
 import triton
 import triton.language as tl
 
-from .backward_inputs import bwd_finish, bwd_gate_grads, bwd_key_path, bwd_layer2_scores, bwd_score_grads
+from .backward_inputs import (
+    bwd_finish,
+    bwd_gate_grads,
+    bwd_key_path,
+    bwd_layer2_scores,
+    bwd_score_grads,
+    bwd_store_inputs,
+)
 from .backward_scratch import N_VEC
 from .backward_state import bwd_end_state, bwd_inner_errors, bwd_layer1_outputs, bwd_retrieval, bwd_retrieval_layer2
 from .pieces import (
@@ -59,9 +66,11 @@ def backward_chunk(
 ):
     """Gradients of chunk ci. src: its start state; dst: on entry the gradient of the state
     after the chunk, on exit that of the state before it; scr: [3, BC, DT] tile scratch; cs:
-    the chunk scratch. Ten phases (eight at depth 1), each a call of its own: a phase's
+    the chunk scratch. Eleven phases (seven at depth 1), each a call of its own: a phase's
     registers hold only what it works on, and what the next one needs goes through the
-    scratch (L2)."""
+    scratch (L2). pos: (chunk index, T, the clip's threshold, H, this program's index in its
+    group, the group's (batch, head)); a one-program kernel is a group of one, and NT
+    counts the tiles this program walks (tiles s * NT to s * NT + NT - 1)."""
     bwd_inner_errors(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_end_state(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     if DEPTH == 2:
@@ -73,7 +82,9 @@ def backward_chunk(
     bwd_score_grads(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_gate_grads(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_key_path(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-    bwd_finish(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+    if DEPTH == 2:
+        bwd_finish(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+    bwd_store_inputs(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
 
 
 @triton.jit(noinline=True)
@@ -150,7 +161,9 @@ def scan_backward_kernel(
     pid64 = pid.to(tl.int64)
     dst = dstate_ptr + pid64 * NSTATE
     replay = replay_ptr + pid64 * CKPT * NSTATE
-    tl.static_assert(SCRATCH >= 3 * BC * DT + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + N_VEC * BC)
+    tl.static_assert(
+        3 * BC * DT + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + N_VEC * BC + BC * (BK if BK > BV else BV) <= SCRATCH
+    )
     scr = scratch_ptr + pid64 * SCRATCH
     cs = scr + 3 * BC * DT
     inputs = (q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr)
@@ -166,14 +179,14 @@ def scan_backward_kernel(
         tl.debug_barrier()
         for i in range(n_in_group - 1):  # rebuild the start states of the group's chunks
             src, dst_state = replay + i * NSTATE, replay + (i + 1) * NSTATE
-            pos = (c0 + i, T, max_norm, H)
-            advance_chunk(src, dst_state, inputs, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+            step = (c0 + i, T, max_norm, H)
+            advance_chunk(src, dst_state, inputs, step, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
             if RESETS:
                 restart_state(replay + (i + 1) * NSTATE, init_ptr, resets_ptr, c0 + i + 1, T, H, CHUNK, NSTATE)
         for r in range(n_in_group):
             i = n_in_group - 1 - r
             work = (replay + i * NSTATE, dst, scr, cs)
-            pos = (c0 + i, T, max_norm, H)
+            pos = (c0 + i, T, max_norm, H, 0, pid)
             backward_chunk(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
             if RESETS:
                 restart_gradient(dst, dinit_ptr, resets_ptr, c0 + i, T, H, CHUNK, NSTATE)

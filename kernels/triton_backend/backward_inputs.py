@@ -7,7 +7,9 @@ import triton.language as tl
 
 from .backward_scratch import (
     V_DC,
+    V_DC1,
     V_DF,
+    V_DF1,
     V_DG,
     V_DN,
     V_DSQ,
@@ -23,6 +25,7 @@ from .backward_scratch import (
     chunk_scratch,
     get,
     get_vec,
+    key_path_sum,
     put,
     put_vec,
 )
@@ -31,6 +34,7 @@ from .pieces import (
     act_fn,
     act_grad,
     act_grad2,
+    chunk_rows,
     decays,
     load_tile,
     load_tokens,
@@ -44,6 +48,7 @@ from .pieces import (
     store_gate,
     store_tile,
     store_tokens,
+    stored_by_first,
 )
 from .step import layer1_tile
 
@@ -73,9 +78,9 @@ def bwd_layer2_scores(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
@@ -114,9 +119,9 @@ def bwd_score_grads(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     idx = tl.arange(0, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
@@ -160,9 +165,9 @@ def bwd_gate_grads(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     idx = tl.arange(0, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
@@ -171,9 +176,13 @@ def bwd_gate_grads(
     dn = get_vec(vec, V_DN, BC)
     dE = mm_tn(A, dP, OP) + tl.where(idx[:, None] == last, (dn * theta_eff)[None, :], 0.0)
     dle_E = segment_sum_adjoint(dE * E, idx)
-    df = get_vec(vec, V_DF, BC) + tl.where(idx == last, tl.load(vec + V_ENDS * BC + 1), 0.0)
+    df = get_vec(vec, V_DF1, BC) + tl.where(idx == last, tl.load(vec + V_ENDS * BC + 1), 0.0)
+    if DEPTH == 2:
+        df += get_vec(vec, V_DF, BC)
     dA = mm_nt(dP, E, OP) + df[:, None] * em[None, :]
-    dc = get_vec(vec, V_DC, BC) + tl.where(idx == last, tl.load(vec + V_ENDS * BC), 0.0)
+    dc = get_vec(vec, V_DC1, BC) + tl.where(idx == last, tl.load(vec + V_ENDS * BC), 0.0)
+    if DEPTH == 2:
+        dc += get_vec(vec, V_DC, BC)
     dlog_retain = rev_cumsum(dc * c) + segment_sum_adjoint(dA * A, idx)
     dem = tl.sum(A * df[:, None], 0) + tl.where(idx == last, tl.load(vec + V_ENDS * BC + 2), 0.0)
     dlog_eta = rev_cumsum(dem * em) + dle_E
@@ -189,9 +198,10 @@ def bwd_gate_grads(
     else:
         dtheta = dtheta_eff
         dsq = dtheta * 0.0
-    store_gate(dth_ptr + row0, dtheta, valid, BC, H)
-    store_gate(dlog_eta_ptr + row0, dlog_eta, valid, BC, H)
-    store_gate(dlog_retain_ptr + row0, dlog_retain, valid, BC, H)
+    mine = stored_by_first(valid, s)  # every program of a split group holds them
+    store_gate(dth_ptr + row0, dtheta, mine, BC, H)
+    store_gate(dlog_eta_ptr + row0, dlog_eta, mine, BC, H)
+    store_gate(dlog_retain_ptr + row0, dlog_retain, mine, BC, H)
     put_vec(vec, V_DSQ, dsq, BC)
     tl.debug_barrier()
 
@@ -221,20 +231,21 @@ def bwd_key_path(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     dsq = get_vec(vec, V_DSQ, BC)
     sqa0 = get_vec(vec, V_SQA0, BC)
     sqd1 = get_vec(vec, V_SQD1, BC)
     if DEPTH == 2:
-        acc = get(dd1p, BC, BV)  # dd1
+        acc = tl.zeros([BC, BV], dtype=tl.float32)  # to dd1
     else:
-        acc = get(da0p, BC, BK)  # da0
-    for j in range(NT):
+        acc = tl.zeros([BC, BK], dtype=tl.float32)  # to da0
+    for jj in range(NT):  # this program's tiles
+        j = s * NT + jj
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
         )
@@ -264,9 +275,9 @@ def bwd_key_path(
             store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
     tl.debug_barrier()
     if DEPTH == 2:
-        put(dd1p, acc, BC, BV)
+        put(key_path_sum(cs, BC, BK, BV), acc, BC, BV)
     else:
-        put(da0p, acc, BC, BK)
+        put(key_path_sum(cs, BC, BK, BV), acc, BC, BK)
     tl.debug_barrier()
 
 
@@ -290,22 +301,25 @@ def bwd_finish(
     CLIP: tl.constexpr,
     OP: tl.constexpr,
 ):
-    """Walk 3 (depth 2), with dd1 complete: d1 = 2 (act(k W1) W2 - v), so dz1 = 2 dd1 and
-    the key-path gradients of W1, W2 and k. Then dq and dk are written out."""
+    """Walk 3 (depth 2), with dd1 complete (itself and bwd_key_path's sum): d1 = 2 (act(k W1)
+    W2 - v), so dz1 = 2 dd1 and the key-path gradients of W1 and W2, and this program's
+    tiles' sum to da0 into the key path's block."""
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
-    da0 = get(da0p, BC, BK)
+    kp = key_path_sum(cs, BC, BK, BV)
     if DEPTH == 2:
-        dz1 = 2.0 * get(dd1p, BC, BV)
-        store_tokens(dv_ptr + row0 * DV, -dz1, valid, DV, BC, BV, H * DV)
-        for j in range(NT):
+        dz1 = 2.0 * (get(dd1p, BC, BV) + get(kp, BC, BV))
+        store_tokens(dv_ptr + row0 * DV, -dz1, stored_by_first(valid, s), DV, BC, BV, H * DV)
+        da0 = tl.zeros([BC, BK], dtype=tl.float32)
+        for jj in range(NT):  # this program's tiles
+            j = s * NT + jj
             W1 = load_tile(src, DK, DT, 0, j * BT, BK, BT)
             W2 = load_tile(src + L1, DT, DV, j * BT, 0, BT, BV)
             z = mm(k, W1, OP)
@@ -319,6 +333,41 @@ def bwd_finish(
             tl.debug_barrier()
             store_tile(dst + L1, dW2, DT, DV, j * BT, 0, BT, BV)
             store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
-    store_tokens(dq_ptr + row0 * DK, get(dqp, BC, BK), valid, DK, BC, BK, H * DK)
-    store_tokens(dk_ptr + row0 * DK, da0, valid, DK, BC, BK, H * DK)
+        tl.debug_barrier()  # every thread has read kp
+        put(kp, da0, BC, BK)
+        tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def bwd_store_inputs(
+    work,
+    io,
+    grads,
+    pos,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BC: tl.constexpr,
+    NT: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+):
+    """dq and dk written out: dk is da0 plus the key path's sum over the tiles (bwd_finish's
+    at depth 2, bwd_key_path's at depth 1)."""
+    src, dst, scr, cs = work
+    dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
+    ci, T, max_norm, H, s, bh = pos
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    row0 = ((bh // H).to(tl.int64) * T) * H + bh % H + t0 * H
+    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
+    da0 = get(da0p, BC, BK) + get(key_path_sum(cs, BC, BK, BV), BC, BK)
+    mine = stored_by_first(valid, s)  # every program of a split group holds them
+    store_tokens(dq_ptr + row0 * DK, get(dqp, BC, BK), mine, DK, BC, BK, H * DK)
+    store_tokens(dk_ptr + row0 * DK, da0, mine, DK, BC, BK, H * DK)
     tl.debug_barrier()  # the previous chunk reads dst and reuses both scratches

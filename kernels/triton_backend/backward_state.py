@@ -7,22 +7,17 @@ import triton.language as tl
 
 from .backward_scratch import (
     V_DC,
+    V_DC1,
     V_DF,
+    V_DF1,
     V_DG,
     V_DN,
     V_ENDS,
-    V_RAW,
-    V_SQ,
-    V_SQA0,
-    V_SQA1,
-    V_SQD0,
-    V_SQD1,
-    V_THETA_EFF,
     chunk_inputs,
     chunk_scratch,
     end_state_terms,
-    get_vec,
     put,
+    put_inner_errors,
     put_vec,
 )
 from .pieces import (
@@ -66,24 +61,14 @@ def bwd_inner_errors(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        bh, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         src, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, DEPTH, ACT, CLIP, OP
     )
-    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
-    if DEPTH == 2:
-        put(d1p, d1, BC, BV)
-    put_vec(vec, V_THETA_EFF, theta_eff, BC)
-    put_vec(vec, V_RAW, raw, BC)
-    put_vec(vec, V_SQ, sq, BC)
-    put_vec(vec, V_SQA0, sqa0, BC)
-    put_vec(vec, V_SQD0, sqd0, BC)
-    put_vec(vec, V_SQA1, sqa1, BC)
-    put_vec(vec, V_SQD1, sqd1, BC)
-    tl.debug_barrier()
+    put_inner_errors(cs, d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1, BC, BK, BV, DEPTH)
 
 
 @triton.jit(noinline=True)
@@ -112,11 +97,11 @@ def bwd_end_state(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
@@ -127,7 +112,8 @@ def bwd_end_state(
     dmT = dcT
     da0 = tl.zeros([BC, BK], dtype=tl.float32)
     dd1 = tl.zeros([BC, BV], dtype=tl.float32)
-    for j in range(NT):
+    for jj in range(NT):  # this program's tiles
+        j = s * NT + jj
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
         )
@@ -193,15 +179,16 @@ def bwd_layer1_outputs(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     s0G = operand(mm_nt(q, k, OP) * G, OP)
-    for j in range(NT):
+    for jj in range(NT):  # this program's tiles
+        j = s * NT + jj
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
         )
@@ -238,11 +225,11 @@ def bwd_retrieval_layer2(
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     dout = load_tokens(dy_ptr + row0 * DV, valid, DV, BC, BV, H * DV)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
@@ -250,7 +237,8 @@ def bwd_retrieval_layer2(
     s1 = tl.zeros([BC, BC], dtype=tl.float32)
     dc = tl.zeros([BC], dtype=tl.float32)
     df = tl.zeros([BC], dtype=tl.float32)
-    for j in range(NT):
+    for jj in range(NT):  # this program's tiles
+        j = s * NT + jj
         W1 = load_tile(src, DK, DT, 0, j * BT, BK, BT)
         W2 = load_tile(src + L1, DT, DV, j * BT, 0, BT, BV)
         a = act_fn(mm(k, W1, OP), ACT)
@@ -303,29 +291,26 @@ def bwd_retrieval(
 ):
     """Walk 1c: the retrieval terms of layer 1, y0 = c (q W1) + f (q S1) - ((q k^T) * G) d0,
     for every tile: added to dst and to dd0 in the tile scratch; dq, dR0 and the gates'
-    retrieval sums to the chunk scratch. dy0 is the output gradient at depth 1 and
+    retrieval sums (rows V_DC1, V_DF1) to the chunk scratch. dy0 is the output gradient at depth 1 and
     bwd_retrieval_layer2's at depth 2."""
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
-    ci, T, max_norm, H = pos
+    ci, T, max_norm, H, s, bh = pos
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     row0, valid, last, q, k, v, theta, log_eta, log_retain, d1, theta_eff = chunk_inputs(
-        cs, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
+        cs, io, pos, DK, DV, BK, BV, CHUNK, BC, DEPTH, OP
     )
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     s0G = operand(mm_nt(q, k, OP) * G, OP)
     dR0 = tl.zeros([BC, BC], dtype=tl.float32)
     dq = tl.zeros([BC, BK], dtype=tl.float32)
-    if DEPTH == 2:
-        dc = get_vec(vec, V_DC, BC)
-        df = get_vec(vec, V_DF, BC)
-    else:
-        dc = tl.zeros([BC], dtype=tl.float32)
-        df = tl.zeros([BC], dtype=tl.float32)
-    for j in range(NT):
+    dc = tl.zeros([BC], dtype=tl.float32)
+    df = tl.zeros([BC], dtype=tl.float32)
+    for jj in range(NT):  # this program's tiles
+        j = s * NT + jj
         W1, W2, z, a, phi, u, d0 = layer1_tile(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
         )
@@ -352,7 +337,6 @@ def bwd_retrieval(
         store_tile(scr, dd0, BC, DT, 0, j * BT, BC, BT)
     put(dqp, dq, BC, BK)
     put(dR0p, dR0, BC, BC)
-    tl.debug_barrier()  # every thread has read dc and df before they are overwritten
-    put_vec(vec, V_DC, dc, BC)
-    put_vec(vec, V_DF, df, BC)
+    put_vec(vec, V_DC1, dc, BC)
+    put_vec(vec, V_DF1, df, BC)
     tl.debug_barrier()

@@ -10,14 +10,14 @@ from .config import backward_args, forward_args
 
 TYPE_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 KERNELS = ("forward-train", "forward-infer", "backward")
-# The split-state forward (split_forward.py), compiled at the design's 4 programs per
-# (batch, head); reported beside the launched kernels, not launched by `auto` yet.
-SPLIT_KERNELS = ("split-forward-train",)
+# The split-state scan (split_forward.py, split_backward.py), compiled at the design's 4
+# programs per (batch, head); reported beside the launched kernels, not launched by `auto`.
+SPLIT_KERNELS = ("split-forward-train", "split-backward")
 REPORT_SPLIT = 4
 
 
 def reported_kernels() -> tuple[str, ...]:
-    """What the compile report compiles with this triton: the split forward needs
+    """What the compile report compiles with this triton: the split scan needs
     `tl.atomic_poll` (triton >= 3.9)."""
     import triton.language as tl
 
@@ -30,36 +30,46 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     f = "*fp32"
     inputs = dict(q_ptr=t, k_ptr=t, v_ptr=t, theta_ptr=f, log_eta_ptr=f, log_retain_ptr=f)
     restarts = dict(resets_ptr="*i8", init_ptr=f)
-    if kernel.startswith("split"):
-        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts}
-        names = {**names, "slots_ptr": f, "counters_ptr": "*i32", "ok_ptr": "*i32"}
+    exchange = {"slots_ptr": f, "counters_ptr": "*i32", "ok_ptr": "*i32"}
+    if kernel == "split-forward-train":
+        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts, **exchange}
     elif kernel.startswith("forward"):
         names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, "scratch_ptr": f, **restarts}
     else:
         grads = {"d" + name: type_ for name, type_ in inputs.items()}  # dq_ptr, ..., dlog_retain_ptr
         names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}
         names = {**names, **grads, **restarts, "dinit_ptr": f}
+        if kernel == "split-backward":
+            names = {**names, **exchange}
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
 
 
 def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     """The CompiledKernel of 'forward-train' (saves checkpoints), 'forward-infer',
-    'backward' or 'split-forward-train' for one kernel_meta(...) and an sm_<arch> target."""
+    'backward', 'split-forward-train' or 'split-backward' for one kernel_meta(...) and an
+    sm_<arch> target."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from .backward import scan_backward_kernel
     from .forward import scan_forward_kernel
+    from .split import backward_slot
+    from .split_backward import split_backward_kernel
     from .split_forward import split_forward_kernel
 
     meta = dict(meta)
     options = {"num_warps": meta.pop("num_warps"), "maxnreg": meta.pop("maxnreg"), "num_stages": 1}
-    if kernel.startswith("split"):
+    timeout = {"SPLIT": REPORT_SPLIT, "TIMEOUT_NS": 10**10}
+    if kernel == "split-backward":
+        fn = split_backward_kernel
+        meta = backward_args(meta)
+        meta = {**meta, **timeout, "SLOT": backward_slot(meta)}
+    elif kernel.startswith("split"):
         fn = split_forward_kernel
         meta = {name: value for name, value in meta.items() if name != "PHASED"}
         slot = meta["BC"] * meta["BV"]
-        meta = {**meta, "SAVE": True, "SPLIT": REPORT_SPLIT, "SLOT": slot, "TIMEOUT_NS": 10**10}
+        meta = {**meta, **timeout, "SAVE": True, "SLOT": slot}
     elif kernel.startswith("forward"):
         fn = scan_forward_kernel
         meta = {**forward_args(meta), "SAVE": kernel == "forward-train"}

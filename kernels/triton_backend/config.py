@@ -74,9 +74,10 @@ def forward_scratch(meta: dict) -> int:
 def backward_scratch(meta: dict) -> int:
     """fp32 scratch per program of the backward kernel: the tile scratch [3, BC, DT], then
     the chunk scratch that its phases hand on (backward_scratch.chunk_scratch: d1, dd1,
-    da0, dq, the two [BC, BC] score gradients and 16 per-token vectors)."""
+    da0, dq, the two [BC, BC] score gradients, 16 per-token vectors and the key path's
+    partial sum)."""
     BC, BK, BV = meta["BC"], meta["BK"], meta["BV"]
-    return 3 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC
+    return 3 * BC * meta["DT"] + 2 * BC * BV + 2 * BC * BK + 2 * BC * BC + 16 * BC + BC * max(BK, BV)
 
 
 def forward_args(meta: dict) -> dict:

@@ -14,15 +14,18 @@ and hang it. The programs of a group must be resident together: launch with
 instead of deadlocking, and pass a timeout, so that a stuck wait comes back as a failure
 the host can report instead of a hang.
 
-Slots come in two sets, alternated by exchange: a fast program's next partial goes to the
-other set, and it cannot come back to this one before every program of its group has
-passed the next meeting, that is, finished reading this one.
+Each meeting has its slots (`place`): one region per meeting of a chunk, in two sets
+alternated by chunk, so two meetings in a row never share slots. A fast program's next
+partial goes to other slots, and it cannot come back to these before every program of its
+group has passed the meeting in between, that is, finished reading these.
 
 Needs `tl.atomic_poll` (triton 3.9). On CPU, devtools/threaded_grid.py runs such kernels
 in the interpreter with one thread per program."""
 
 import triton
 import triton.language as tl
+
+from .pieces import copy_flat
 
 
 @triton.jit
@@ -58,3 +61,62 @@ def all_reduce(
     for j in range(SPLIT):
         total += tl.load(slots_ptr + j * (R * C) + tile)
     return total, ok
+
+
+@triton.jit
+def place(xch, bh, ci, x: tl.constexpr, MEETINGS: tl.constexpr, SPLIT: tl.constexpr, SLOT: tl.constexpr):
+    """Where meeting x (of MEETINGS a chunk) of chunk ci meets for group bh: its slots and
+    its one-use counter. xch: (slots [B*H, MEETINGS, 2, SPLIT, SLOT] fp32, counters
+    [B*H, n_chunks, MEETINGS] int32 zeroed by the host, n_chunks). Meetings in a row differ
+    in x within a chunk, and a scan that holds one meeting a chunk alternates the sets by
+    chunk, so consecutive meetings never share slots."""
+    slots_ptr, counters_ptr, n_chunks = xch
+    g = bh.to(tl.int64)
+    slots = slots_ptr + ((g * MEETINGS + x) * 2 + ci % 2) * (SPLIT * SLOT)
+    counter = counters_ptr + (g * n_chunks + ci) * MEETINGS + x
+    return slots, counter
+
+
+@triton.jit
+def sum_region(slots, stride, at: tl.constexpr, dst, N: tl.constexpr, SPLIT: tl.constexpr):
+    """dst[:N] = the sum over the SPLIT programs' slots (stride floats apart) of their
+    floats [at, at + N), in program order."""
+    offs = tl.arange(0, 1024)
+    for start in range(0, N, 1024):
+        m = start + offs < N
+        total = tl.zeros([1024], dtype=tl.float32)
+        for j in range(SPLIT):
+            total += tl.load(slots + j * stride + at + start + offs, mask=m, other=0.0)
+        tl.store(dst + start + offs, total, mask=m)
+
+
+@triton.jit
+def share(
+    cs,
+    slots,
+    counter,
+    s,
+    SPLIT: tl.constexpr,
+    O0: tl.constexpr,
+    N0: tl.constexpr,
+    O1: tl.constexpr,
+    N1: tl.constexpr,
+    O2: tl.constexpr,
+    N2: tl.constexpr,
+    TIMEOUT_NS: tl.constexpr,
+):
+    """all_reduce for partials a program keeps in memory: each of the regions [O, O + N) of
+    this program's scratch cs (up to three; N = 0 for none) becomes its sum over the group,
+    in program order. The regions are packed into this program's slot, the programs meet,
+    and each sums the slots into its own scratch. Returns 1 if every partner arrived."""
+    STRIDE: tl.constexpr = N0 + N1 + N2
+    mine = slots + s * STRIDE
+    copy_flat(cs + O0, mine, N0, 1024)
+    copy_flat(cs + O1, mine + N0, N1, 1024)
+    copy_flat(cs + O2, mine + N0 + N1, N2, 1024)
+    ok = meet(counter, SPLIT, TIMEOUT_NS)
+    sum_region(slots, STRIDE, 0, cs + O0, N0, SPLIT)
+    sum_region(slots, STRIDE, N0, cs + O1, N1, SPLIT)
+    sum_region(slots, STRIDE, N0 + N1, cs + O2, N2, SPLIT)
+    tl.debug_barrier()  # the next phase reads sums other threads wrote
+    return ok

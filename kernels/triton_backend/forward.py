@@ -113,7 +113,7 @@ def layer1_phase(
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        pid, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1 = inner_errors(
         st, k, v, theta, max_norm, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, NT, 2, ACT, CLIP, OP
@@ -167,7 +167,7 @@ def layer2_phase(
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        pid, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta * tl.load(thp + tl.arange(0, BC)), valid, BC, OP)
@@ -207,7 +207,7 @@ def output_phase(
     ci, T, max_norm, H = pos
     pid = tl.program_id(0)
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        pid, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(scratch_ptr + pid.to(tl.int64) * FSCRATCH, BC, BV)
     factor = tl.load(thp + tl.arange(0, BC))
@@ -251,7 +251,7 @@ def forward_chunk(
     pid = tl.program_id(0)
     st = state_ptr + pid.to(tl.int64) * NSTATE
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        pid, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk = (q, k, v, theta, log_eta, log_retain, valid, last)
     v_rows, y_rows, clip_rows = v_ptr + row0 * DV, y_ptr + row0 * DV, clip_factors(theta_ptr, T) + row0

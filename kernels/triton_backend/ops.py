@@ -49,8 +49,8 @@ def memory_scan(
     the state at the start of every checkpoint_every-th chunk (empty unless save_states),
     and each token's clip factor min(1, max_grad_norm / |inner gradient|) fp32 [B, T, H]
     (empty when max_grad_norm is 0). split: programs per (batch, head); 1 runs the
-    one-program kernel (forward.py), more the split-state kernel (split.py), which saves
-    the same checkpoints for the same backward."""
+    one-program kernel (forward.py), more the split-state kernel (split.py), whose
+    backward is split the same way."""
     from .forward import scan_forward_kernel
 
     if split > 1:
@@ -136,10 +136,19 @@ def memory_scan_backward(
     activation: str,
     max_grad_norm: float,
     checkpoint_every: int,
+    split: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (q, k, v, theta, log_eta, log_retain, state, init) from the
     gradients of y and of the end state, recomputing the chunks of each checkpoint group
-    (init's gradient is empty without resets)."""
+    (init's gradient is empty without resets). split: programs per (batch, head), as for
+    the forward (1: backward.py; more: split_backward.py)."""
+    if split > 1:
+        from .split import split_memory_scan_backward
+
+        return split_memory_scan_backward(  # type: ignore[return-value]  # eight gradients
+            dy, dstate, q, k, v, theta, log_eta, log_retain, saved, resets, init, hidden, chunk_size, activation,
+            max_grad_norm, checkpoint_every, split,
+        )  # fmt: skip
     from .backward import scan_backward_kernel
 
     B, T, H = q.shape[:3]
@@ -197,6 +206,7 @@ def _memory_scan_backward_fake(
     activation,
     max_grad_norm,
     checkpoint_every,
+    split,
 ):
     return (
         q.new_empty(q.shape),
@@ -212,14 +222,14 @@ def _memory_scan_backward_fake(
 
 def _setup_context(ctx, inputs, output):
     q, k, v, theta, log_eta, log_retain, state, resets, init = inputs[:9]
-    hidden, chunk_size, activation, max_norm, save, every, _split = inputs[9:]
+    hidden, chunk_size, activation, max_norm, save, every, split = inputs[9:]
     ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2], resets, init)
-    ctx.meta = (hidden, chunk_size, activation, max_norm, save, every)
+    ctx.meta = (hidden, chunk_size, activation, max_norm, save, every, split)
     ctx.state_shape = state.shape
 
 
 def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
-    hidden, chunk_size, activation, max_norm, saved_states, every = ctx.meta
+    hidden, chunk_size, activation, max_norm, saved_states, every, split = ctx.meta
     if not saved_states:
         raise RuntimeError("titans::memory_scan ran with save_states=False; it cannot be differentiated")
     q, k, v, theta, log_eta, log_retain, saved, resets, init = ctx.saved_tensors
@@ -244,6 +254,7 @@ def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
         activation,
         max_norm,
         every,
+        split,
     )
     *grads, dinit = grads
     return (*grads, None, dinit, None, None, None, None, None, None, None)
@@ -330,8 +341,8 @@ def supports(q: Tensor, state: MemoryState, *, chunk_size, activation, max_grad_
 def split_supports(
     q: Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm=None, resets=False
 ) -> str | None:
-    """`supports` for the split-state forward (split.py): the one-program kernels' checks
-    (its backward is theirs), then the split's own: triton's tl.atomic_poll, hidden tiles
+    """`supports` for the split-state scan (split.py): the one-program kernels' checks
+    (the same phases and limits), then the split's own: triton's tl.atomic_poll, hidden tiles
     that divide among the programs, and every program resident at once."""
     config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
     problem = supports(q, state, **config)
@@ -344,7 +355,7 @@ def split_supports(
 
 
 def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor, state, **config):
-    """The scan with the split-state forward, once `split_supports` has found nothing
+    """The split-state scan, once `split_supports` has found nothing
     against it (`launch`'s arguments)."""
     from .split import split_programs
 

@@ -241,6 +241,14 @@ def store_gate(ptr, x, rows_valid, BR: tl.constexpr, row_stride):
 
 
 @triton.jit
+def stored_by_first(valid, s):
+    """The rows that program s of a group stores when every program of the group holds the
+    same values: program 0 the valid ones, its partners none (a [BC] mask: a scalar
+    condition in a mask is not supported everywhere). The one-program kernels pass s = 0."""
+    return valid & ((valid.to(tl.int32) * 0 + s) == 0)
+
+
+@triton.jit
 def load_tile(ptr, n_rows, n_cols, row0, col0, BR: tl.constexpr, BCOL: tl.constexpr):
     """Rows [row0, row0 + BR) x cols [col0, col0 + BCOL) of a row-major fp32
     [n_rows, n_cols] matrix, zero outside it."""

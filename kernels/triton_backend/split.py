@@ -1,6 +1,7 @@
-"""Host side of the split-state forward (split_forward.py): SPLIT programs per (batch,
-head), the same inputs and outputs as the one-program `titans::memory_scan` op, so its
-checkpoints feed the one-program backward unchanged.
+"""Host side of the split-state scan, forward (split_forward.py) and backward
+(split_backward.py): SPLIT programs per (batch, head), the same inputs and outputs as the
+one-program `titans::memory_scan` op and its backward, and the same checkpoints, so either
+backward can differentiate either forward.
 
 Not yet chosen by `auto`: it is selected explicitly (`split_memory_scan`) until a GPU has
 measured it against the one-program kernel and its self-check exists (docs/kernels.md,
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from . import buffers
 from .buffers import forward_outputs, launch_meta
-from .config import forward_args
+from .config import backward_args, forward_args
 from .split_forward import MEETINGS
 
 TIMEOUT_S = 10.0  # a meeting that waits longer than this fails the launch
@@ -49,10 +50,10 @@ def residency_problem(programs: int, device) -> str | None:
 
 
 def split_problem(meta: dict, split: int) -> str | None:
-    """Why the split forward cannot run this configuration with `split` programs (None
+    """Why the split scan cannot run this configuration with `split` programs (None
     when it can)."""
     if not hasattr(tl, "atomic_poll"):
-        return "this triton has no tl.atomic_poll (the split forward needs triton >= 3.9)"
+        return "this triton has no tl.atomic_poll (the split scan needs triton >= 3.9)"
     if split < 2:
         return f"split must be an integer >= 2, got {split}"
     if meta["NT"] % split:
@@ -96,7 +97,7 @@ def split_memory_scan(
     )
     n_chunks = -(-T // chunk_size)
     slot = meta["BC"] * meta["BV"]
-    slots = buffers.empty((B * H, 2, split, slot), torch.float32, q.device)
+    slots = buffers.empty((B * H, MEETINGS, 2, split, slot), torch.float32, q.device)
     counters = torch.zeros(B * H, n_chunks, MEETINGS, dtype=torch.int32, device=q.device)
     ok = torch.zeros(B * H * split, dtype=torch.int32, device=q.device)
     split_forward_kernel[(B * H * split,)](
@@ -124,13 +125,105 @@ def split_memory_scan(
         launch_cooperative_grid=True,  # all programs resident, or the launch fails
         **args,
     )
+    _raise_if_stuck("split forward", ok, timeout_s)
+    return y, state_out, saved, clip_factor.clone()
+
+
+def _raise_if_stuck(what: str, ok: Tensor, timeout_s: float) -> None:
     stuck = int((ok == 0).sum())
     if stuck:
         raise RuntimeError(
-            f"split forward: {stuck} of {ok.numel()} programs waited more than {timeout_s} s for a partner "
+            f"{what}: {stuck} of {ok.numel()} programs waited more than {timeout_s} s for a partner "
             "at a meeting; its outputs are wrong and were not returned"
         )
-    return y, state_out, saved, clip_factor.clone()
+
+
+def backward_slot(meta: dict) -> int:
+    """fp32 per program per meeting of the split backward: its largest meeting's partials
+    (split_backward.py: the end state's da0, dd1 and sums; the retrieval's dq, dR0 and sums)."""
+    BC, BK, BV = meta["BC"], meta["BK"], meta["BV"]
+    return max(BC * BV + BC * BK + 2 * BC + 3, BC * BK + BC * BC + 2 * BC, BC * BC + 2 * BC)
+
+
+def split_memory_scan_backward(
+    dy: Tensor,
+    dstate: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    theta: Tensor,
+    log_eta: Tensor,
+    log_retain: Tensor,
+    saved: Tensor,
+    resets: Tensor,
+    init: Tensor,
+    hidden: int,
+    chunk_size: int,
+    activation: str,
+    max_grad_norm: float,
+    checkpoint_every: int,
+    split: int,
+    timeout_s: float | None = None,
+) -> tuple[Tensor, ...]:
+    """`titans::memory_scan_backward` (ops.py: the arguments and the eight gradients) with
+    `split` programs per (batch, head). Raises if the configuration cannot be split, or if
+    a program's partners did not all arrive at a meeting (its gradients would be wrong)."""
+    from .split_backward import MEETINGS as BACKWARD_MEETINGS
+    from .split_backward import split_backward_kernel
+
+    timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
+    B, T, H = q.shape[:3]
+    args = backward_args(launch_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
+    problem = split_problem(args, split)
+    if problem:
+        raise ValueError(f"split backward: {problem}")
+    meetings = int(BACKWARD_MEETINGS)
+    dq = buffers.empty(q.shape, q.dtype, q.device)
+    dk = buffers.empty(k.shape, k.dtype, k.device)
+    dv = buffers.empty(v.shape, v.dtype, v.device)
+    dgates = [buffers.empty(theta.shape, torch.float32, q.device) for _ in range(3)]
+    dstate0 = dstate.clone()  # carried back to the initial state in place
+    replay = buffers.empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
+    scratch = buffers.empty((B * H * split, args["SCRATCH"]), torch.float32, q.device)
+    dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
+    n_chunks = -(-T // chunk_size)
+    slot = backward_slot(args)
+    slots = buffers.empty((B * H, meetings, 2, split, slot), torch.float32, q.device)
+    counters = torch.zeros(B * H, n_chunks, meetings, dtype=torch.int32, device=q.device)
+    ok = torch.zeros(B * H * split, dtype=torch.int32, device=q.device)
+    split_backward_kernel[(B * H * split,)](
+        dy,
+        dstate0,
+        q,
+        k,
+        v,
+        theta,
+        log_eta,
+        log_retain,
+        saved,
+        replay,
+        scratch,
+        dq,
+        dk,
+        dv,
+        *dgates,
+        resets,
+        init,
+        dinit,
+        slots,
+        counters,
+        ok,
+        T,
+        H,
+        max_grad_norm,
+        SPLIT=split,
+        SLOT=slot,
+        TIMEOUT_NS=int(timeout_s * 1e9),
+        launch_cooperative_grid=True,  # all programs resident, or the launch fails
+        **args,
+    )
+    _raise_if_stuck("split backward", ok, timeout_s)
+    return (dq, dk, dv, *dgates, dstate0, dinit)
 
 
 # The one-program kernel's compile-time arguments that the split kernel takes too (it has

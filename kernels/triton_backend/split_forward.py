@@ -18,17 +18,17 @@ output are stored by program 0 of the group; at depth 1 each program stores its 
 columns of the output.
 
 Each meeting's counter is used once (counters [B*H, n_chunks, 3] int32, zeroed by the
-host); its partials go to one of two slot sets, alternated by meeting (exchange.py says why
-that is safe). Launch with every program resident (`launch_cooperative_grid=True`); a
-program whose partners do not arrive within TIMEOUT_NS records 0 in ok_ptr and goes on
-with wrong values, so the host raises instead of returning them. On CPU it runs in
-devtools/threaded_grid.py, one thread per program. Needs triton's `tl.atomic_poll` (3.9).
+host) and has its slots (exchange.place says why consecutive meetings never share them).
+Launch with every program resident (`launch_cooperative_grid=True`); a program whose
+partners do not arrive within TIMEOUT_NS records 0 in ok_ptr and goes on with wrong values,
+so the host raises instead of returning them. On CPU it runs in devtools/threaded_grid.py,
+one thread per program. Needs triton's `tl.atomic_poll` (3.9).
 """
 
 import triton
 import triton.language as tl
 
-from .exchange import all_reduce
+from .exchange import all_reduce, place
 from .pieces import (
     act_fn,
     chunk_rows,
@@ -44,6 +44,7 @@ from .pieces import (
     store_gate,
     store_tile,
     store_tokens,
+    stored_by_first,
 )
 from .step import end_coefficients, layer1_tile, memory_output_tile
 
@@ -58,34 +59,17 @@ def meeting(
     s,
     ci,
     x: tl.constexpr,
+    MEETINGS: tl.constexpr,
     SPLIT: tl.constexpr,
     R: tl.constexpr,
     C: tl.constexpr,
     SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
-    DEPTH: tl.constexpr,
-    CLIP: tl.constexpr,
 ):
     """Meeting x of chunk ci for group bh: the program-order sum of `partial` [R, C] over
-    the group, and 1 if every partner arrived. xch: (slots [B*H, 2, SPLIT, SLOT] fp32,
-    counters [B*H, n_chunks, MEETINGS] int32, n_chunks). The slot sets alternate over the
-    meetings actually held (a configuration holds 1 to 3 a chunk), not over x: two
-    meetings in a row on one set would let a fast program overwrite a partial that a slow
-    one has not read yet."""
-    slots_ptr, counters_ptr, n_chunks = xch
-    HELD: tl.constexpr = (2 if DEPTH == 2 else 0) + (1 if CLIP else 0)  # a chunk's meetings
-    BEFORE: tl.constexpr = (1 if DEPTH == 2 and x > 0 else 0) + (1 if CLIP and x > 1 else 0)
-    held = ci * HELD + BEFORE
-    slots = slots_ptr + (bh.to(tl.int64) * 2 + held % 2) * (SPLIT * SLOT)
-    counter = counters_ptr + bh.to(tl.int64) * n_chunks * MEETINGS + ci * MEETINGS + x
+    the group, and 1 if every partner arrived (exchange.place: where)."""
+    slots, counter = place(xch, bh, ci, x, MEETINGS, SPLIT, SLOT)
     return all_reduce(partial, slots, counter, s, SPLIT, R, C, TIMEOUT_NS)
-
-
-@triton.jit
-def stored_by_first(valid, s):
-    """The rows program 0 of a group stores: the valid ones; none for its partners (a
-    [BC] mask: a scalar condition in a mask is not supported everywhere)."""
-    return valid & ((valid.to(tl.int32) * 0 + s) == 0)
 
 
 @triton.jit
@@ -122,9 +106,84 @@ def copy_shard(
             store_tile(dst + 2 * L1 + L2, S2, DT, DV, j * BT, 0, BT, BV)
 
 
+@triton.jit
+def split_inner_errors(
+    st,
+    k,
+    v,
+    theta,
+    max_norm,
+    v_rows,
+    valid,
+    H,
+    xch,
+    bh,
+    s,
+    ci,
+    X0: tl.constexpr,
+    MEETINGS: tl.constexpr,
+    DK: tl.constexpr,
+    DT: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    BC: tl.constexpr,
+    NTS: tl.constexpr,
+    DEPTH: tl.constexpr,
+    ACT: tl.constexpr,
+    CLIP: tl.constexpr,
+    OP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SLOT: tl.constexpr,
+    TIMEOUT_NS: tl.constexpr,
+):
+    """step.inner_errors over this program's shard of the group's state st, its sums
+    completed at meetings X0 (the pre-error, depth 2) and X0 + 1 (the clip's norms): the
+    same values in every program of the group, and 1 if every partner arrived."""
+    ok = tl.full([], 1, tl.int32)
+    kf = k.to(tl.float32)
+    sqa0 = rowsum(kf * kf)
+    sqa1 = sqa0 * 0.0
+    if DEPTH == 2:
+        e = tl.zeros([BC, BV], dtype=tl.float32)
+        for jj in range(NTS):
+            j = s * NTS + jj
+            W1 = load_tile(st, DK, DT, 0, j * BT, BK, BT)
+            W2 = load_tile(st + DK * DT, DT, DV, j * BT, 0, BT, BV)
+            a, out = memory_output_tile(k, W1, W2, ACT, OP)
+            e += out
+            sqa1 += rowsum(a * a)
+        e, arrived = meeting(e, xch, bh, s, ci, X0, MEETINGS, SPLIT, BC, BV, SLOT, TIMEOUT_NS)
+        ok = ok & arrived
+        d1 = 2.0 * (e - v)
+        sqd1 = rowsum(d1 * d1)
+    else:
+        d1 = v  # unused: a depth-1 memory has one layer
+        sqd1 = sqa1
+    sqd0 = sqa0 * 0.0
+    if CLIP:
+        for jj in range(NTS):
+            W1, W2, z, a, phi, u, d0 = layer1_tile(
+                st, s * NTS + jj, k, d1, v_rows, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
+            )
+            sqd0 += rowsum(d0 * d0)
+        norms, arrived = meeting(tl.join(sqa1, sqd0), xch, bh, s, ci, X0 + 1, MEETINGS, SPLIT, BC, 2, SLOT, TIMEOUT_NS)
+        ok = ok & arrived
+        sqa1, sqd0 = tl.split(norms)
+        sq = sqa0 * sqd0 + sqa1 * sqd1
+        raw = clip_scale(sq, max_norm)
+        theta_eff = theta * tl.minimum(raw, 1.0)
+    else:
+        sq = sqd0
+        raw = sqd0
+        theta_eff = theta
+    return d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1, ok
+
+
 @triton.jit(noinline=True)
 def split_chunk(
-    state_ptr,
+    st,
     inputs,
     y_ptr,
     xch,
@@ -142,21 +201,24 @@ def split_chunk(
     ACT: tl.constexpr,
     CLIP: tl.constexpr,
     OP: tl.constexpr,
-    NSTATE: tl.constexpr,
     SPLIT: tl.constexpr,
     SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
+    MEETINGS: tl.constexpr,
+    OUTPUT: tl.constexpr,
 ):
-    """Chunk ci for this program's shard, step.chunk_step's arithmetic with its sums over
-    tiles taken over the shard and completed at the meetings. Returns 1 if every meeting
-    was complete. Not inlined, like forward.forward_chunk, for the registers."""
+    """Chunk ci for this program's shard of the group's state st (updated in place),
+    step.chunk_step's arithmetic with its sums over tiles taken over the shard and
+    completed at meetings 0-2 (of MEETINGS a chunk). Without OUTPUT (the backward's replay)
+    it only advances the state: no retrieval, no clip factors, meetings 0 and 1. Returns 1
+    if every meeting was complete. Not inlined, like forward.forward_chunk, for the
+    registers."""
     q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = inputs
     ci, T, max_norm, H = pos
     L1: tl.constexpr = DK * DT
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     pid = tl.program_id(0)
     bh, s = pid // SPLIT, pid % SPLIT
-    st = state_ptr + bh.to(tl.int64) * NSTATE
     tok0 = ((bh // H).to(tl.int64) * T) * H + bh % H
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
@@ -164,42 +226,13 @@ def split_chunk(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
     )
     v_rows = v_ptr + row0 * DV
-    ok = tl.full([], 1, tl.int32)
-    # The inner errors (step.inner_errors over the shard, then met).
-    kf = k.to(tl.float32)
-    sqa0 = rowsum(kf * kf)
-    sqa1 = sqa0 * 0.0
-    if DEPTH == 2:
-        e = tl.zeros([BC, BV], dtype=tl.float32)
-        for jj in range(NTS):
-            j = s * NTS + jj
-            W1 = load_tile(st, DK, DT, 0, j * BT, BK, BT)
-            W2 = load_tile(st + L1, DT, DV, j * BT, 0, BT, BV)
-            a, out = memory_output_tile(k, W1, W2, ACT, OP)
-            e += out
-            sqa1 += rowsum(a * a)
-        e, arrived = meeting(e, xch, bh, s, ci, 0, SPLIT, BC, BV, SLOT, TIMEOUT_NS, DEPTH, CLIP)
-        ok = ok & arrived
-        d1 = 2.0 * (e - v)
-        sqd1 = rowsum(d1 * d1)
-    else:
-        d1 = v  # unused: a depth-1 memory has one layer
-        sqd1 = sqa1
-    theta_eff = theta
-    if CLIP:
-        sqd0 = sqa0 * 0.0
-        for jj in range(NTS):
-            W1, W2, z, a, phi, u, d0 = layer1_tile(
-                st, s * NTS + jj, k, d1, v_rows, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
-            )
-            sqd0 += rowsum(d0 * d0)
-        norms, arrived = meeting(tl.join(sqa1, sqd0), xch, bh, s, ci, 1, SPLIT, BC, 2, SLOT, TIMEOUT_NS, DEPTH, CLIP)
-        ok = ok & arrived
-        sqa1, sqd0 = tl.split(norms)
-        factor = tl.minimum(clip_scale(sqa0 * sqd0 + sqa1 * sqd1, max_norm), 1.0)
-        theta_eff = theta * factor
+    d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1, ok = split_inner_errors(
+        st, k, v, theta, max_norm, v_rows, valid, H, xch, bh, s, ci, 0, MEETINGS,
+        DK, DT, DV, BK, BT, BV, BC, NTS, DEPTH, ACT, CLIP, OP, SPLIT, SLOT, TIMEOUT_NS,
+    )  # fmt: skip
+    if CLIP and OUTPUT:
         clip_rows = theta_ptr + tl.cast(T, tl.int64) * (tl.num_programs(0) // SPLIT) + row0  # forward.clip_factors
-        store_gate(clip_rows, factor, stored_by_first(valid, s), BC, H)
+        store_gate(clip_rows, tl.minimum(raw, 1.0), stored_by_first(valid, s), BC, H)
     # The retrieval and the update of this shard's tiles (step.chunk_step's tile loop).
     A, E, P, G, c, em, f = decays(log_retain, log_eta, theta_eff, valid, BC, OP)
     g, Elast, n, cT, fT, mT = end_coefficients(G, E, c, f, em, theta_eff, last, BC)
@@ -215,13 +248,14 @@ def split_chunk(
         S1 = load_tile(st + L1 + L2, DK, DT, 0, j * BT, BK, BT)
         if DEPTH == 2:
             S2 = load_tile(st + 2 * L1 + L2, DT, DV, j * BT, 0, BT, BV)
-        y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(sG, d0, OP)
-        if DEPTH == 2:
-            h1 = act_fn(y0, ACT)
-            y1 += c[:, None] * mm(h1, W2, OP) + f[:, None] * mm(h1, S2, OP)
-            s1 += mm_nt(h1, a, OP)
-        else:
-            store_tokens(y_ptr + row0 * DV + j * BT, y0, valid, DV - j * BT, BC, BT, H * DV)
+        if OUTPUT:
+            y0 = c[:, None] * mm(q, W1, OP) + f[:, None] * mm(q, S1, OP) - mm(sG, d0, OP)
+            if DEPTH == 2:
+                h1 = act_fn(y0, ACT)
+                y1 += c[:, None] * mm(h1, W2, OP) + f[:, None] * mm(h1, S2, OP)
+                s1 += mm_nt(h1, a, OP)
+            else:
+                store_tokens(y_ptr + row0 * DV + j * BT, y0, valid, DV - j * BT, BC, BT, H * DV)
         W1n = cT * W1 + fT * S1 - mm_tn(k, g[:, None] * d0, OP)
         S1n = mT * S1 - mm_tn(k, n[:, None] * d0, OP)
         if DEPTH == 2:
@@ -236,10 +270,10 @@ def split_chunk(
             store_tile(st + L1, W2n, DT, DV, j * BT, 0, BT, BV)
             store_tile(st + 2 * L1 + L2, S2n, DT, DV, j * BT, 0, BT, BV)
     tl.debug_barrier()  # the next chunk's reads see every tile
-    if DEPTH == 2:
+    if DEPTH == 2 and OUTPUT:
         # The layer-2 score term is linear in the scores, so each shard subtracts its own.
         y1 -= mm(operand(s1 * G, OP), d1o, OP)
-        y, arrived = meeting(y1, xch, bh, s, ci, 2, SPLIT, BC, BV, SLOT, TIMEOUT_NS, DEPTH, CLIP)
+        y, arrived = meeting(y1, xch, bh, s, ci, 2, MEETINGS, SPLIT, BC, BV, SLOT, TIMEOUT_NS)
         ok = ok & arrived
         store_tokens(y_ptr + row0 * DV, y, stored_by_first(valid, s), DV, BC, BV, H * DV)
     return ok
@@ -287,7 +321,7 @@ def split_forward_kernel(
 ):
     """SPLIT programs per (batch, head) (grid B * H * SPLIT; NT a multiple of SPLIT) walk
     the chunks in order; forward.scan_forward_kernel's arguments and outputs (one walk, no
-    phases), plus the exchange's slots ([B*H, 2, SPLIT, SLOT] fp32, SLOT >= BC * BV),
+    phases), plus the exchange's slots ([B*H, MEETINGS, 2, SPLIT, SLOT] fp32, SLOT >= BC * BV),
     counters ([B*H, n_chunks, MEETINGS] int32, zeroed) and ok_ptr ([B*H*SPLIT] int32:
     1 where every meeting of that program was complete)."""
     NTS: tl.constexpr = NT // SPLIT
@@ -309,7 +343,7 @@ def split_forward_kernel(
                 copy_shard(st, slot, s, True, DK, DT, DV, BK, BT, BV, NTS, DEPTH)
         pos = (ci, T, max_norm, H)
         ok = ok & split_chunk(
-            state_ptr,
+            st,
             inputs,
             y_ptr,
             xch,
@@ -327,9 +361,10 @@ def split_forward_kernel(
             ACT,
             CLIP,
             OP,
-            NSTATE,
             SPLIT,
             SLOT,
             TIMEOUT_NS,
+            MEETINGS,
+            True,
         )
     tl.store(ok_ptr + pid, ok)

@@ -261,6 +261,7 @@ def chunk_step(
 
 @triton.jit
 def program_chunk(
+    bh,
     q_ptr,
     k_ptr,
     v_ptr,
@@ -278,10 +279,10 @@ def program_chunk(
     BC: tl.constexpr,
     OP: tl.constexpr,
 ):
-    """This program's (batch, head) rows of chunk ci: the first row's index in the [B*T*H, D]
-    view, which tile rows are tokens, the last token, and the chunk's inputs (load_chunk)."""
-    pid = tl.program_id(0)
-    tok0 = ((pid // H).to(tl.int64) * T) * H + pid % H
+    """Rows of chunk ci for (batch, head) bh (the program id of a one-program kernel): the
+    first row's index in the [B*T*H, D] view, which tile rows are tokens, the last token,
+    and the chunk's inputs (load_chunk)."""
+    tok0 = ((bh // H).to(tl.int64) * T) * H + bh % H
     t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
     row0 = tok0 + t0 * H
     q, k, v, theta, log_eta, log_retain = load_chunk(
@@ -317,8 +318,9 @@ def advance_chunk(
     its program's token offset itself, for the same reason."""
     q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = inputs
     ci, T, max_norm, H = pos
+    pid = tl.program_id(0)
     row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
+        pid, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     chunk = (q, k, v, theta, log_eta, log_retain, valid, last)
     # No output without WITH_OUTPUT: v_ptr stands in for the unused y and clip pointers.

@@ -1,10 +1,11 @@
-"""The split-state forward (kernels/triton_backend/split_forward.py) on CPU: SPLIT programs
-per (batch, head) run in the threaded interpreter grid (devtools/threaded_grid.py) and
-equal the fp64 chunked reference on the Triton harness's hard cases: ragged state tiles,
-padded and ragged chunks, checkpoint groups (whose states the one-program backward
-replays, so every gradient checks the split's checkpoints), restarts, the clip on and off,
-depth 1 and 2, and groups of 2, 3 and 4 programs. A meeting that does not wait is caught;
-a partner that never comes is an error, not a wrong result."""
+"""The split-state scan (kernels/triton_backend/split_forward.py and split_backward.py) on
+CPU: SPLIT programs per (batch, head) run in the threaded interpreter grid
+(devtools/threaded_grid.py), forward and backward, and equal the fp64 chunked reference
+on the Triton harness's hard cases: ragged state tiles, padded and ragged chunks,
+checkpoint groups (the backward replays the split's checkpoints), restarts, the clip on
+and off, depth 1 and 2, every gradient, and groups of 2, 3 and 4 programs; the
+one-program backward never runs. A meeting that does not wait is caught, in the forward
+and in the backward; a partner that never comes is an error, not a wrong result."""
 
 import functools
 
@@ -32,12 +33,20 @@ def poisoned(monkeypatch):
 
 
 @pytest.fixture
-def threads():
-    """Every launch in the threaded grid."""
+def threads(monkeypatch):
+    """Every launch in the threaded grid, and the one-program backward out of reach: a
+    split scan's gradients must come from the split backward."""
     from devtools.threaded_grid import threaded_grid
+    from titans_plugin.kernels.triton_backend import backward
 
+    monkeypatch.setattr(backward, "scan_backward_kernel", _NotLaunched())
     with threaded_grid():
         yield
+
+
+class _NotLaunched:
+    def __getitem__(self, grid):
+        raise AssertionError("the one-program backward ran for a split scan")
 
 
 def _compare(split, *, depth, hidden, D=20, T=70, chunk=24, every=2, clip=0.5, **kw):
@@ -98,11 +107,24 @@ def test_restarts_in_the_split(depth, monkeypatch, threads):
     assert f"gradient of restart W{depth}" in errors
 
 
-def _scan(split, **kw):
+def _leaves():
     inputs, state = memory_inputs(B=1, T=40, H=2, D=20, depth=2, hidden=60)
-    inputs = tuple(t.float() for t in inputs)
+    inputs = tuple(t.float().requires_grad_() for t in inputs)
     state = MemoryState(tuple(w.float() for w in state.weights), tuple(m.float() for m in state.momentum))
-    return ops.launch(*inputs, state, chunk_size=16, activation="silu", max_grad_norm=0.5, split=split, **kw)
+    return inputs, state
+
+
+def _scan(split, inputs=None, state=None, **kw):
+    if inputs is None:
+        inputs, state = _leaves()
+    return ops.launch(
+        *inputs, state, chunk_size=16, activation="silu", max_grad_norm=0.5, split=split, checkpoint_every=2, **kw
+    )
+
+
+def _input_gradients(y, end, inputs):
+    loss = (y * torch.linspace(-1, 1, y.shape[-1])).sum() + end.weights[-1].sum()
+    return torch.autograd.grad(loss, inputs)
 
 
 def _break_meetings(monkeypatch):
@@ -129,6 +151,35 @@ def test_a_meeting_that_does_not_wait_is_caught(monkeypatch, threads):
     assert not torch.isfinite(got).all() or (got - want).abs().max() > 1e-3
 
 
+def test_a_backward_meeting_that_does_not_wait_is_caught(monkeypatch, threads):
+    """The forward meets properly; the backward's meetings leave out the wait: its phases
+    read partial sums, and the gradients are wrong."""
+    inputs, state = _leaves()
+    want = _input_gradients(*_scan(2, inputs, state), inputs)
+    assert all(torch.isfinite(g).all() for g in want)
+    y, end = _scan(2, inputs, state)
+    _break_meetings(monkeypatch)
+    got = _input_gradients(y, end, inputs)
+    errors = [
+        (a - b).abs().max().item() if torch.isfinite(a).all() else float("inf") for a, b in zip(got, want, strict=True)
+    ]
+    worst = max(errors)
+    assert worst > 1e-3
+
+
+def test_a_backward_partner_that_never_arrives_is_an_error(monkeypatch):
+    """The forward in the threaded grid, the backward in the plain interpreter: program 0
+    waits for program 1, which runs only after it, and the backward raises."""
+    from devtools.threaded_grid import threaded_grid
+
+    inputs, state = _leaves()
+    with threaded_grid():
+        y, end = _scan(2, inputs, state)
+    monkeypatch.setattr(split, "TIMEOUT_S", 0.02)
+    with pytest.raises(RuntimeError, match="split backward: .* waited more than 0.02 s for a partner"):
+        _input_gradients(y, end, inputs)
+
+
 def test_a_partner_that_never_arrives_is_an_error(monkeypatch):
     """In the plain interpreter program 0 waits for program 1, which runs only after it:
     the wait times out, and the launch raises rather than return its values."""
@@ -138,7 +189,10 @@ def test_a_partner_that_never_arrives_is_an_error(monkeypatch):
 
 
 def test_a_split_that_does_not_divide_the_tiles_is_refused():
-    with pytest.raises(ValueError, match="the 4 hidden tiles of 16 units do not divide among 3 programs"):
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match="the 4 hidden tiles of 16 units do not divide among 3 programs"),
+    ):
         _scan(3)
     meta = {"NT": 4, "BT": 16}
     assert split.split_problem(meta, 1) == "split must be an integer >= 2, got 1"
@@ -193,7 +247,7 @@ def test_the_split_backend_says_why_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match=r"'triton_split' cannot run here: the 3 hidden tiles .* among 2 programs"):
         neural_memory_scan(*inputs, state, chunk_size=8, activation="silu", backend="triton_split")
     monkeypatch.delattr(tl, "atomic_poll")
-    with pytest.raises(ValueError, match=r"no tl.atomic_poll \(the split forward needs triton >= 3.9\)"):
+    with pytest.raises(ValueError, match=r"no tl.atomic_poll \(the split scan needs triton >= 3.9\)"):
         neural_memory_scan(*_depth2()[0], _depth2()[1], chunk_size=8, activation="silu", backend="triton_split")
 
 
@@ -207,14 +261,15 @@ def checked_on_cpu(monkeypatch):
 
 
 def test_the_self_check_runs_the_split_and_catches_a_broken_meeting(monkeypatch, threads, checked_on_cpu):
-    """The first-use check runs the split-state forward for `triton_split` (a key of its own)
-    and passes; with the meetings' wait left out it fails, and the forced backend raises."""
+    """The first-use check runs the split-state scan, forward and backward, for `triton_split`
+    (a key of its own) and passes; with the meetings' wait left out it fails, and the forced
+    backend raises."""
     _, state = _depth2()
     q = torch.zeros(1, 4, 2, 16)
     assert self_check.failure(q, state, 8, "silu", 0.5, False, split=True) is None
     (key,) = self_check._RESULTS
     assert key[-1] is True
-    assert "split-state forward" in self_check._RESULTS[key].message
+    assert "split-state scan" in self_check._RESULTS[key].message
     self_check.forget()
     _break_meetings(monkeypatch)
     with pytest.raises(RuntimeError, match=r"titans\.backend = 'triton_split': Triton memory scan self-check failed"):
