@@ -92,5 +92,5 @@ def test_a_measured_exchange_replaces_the_assumed_one():
     assert f"| global meeting, 4 programs, 64x64 fp32 | {roofline.MEETING_US:.2f} | 3.00 |" in text
     assert "| cluster exchange, 4 CTAs, 64x64 fp32, two slot sets | 1.00 | 0.25 |" in text
     want = roofline.design("cluster", 4, 32, SPILLS, 3.0, 0.25)["pct_peak"]
-    assert f"| cluster, state on chip | 4 | 775 | 528 | 11 | 184 | {want:.1f}% (tensor) |" in text
+    assert f"| cluster, state on chip | 4 | 775 | 552 | 11.5 | 184 | {want:.1f}% (tensor) |" in text
     assert roofline.exchange_calibration({}, SPILLS) == ""

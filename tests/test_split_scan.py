@@ -74,6 +74,28 @@ def test_depth_2_split_equals_the_reference(split, hidden, monkeypatch, threads)
     _compare(split, depth=2, hidden=hidden)
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_phased_split_forward(clip, monkeypatch, threads):
+    """The depth-2 split forward as three phases (layer 1, output, update), which sm_80 runs:
+    the same cases, with and without the clip (the clip factors come from the scratch)."""
+    monkeypatch.setattr(config, "PHASED_FORWARD", True)
+    _compare(2, depth=2, hidden=60, clip=clip)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_bf16_split_scan(depth, monkeypatch, threads):
+    """bf16 q, k, v, as the one-program kernel's bf16 test: the split's products take bf16
+    operands (each program rounds its own shard's terms) and sum in fp32, within the same
+    tolerance, forward and backward."""
+    inputs, state = memory_inputs(B=2, T=40, H=2, D=32, depth=depth, hidden=64 if depth == 2 else 0)
+    rounded = tuple(t.to(torch.bfloat16).double() if i < 3 else t for i, t in enumerate(inputs))
+    scan = functools.partial(ops.launch, checkpoint_every=2, split=2)
+    harness.compare(
+        scan, chunk_neural_memory, rounded, state, tol=2e-2, grad_tol=3e-2, dtype=torch.bfloat16,
+        chunk_size=16, activation="silu", max_grad_norm=1.0,
+    )  # fmt: skip
+
+
 def test_depth_2_without_the_clip(monkeypatch, threads):
     """Two meetings a chunk instead of three: the slot sets must still alternate."""
     _compare(2, depth=2, hidden=60, clip=0.0)

@@ -1,6 +1,6 @@
-"""Backward phases 5-9 (backward.py's backward_chunk calls them in order): layer 2's score
+"""Backward phases 5-10 (backward.py's backward_chunk calls them in order): layer 2's score
 gradient, the score and decay-product gradients, the gate gradients and the clip's, the key
-path, and the finish that writes dq and dk."""
+path, the finish (depth 2), and the phase that writes dq and dk."""
 
 import triton
 import triton.language as tl
@@ -226,8 +226,9 @@ def bwd_key_path(
     CLIP: tl.constexpr,
     OP: tl.constexpr,
 ):
-    """Walk 2: the clip terms and du = dd0 * act'(z), summed into dd1 (depth 2); at depth 1
-    the whole key path (dv, dW1, dk)."""
+    """Walk 2: the clip terms and du = dd0 * act'(z), whose sum over this program's tiles
+    to dd1 (depth 2) goes to the key path's block (key_path_sum); at depth 1 the whole key
+    path (dv, dW1, and the tiles' sum to dk in that block)."""
     src, dst, scr, cs = work
     dy_ptr, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr = io
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads

@@ -32,7 +32,7 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
     restarts = dict(resets_ptr="*i8", init_ptr=f)
     exchange = {"slots_ptr": f, "counters_ptr": "*i32", "ok_ptr": "*i32"}
     if kernel == "split-forward-train":
-        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts, **exchange}
+        names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, **restarts, **exchange, "scratch_ptr": f}
     elif kernel.startswith("forward"):
         names = {**inputs, "state_ptr": f, "y_ptr": t, "saved_ptr": f, "scratch_ptr": f, **restarts}
     else:
@@ -67,7 +67,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
         meta = {**meta, **timeout, "SLOT": backward_slot(meta)}
     elif kernel.startswith("split"):
         fn = split_forward_kernel
-        meta = {name: value for name, value in meta.items() if name != "PHASED"}
+        meta = forward_args(meta)
         slot = meta["BC"] * meta["BV"]
         meta = {**meta, **timeout, "SAVE": True, "SLOT": slot}
     elif kernel.startswith("forward"):

@@ -100,6 +100,7 @@ def split_memory_scan(
     slots = buffers.empty((B * H, MEETINGS, 2, split, slot), torch.float32, q.device)
     counters = torch.zeros(B * H, n_chunks, MEETINGS, dtype=torch.int32, device=q.device)
     ok = torch.zeros(B * H * split, dtype=torch.int32, device=q.device)
+    scratch = buffers.empty((B * H * split, meta["FSCRATCH"]), torch.float32, q.device)
     split_forward_kernel[(B * H * split,)](
         q,
         k,
@@ -115,6 +116,7 @@ def split_memory_scan(
         slots,
         counters,
         ok,
+        scratch,
         T,
         H,
         max_grad_norm,
@@ -226,9 +228,8 @@ def split_memory_scan_backward(
     return (dq, dk, dv, *dgates, dstate0, dinit)
 
 
-# The one-program kernel's compile-time arguments that the split kernel takes too (it has
-# no phases and no scratch).
+# The one-program forward's compile-time arguments, which the split forward takes too.
 _KERNEL_META = (
     "DK", "DT", "DV", "BK", "BT", "BV", "NT", "CHUNK", "BC", "DEPTH", "ACT", "NSTATE", "CKPT", "CLIP", "OP",
-    "RESETS", "num_warps", "maxnreg",
+    "RESETS", "PHASED", "FSCRATCH", "num_warps", "maxnreg",
 )  # fmt: skip

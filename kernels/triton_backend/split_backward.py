@@ -217,12 +217,14 @@ def restart_gradient_shard(
             j = s * NTS + jj
             g1 = load_tile(dst, DK, DT, 0, j * BT, BK, BT) + load_tile(dinit, DK, DT, 0, j * BT, BK, BT)
             store_tile(dinit, g1, DK, DT, 0, j * BT, BK, BT)
+            tl.debug_barrier()  # every thread has read the tile of dst before it is zeroed
             zero = tl.zeros([BK, BT], dtype=tl.float32)
             store_tile(dst, zero, DK, DT, 0, j * BT, BK, BT)
             store_tile(dst + L1 + L2, zero, DK, DT, 0, j * BT, BK, BT)
             if DEPTH == 2:
                 g2 = load_tile(dst + L1, DT, DV, j * BT, 0, BT, BV) + load_tile(dinit + L1, DT, DV, j * BT, 0, BT, BV)
                 store_tile(dinit + L1, g2, DT, DV, j * BT, 0, BT, BV)
+                tl.debug_barrier()
                 zero2 = tl.zeros([BT, BV], dtype=tl.float32)
                 store_tile(dst + L1, zero2, DT, DV, j * BT, 0, BT, BV)
                 store_tile(dst + 2 * L1 + L2, zero2, DT, DV, j * BT, 0, BT, BV)
