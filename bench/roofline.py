@@ -194,13 +194,15 @@ def split_table(spills: dict, split_spills: dict) -> str:
 
 
 # The designs past one program per (batch, head) (issue: the state split across programs or a
-# cluster). Each chunk couples the programs of a head through sums of [C, D] partials, as
-# the plain split is built (split_forward.py, split_backward.py; depth 2, clip on): the
-# forward's inner error, clip norms and retrieval (3 meetings); the backward's 7 meetings
-# a chunk (inner error, norms, end state, layer-2 and layer-1 retrieval, two key-path sums)
-# and its replay's 2 for 3 of every 4 chunks (checkpoint every 4): 8.5 meetings carrying
-# 8.75 [C, D] sums at C = D; the model charges one [C, D] partial per meeting.
-EXCHANGES = {"fwd": 3, "bwd": 8.5}
+# cluster). Each chunk couples the programs of a head through meetings that sum partials, as
+# the plain split is built (split_forward.py, split_backward.py; depth 2, clip on, a
+# checkpoint every 4 chunks): the forward meets 3 times (inner error, clip norms,
+# retrieval: 2 [C, D] partials); the backward 5 times a chunk (inner error, norms, one for
+# the end state's and both retrievals' sums, two key-path sums) and its replay twice for 3
+# chunks in 4: 6.5 meetings carrying 8.75 [C, D] partials at C = D. EXCHANGES counts the
+# meetings (barriers, latency), PARTIALS the [C, D] fp32 partials they carry (bytes).
+EXCHANGES = {"fwd": 3, "bwd": 6.5}
+PARTIALS = {"fwd": 2, "bwd": 8.75}
 # One exchange of a [64, 64] fp32 partial among the CTAs of a cluster (slots in shared
 # memory, read over DSMEM, two cluster barriers): an assumed cost, measured by
 # bench/exchange_bench.py on an sm_90 GPU.
@@ -234,27 +236,29 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     state = 4 * 4 * D * H  # W1, W2, S1, S2 fp32
     partial = 4 * C * D
     exchanges = EXCHANGES["fwd"] + EXCHANGES["bwd"]
+    partials = PARTIALS["fwd"] + PARTIALS["bwd"]
     small = (3 + 19) * 2 * C * C * D  # the [C, C] products (forward 3, backward 19): every program does them whole
     inputs = 2 * (3 * C * D * 2 + 3 * C * 4) + C * D * 2  # q, k, v, gates read by the forward and backward, dy
     if kind == "split":
         # each program streams 1/n of the state and reads the chunk's inputs whole; each
         # exchange writes its partial and reads all n
-        l2 = m["l2"]["fwd"] + m["l2"]["bwd"] + (n - 1) * inputs + n * exchanges * (1 + n) * partial
+        l2 = m["l2"]["fwd"] + m["l2"]["bwd"] + (n - 1) * inputs + n * partials * (1 + n) * partial
         dsmem, barriers, shared = 0, exchanges, None
         compute = (flops - small) + n * small
-        exchange_us = exchanges * meeting_us
+        exchange_us = barriers * meeting_us
     elif kind == "cluster":
         outputs = C * D * 2 + 3 * C * D * 2 + 3 * C * 4  # y; dq, dk, dv, the gates' gradients
         checkpoints = 2 * state / every  # written by the forward, read by the backward
         replay = 2 * (every - 1) * state / every  # the backward's replayed states, written and read through L2
         l2 = n * inputs + outputs + checkpoints + replay
-        # two slot sets alternated by exchange: one cluster barrier each (bench/exchange_bench.py)
-        dsmem, barriers = exchanges * (n - 1) * partial, exchanges
+        # two slot sets of one partial alternated by round: one cluster barrier per partial
+        # (bench/exchange_bench.py), so a meeting of several partials takes several rounds
+        dsmem, barriers = partials * (n - 1) * partial, partials
         # the backward holds the state's shard and its gradient's (dW1, dW2, dS1, dS2) across
         # chunks; the chunk's q, k, v staged; the two slot sets
         shared = 2 * state // n + 3 * C * D * 2 + 2 * partial
         compute = (flops - small) + n * small
-        exchange_us = exchanges * cluster_us
+        exchange_us = barriers * cluster_us
     else:
         raise ValueError(f"design kind must be one of 'one', 'split', 'cluster', got {kind!r}")
     programs = BH * n
@@ -273,7 +277,7 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     waves = -(-programs // resident)
     total = t * waves
     # the most an exchange may cost for 25% of peak (None: out of reach even without exchanges)
-    budget = (useful * BH / (0.25 * PEAK_TFLOPS * 1e12) / waves - max(t_compute, t_memory)) / max(exchanges, 1)
+    budget = (useful * BH / (0.25 * PEAK_TFLOPS * 1e12) / waves - max(t_compute, t_memory)) / max(barriers, 1)
     bound = "exchange" if exchange_us * 1e-6 > max(t_compute, t_memory) else "L2" if t_memory > t_compute else "tensor"
     return {
         "launches": True,
@@ -510,12 +514,13 @@ def designs_text(spills: dict) -> str:
         "Forward + backward per chunk, default configuration (depth 2, head dim 64, hidden 256, chunk 64, bf16, "
         "clip on). The first row is the model above. The plain split (built, forward and backward; tested on "
         f"CPU) meets {EXCHANGES['bwd']} times per chunk in the backward (its replay's meetings included) besides "
-        f"the forward's {EXCHANGES['fwd']}, each charged one [C, D] fp32 partial: each program still streams its "
+        f"the forward's {EXCHANGES['fwd']}, carrying {PARTIALS['bwd']} and {PARTIALS['fwd']} [C, D] fp32 partials: "
+        "each program still streams its "
         "shard of the state through L2, so it moves the same "
         "state bytes as one program, plus its exchanges. The cluster (not built) keeps each CTA's shard of W1, W2, "
         "S1 and S2 (and in the backward, of their gradients) in shared memory for the whole sequence, with two "
-        "slot sets for its exchanges (one cluster barrier each): only the chunk's inputs and outputs, the "
-        "checkpoints and the backward's replayed states cross L2. Assumed: "
+        "slot sets of one partial, alternated (one cluster barrier per partial): only the chunk's inputs and "
+        "outputs, the checkpoints and the backward's replayed states cross L2. Assumed: "
         f"{MEETING_US} us per global meeting and {CLUSTER_EXCHANGE_US} us per cluster exchange of a [64, 64] fp32 "
         "partial, neither overlapping work (a chunk's update needs its inner error); whole clusters on "
         f"{SMS} SMs; no spills in the kernels not built. The last column is the exchange cost at which the "

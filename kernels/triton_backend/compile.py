@@ -40,7 +40,8 @@ def signature(kernel: str, dtype: torch.dtype) -> dict:
         names = {"dy_ptr": t, "dstate_ptr": f, **inputs, "saved_ptr": f, "replay_ptr": f, "scratch_ptr": f}
         names = {**names, **grads, **restarts, "dinit_ptr": f}
         if kernel == "split-backward":
-            names = {**names, **exchange}
+            sums = {"sum_slots_ptr": f, "sum_counters_ptr": "*i32"}
+            names = {**names, "slots_ptr": f, "counters_ptr": "*i32", **sums, "ok_ptr": "*i32"}
     return {**names, "T": "i32", "H": "i32", "max_norm": "fp32"}
 
 
@@ -54,7 +55,7 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
 
     from .backward import scan_backward_kernel
     from .forward import scan_forward_kernel
-    from .split import backward_slot
+    from .split import backward_slots
     from .split_backward import split_backward_kernel
     from .split_forward import split_forward_kernel
 
@@ -64,7 +65,8 @@ def compile_for(kernel: str, meta: dict, dtype: torch.dtype, arch: int):
     if kernel == "split-backward":
         fn = split_backward_kernel
         meta = backward_args(meta)
-        meta = {**meta, **timeout, "SLOT": backward_slot(meta)}
+        slot, sum_slot = backward_slots(meta)
+        meta = {**meta, **timeout, "SLOT": slot, "SUM_SLOT": sum_slot}
     elif kernel.startswith("split"):
         fn = split_forward_kernel
         meta = forward_args(meta)

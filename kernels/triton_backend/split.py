@@ -140,11 +140,14 @@ def _raise_if_stuck(what: str, ok: Tensor, timeout_s: float) -> None:
         )
 
 
-def backward_slot(meta: dict) -> int:
-    """fp32 per program per meeting of the split backward: its largest meeting's partials
-    (split_backward.py: the end state's da0, dd1 and sums; the retrieval's dq, dR0 and sums)."""
+def backward_slots(meta: dict) -> tuple[int, int]:
+    """fp32 per program per meeting of the split backward's two exchanges
+    (split_backward.py): MEETINGS, the pre-error [BC, BV] or the clip's norms; SUMS, its
+    largest share (the chunk scratch from dd1 to the vectors, and the vectors' summed rows)."""
     BC, BK, BV = meta["BC"], meta["BK"], meta["BV"]
-    return max(BC * BV + BC * BK + 2 * BC + 3, BC * BK + BC * BC + 2 * BC, BC * BC + 2 * BC)
+    registers = max(BC * BV, 2 * BC)
+    shared = BC * BV + 2 * BC * BK + 2 * BC * BC + 5 * BC + 3 + 2 * BC
+    return registers, max(shared, BC * max(BK, BV))
 
 
 def split_memory_scan_backward(
@@ -171,7 +174,7 @@ def split_memory_scan_backward(
     `split` programs per (batch, head). Raises if the configuration cannot be split, or if
     a program's partners did not all arrive at a meeting (its gradients would be wrong)."""
     from .split_backward import MEETINGS as BACKWARD_MEETINGS
-    from .split_backward import split_backward_kernel
+    from .split_backward import SUMS, split_backward_kernel
 
     timeout_s = TIMEOUT_S if timeout_s is None else timeout_s
     B, T, H = q.shape[:3]
@@ -179,7 +182,7 @@ def split_memory_scan_backward(
     problem = split_problem(args, split)
     if problem:
         raise ValueError(f"split backward: {problem}")
-    meetings = int(BACKWARD_MEETINGS)
+    meetings, sums = int(BACKWARD_MEETINGS), int(SUMS)
     dq = buffers.empty(q.shape, q.dtype, q.device)
     dk = buffers.empty(k.shape, k.dtype, k.device)
     dv = buffers.empty(v.shape, v.dtype, v.device)
@@ -189,9 +192,11 @@ def split_memory_scan_backward(
     scratch = buffers.empty((B * H * split, args["SCRATCH"]), torch.float32, q.device)
     dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
     n_chunks = -(-T // chunk_size)
-    slot = backward_slot(args)
+    slot, sum_slot = backward_slots(args)
     slots = buffers.empty((B * H, meetings, 2, split, slot), torch.float32, q.device)
     counters = torch.zeros(B * H, n_chunks, meetings, dtype=torch.int32, device=q.device)
+    sum_slots = buffers.empty((B * H, sums, 2, split, sum_slot), torch.float32, q.device)
+    sum_counters = torch.zeros(B * H, n_chunks, sums, dtype=torch.int32, device=q.device)
     ok = torch.zeros(B * H * split, dtype=torch.int32, device=q.device)
     split_backward_kernel[(B * H * split,)](
         dy,
@@ -214,12 +219,15 @@ def split_memory_scan_backward(
         dinit,
         slots,
         counters,
+        sum_slots,
+        sum_counters,
         ok,
         T,
         H,
         max_grad_norm,
         SPLIT=split,
         SLOT=slot,
+        SUM_SLOT=sum_slot,
         TIMEOUT_NS=int(timeout_s * 1e9),
         launch_cooperative_grid=True,  # all programs resident, or the launch fails
         **args,

@@ -11,15 +11,20 @@ this program's partial in its chunk scratch, and the group completes it at a mee
 phase reads it. Phases without a tile loop then compute the same values in every program,
 and program 0 alone writes the per-token gradients.
 
-Meetings of a chunk (MEETINGS: x, what is completed):
+Meetings of a chunk, x in two exchanges (each with its slots and counters):
+    MEETINGS: partials held in registers, [C, D] at most (exchange.all_reduce)
     0, 1  replay: the pre-error (depth 2) and the clip's norms (split_inner_errors)
     2, 3  the same for the chunk being differentiated
-    4     bwd_end_state: da0, dd1 (depth 2), the end coefficients' and gates' sums
-    5     bwd_retrieval_layer2 (depth 2): the layer-2 scores s1 and layer 2's dc, df
-    6     bwd_retrieval: dq, dR0 and layer 1's dc, df
-    7     bwd_key_path: its sum to dd1 (depth 2) or to da0
-    8     bwd_finish (depth 2): its sum to da0
-Each counter is used once (counters [B*H, n_chunks, MEETINGS] int32, zeroed by the host);
+    SUMS: partials in the chunk scratch (exchange.share)
+    0     after bwd_end_state, bwd_layer1_outputs, bwd_retrieval_layer2 and bwd_retrieval,
+          whose sums none of them reads: da0, dd1 (depth 2), dq, the score gradient dR0,
+          the layer-2 scores s1 (depth 2), the end coefficients', gates' and both layers'
+          retrieval sums (also rows that hold no partial yet, stale from the last chunk;
+          each is rewritten before it is read, so summing them is harmless)
+    1     bwd_key_path: its sum to dd1 (depth 2) or to da0
+    2     bwd_finish (depth 2): its sum to da0
+Within an exchange, meetings in a row differ in x or in the chunk's parity, so never share
+slots (exchange.place). Each counter is used once (zeroed by the host);
 a program whose partners do not arrive within TIMEOUT_NS records 0 in ok_ptr, so the host
 raises instead of returning its gradients. Launch with every program resident
 (`launch_cooperative_grid=True`); on CPU it runs in devtools/threaded_grid.py.
@@ -36,20 +41,21 @@ from .backward_inputs import (
     bwd_score_grads,
     bwd_store_inputs,
 )
-from .backward_scratch import N_VEC, V_DC, V_DC1, V_DG, V_ENDS, put_inner_errors
+from .backward_scratch import N_VEC, V_DC1, V_DG, V_ENDS, put_inner_errors
 from .backward_state import bwd_end_state, bwd_layer1_outputs, bwd_retrieval, bwd_retrieval_layer2
 from .exchange import place, share
 from .pieces import load_tile, store_tile
 from .split_forward import copy_shard, split_chunk, split_inner_errors
 from .step import program_chunk
 
-MEETINGS = tl.constexpr(9)
+MEETINGS = tl.constexpr(4)
+SUMS = tl.constexpr(3)
 
 
 @triton.jit(noinline=True)
 def meet_scratch(
     cs,
-    xch,
+    sums,
     bh,
     s,
     ci,
@@ -64,10 +70,11 @@ def meet_scratch(
     SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
-    """Meeting x of chunk ci: the chunk scratch's regions [O, O + N) summed over the group.
+    """Meeting x of chunk ci in the SUMS exchange: the chunk scratch's regions [O, O + N)
+    summed over the group.
     Not inlined: the chunk loop then holds none of its loop's registers (236 B of spill
     stores per thread on sm_80 when it was)."""
-    slots, counter = place(xch, bh, ci, x, MEETINGS, SPLIT, SLOT)
+    slots, counter = place(sums, bh, ci, x, SUMS, SPLIT, SLOT)
     return share(cs, slots, counter, s, SPLIT, O0, N0, O1, N1, O2, N2, TIMEOUT_NS)
 
 
@@ -117,6 +124,7 @@ def split_backward_chunk(
     grads,
     pos,
     xch,
+    sums,
     DK: tl.constexpr,
     DT: tl.constexpr,
     DV: tl.constexpr,
@@ -132,6 +140,7 @@ def split_backward_chunk(
     OP: tl.constexpr,
     SPLIT: tl.constexpr,
     SLOT: tl.constexpr,
+    SUM_SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
     """backward.backward_chunk over this program's NT tiles, each phase's sums over tiles
@@ -142,45 +151,34 @@ def split_backward_chunk(
     # Chunk scratch offsets (backward_scratch.chunk_scratch, key_path_sum).
     DD1: tl.constexpr = BC * BV
     DA0: tl.constexpr = 2 * BC * BV
-    DQ: tl.constexpr = DA0 + BC * BK
-    S1: tl.constexpr = DQ + BC * BK
-    DR0: tl.constexpr = S1 + BC * BC
-    VEC: tl.constexpr = DR0 + BC * BC
+    VEC: tl.constexpr = DA0 + 2 * BC * BK + 2 * BC * BC  # after da0, dq, s1, dR0
     KP: tl.constexpr = VEC + N_VEC * BC
     ok = split_bwd_inner_errors(
         work, io, xch, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, SPLIT, SLOT, TIMEOUT_NS
     )
     bwd_end_state(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-    if DEPTH == 2:  # dd1 and da0 sit side by side
-        ok = ok & meet_scratch(
-            cs, xch, bh, s, ci, 4, DD1, BC * BV + BC * BK, VEC + V_DG * BC, 2 * BC, VEC + V_ENDS * BC, 3,
-            SPLIT, SLOT, TIMEOUT_NS,
-        )  # fmt: skip
+    if DEPTH == 2:
         bwd_layer1_outputs(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
         bwd_retrieval_layer2(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-        ok = ok & meet_scratch(
-            cs, xch, bh, s, ci, 5, S1, BC * BC, VEC + V_DC * BC, 2 * BC, 0, 0, SPLIT, SLOT, TIMEOUT_NS
-        )
-    else:
-        ok = ok & meet_scratch(
-            cs, xch, bh, s, ci, 4, DA0, BC * BK, VEC + V_DG * BC, 2 * BC, VEC + V_ENDS * BC, 3,
-            SPLIT, SLOT, TIMEOUT_NS,
-        )  # fmt: skip
     bwd_retrieval(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
+    # One meeting for the four phases' sums: [dd1 (depth 2), da0, dq, s1, dR0], the rows
+    # V_DG to V_DSQ with V_ENDS' three scalars, and the rows V_DC1, V_DF1.
+    FIRST: tl.constexpr = DD1 if DEPTH == 2 else DA0
     ok = ok & meet_scratch(
-        cs, xch, bh, s, ci, 6, DQ, BC * BK, DR0, BC * BC, VEC + V_DC1 * BC, 2 * BC, SPLIT, SLOT, TIMEOUT_NS
-    )
+        cs, sums, bh, s, ci, 0, FIRST, VEC - FIRST, VEC + V_DG * BC, (V_ENDS - V_DG) * BC + 3, VEC + V_DC1 * BC,
+        2 * BC, SPLIT, SUM_SLOT, TIMEOUT_NS,
+    )  # fmt: skip
     if DEPTH == 2:
         bwd_layer2_scores(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_score_grads(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_gate_grads(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_key_path(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     if DEPTH == 2:
-        ok = ok & meet_scratch(cs, xch, bh, s, ci, 7, KP, BC * BV, 0, 0, 0, 0, SPLIT, SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(cs, sums, bh, s, ci, 1, KP, BC * BV, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
         bwd_finish(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-        ok = ok & meet_scratch(cs, xch, bh, s, ci, 8, KP, BC * BK, 0, 0, 0, 0, SPLIT, SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(cs, sums, bh, s, ci, 2, KP, BC * BK, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
     else:
-        ok = ok & meet_scratch(cs, xch, bh, s, ci, 7, KP, BC * BK, 0, 0, 0, 0, SPLIT, SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(cs, sums, bh, s, ci, 1, KP, BC * BK, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
     bwd_store_inputs(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     return ok
 
@@ -255,6 +253,8 @@ def split_backward_kernel(
     dinit_ptr,
     slots_ptr,
     counters_ptr,
+    sum_slots_ptr,
+    sum_counters_ptr,
     ok_ptr,
     T,
     H,
@@ -278,14 +278,15 @@ def split_backward_kernel(
     SCRATCH: tl.constexpr,
     SPLIT: tl.constexpr,
     SLOT: tl.constexpr,
+    SUM_SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
     """SPLIT programs per (batch, head) (grid B * H * SPLIT; NT a multiple of SPLIT):
     backward.scan_backward_kernel's arguments and outputs, with replay_ptr [B*H, CKPT,
-    NSTATE] per group and scratch_ptr [B*H*SPLIT, SCRATCH] per program, plus the
-    exchange's slots ([B*H, MEETINGS, 2, SPLIT, SLOT] fp32), counters ([B*H, n_chunks,
-    MEETINGS] int32, zeroed) and ok_ptr ([B*H*SPLIT] int32: 1 where every meeting of that
-    program was complete)."""
+    NSTATE] per group and scratch_ptr [B*H*SPLIT, SCRATCH] per program, plus the two
+    exchanges' slots ([B*H, MEETINGS, 2, SPLIT, SLOT] and [B*H, SUMS, 2, SPLIT, SUM_SLOT]
+    fp32) and counters ([B*H, n_chunks, MEETINGS] and [B*H, n_chunks, SUMS] int32, zeroed),
+    and ok_ptr ([B*H*SPLIT] int32: 1 where every meeting of that program was complete)."""
     NTS: tl.constexpr = NT // SPLIT
     NW: tl.constexpr = NSTATE // 2
     pid = tl.program_id(0)
@@ -301,6 +302,7 @@ def split_backward_kernel(
     n_chunks = tl.cdiv(T, CHUNK)
     n_ckpt = tl.cdiv(n_chunks, CKPT)
     xch = (slots_ptr, counters_ptr, n_chunks)
+    sums = (sum_slots_ptr, sum_counters_ptr, n_chunks)
     ok = tl.full([], 1, tl.int32)
     for rg in range(n_ckpt):
         gi = n_ckpt - 1 - rg
@@ -326,8 +328,8 @@ def split_backward_kernel(
             work = (replay + i * NSTATE, dst, scr, cs)
             pos = (c0 + i, T, max_norm, H, s, bh)
             ok = ok & split_backward_chunk(
-                work, io, grads, pos, xch, DK, DT, DV, BK, BT, BV, CHUNK, BC, NTS, DEPTH, ACT, CLIP, OP,
-                SPLIT, SLOT, TIMEOUT_NS,
+                work, io, grads, pos, xch, sums, DK, DT, DV, BK, BT, BV, CHUNK, BC, NTS, DEPTH, ACT, CLIP, OP,
+                SPLIT, SLOT, SUM_SLOT, TIMEOUT_NS,
             )  # fmt: skip
             if RESETS:
                 restart_gradient_shard(

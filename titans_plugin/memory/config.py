@@ -71,7 +71,7 @@ class MemoryConfig:
         "memory scan implementation; auto = the Triton kernels on CUDA (memory depth 1 or 2, when they compile "
         "within the device's shared memory; otherwise `chunk`, with a one-time warning naming why), the exact "
         "chunked PyTorch path elsewhere; chunk / triton force one (triton needs CUDA or `TRITON_INTERPRET=1`, and "
-        "depth 1 or 2; forcing it where it cannot launch is an error); triton_split = triton with the forward's "
+        "depth 1 or 2; forcing it where it cannot launch is an error); triton_split = triton with the "
         "state split across 4 (or 2) programs per (batch, head), only when named, on triton >= 3.9 "
         "([kernels.md](kernels.md#splitting-the-state-across-programs)); naive = the per-token reference "
         "([kernels.md](kernels.md))",
