@@ -8,7 +8,8 @@ ops.py         the custom ops `titans::memory_scan` and its backward, with their
 step.py        a chunk's work (inner errors, retrieval and state update), shared by the
                forward kernel (forward.py) and the backward's replay
 split.py       the split-state scan (split_forward.py, split_backward.py): SPLIT programs
-               per (batch, head) meet through global memory (exchange.py); the
+               per (batch, head) meet through global memory (exchange.py); a shard's
+               chunk in split_step.py, the forward's phases in split_phases.py; the
                `triton_split` backend
 backward.py    the backward kernel, its eleven phases in backward_state.py and
                backward_inputs.py, their scratch in backward_scratch.py

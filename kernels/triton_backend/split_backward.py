@@ -4,7 +4,7 @@ backward.py's kernel with its work divided as split_forward.py divides the forwa
 program s of a group owns the hidden tiles [s * NT / SPLIT, (s + 1) * NT / SPLIT) of the
 replayed state, of the state gradient (one flat buffer per group, each program writing
 only its tiles) and of the tile scratch; every program keeps its own chunk scratch. The
-replay runs split_forward.split_chunk without output, and each chunk's backward runs the
+replay runs split_step.split_chunk without output, and each chunk's backward runs the
 one-program kernel's phases over this program's tiles. A phase that sums over tiles leaves
 this program's partial in its chunk scratch, and the group completes it at a meeting
 (exchange.share: a program-order sum, the same bits in every program) before the next
@@ -45,7 +45,7 @@ from .backward_scratch import N_VEC, V_DC1, V_DG, V_ENDS, put_inner_errors
 from .backward_state import bwd_end_state, bwd_layer1_outputs, bwd_retrieval, bwd_retrieval_layer2
 from .exchange import place, share
 from .pieces import load_tile, store_tile
-from .split_forward import copy_shard, split_chunk, split_inner_errors
+from .split_step import copy_shard, split_chunk, split_inner_errors
 from .step import program_chunk
 
 MEETINGS = tl.constexpr(4)
