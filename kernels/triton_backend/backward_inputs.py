@@ -34,7 +34,6 @@ from .pieces import (
     act_fn,
     act_grad,
     act_grad2,
-    chunk_rows,
     decays,
     load_tile,
     load_tokens,
@@ -50,7 +49,7 @@ from .pieces import (
     store_tokens,
     stored_by_first,
 )
-from .step import layer1_tile
+from .step import head_rows, layer1_tile
 
 
 @triton.jit(noinline=True)
@@ -364,8 +363,7 @@ def bwd_store_inputs(
     src, dst, scr, cs = work
     dq_ptr, dk_ptr, dv_ptr, dth_ptr, dlog_eta_ptr, dlog_retain_ptr = grads
     ci, T, max_norm, H, s, bh = pos
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = ((bh // H).to(tl.int64) * T) * H + bh % H + t0 * H
+    row0, valid, last = head_rows(bh, ci, T, H, CHUNK, BC)
     d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
     da0 = get(da0p, BC, BK) + get(key_path_sum(cs, BC, BK, BV), BC, BK)
     mine = stored_by_first(valid, s)  # every program of a split group holds them

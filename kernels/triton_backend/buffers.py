@@ -49,3 +49,19 @@ def forward_outputs(q, v, theta, state, chunk_size, max_grad_norm, save_states, 
         gates[0].copy_(theta)
         return y, state_out, saved, gates[0], gates[1]
     return y, state_out, saved, theta, empty((0,), torch.float32, q.device)
+
+
+def backward_outputs(q, k, v, theta, dstate, init, checkpoint_every, programs, scratch):
+    """A backward kernel's outputs and working memory, allocated: dq, dk, dv, the three
+    gates' gradients, the state gradient to carry back in place (a copy of dstate), the
+    restart weights' gradient (zeros: the kernel adds to it), the replay buffer ([B*H,
+    checkpoint_every, N]) and `scratch` fp32 per program for `programs` programs."""
+    B, T, H = q.shape[:3]
+    dq = empty(q.shape, q.dtype, q.device)
+    dk = empty(k.shape, k.dtype, k.device)
+    dv = empty(v.shape, v.dtype, v.device)
+    dgates = [empty(theta.shape, torch.float32, q.device) for _ in range(3)]
+    dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)
+    replay = empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
+    work = empty((programs, scratch), torch.float32, q.device)
+    return (dq, dk, dv, *dgates, dstate.clone(), dinit), replay, work

@@ -92,31 +92,30 @@ def sum_region(slots, stride, at: tl.constexpr, dst, N: tl.constexpr, SPLIT: tl.
 
 @triton.jit
 def share(
-    cs,
     slots,
     counter,
     s,
     SPLIT: tl.constexpr,
-    O0: tl.constexpr,
+    R0,
     N0: tl.constexpr,
-    O1: tl.constexpr,
+    R1,
     N1: tl.constexpr,
-    O2: tl.constexpr,
+    R2,
     N2: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
-    """all_reduce for partials a program keeps in memory: each of the regions [O, O + N) of
-    this program's scratch cs (up to three; N = 0 for none) becomes its sum over the group,
-    in program order. The regions are packed into this program's slot, the programs meet,
-    and each sums the slots into its own scratch. Returns 1 if every partner arrived."""
+    """all_reduce for partials a program keeps in memory: each of the regions R[:N] of this
+    program's own memory (up to three; N = 0 for none) becomes its sum over the group, in
+    program order. The regions are packed into this program's slot, the programs meet, and
+    each sums the slots into its own regions. Returns 1 if every partner arrived."""
     STRIDE: tl.constexpr = N0 + N1 + N2
     mine = slots + s * STRIDE
-    copy_flat(cs + O0, mine, N0, 1024)
-    copy_flat(cs + O1, mine + N0, N1, 1024)
-    copy_flat(cs + O2, mine + N0 + N1, N2, 1024)
+    copy_flat(R0, mine, N0, 1024)
+    copy_flat(R1, mine + N0, N1, 1024)
+    copy_flat(R2, mine + N0 + N1, N2, 1024)
     ok = meet(counter, SPLIT, TIMEOUT_NS)
-    sum_region(slots, STRIDE, 0, cs + O0, N0, SPLIT)
-    sum_region(slots, STRIDE, N0, cs + O1, N1, SPLIT)
-    sum_region(slots, STRIDE, N0 + N1, cs + O2, N2, SPLIT)
+    sum_region(slots, STRIDE, 0, R0, N0, SPLIT)
+    sum_region(slots, STRIDE, N0, R1, N1, SPLIT)
+    sum_region(slots, STRIDE, N0 + N1, R2, N2, SPLIT)
     tl.debug_barrier()  # the next phase reads sums other threads wrote
     return ok

@@ -153,14 +153,10 @@ def memory_scan_backward(
 
     B, T, H = q.shape[:3]
     args = backward_args(launch_meta(q, v, hidden, chunk_size, activation, max_grad_norm, checkpoint_every, resets))
-    dq = buffers.empty(q.shape, q.dtype, q.device)
-    dk = buffers.empty(k.shape, k.dtype, k.device)
-    dv = buffers.empty(v.shape, v.dtype, v.device)
-    dgates = [buffers.empty(theta.shape, torch.float32, q.device) for _ in range(3)]
-    dstate0 = dstate.clone()  # the kernel carries it back to the initial state in place
-    replay = buffers.empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
-    scratch = buffers.empty((B * H, args["SCRATCH"]), torch.float32, q.device)
-    dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
+    grads, replay, scratch = buffers.backward_outputs(
+        q, k, v, theta, dstate, init, checkpoint_every, B * H, args["SCRATCH"]
+    )
+    dq, dk, dv, *dgates, dstate0, dinit = grads
     scan_backward_kernel[(B * H,)](
         dy,
         dstate0,
@@ -185,7 +181,7 @@ def memory_scan_backward(
         max_grad_norm,
         **args,
     )
-    return (dq, dk, dv, *dgates, dstate0, dinit)  # type: ignore[return-value]  # dgates: three
+    return grads  # type: ignore[return-value]  # eight tensors
 
 
 @memory_scan_backward.register_fake

@@ -183,14 +183,10 @@ def split_memory_scan_backward(
     if problem:
         raise ValueError(f"split backward: {problem}")
     meetings, sums = int(BACKWARD_MEETINGS), int(SUMS)
-    dq = buffers.empty(q.shape, q.dtype, q.device)
-    dk = buffers.empty(k.shape, k.dtype, k.device)
-    dv = buffers.empty(v.shape, v.dtype, v.device)
-    dgates = [buffers.empty(theta.shape, torch.float32, q.device) for _ in range(3)]
-    dstate0 = dstate.clone()  # carried back to the initial state in place
-    replay = buffers.empty((B * H, checkpoint_every, dstate.shape[-1]), torch.float32, q.device)
-    scratch = buffers.empty((B * H * split, args["SCRATCH"]), torch.float32, q.device)
-    dinit = torch.zeros(init.shape, dtype=torch.float32, device=q.device)  # the kernel adds to it
+    grads, replay, scratch = buffers.backward_outputs(
+        q, k, v, theta, dstate, init, checkpoint_every, B * H * split, args["SCRATCH"]
+    )
+    dq, dk, dv, *dgates, dstate0, dinit = grads
     n_chunks = -(-T // chunk_size)
     slot, sum_slot = backward_slots(args)
     slots = buffers.empty((B * H, meetings, 2, split, slot), torch.float32, q.device)
@@ -233,7 +229,7 @@ def split_memory_scan_backward(
         **args,
     )
     _raise_if_stuck("split backward", ok, timeout_s)
-    return (dq, dk, dv, *dgates, dstate0, dinit)
+    return grads
 
 
 # The one-program forward's compile-time arguments, which the split forward takes too.

@@ -41,7 +41,7 @@ from .backward_inputs import (
     bwd_score_grads,
     bwd_store_inputs,
 )
-from .backward_scratch import N_VEC, V_DC1, V_DG, V_ENDS, put_inner_errors
+from .backward_scratch import V_DC1, V_DG, V_ENDS, chunk_scratch, key_path_sum, put_inner_errors
 from .backward_state import bwd_end_state, bwd_layer1_outputs, bwd_retrieval, bwd_retrieval_layer2
 from .exchange import place, share
 from .pieces import load_tile, store_tile
@@ -54,28 +54,26 @@ SUMS = tl.constexpr(3)
 
 @triton.jit(noinline=True)
 def meet_scratch(
-    cs,
     sums,
     bh,
     s,
     ci,
     x: tl.constexpr,
-    O0: tl.constexpr,
+    R0,
     N0: tl.constexpr,
-    O1: tl.constexpr,
+    R1,
     N1: tl.constexpr,
-    O2: tl.constexpr,
+    R2,
     N2: tl.constexpr,
     SPLIT: tl.constexpr,
     SLOT: tl.constexpr,
     TIMEOUT_NS: tl.constexpr,
 ):
-    """Meeting x of chunk ci in the SUMS exchange: the chunk scratch's regions [O, O + N)
-    summed over the group.
-    Not inlined: the chunk loop then holds none of its loop's registers (236 B of spill
-    stores per thread on sm_80 when it was)."""
+    """Meeting x of chunk ci in the SUMS exchange: the chunk scratch's regions R[:N]
+    summed over the group. Not inlined: the chunk loop then holds none of its loop's
+    registers (236 B of spill stores per thread on sm_80 when it was)."""
     slots, counter = place(sums, bh, ci, x, SUMS, SPLIT, SLOT)
-    return share(cs, slots, counter, s, SPLIT, O0, N0, O1, N1, O2, N2, TIMEOUT_NS)
+    return share(slots, counter, s, SPLIT, R0, N0, R1, N1, R2, N2, TIMEOUT_NS)
 
 
 @triton.jit(noinline=True)
@@ -148,11 +146,8 @@ def split_backward_chunk(
     complete."""
     src, dst, scr, cs = work
     ci, T, max_norm, H, s, bh = pos
-    # Chunk scratch offsets (backward_scratch.chunk_scratch, key_path_sum).
-    DD1: tl.constexpr = BC * BV
-    DA0: tl.constexpr = 2 * BC * BV
-    VEC: tl.constexpr = DA0 + 2 * BC * BK + 2 * BC * BC  # after da0, dq, s1, dR0
-    KP: tl.constexpr = VEC + N_VEC * BC
+    d1p, dd1p, da0p, dqp, s1p, dR0p, vec = chunk_scratch(cs, BC, BK, BV)
+    kp = key_path_sum(cs, BC, BK, BV)
     ok = split_bwd_inner_errors(
         work, io, xch, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP, SPLIT, SLOT, TIMEOUT_NS
     )
@@ -161,12 +156,14 @@ def split_backward_chunk(
         bwd_layer1_outputs(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
         bwd_retrieval_layer2(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_retrieval(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-    # One meeting for the four phases' sums: [dd1 (depth 2), da0, dq, s1, dR0], the rows
-    # V_DG to V_DSQ with V_ENDS' three scalars, and the rows V_DC1, V_DF1.
-    FIRST: tl.constexpr = DD1 if DEPTH == 2 else DA0
+    # One meeting for the four phases' sums: the blocks dd1 (depth 2), da0, dq, s1 and dR0,
+    # which sit side by side, the rows V_DG to V_DSQ with V_ENDS' three scalars, and the
+    # rows V_DC1, V_DF1.
+    first = dd1p if DEPTH == 2 else da0p
+    BLOCKS: tl.constexpr = (BC * BV if DEPTH == 2 else 0) + 2 * BC * BK + 2 * BC * BC
     ok = ok & meet_scratch(
-        cs, sums, bh, s, ci, 0, FIRST, VEC - FIRST, VEC + V_DG * BC, (V_ENDS - V_DG) * BC + 3, VEC + V_DC1 * BC,
-        2 * BC, SPLIT, SUM_SLOT, TIMEOUT_NS,
+        sums, bh, s, ci, 0, first, BLOCKS, vec + V_DG * BC, (V_ENDS - V_DG) * BC + 3, vec + V_DC1 * BC, 2 * BC,
+        SPLIT, SUM_SLOT, TIMEOUT_NS,
     )  # fmt: skip
     if DEPTH == 2:
         bwd_layer2_scores(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
@@ -174,11 +171,11 @@ def split_backward_chunk(
     bwd_gate_grads(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     bwd_key_path(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     if DEPTH == 2:
-        ok = ok & meet_scratch(cs, sums, bh, s, ci, 1, KP, BC * BV, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(sums, bh, s, ci, 1, kp, BC * BV, kp, 0, kp, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
         bwd_finish(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
-        ok = ok & meet_scratch(cs, sums, bh, s, ci, 2, KP, BC * BK, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(sums, bh, s, ci, 2, kp, BC * BK, kp, 0, kp, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
     else:
-        ok = ok & meet_scratch(cs, sums, bh, s, ci, 1, KP, BC * BK, 0, 0, 0, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
+        ok = ok & meet_scratch(sums, bh, s, ci, 1, kp, BC * BK, kp, 0, kp, 0, SPLIT, SUM_SLOT, TIMEOUT_NS)
     bwd_store_inputs(work, io, grads, pos, DK, DT, DV, BK, BT, BV, CHUNK, BC, NT, DEPTH, ACT, CLIP, OP)
     return ok
 

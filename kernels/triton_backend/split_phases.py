@@ -9,9 +9,7 @@ import triton.language as tl
 from .forward import forward_scratch
 from .pieces import (
     act_fn,
-    chunk_rows,
     decays,
-    load_chunk,
     load_tile,
     mm,
     mm_nt,
@@ -22,17 +20,9 @@ from .pieces import (
     stored_by_first,
 )
 from .split_step import meeting, split_inner_errors, update_tile
-from .step import end_coefficients, layer1_tile
+from .step import end_coefficients, layer1_tile, program_chunk
 
 MEETINGS = tl.constexpr(3)  # per chunk: the pre-error, the clip's norms, the retrieval
-
-
-@triton.jit
-def group_rows(bh, ci, T, H, CHUNK: tl.constexpr, BC: tl.constexpr):
-    """Chunk ci's rows for group bh: the first row's index in the [B*T*H, D] view, which
-    tile rows are tokens, the last token."""
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    return ((bh // H).to(tl.int64) * T) * H + bh % H + t0 * H, valid, last
 
 
 @triton.jit(noinline=True)
@@ -68,9 +58,8 @@ def split_layer1_phase(
     L2: tl.constexpr = DT * DV
     pid = tl.program_id(0)
     bh, s = pid // SPLIT, pid % SPLIT
-    row0, valid, last = group_rows(bh, ci, T, H, CHUNK, BC)
-    q, k, v, theta, log_eta, log_retain = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
+        bh, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     v_rows = v_ptr + row0 * DV
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1, ok = split_inner_errors(
@@ -130,9 +119,8 @@ def split_output_phase(
     L2: tl.constexpr = DT * DV
     pid = tl.program_id(0)
     bh, s = pid // SPLIT, pid % SPLIT
-    row0, valid, last = group_rows(bh, ci, T, H, CHUNK, BC)
-    q, k, v, theta, log_eta, log_retain = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
+        bh, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(fs, BC, BV)
     factor = tl.load(thp + tl.arange(0, BC))
@@ -185,9 +173,8 @@ def split_update_phase(
     L2: tl.constexpr = DT * DV
     pid = tl.program_id(0)
     bh, s = pid // SPLIT, pid % SPLIT
-    row0, valid, last = group_rows(bh, ci, T, H, CHUNK, BC)
-    q, k, v, theta, log_eta, log_retain = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
+        bh, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     d1p, y1p, s1p, thp, h1p = forward_scratch(fs, BC, BV)
     theta_eff = theta * tl.load(thp + tl.arange(0, BC))

@@ -10,10 +10,8 @@ import triton.language as tl
 from .exchange import all_reduce, place
 from .pieces import (
     act_fn,
-    chunk_rows,
     clip_scale,
     decays,
-    load_chunk,
     load_tile,
     mm,
     mm_nt,
@@ -25,7 +23,7 @@ from .pieces import (
     store_tokens,
     stored_by_first,
 )
-from .step import end_coefficients, layer1_tile, memory_output_tile
+from .step import end_coefficients, layer1_tile, memory_output_tile, program_chunk
 
 
 @triton.jit
@@ -243,11 +241,8 @@ def split_chunk(
     L2: tl.constexpr = DT * DV if DEPTH == 2 else 0
     pid = tl.program_id(0)
     bh, s = pid // SPLIT, pid % SPLIT
-    tok0 = ((bh // H).to(tl.int64) * T) * H + bh % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
-    q, k, v, theta, log_eta, log_retain = load_chunk(
-        q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
+    row0, valid, last, q, k, v, theta, log_eta, log_retain = program_chunk(
+        bh, q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, ci, T, H, DK, DV, BK, BV, CHUNK, BC, OP
     )
     v_rows = v_ptr + row0 * DV
     d1, theta_eff, raw, sq, sqa0, sqd0, sqa1, sqd1, ok = split_inner_errors(

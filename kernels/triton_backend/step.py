@@ -260,6 +260,14 @@ def chunk_step(
 
 
 @triton.jit
+def head_rows(bh, ci, T, H, CHUNK: tl.constexpr, BC: tl.constexpr):
+    """Chunk ci's rows for (batch, head) bh: the first row's index in the [B*T*H, D] view,
+    which tile rows are tokens, the last token."""
+    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
+    return ((bh // H).to(tl.int64) * T) * H + bh % H + t0 * H, valid, last
+
+
+@triton.jit
 def program_chunk(
     bh,
     q_ptr,
@@ -282,9 +290,7 @@ def program_chunk(
     """Rows of chunk ci for (batch, head) bh (the program id of a one-program kernel): the
     first row's index in the [B*T*H, D] view, which tile rows are tokens, the last token,
     and the chunk's inputs (load_chunk)."""
-    tok0 = ((bh // H).to(tl.int64) * T) * H + bh % H
-    t0, valid, last = chunk_rows(ci, T, CHUNK, tl.arange(0, BC))
-    row0 = tok0 + t0 * H
+    row0, valid, last = head_rows(bh, ci, T, H, CHUNK, BC)
     q, k, v, theta, log_eta, log_retain = load_chunk(
         q_ptr, k_ptr, v_ptr, theta_ptr, log_eta_ptr, log_retain_ptr, row0, valid, H, DK, DV, BC, BK, BV, OP
     )
