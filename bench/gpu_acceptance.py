@@ -341,7 +341,7 @@ def split_speed(run: Run) -> None:
     sync = torch.cuda.synchronize if run.device == "cuda" else (lambda: None)
     with grid():
         # q.device, as dispatch keys it ("cuda:0"), so this is the check that gates the backend
-        check = self_check.check(q.device, dtype, state, s["chunk"], "silu", True, False, split=True)
+        check = self_check.check(q.device, dtype, state, s["chunk"], "silu", True, False, "triton_split")
     print(check.message, flush=True)
     if not check.ok:
         run.fail(check.message)

@@ -29,6 +29,8 @@ import torch
 from .triton_backend.compile import KERNELS, TYPE_NAME, compile_for, reported_kernels
 from .triton_backend.config import checkpoint_interval, kernel_meta, state_size
 
+# The Gluon cluster forward (gluon_backend/), compiled for sm_90 where it runs the configuration.
+CLUSTER_KERNELS = ("cluster-forward-train",)
 # Per-block shared-memory limits (opt-in maximum), bytes.
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
 
@@ -62,6 +64,9 @@ class Report:
     tensor_core: dict  # instruction (e.g. HGMMA.64x16x16.F32.BF16) -> static count
     sass_instructions: int
     wgmma_serialized: bool  # ptxas: wgmma waits at a call boundary (no async overlap across it)
+    cluster_ctas: int = 0  # a Gluon cluster kernel: CTAs per cluster (0: not a cluster kernel)
+    cluster_barriers: int = 0  # static `barrier.cluster.arrive` in its PTX (the chunk loop's, plus 2)
+    dsmem_loads: int = 0  # static `ld.shared::cluster` in its PTX (reads of the partners' slots)
 
     @property
     def fits(self) -> bool:
@@ -158,15 +163,39 @@ def _sass_counts(cubin: bytes) -> tuple[dict, int]:
     return dict(tensor_core), n_instr
 
 
+def cluster_kernels(cfg: Config, arch: int) -> tuple[str, ...]:
+    """The Gluon cluster kernel where it runs this configuration on sm_<arch> with this
+    triton (gluon_backend/cluster.py), else nothing."""
+    from .gluon_backend.cluster import cluster_problem, gluon_problem
+
+    problem = cluster_problem(
+        cfg.depth, cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, cfg.dtype, cfg.resets
+    )  # fmt: skip
+    return CLUSTER_KERNELS if arch == 90 and problem is None and gluon_problem() is None else ()
+
+
 def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
     """kernel: 'forward-train' (saves checkpoints), 'forward-infer', 'backward',
     'split-forward-train' or 'split-backward' (compile.REPORT_SPLIT programs per (batch,
-    head))."""
-    every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
-    meta = kernel_meta(
-        cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch, cfg.resets
-    )
-    compiled = compile_for(kernel, meta, cfg.dtype, arch)
+    head)), or 'cluster-forward-train' (the Gluon cluster forward, sm_90 only)."""
+    cluster = {}
+    if kernel in CLUSTER_KERNELS:
+        from .gluon_backend.cluster import UNITS_PER_CTA, compile_cluster
+
+        n_ctas = cfg.hidden // UNITS_PER_CTA
+        compiled = compile_cluster(n_ctas, cfg.chunk, "silu", cfg.clip)
+        ptx = compiled.asm["ptx"]
+        cluster = {
+            "cluster_ctas": n_ctas,
+            "cluster_barriers": ptx.count("barrier.cluster.arrive"),
+            "dsmem_loads": ptx.count("ld.shared::cluster"),
+        }
+    else:
+        every = checkpoint_interval(state_size(cfg.head_dim, cfg.hidden, cfg.head_dim), cfg.chunk)
+        meta = kernel_meta(
+            cfg.head_dim, cfg.hidden, cfg.head_dim, cfg.chunk, "silu", cfg.clip, cfg.dtype, every, arch, cfg.resets
+        )
+        compiled = compile_for(kernel, meta, cfg.dtype, arch)
     tensor_core, n_instr = _sass_counts(compiled.asm["cubin"])
     return Report(
         kernel,
@@ -176,13 +205,18 @@ def compile_kernel(kernel: str, cfg: Config, arch: int) -> Report:
         tensor_core=tensor_core,
         sass_instructions=n_instr,
         **_ptxas_report(compiled.asm["ptx"], arch),
+        **cluster,
     )
 
 
 def _row(r: Report) -> list:
     tc = ", ".join(f"{n} x{c}" for n, c in sorted(r.tensor_core.items())) or "none"
+    kernel = r.kernel
+    if r.cluster_ctas:
+        static = f"static: {r.cluster_barriers} cluster barriers, {r.dsmem_loads} DSMEM loads"
+        kernel += f" ({r.cluster_ctas} CTAs; {static})"
     return [
-        r.kernel,
+        kernel,
         r.config.label(),
         f"sm_{r.arch}",
         r.registers,
@@ -241,11 +275,15 @@ def _compile_job(job: tuple) -> Report:
 
 
 def run(configs: list[Config], archs=(90, 80), kernels=None, progress=print, jobs: int = 1) -> list[Report]:
-    """Compile every (configuration, arch, kernel) (kernels: default every reported one);
+    """Compile every (configuration, arch, kernel) (kernels: default every reported one; the
+    Gluon cluster forward is added where it runs the configuration);
     jobs > 1 compiles in that many processes (ptxas is single-threaded), rows in the same
     order either way."""
-    kernels = kernels or reported_kernels()
-    todo = [(kernel, cfg, arch) for cfg, arch, kernel in itertools.product(configs, archs, kernels)]
+    todo = [
+        (kernel, cfg, arch)
+        for cfg, arch in itertools.product(configs, archs)
+        for kernel in (kernels or reported_kernels()) + cluster_kernels(cfg, arch)
+    ]
     if jobs > 1:
         import concurrent.futures
         import multiprocessing
@@ -260,8 +298,9 @@ def run(configs: list[Config], archs=(90, 80), kernels=None, progress=print, job
 
 
 SCOPE = {
-    "default": "the default configuration and depth 1 for both architectures (the split-state scan too), "
-    "one-axis variations of the default for sm_90, and the default with restarts (packed documents)",
+    "default": "the default configuration and depth 1 for both architectures (the split-state scan too, and "
+    "the Gluon cluster forward on sm_90), one-axis variations of the default for sm_90, and the default with "
+    "restarts (packed documents)",
     "ci": "what CI compiles: depth 1 and 2 at the default sizes, bf16, both architectures",
     "full": "every supported configuration",
 }

@@ -20,6 +20,10 @@ also says where it cannot run: `supports(q, state, **config) -> reason or None`.
     triton_split  the same with the state split across 4 (or 2) programs per
             (batch, head) (triton_backend/split.py); chosen only when named, until a GPU
             has measured it against `triton`
+    gluon_cluster  the forward by a Gluon kernel with the state split over a cluster
+            of sm_90 CTAs and resident in their shared memory (gluon_backend/), the
+            backward by `triton`; depth 2, head dims 64, hidden 128 or 256, bf16;
+            chosen only when named, until a GPU has measured it
     auto    triton on CUDA where it supports the configuration and passed its first-use
             self-check (kernels/self_check.py); chunk everywhere else
 """
@@ -29,10 +33,10 @@ from collections.abc import Callable
 
 import torch
 
-from . import chunk, naive, self_check, triton_backend
+from . import chunk, gluon_backend, naive, self_check, triton_backend
 from .state import MemoryState
 
-BACKENDS = ("auto", "chunk", "naive", "triton", "triton_split")
+BACKENDS = ("auto", "chunk", "naive", "triton", "triton_split", "gluon_cluster")
 Scan = Callable[..., tuple[torch.Tensor, MemoryState]]
 Supports = Callable[..., str | None]
 _SCANS: dict[str, tuple[Scan, Supports]] = {
@@ -40,6 +44,7 @@ _SCANS: dict[str, tuple[Scan, Supports]] = {
     "naive": (naive.naive_neural_memory, naive.supports),
     "triton": (triton_backend.launch, triton_backend.supports),
     "triton_split": (triton_backend.launch_split, triton_backend.split_supports),
+    "gluon_cluster": (gluon_backend.launch, gluon_backend.supports),
 }
 AUTO_TRITON_DEVICES = ("cuda",)  # where "auto" uses the Triton kernels (tests add "cpu": the interpreter)
 _warned: set[str] = set()
@@ -104,8 +109,8 @@ def _resolve(
         return "chunk"
     name = "triton" if backend == "auto" else backend
     reason = _SCANS[name][1](q, state, **config)
-    if reason is None and name in ("triton", "triton_split"):
-        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name == "triton_split")
+    if reason is None and name in self_check.KERNEL_NAMES:
+        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name)
         if reason is not None and backend != "auto":  # the device computes something else
             raise RuntimeError(f"titans.backend = {name!r}: {reason}; use 'auto' (falls back to 'chunk') or 'chunk'")
     if reason is None:

@@ -39,6 +39,19 @@ CHECKED_DEVICES = ("cuda",)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 CLIP = 0.1  # a clip threshold that acts on most tokens of the problem
 _RESULTS: dict[tuple, "CheckResult"] = {}
+# The kernel backends the check covers, as their labels read in its messages.
+KERNEL_NAMES = {"triton": "", "triton_split": ", split-state scan", "gluon_cluster": ", Gluon cluster forward"}
+
+
+def kernel_scan(backend: str):
+    """The launch of a kernel backend, imported when first checked."""
+    if backend == "gluon_cluster":
+        from .gluon_backend import launch as cluster_launch
+
+        return cluster_launch
+    from .triton_backend.ops import launch, launch_split
+
+    return launch_split if backend == "triton_split" else launch
 
 
 class CheckResult(NamedTuple):
@@ -53,41 +66,41 @@ def enabled() -> bool:
 
 
 def failure(
-    q, state: MemoryState, chunk_size: int, activation: str, max_grad_norm, resets: bool, split: bool = False
+    q, state: MemoryState, chunk_size: int, activation: str, max_grad_norm, resets: bool, backend: str = "triton"
 ) -> str | None:
-    """None when the Triton scan (with split: its split-state scan) passed its check for
-    this configuration on q's device (or is not checked there); else why not. Runs the
+    """None when the kernels of `backend` (a key of KERNEL_SCANS) passed their check for
+    this configuration on q's device (or are not checked there); else why not. Runs the
     check the first time, then remembers."""
     if not enabled() or q.device.type not in CHECKED_DEVICES:
         return None
-    result = check(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets, split)
+    result = check(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets, backend)
     return None if result.ok else result.message
 
 
 def configuration(
-    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, split: bool = False
+    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, backend="triton"
 ):
     dk, dv = state.weights[0].shape[-2], state.weights[-1].shape[-1]
     hidden = state.weights[0].shape[-1] if len(state.weights) == 2 else 0
     depth = len(state.weights)
-    return (str(torch.device(device)), dtype, depth, activation, clip, resets, dk, hidden, dv, chunk_size, split)
+    return (str(torch.device(device)), dtype, depth, activation, clip, resets, dk, hidden, dv, chunk_size, backend)
 
 
 def describe(key: tuple) -> str:
-    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk, split = key
+    device, dtype, depth, activation, clip, resets, dk, hidden, dv, chunk, backend = key
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
     return (
         f"{device} ({name}), {str(dtype).removeprefix('torch.')}, depth {depth}, {activation}, "
         f"clip {'on' if clip else 'off'}, restarts {'on' if resets else 'off'}, head dim {dk}/{dv}, "
-        f"hidden {hidden}, chunk {chunk}" + (", split-state scan" if split else "")
+        f"hidden {hidden}, chunk {chunk}" + KERNEL_NAMES[backend]
     )
 
 
 def check(
-    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, split: bool = False
+    device, dtype, state: MemoryState, chunk_size: int, activation: str, clip: bool, resets: bool, backend="triton"
 ):
     """The check of one configuration (run once per process, then remembered)."""
-    key = configuration(device, dtype, state, chunk_size, activation, clip, resets, split)
+    key = configuration(device, dtype, state, chunk_size, activation, clip, resets, backend)
     if key not in _RESULTS:
         _RESULTS[key] = _run(key)
     return _RESULTS[key]
@@ -162,16 +175,14 @@ def paired_outputs(key: tuple, threshold: float | None, reference_stats: dict | 
     the end state and every gradient; the triton side is None where a gradient is missing.
     `reference_stats` receives the chunked path's statistics (its clip factors)."""
     from .triton_backend.config import checkpoint_interval, state_size
-    from .triton_backend.ops import launch, launch_split
 
-    _, _, depth, activation, _, _, dk, hidden, dv, chunk, split = key
+    _, _, depth, activation, _, _, dk, hidden, dv, chunk, backend = key
     every = checkpoint_interval(state_size(dk, hidden, dv), chunk)  # the kernel production runs
     inputs, state, restarts, initial = _problem(key, every)
     ins, st, init = _leaves(inputs, state, initial)
     q, k, v, theta, eta, alpha = ins
     config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
-    scan = launch_split if split else launch
-    y, end = scan(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
+    y, end = kernel_scan(backend)(q, k, v, theta, eta, alpha, st, **config, initial=init, checkpoint_every=every)
     # the reference sees the same (rounded) inputs, in fp32
     ref_ins, ref_st, ref_init = _leaves(inputs, state, initial, dtype=torch.float32)
     q, k, v, theta, eta, alpha = ref_ins

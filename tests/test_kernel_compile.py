@@ -44,6 +44,8 @@ SPILL_CEILING = {
     ("split-forward-train", 80): 512,
     ("split-backward", 90): 256,
     ("split-backward", 80): 1280,
+    # The Gluon cluster forward (sm_90 only; 4 CTAs of 8 warps at the default): 364 B.
+    ("cluster-forward-train", 90): 512,
 }
 
 
@@ -69,11 +71,14 @@ def _row(r):
 def test_every_kernel_compiles_and_fits_shared_memory(compiled):
     import triton.language as tl
 
-    kernels = {kernel for kernel, _ in SPILL_CEILING}
+    from titans_plugin.kernels.gluon_backend.cluster import gluon_problem
+
+    kernels = {kernel for kernel, _ in SPILL_CEILING if not kernel.startswith("cluster")}
     if not hasattr(tl, "atomic_poll"):  # triton < 3.9 compiles no split kernel
         kernels = {kernel for kernel in kernels if not kernel.startswith("split")}
-    assert {r["kernel"] for r in compiled} == kernels
-    assert len(compiled) == 2 * 2 * len(kernels)  # 2 configs x 2 archs
+    cluster = set() if gluon_problem() else {"cluster-forward-train"}  # the depth-2 config, sm_90
+    assert {r["kernel"] for r in compiled} == kernels | cluster
+    assert len(compiled) == 2 * 2 * len(kernels) + len(cluster)  # 2 configs x 2 archs
     for r in compiled:
         assert r["fits"], _row(r)
 
@@ -133,3 +138,37 @@ def test_forced_triton_that_cannot_launch_is_an_error(monkeypatch):
     inputs, state = memory_inputs(B=1, T=4, H=1, D=16, depth=1, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"titans.backend = 'triton' cannot run here: too much shared memory"):
         triton_neural_memory(*inputs, state)
+
+
+def test_the_cluster_forward_meets_once_or_twice_a_chunk(compiled):
+    """The Gluon cluster forward at the default (4 CTAs): the state shards in shared memory
+    within the limit, 2 cluster barriers a chunk plus 1 for the clip (the PTX's static count
+    adds the launch's and the end's), and the partners' slots read over DSMEM."""
+    rows = [r for r in compiled if r["kernel"] == "cluster-forward-train"]
+    if not rows:
+        pytest.skip("this triton builds no Gluon cluster kernel")
+    (r,) = rows
+    assert r["cluster_ctas"] == 4
+    assert r["arch"] == 90
+    assert r["cluster_barriers"] == 3 + 2, r["cluster_barriers"]
+    assert r["dsmem_loads"] > 0
+    assert 4 * 4 * 64 * 64 * 4 // 4 < r["shared"] <= 232_448  # more than the 64 KiB of fp32 shards
+
+
+def test_the_cluster_forward_builds_without_the_clip_and_for_the_race_checker():
+    """Without the clip one barrier fewer; and the kernel builds with Triton's concurrency
+    sanitizer (instrumentation_mode="consan"), so a GPU run can check it for races."""
+    code = (
+        "from titans_plugin.kernels.gluon_backend.cluster import compile_cluster, gluon_problem\n"
+        "if gluon_problem(): print('skip', gluon_problem()); raise SystemExit\n"
+        "plain = compile_cluster(4, 64, 'silu', False)\n"
+        "print(plain.asm['ptx'].count('barrier.cluster.arrive'))\n"
+        "checked = compile_cluster(2, 64, 'silu', True, consan=True)\n"
+        "print(len(checked.asm['cubin']) > len(compile_cluster(2, 64, 'silu', True).asm['cubin']))\n"
+    )
+    proc = _without_interpreter(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    if lines[0].startswith("skip"):
+        pytest.skip(lines[0])
+    assert lines == ["4", "True"]  # 2 a chunk + 2; the instrumented build is larger

@@ -88,8 +88,7 @@ def memory_scan(
     return y, state_out, saved, clip_factor.clone()  # its own storage, as the fake says
 
 
-@memory_scan.register_fake
-def _memory_scan_fake(
+def memory_scan_fake(
     q,
     k,
     v,
@@ -116,6 +115,9 @@ def _memory_scan_fake(
         state.new_empty(saved),
         state.new_empty(clip_shape),
     )
+
+
+memory_scan.register_fake(memory_scan_fake)
 
 
 @torch.library.custom_op("titans::memory_scan_backward", mutates_args=())
@@ -216,7 +218,8 @@ def _memory_scan_backward_fake(
     )
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
+    """What the backward needs from a forward op with memory_scan's schema."""
     q, k, v, theta, log_eta, log_retain, state, resets, init = inputs[:9]
     hidden, chunk_size, activation, max_norm, save, every, split = inputs[9:]
     ctx.save_for_backward(q, k, v, theta, log_eta, log_retain, output[2], resets, init)
@@ -224,7 +227,9 @@ def _setup_context(ctx, inputs, output):
     ctx.state_shape = state.shape
 
 
-def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
+def scan_backward(ctx, dy, dstate, _dsaved, _dclip_factor):
+    """Autograd of a forward op with memory_scan's schema: memory_scan_backward over its
+    checkpoints (ctx.meta's split picks the backward kernel)."""
     hidden, chunk_size, activation, max_norm, saved_states, every, split = ctx.meta
     if not saved_states:
         raise RuntimeError("titans::memory_scan ran with save_states=False; it cannot be differentiated")
@@ -256,7 +261,7 @@ def _backward(ctx, dy, dstate, _dsaved, _dclip_factor):
     return (*grads, None, dinit, None, None, None, None, None, None, None)
 
 
-memory_scan.register_autograd(_backward, setup_context=_setup_context)
+memory_scan.register_autograd(scan_backward, setup_context=setup_context)
 
 
 def pack_state(state: MemoryState) -> Tensor:
@@ -380,9 +385,12 @@ def launch(
     checkpoint_every: int | None = None,
     stats: dict | None = None,
     split: int = 1,
+    op=memory_scan,
 ) -> tuple[Tensor, MemoryState]:
     """The Triton scan, once `supports` has found nothing against it; with split > 1 the
-    forward runs `split` programs per (batch, head) (split.py; `split_supports` first)."""
+    forward runs `split` programs per (batch, head) (split.py; `split_supports` first).
+    op: the forward op, memory_scan or one with its schema and autograd (the Gluon
+    cluster scan's, gluon_backend/cluster.py)."""
     B, T, H, _ = q.shape
     if T == 0:
         if stats is not None and max_grad_norm:
@@ -403,7 +411,7 @@ def launch(
         checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)
     elif checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every}")
-    y, flat_out, _, clip_factor = memory_scan(
+    y, flat_out, _, clip_factor = op(
         *(t.contiguous() for t in inputs),
         hidden,
         chunk_size,

@@ -73,7 +73,10 @@ class MemoryConfig:
         "chunked PyTorch path elsewhere; chunk / triton force one (triton needs CUDA or `TRITON_INTERPRET=1`, and "
         "depth 1 or 2; forcing it where it cannot launch is an error); triton_split = triton with the "
         "state split across 4 (or 2) programs per (batch, head), only when named, on triton >= 3.9 "
-        "([kernels.md](kernels.md#splitting-the-state-across-programs)); naive = the per-token reference "
+        "([kernels.md](kernels.md#splitting-the-state-across-programs)); gluon_cluster = the forward by a Gluon "
+        "kernel with the state in the shared memory of a cluster of sm_90 CTAs (depth 2, head dim 64, hidden 128 "
+        "or 256, bf16, no packed documents), the backward by triton, only when named "
+        "([kernels.md](kernels.md#the-gluon-cluster-forward)); naive = the per-token reference "
         "([kernels.md](kernels.md))",
     )
 
