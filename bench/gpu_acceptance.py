@@ -14,7 +14,8 @@ Steps, each reported and each able to fail the run (exit status 1):
    next to the roofline model's prediction (measured / predicted), with the chunked path
    and SDPA attention beside it;
    and the split-state scan (`backend = "triton_split"`, its own self-check first) beside
-   the one-program scan at B x H = 32, forward and forward + backward;
+   the one-program scan at B x H = 32, forward and forward + backward; the same for the
+   Gluon cluster forward (`backend = "gluon_cluster"`, sm_90, bf16);
    and what a meeting of split programs costs (bench/exchange_bench.py: through global
    memory, and on sm_90 through a cluster's distributed shared memory);
 5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
@@ -304,20 +305,45 @@ def speed(run: Run) -> None:
 
 
 def split_speed(run: Run) -> None:
-    """The split-state scan against the one-program scan: its self-check, the largest
-    difference of the output and of the input gradients, and the time of the forward and
-    of forward + backward, at B x H = 32 and the first length. Not run, with the reason,
-    where the split cannot run."""
-    import contextlib
-
-    import torch.nn.functional as F
-
-    from titans_plugin.kernels import MemoryState, neural_memory_scan, self_check
+    """The split-state scan against the one-program scan at B x H = 32 and the first length
+    (design_speed). Programs that wait for each other need one thread each in the
+    interpreter."""
     from titans_plugin.kernels.triton_backend import split_supports
 
     s = run.sizes
-    B, H, T, D, hidden = (1 if run.dry else 2), s["heads"], s["lengths"][0], s["head_dim"], s["hidden"]
     dtype = torch.float32 if run.dry else torch.bfloat16
+    sizes = ((1 if run.dry else 2), s["heads"], s["lengths"][0], s["head_dim"], s["hidden"], s["chunk"])
+    if run.dry:
+        from devtools.threaded_grid import threaded_grid as grid
+    else:
+        import contextlib
+
+        grid = contextlib.nullcontext
+    design_speed(run, "triton_split", "split_speed", split_supports, sizes, dtype, grid)
+
+
+def cluster_speed(run: Run) -> None:
+    """The Gluon cluster forward against the one-program scan (design_speed) in its
+    configuration: bf16, head dim 64, hidden 256 (4 CTAs) at B x H = 32 and the first
+    length; the dry run compares the op's emulation of it at hidden 128 (2 CTAs)."""
+    import contextlib
+
+    from titans_plugin.kernels.gluon_backend import supports
+
+    sizes = (1, 1, 80, 64, 128, 64) if run.dry else (2, run.sizes["heads"], run.sizes["lengths"][0], 64, 256, 64)
+    design_speed(run, "gluon_cluster", "cluster_speed", supports, sizes, torch.bfloat16, contextlib.nullcontext)
+
+
+def design_speed(run: Run, backend: str, key: str, supports, sizes: tuple, dtype, grid) -> None:
+    """A scan design (`backend`) against the one-program scan: its self-check, the largest
+    difference of the output and of the input gradients, and the time of the forward and
+    of forward + backward (sizes: B, H, T, head dim, hidden, chunk). Not run, with the
+    reason, where the design cannot run."""
+    import torch.nn.functional as F
+
+    from titans_plugin.kernels import MemoryState, neural_memory_scan, self_check
+
+    B, H, T, D, hidden, chunk = sizes
     g = torch.Generator().manual_seed(0)
 
     def rnd(*shape):
@@ -328,20 +354,16 @@ def split_speed(run: Run) -> None:
     gates = tuple(torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1, 0.1))
     w = (rnd(B, H, D, hidden) / D**0.5, rnd(B, H, hidden, D) / hidden**0.5)
     state = MemoryState(w, tuple(torch.zeros_like(t) for t in w))
-    config = dict(chunk_size=s["chunk"], activation="silu", max_grad_norm=1.0)
-    reason = split_supports(q, state, **config)
+    config = dict(chunk_size=chunk, activation="silu", max_grad_norm=1.0)
+    reason = supports(q, state, **config)
     if reason is not None:
-        run.results["split_speed"] = {"not_run": reason}
-        print(f"split-state scan not run: {reason}", flush=True)
+        run.results[key] = {"not_run": reason}
+        print(f"{backend} not run: {reason}", flush=True)
         return
-    if run.dry:  # programs that wait for each other need one thread each in the interpreter
-        from devtools.threaded_grid import threaded_grid as grid
-    else:
-        grid = contextlib.nullcontext
     sync = torch.cuda.synchronize if run.device == "cuda" else (lambda: None)
     with grid():
         # q.device, as dispatch keys it ("cuda:0"), so this is the check that gates the backend
-        check = self_check.check(q.device, dtype, state, s["chunk"], "silu", True, False, "triton_split")
+        check = self_check.check(q.device, dtype, state, chunk, "silu", True, False, backend)
     print(check.message, flush=True)
     if not check.ok:
         run.fail(check.message)
@@ -349,7 +371,7 @@ def split_speed(run: Run) -> None:
     weight = rnd(B, T, H, D)  # a fixed random functional of the output to differentiate
     outs, grads, rows = {}, {}, []
     with grid():
-        for impl in ("triton", "triton_split"):
+        for impl in ("triton", backend):
             scan = functools.partial(neural_memory_scan, state=state, **config, backend=impl)
 
             def forward(scan=scan):  # synchronised each call: the split checks its meetings on the host
@@ -373,8 +395,8 @@ def split_speed(run: Run) -> None:
     def relative(a, b):
         return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
-    difference = relative(outs["triton_split"], outs["triton"])
-    gradient_difference = max(relative(a, b) for a, b in zip(grads["triton_split"], grads["triton"], strict=True))
+    difference = relative(outs[backend], outs["triton"])
+    gradient_difference = max(relative(a, b) for a, b in zip(grads[backend], grads["triton"], strict=True))
     for row in rows:
         one = next(r for r in rows if r["impl"] == "triton" and r["direction"] == row["direction"])
         row["speedup"] = one["seconds"] / row["seconds"]
@@ -383,14 +405,14 @@ def split_speed(run: Run) -> None:
             f"x{row['speedup']:.2f}"
         )
     print(
-        f"split against one-program: largest relative difference {difference:.1e} (output), "
+        f"{backend} against one-program: largest relative difference {difference:.1e} (output), "
         f"{gradient_difference:.1e} (gradients of q, k, v)",
         flush=True,
     )
     for what, value in (("output", difference), ("gradients", gradient_difference)):
         if not value <= 3e-2:
-            run.fail(f"the split-state scan's {what} differ from the one-program scan's by {value:.1e}")
-    run.results["split_speed"] = {
+            run.fail(f"the {backend} scan's {what} differ from the one-program scan's by {value:.1e}")
+    run.results[key] = {
         "self_check": check.message,
         "difference": difference,
         "gradient_difference": gradient_difference,
@@ -539,18 +561,8 @@ def report(r: dict) -> str:
             for x in speed_rows
         ]
         lines.append(table(["scan", "T", "B", "tokens/s", "TFLOP/s", "% bf16 peak", "measured / roofline"], rows))
-    split = r.get("split_speed") or {}
-    if "not_run" in split:
-        lines.append(f"Split-state scan: not run ({split['not_run']}).")
-    elif split:
-        lines.append(f"Split-state scan: {split['self_check']}; against the one-program scan, largest relative "
-                     f"difference {split['difference']:.1e} (output) and {split['gradient_difference']:.1e} "
-                     "(gradients of q, k, v).")  # fmt: skip
-        rows = [
-            [x["impl"], x["direction"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
-            for x in split["rows"]
-        ]
-        lines.append(table(["scan", "direction", "T", "B x H", "tokens/s", "speedup"], rows))
+    for key, name in (("split_speed", "Split-state scan"), ("cluster_speed", "Gluon cluster forward")):
+        lines += _design_report(r.get(key) or {}, name)
     exchanged = r.get("exchange") or {}
     if "rows" in exchanged:
         from bench.exchange_bench import report as exchange_report
@@ -571,6 +583,21 @@ def report(r: dict) -> str:
     return "\n\n".join(lines)
 
 
+def _design_report(design: dict, name: str) -> list[str]:
+    if "not_run" in design:
+        return [f"{name}: not run ({design['not_run']})."]
+    if not design:
+        return []
+    text = (f"{name}: {design['self_check']}; against the one-program scan, largest relative "
+            f"difference {design['difference']:.1e} (output) and {design['gradient_difference']:.1e} "
+            "(gradients of q, k, v).")  # fmt: skip
+    rows = [
+        [x["impl"], x["direction"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
+        for x in design["rows"]
+    ]
+    return [text, table(["scan", "direction", "T", "B x H", "tokens/s", "speedup"], rows)]
+
+
 STEPS = {
     f.__name__: f
     for f in (
@@ -580,6 +607,7 @@ STEPS = {
         block_parity,
         speed,
         split_speed,
+        cluster_speed,
         exchange,
         training,
         ring_attention,

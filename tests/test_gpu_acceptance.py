@@ -40,6 +40,12 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
         ]
         assert all(r["correct"] for r in results["exchange"]["rows"])
         assert "no interpreter path" in results["exchange"]["not_run"]["cluster"]
+        cluster = results["cluster_speed"]  # the op's emulation of the kernel: no Gluon on CPU
+        assert "self-check passed" in cluster["self_check"]
+        assert "Gluon cluster forward" in cluster["self_check"]
+        assert cluster["difference"] < 1e-5
+        assert cluster["gradient_difference"] < 1e-4
+        assert [r["impl"] for r in cluster["rows"]] == ["triton", "triton", "gluon_cluster", "gluon_cluster"]
     else:  # triton < 3.9: the steps say why they did not run
         assert "tl.atomic_poll" in split["not_run"]
         assert "tl.atomic_poll" in results["exchange"]["not_run"]
