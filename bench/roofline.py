@@ -221,6 +221,8 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     DSMEM bytes per CTA, barriers, shared memory per CTA, programs resident, the time per
     chunk for all heads and the useful share of bf16 peak, with what binds it."""
     tile, every = 16, 4
+    if kind == "cluster_forward":
+        return cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every)
     if kind == "one":  # today's kernels: the model above, as it is
         r = predict(C, D, H, tile, every, True, spills, BH)
         l2 = r["l2"]["fwd"] + r["l2"]["bwd"]
@@ -293,8 +295,51 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     }
 
 
-DESIGNS = [("one", 1), ("split", 2), ("split", 4), ("cluster", 2), ("cluster", 4), ("cluster", 8)]
+# The Gluon cluster forward as built (gluon_backend/cluster_forward.py, clip on): 3 cluster
+# barriers a chunk carrying 3 [C, D]-sized fp32 partials (the inner error's, layer 2's output
+# and scores) besides [C] vectors; 221,696 B of shared memory per CTA (compile report).
+CLUSTER_FORWARD = {"barriers": 3, "partials": 3, "shared": 221_696}
+
+
+def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every) -> dict:
+    """The built combination: the forward on a cluster of n CTAs per head (the state's shards
+    on chip; L2 carries the chunk's inputs, y and the checkpoints), the backward as the
+    one-program kernels' (the model above)."""
+    m = per_chunk(C, D, H, tile, every, True, spills, False)
+    sm_peak = PEAK_TFLOPS * 1e12 / SMS
+    small = 3 * 2 * C * C * D  # the forward's [C, C] products: every CTA does them whole
+    inputs = 3 * C * D * 2 + 3 * C * 4  # q, k, v (bf16), the gates
+    checkpoint = 4 * 4 * D * H / every  # the state written every `every` chunks
+    l2_fwd = n * inputs + C * D * 2 + checkpoint
+    resident = (SMS // n) * n
+    programs = BH * n
+    l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / min(programs, resident)) * 1e9
+    compute_fwd = (m["flops"]["fwd"] - small) + n * small
+    t_fwd = max(compute_fwd / n / sm_peak, l2_fwd / n / l2_rate) + CLUSTER_FORWARD["barriers"] * cluster_us * 1e-6
+    one_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / min(BH, SMS)) * 1e9
+    t_bwd = max(m["flops"]["bwd"] / sm_peak, (m["l2"]["bwd"] + m["spill"]["bwd"]) / one_rate)
+    total = t_fwd * -(-programs // resident) + t_bwd * -(-BH // SMS)
+    bound_fwd = "L2" if l2_fwd / n / l2_rate > compute_fwd / n / sm_peak else "tensor"
+    backward_share = t_bwd * -(-BH // SMS) / total
+    return {
+        "launches": True,
+        "programs": programs,
+        "l2_kib": (l2_fwd + m["l2"]["bwd"]) / 1024,
+        "dsmem_kib": CLUSTER_FORWARD["partials"] * (n - 1) * 4 * C * D / 1024,
+        "barriers": CLUSTER_FORWARD["barriers"],
+        "shared": CLUSTER_FORWARD["shared"],
+        "time_us": total * 1e6,
+        "pct_peak": 100 * m["useful"] * BH / total / 1e12 / PEAK_TFLOPS,
+        "bound": f"backward {100 * backward_share:.0f}% of the time; forward {bound_fwd}",
+        "exchange_budget_us": None,
+    }
+
+
+DESIGNS = [
+    ("one", 1), ("split", 2), ("split", 4), ("cluster_forward", 4), ("cluster", 2), ("cluster", 4), ("cluster", 8)
+]  # fmt: skip
 DESIGN_NAMES = {
+    "cluster_forward": "cluster forward (built) + one-program backward",
     "one": "one program per head (today)",
     "split": "plain split, state in L2",
     "cluster": "cluster, state on chip",
@@ -317,7 +362,10 @@ def designs_table(spills: dict, meeting_us: float = MEETING_US, cluster_us: floa
             cannot = f"cannot launch ({r.get('why')})"
             row.append(f"{r['pct_peak']:.1f}% ({r['bound']})" if r["launches"] else cannot)
         budget = first.get("exchange_budget_us")
-        row.append("-" if kind == "one" or not first["launches"] else f"{budget:.2f}" if budget else "out of reach")
+        if kind in ("one", "cluster_forward") or not first["launches"]:
+            row.append("-")
+        else:
+            row.append(f"{budget:.2f}" if budget else "out of reach")
         rows.append(row)
     header = ["design", "programs per head", "L2 KiB per chunk and head", "DSMEM KiB per CTA per chunk",
               "barriers per chunk", "shared KiB per CTA", "B*H = 32: % of bf16 peak (bound)", "B*H = 128",
@@ -517,7 +565,10 @@ def designs_text(spills: dict) -> str:
         f"the forward's {EXCHANGES['fwd']}, carrying {PARTIALS['bwd']} and {PARTIALS['fwd']} [C, D] fp32 partials: "
         "each program still streams its "
         "shard of the state through L2, so it moves the same "
-        "state bytes as one program, plus its exchanges. The cluster (not built) keeps each CTA's shard of W1, W2, "
+        "state bytes as one program, plus its exchanges. The cluster forward (built, sm_90) with the one-program "
+        f"backward: {CLUSTER_FORWARD['barriers']} cluster barriers a chunk carrying {CLUSTER_FORWARD['partials']} "
+        "[C, D]-sized partials; its forward moves only the chunk's inputs, y and the checkpoints through L2, so the "
+        "backward's time decides it. The cluster (forward and backward, not built) keeps each CTA's shard of W1, W2, "
         "S1 and S2 (and in the backward, of their gradients) in shared memory for the whole sequence, with two "
         "slot sets of one partial, alternated (one cluster barrier per partial): only the chunk's inputs and "
         "outputs, the checkpoints and the backward's replayed states cross L2. Assumed: "
