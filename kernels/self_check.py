@@ -210,7 +210,10 @@ def _run(key: tuple) -> CheckResult:
     start = time.perf_counter()
     label = describe(key)
     try:
-        pairs = paired_outputs(key, CLIP if clip else None)
+        # the first call of a configuration may come under torch.no_grad() (inference, or a
+        # forward-only timing): the check differentiates either way
+        with torch.enable_grad():
+            pairs = paired_outputs(key, CLIP if clip else None)
         worst, error = "", 0.0
         for name, a, b in pairs:
             if a is None:
