@@ -38,7 +38,7 @@ def _emulate(inputs, state, hidden, chunk, clip, n_ctas, every=2):
 )
 def test_the_cluster_arithmetic_equals_the_reference(n_ctas, T, chunk, clip):
     """Each CTA's share of every product from its 64 hidden units, bf16 operands, the
-    cluster sums in rank order: the output, the end state, every checkpoint and the clip
+    cluster sums as the kernel pairs them: the output, the end state, every checkpoint and the clip
     factors against the fp64 chunked path on the same rounded inputs (ragged last chunks,
     chunks shorter than the kernel's 64 rows, the clip acting or off)."""
     hidden = 64 * n_ctas

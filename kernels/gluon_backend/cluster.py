@@ -86,7 +86,9 @@ def compile_cluster(n_ctas: int, chunk_size: int, activation: str, clip: bool, s
     options: dict[str, int | str] = {"num_warps": NUM_WARPS, "num_ctas": n_ctas}
     if consan:
         options["instrumentation_mode"] = "consan"
-    source = GluonASTSource(fn=cluster_forward_kernel, signature=sig, constexprs=constexprs)
+    # as a launch specialises the kernel: torch's allocations are 16-byte aligned
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers) + 2)}
+    source = GluonASTSource(fn=cluster_forward_kernel, signature=sig, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -130,6 +132,13 @@ def cluster_memory_scan(
     empty (cluster_problem)."""
     if resets.numel():
         raise ValueError("the cluster scan does not restart rows (packed documents)")
+    D = q.shape[-1]
+    problem = cluster_problem(2, D, hidden, v.shape[-1], chunk_size, q.dtype, False)
+    if problem or hidden != split * UNITS_PER_CTA or state.shape[-1] != 4 * D * hidden:
+        raise ValueError(
+            f"cluster scan: {problem or ''} split {split} x {UNITS_PER_CTA} units must be the hidden width "
+            f"{hidden}, and the state {4 * D * hidden} floats per (batch, head), got {state.shape[-1]}"
+        )
     if q.device.type != "cuda":
         return emulation.cluster_forward(
             q, k, v, theta, log_eta, log_retain, state, hidden, chunk_size, activation, max_grad_norm,

@@ -41,9 +41,14 @@ def sharded(n_ctas, dim, n_warps):
 
 @gluon.constexpr_function
 def sharded_smem(n_ctas, rank, dim):
-    """Unswizzled fp32 shared layout of a rank-`rank` buffer split over the CTAs along
-    `dim` (dim < 0: a CTA-local buffer)."""
-    return gl.SwizzledSharedLayout(1, 1, 1, list(range(rank - 1, -1, -1)), cga_layout=cta_bases(n_ctas, rank, dim))
+    """fp32 shared layout of a rank-`rank` buffer split over the CTAs along `dim` (dim < 0:
+    a CTA-local buffer). Rows are swizzled (XOR of 8-float groups over 4 phases): unswizzled,
+    every access in the accumulator layout conflicted 4 ways on the banks. The same swizzle
+    for the sharded buffers and their CTA-local views keeps each CTA's offsets identical."""
+    order = list(range(rank - 1, -1, -1))
+    if rank == 1:
+        return gl.SwizzledSharedLayout(1, 1, 1, order, cga_layout=cta_bases(n_ctas, rank, dim))
+    return gl.SwizzledSharedLayout(8, 1, 4, order, cga_layout=cta_bases(n_ctas, rank, dim))
 
 
 @gluon.constexpr_function
@@ -138,7 +143,8 @@ def at_index(x, idx, last):
 def cluster_sum(parts, layout: gl.constexpr, ALL: gl.constexpr):
     """After a cluster barrier: the sum of every CTA's slot (`parts`: the CTA-local slots
     viewed as [NCTA, ...] split over the CTAs; the others' read through distributed shared
-    memory), in rank order (a reduction within each thread runs in element order).
+    memory). Triton 3.9 reduces within a thread as a tree: (p0 + p1) + (p2 + p3) for 4 CTAs
+    (read in the PTX; emulation._cluster_sum sums the same way).
 
     An exchange is: each CTA stores its partial to its own slot, one cluster barrier, then
     cluster_sum. No second barrier is needed before a slot is written again, because each

@@ -1,10 +1,11 @@
 """The Gluon cluster forward's arithmetic in torch (cluster_forward.py, statement for
 statement): each CTA's share of every product from its own hidden units, the operands
 rounded to bf16 where the kernel rounds them, the inner error's products in bf16x3, and the
-cluster sums in rank order. Gluon cannot run on a CPU, so this is what the CPU tests hold
-to the reference; on a GPU it is the oracle the kernel is compared with
-(bench/gpu_acceptance.py). The tensor cores' accumulation order inside one product is the
-one thing it does not reproduce.
+cluster sums in the kernel's order. Gluon cannot run on a CPU, so this is what the CPU tests
+hold to the reference; it runs on any device, so on a GPU it can be compared with the
+kernel. What it does not reproduce, each at the level of a last bit: the tensor cores'
+accumulation order inside one product, the GPU's approximate exp, sqrt and division, fused
+multiply-adds, and the association of scans and of reductions within a CTA.
 
 Same inputs and outputs as `titans::memory_scan` (triton_backend/ops.py), flat state
 included; fp32 arithmetic throughout."""
@@ -28,11 +29,11 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _cluster_sum(parts: list[Tensor]) -> Tensor:
-    """Every CTA's partial summed in rank order (cluster_pieces.cluster_sum)."""
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+    """Every CTA's partial summed as the kernel sums them (cluster_pieces.cluster_sum): a
+    pairwise tree over the ranks, (p0 + p1) + (p2 + p3)."""
+    while len(parts) > 1:
+        parts = [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _padded(x: Tensor, t0: int, n: int) -> Tensor:
@@ -45,7 +46,7 @@ def _padded(x: Tensor, t0: int, n: int) -> Tensor:
 def _segment_sum(x: Tensor) -> Tensor:
     """out[..., t, s] = sum_{s < j <= t} x_j (the kernel's per-entry cumulative sum)."""
     n = x.shape[-1]
-    j = torch.arange(n)
+    j = torch.arange(n, device=x.device)
     terms = torch.where(j[:, None] > j[None, :], x[..., :, None], 0.0)
     return terms.cumsum(-2)
 
@@ -87,10 +88,10 @@ def cluster_forward(
     n_chunks = -(-T // chunk_size)
     n_ckpt = -(-n_chunks // checkpoint_every)
     saved = flat.new_empty(B * H, n_ckpt, flat.shape[-1]) if save_states else flat.new_empty(0)
-    y = torch.zeros(B * H, T, D)
-    clip = torch.ones(B * H, T)
+    y = torch.zeros(B * H, T, D, device=q.device)
+    clip = torch.ones(B * H, T, device=q.device)
     shard = [slice(r * HC, (r + 1) * HC) for r in range(n_ctas)]
-    idx = torch.arange(ROWS)
+    idx = torch.arange(ROWS, device=q.device)
     for ci in range(n_chunks):
         if save_states and ci % checkpoint_every == 0:
             saved[:, ci // checkpoint_every] = flat
@@ -101,7 +102,7 @@ def cluster_forward(
 
         qc, kc, vc, thc, lec, lrc = (_padded(t, t0, n_valid) for t in (qh, kh, vh, th, le, lr))
         sqa0 = (kc * kc).sum(-1)
-        # 1. The inner error: each CTA's share of M(k) in bf16x3, summed in rank order.
+        # 1. The inner error: each CTA's share of M(k) in bf16x3, summed over the cluster.
         e_parts, norms = [], []
         for s in shard:
             w1, w2 = W1[:, :, s], W2[:, s, :]
