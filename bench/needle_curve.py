@@ -74,6 +74,7 @@ RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curri
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
+NEEDLE_ROOM = 40  # tokens a training document gives each needle and its question (they take 25-39)
 
 
 def _args(name: str, a) -> TitansModelArgs:
@@ -85,14 +86,16 @@ def _args(name: str, a) -> TitansModelArgs:
 
 
 def needle_sequence(
-    tok, stories: list[int], T: int, rng: random.Random, longest: int | None = None
+    tok, stories: list[int], T: int, rng: random.Random, longest: int | None = None, distractors_from: int = 512
 ) -> tuple[list[int], list[bool]]:
     """T + 1 tokens of needle documents back to back, each followed by its answer and a full
     stop, and the mask of answer targets. Document lengths are log-uniform from MIN_DOC to
     `longest` (default T): many short documents, where the needle is often within the attention's reach, and
     long ones, where only the memory can carry it; several answers per sequence give more
     retrieval signal per token. The needle is at any depth, so the distances trained
-    run from a few tokens to nearly T."""
+    run from a few tokens to nearly T. Half of the number and code documents of at least
+    `distractors_from` tokens carry 1 to 3 distractor needles (other keys), as many as
+    the document has room for."""
     seq: list[int] = []
     mask: list[bool] = []
     while T + 1 - len(seq) >= MIN_DOC:
@@ -100,7 +103,8 @@ def needle_sequence(
         length = min(drawn, T + 1 - len(seq)) - ANSWER_ROOM
         kind = rng.choice(KINDS)
         # distractors in half of the number and code documents long enough to hold them
-        distractors = 0 if kind == "passkey" or length < 512 or rng.random() < 0.5 else rng.randint(1, 3)
+        distractors = 0 if kind == "passkey" or length < distractors_from or rng.random() < 0.5 else rng.randint(1, 3)
+        distractors = max(0, min(distractors, length // NEEDLE_ROOM - 2))
         doc = make_document(tok, stories, length, rng.random(), kind, rng, distractors)
         at = len(seq) + len(doc.prompt) - 1  # the target index of the first answer token
         seq += doc.prompt + doc.answer_ids + tok.encode(".").ids
@@ -130,7 +134,7 @@ def training_batch(
     T, rows, answers = a.train_len, [], []
     for _ in range(a.batch):
         if rng.random() < a.needle_frac:
-            seq, mask = needle_sequence(tok, stories, T, rng, longest_document(step, a))
+            seq, mask = needle_sequence(tok, stories, T, rng, longest_document(step, a), a.distractors_from)
         else:
             start = rng.randrange(len(stories) - T - 1)
             seq, mask = stories[start : start + T + 1], [False] * T
@@ -185,6 +189,7 @@ def train(job: tuple) -> dict:
         seed=a.seed,
         lr=a.lr,
         needle_frac=a.needle_frac,
+        distractors_from=a.distractors_from,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
         date=time.strftime("%Y-%m-%d"),
@@ -557,6 +562,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--needle-frac", type=float, default=0.75)
+    p.add_argument(
+        "--distractors-from",
+        type=int,
+        default=512,
+        help="the shortest training document with distractor needles (512: none at the default --train-len 256)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--curriculum", type=float, default=0.0, help="grow the longest needle document over this fraction of the steps"

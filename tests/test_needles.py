@@ -105,6 +105,28 @@ def test_training_sequences_mask_exactly_their_answers(tok):
         assert tok.decode(seq[end + 1 : end + 2]) == "."
 
 
+def _statements_per_question(tok, seq) -> float:
+    """Needle statements ("... for key is: value.") per question in a training sequence."""
+    text = tok.decode(seq)
+    questions = text.count("? The special magic")
+    return (text.count(" is: ") - questions) / max(questions, 1)
+
+
+def test_short_training_documents_carry_distractors_when_asked(tok):
+    """With --distractors-from 96, documents of the default 256-token training carry
+    distractor needles (other keys) besides their own; with the default 512 they never
+    do at that length, as the published table's models were trained."""
+    train = story_ids(tok, "train", 200)
+    rng = random.Random(3)
+    default = [needle_sequence(tok, train, 256, rng)[0] for _ in range(40)]
+    rng = random.Random(3)
+    short = [needle_sequence(tok, train, 256, rng, distractors_from=96)[0] for _ in range(40)]
+    assert max(_statements_per_question(tok, s) for s in default) == 1.0
+    assert max(_statements_per_question(tok, s) for s in short) > 1.0
+    for seq in short:  # every answer still follows its own question
+        assert len(seq) == 257
+
+
 class _Oracle(torch.nn.Module):
     """Reads a prompt through forward_cached and then says `answer`, token by token (or
     nothing useful when `knows` is False): stands in for a model in the evaluation path."""
