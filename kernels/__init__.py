@@ -4,7 +4,9 @@ naive            per-token reference (the definition)
 chunk_autograd   the chunked closed form through plain autograd (reference for chunk)
 chunk            exact chunk-parallel PyTorch path with a hand-written backward (runs everywhere)
 triton_backend/  the Triton kernels as torch custom ops (CUDA, or TRITON_INTERPRET=1)
-dispatch         picks the backend (`neural_memory_scan`); self_check: the Triton kernels
+gluon_backend/   the forward as a Gluon kernel on a cluster of sm_90 CTAs (the state in their
+                 shared memory), differentiated by the Triton backward
+dispatch         picks the backend (`neural_memory_scan`); self_check: the kernel backends
                  checked on the device before their first use
 state_response   how a linear memory's scan depends on its start state (context parallel)
 compile_report   `python -m titans_plugin.kernels.compile_report`: registers, spills, shared
