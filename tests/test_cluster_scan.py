@@ -137,6 +137,13 @@ def test_the_backend_says_why_it_cannot_run(state, dtype, chunk, resets, reason)
         dispatch.resolve_backend("gluon_cluster", q, state, chunk_size=chunk, activation="silu", resets=resets)
 
 
+def test_the_config_rejects_a_depth_the_cluster_kernel_does_not_have():
+    from titans_plugin.config import TitansConfig
+
+    with pytest.raises(ValueError, match=r"titans.memory_depth must be 2 with titans.backend='gluon_cluster'"):
+        TitansConfig(pattern="M", memory_depth=1, backend="gluon_cluster").validate(dim=24, n_layers=1)
+
+
 def test_the_backend_needs_an_sm90_gpu_outside_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)

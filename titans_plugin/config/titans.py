@@ -168,6 +168,8 @@ class TitansConfig:
             _fail(
                 "memory_depth", f"one of {list(TRITON_DEPTHS)} with titans.backend={self.backend!r}", self.memory_depth
             )
+        if "backend" in read and self.backend == "gluon_cluster" and self.memory_depth != 2:
+            _fail("memory_depth", "2 with titans.backend='gluon_cluster'", self.memory_depth)
         if "cp_scan" in read and self.cp_scan == "parallel":  # the scan is affine in its start state only then
             if self.memory_depth != 1:
                 _fail("memory_depth", "1 with titans.cp_scan='parallel' (a linear memory)", self.memory_depth)
