@@ -134,7 +134,9 @@ def training_batch(
     T, rows, answers = a.train_len, [], []
     for _ in range(a.batch):
         if rng.random() < a.needle_frac:
-            seq, mask = needle_sequence(tok, stories, T, rng, longest_document(step, a), a.distractors_from)
+            # distractors only from step --distractors-after on (a document too short for them otherwise)
+            distractors_from = a.distractors_from if step >= a.distractors_after else a.train_len + 1
+            seq, mask = needle_sequence(tok, stories, T, rng, longest_document(step, a), distractors_from)
         else:
             start = rng.randrange(len(stories) - T - 1)
             seq, mask = stories[start : start + T + 1], [False] * T
@@ -190,6 +192,7 @@ def train(job: tuple) -> dict:
         lr=a.lr,
         needle_frac=a.needle_frac,
         distractors_from=a.distractors_from,
+        distractors_after=a.distractors_after,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
         date=time.strftime("%Y-%m-%d"),
@@ -568,6 +571,7 @@ def main() -> None:
         default=512,
         help="the shortest training document with distractor needles (512: none at the default --train-len 256)",
     )
+    p.add_argument("--distractors-after", type=int, default=0, help="the first step that trains with distractors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--curriculum", type=float, default=0.0, help="grow the longest needle document over this fraction of the steps"
