@@ -127,6 +127,23 @@ def test_short_training_documents_carry_distractors_when_asked(tok):
         assert len(seq) == 257
 
 
+def test_distractors_can_start_after_a_step(tok):
+    """--distractors-after: before that step the batches are the recipe's without
+    distractors (the same draws), from it on they carry them."""
+    import types
+
+    from bench.needle_curve import training_batch
+
+    train = story_ids(tok, "train", 200)
+    a = types.SimpleNamespace(train_len=256, batch=24, needle_frac=1.0, curriculum=0.0, steps=10)
+    late = types.SimpleNamespace(**vars(a), distractors_from=96, distractors_after=5)
+    plain = types.SimpleNamespace(**vars(a), distractors_from=512, distractors_after=0)
+    before = training_batch(tok, train, late, random.Random(1), step=4)[0]
+    assert torch.equal(before, training_batch(tok, train, plain, random.Random(1), step=4)[0])
+    after = training_batch(tok, train, late, random.Random(1), step=5)[0]
+    assert max(_statements_per_question(tok, row.tolist()) for row in after) > 1.0
+
+
 class _Oracle(torch.nn.Module):
     """Reads a prompt through forward_cached and then says `answer`, token by token (or
     nothing useful when `knows` is False): stands in for a model in the evaluation path."""
