@@ -148,7 +148,7 @@ def cluster_forward_kernel(
     w2_lo = gl.allocate_shared_memory(gl.bfloat16, [HC, D], OPS)
     s1_b = gl.allocate_shared_memory(gl.bfloat16, [D, HC], OPS)
     s2_b = gl.allocate_shared_memory(gl.bfloat16, [HC, D], OPS)
-    a_s = gl.allocate_shared_memory(gl.bfloat16, [BC, HC], OPS)  # act(k W1), then its bf16x3 low part's partner
+    a_s = gl.allocate_shared_memory(gl.bfloat16, [BC, HC], OPS)  # act(k W1): the bf16x3 high part, then act(z)
     x_s = gl.allocate_shared_memory(gl.bfloat16, [BC, HC], OPS)  # scratch operand
     d1_s = gl.allocate_shared_memory(gl.bfloat16, [BC, D], OPS)
     m_s = w1_lo  # once the inner error is summed: decays, scores, operand scratch
@@ -165,8 +165,8 @@ def cluster_forward_kernel(
     e_parts = e_slot.reinterpret(gl.float32, [NCTA, BC, D], sharded_smem(NCTA, 3, 0))
     y_parts = y_slot.reinterpret(gl.float32, [NCTA, BC, D], sharded_smem(NCTA, 3, 0))
     s_parts = s_slot.reinterpret(gl.float32, [NCTA, BC, BC], sharded_smem(NCTA, 3, 0))
-    v_parts = v_slot.reinterpret(gl.float32, [NCTA, BC], sharded_smem(NCTA, 2, 0))
-    c_parts = c_slot.reinterpret(gl.float32, [NCTA, BC], sharded_smem(NCTA, 2, 0))
+    v_parts = v_slot.reinterpret(gl.float32, [NCTA, BC], sharded_smem(NCTA, 2, 0, False))
+    c_parts = c_slot.reinterpret(gl.float32, [NCTA, BC], sharded_smem(NCTA, 2, 0, False))
 
     rows = gl.arange(0, BC, ROW)
     cols = gl.arange(0, D, COL)

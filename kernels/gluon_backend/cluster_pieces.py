@@ -40,13 +40,15 @@ def sharded(n_ctas, dim, n_warps):
 
 
 @gluon.constexpr_function
-def sharded_smem(n_ctas, rank, dim):
+def sharded_smem(n_ctas, rank, dim, swizzle=True):
     """fp32 shared layout of a rank-`rank` buffer split over the CTAs along `dim` (dim < 0:
     a CTA-local buffer). Rows are swizzled (XOR of 8-float groups over 4 phases): unswizzled,
     every access in the accumulator layout conflicted 4 ways on the banks. The same swizzle
-    for the sharded buffers and their CTA-local views keeps each CTA's offsets identical."""
+    for the sharded buffers and their CTA-local views keeps each CTA's offsets identical;
+    swizzle=False for the [NCTA, 64] view of the per-token slots, whose CTA-local part is a
+    plain vector."""
     order = list(range(rank - 1, -1, -1))
-    if rank == 1:
+    if rank == 1 or not swizzle:
         return gl.SwizzledSharedLayout(1, 1, 1, order, cga_layout=cta_bases(n_ctas, rank, dim))
     return gl.SwizzledSharedLayout(8, 1, 4, order, cga_layout=cta_bases(n_ctas, rank, dim))
 
