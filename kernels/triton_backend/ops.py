@@ -385,12 +385,12 @@ def launch(
     checkpoint_every: int | None = None,
     stats: dict | None = None,
     split: int = 1,
-    op=memory_scan,
+    op=None,
 ) -> tuple[Tensor, MemoryState]:
     """The Triton scan, once `supports` has found nothing against it; with split > 1 the
     forward runs `split` programs per (batch, head) (split.py; `split_supports` first).
-    op: the forward op, memory_scan or one with its schema and autograd (the Gluon
-    cluster scan's, gluon_backend/cluster.py)."""
+    op: the forward op, memory_scan (looked up when called) or one with its schema and
+    autograd (the Gluon cluster scan's, gluon_backend/cluster.py)."""
     B, T, H, _ = q.shape
     if T == 0:
         if stats is not None and max_grad_norm:
@@ -411,7 +411,7 @@ def launch(
         checkpoint_every = checkpoint_interval(flat.shape[-1], chunk_size)
     elif checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every}")
-    y, flat_out, _, clip_factor = op(
+    y, flat_out, _, clip_factor = (op or memory_scan)(
         *(t.contiguous() for t in inputs),
         hidden,
         chunk_size,
