@@ -58,10 +58,9 @@ def _operand(buffer, x):
 
 
 @gluon.jit
-def _save_state(dst, w1_sh, w2_sh, s1_sh, s2_sh, NCTA: gl.constexpr, D: gl.constexpr, HID: gl.constexpr):
-    """Each CTA writes its shards to a flat state (W1 [D, HID], W2 [HID, D], S1, S2).
-    Inlined: not inlining it saves 12 B of spills, but the race checker (consan) cannot
-    follow shared-memory loads into a called function."""
+def _shard_offsets(NCTA: gl.constexpr, D: gl.constexpr, HID: gl.constexpr):
+    """Offsets of W1 [D, HID] (columns split over the CTAs) and W2 [HID, D] (rows split)
+    in a flat state, in the layouts that place each CTA's shard (BY_COL, BY_ROW)."""
     NW: gl.constexpr = gl.num_warps()
     BY_COL: gl.constexpr = sharded(NCTA, 1, NW)
     BY_ROW: gl.constexpr = sharded(NCTA, 0, NW)
@@ -69,8 +68,18 @@ def _save_state(dst, w1_sh, w2_sh, s1_sh, s2_sh, NCTA: gl.constexpr, D: gl.const
     ch = gl.arange(0, HID, gl.SliceLayout(0, BY_COL))
     rh = gl.arange(0, HID, gl.SliceLayout(1, BY_ROW))
     cd = gl.arange(0, D, gl.SliceLayout(0, BY_ROW))
-    w1_offs = rd[:, None] * HID + ch[None, :]
-    w2_offs = rh[:, None] * D + cd[None, :]
+    return rd[:, None] * HID + ch[None, :], rh[:, None] * D + cd[None, :]
+
+
+@gluon.jit
+def _save_state(dst, w1_sh, w2_sh, s1_sh, s2_sh, NCTA: gl.constexpr, D: gl.constexpr, HID: gl.constexpr):
+    """Each CTA writes its shards to a flat state (W1 [D, HID], W2 [HID, D], S1, S2).
+    Inlined: not inlining it saves 12 B of spills, but the race checker (consan) cannot
+    follow shared-memory loads into a called function."""
+    NW: gl.constexpr = gl.num_warps()
+    BY_COL: gl.constexpr = sharded(NCTA, 1, NW)
+    BY_ROW: gl.constexpr = sharded(NCTA, 0, NW)
+    w1_offs, w2_offs = _shard_offsets(NCTA, D, HID)
     L1: gl.constexpr = D * HID
     gl.store(dst + w1_offs, w1_sh.load(BY_COL))
     gl.store(dst + L1 + w2_offs, w2_sh.load(BY_ROW))
@@ -122,14 +131,7 @@ def cluster_forward_kernel(
     st = state_ptr + bh * NSTATE
 
     # The state shards, resident for the whole sequence (CTA-local views of the sharded buffers).
-    BY_COL: gl.constexpr = sharded(NCTA, 1, NW)
-    BY_ROW: gl.constexpr = sharded(NCTA, 0, NW)
-    rd = gl.arange(0, D, gl.SliceLayout(1, BY_COL))
-    ch = gl.arange(0, HID, gl.SliceLayout(0, BY_COL))
-    rh = gl.arange(0, HID, gl.SliceLayout(1, BY_ROW))
-    cd = gl.arange(0, D, gl.SliceLayout(0, BY_ROW))
-    w1_offs = rd[:, None] * HID + ch[None, :]
-    w2_offs = rh[:, None] * D + cd[None, :]
+    w1_offs, w2_offs = _shard_offsets(NCTA, D, HID)
     w1_sh = gl.allocate_shared_memory(gl.float32, [D, HID], sharded_smem(NCTA, 2, 1), gl.load(st + w1_offs))
     w2_sh = gl.allocate_shared_memory(gl.float32, [HID, D], sharded_smem(NCTA, 2, 0), gl.load(st + L1 + w2_offs))
     s1_sh = gl.allocate_shared_memory(gl.float32, [D, HID], sharded_smem(NCTA, 2, 1), gl.load(st + 2 * L1 + w1_offs))
