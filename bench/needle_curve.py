@@ -70,7 +70,7 @@ OUT = os.path.join(REPO, "outputs", "needle_curve")
 RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
 RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
-          "needle_frac")  # fmt: skip
+          "needle_frac", "extends")  # fmt: skip
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
@@ -155,6 +155,7 @@ def train(job: tuple) -> dict:
     args = _args(name, a)
     torch.manual_seed(a.seed)
     model = TitansTransformer(args)
+    start = extend(model, name, a)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = random.Random(a.seed + 1)
@@ -193,6 +194,7 @@ def train(job: tuple) -> dict:
         needle_frac=a.needle_frac,
         distractors_from=a.distractors_from,
         distractors_after=a.distractors_after,
+        extends=start,
         lm_loss=sum(lm for lm, _ in tail) / len(tail),
         answer_loss=sum(x for _, x in tail) / len(tail),
         date=time.strftime("%Y-%m-%d"),
@@ -203,6 +205,25 @@ def train(job: tuple) -> dict:
     with open(os.path.join(a.out, f"{_file(name)}.json"), "w") as f:
         json.dump(facts, f, indent=1)
     return facts
+
+
+def extend(model: TitansTransformer, name: str, a) -> str | None:
+    """With --extend-from DIR: start from the model trained in DIR (its weights; the optimizer
+    and warm-up start afresh), typically at a longer --train-len than it was trained at. Returns
+    what it started from, for the facts; None without the option."""
+    if not a.extend_from:
+        return None
+    base = os.path.join(a.extend_from, _file(name))
+    if not os.path.exists(base + ".pt"):
+        raise SystemExit(f"--extend-from {a.extend_from}: no {_file(name)}.pt there; train {name} into it first")
+    with open(base + ".json") as f:
+        source = json.load(f)
+    for key in ("window", "dim", "long_context"):  # the architecture must be the checkpoint's
+        if source[key] != getattr(a, key):
+            said = f"--{key.replace('_', '-')} {getattr(a, key)}"
+            raise SystemExit(f"--extend-from {a.extend_from}: {name} was trained with {key} {source[key]}, not {said}")
+    model.load_state_dict(torch.load(base + ".pt", weights_only=True))
+    return f"{source['steps']} steps at {source['train_len']} tokens ({identity(source)})"
 
 
 def _file(name: str) -> str:
@@ -548,7 +569,7 @@ def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     p.add_argument("command", choices=["train", "evaluate", "forgetting", "publish"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -572,6 +593,10 @@ def main() -> None:
         help="the shortest training document with distractor needles (512: none at the default --train-len 256)",
     )
     p.add_argument("--distractors-after", type=int, default=0, help="the first step that trains with distractors")
+    p.add_argument(
+        "--extend-from",
+        help="continue from the checkpoints in this folder (a length extension: pass a longer --train-len)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--curriculum", type=float, default=0.0, help="grow the longest needle document over this fraction of the steps"
@@ -587,7 +612,11 @@ def main() -> None:
         "--haystack", choices=["stories", "repeat"], default="stories", help="held-out stories, or one passage repeated"
     )
     p.add_argument("--no-write", action="store_true")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "publish": cmd_publish}
     commands[a.command](a)
 

@@ -339,3 +339,26 @@ def test_evaluate_skips_a_stored_model_without_a_checkpoint(tmp_path, capsys):
     cmd_evaluate(a)  # MAG: stored, no checkpoint; SWA: neither: nothing to run, no crash
     assert "MAG: no checkpoint" in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["cells"] == {}
+
+
+def test_a_length_extension_starts_from_the_checkpoint_and_says_so(tmp_path):
+    from bench.needle_curve import parser, train
+
+    short = parser().parse_args(["train", "--steps", "2", "--batch", "2", "--out", str(tmp_path / "short")])
+    source = train(("MAG", short))
+    # lr 0: one step changes nothing, so the extended model must be the source's weights exactly
+    args = ["train", "--steps", "1", "--batch", "1", "--train-len", "512", "--lr", "0", "--out", str(tmp_path / "long")]
+    longer = parser().parse_args([*args, "--extend-from", str(tmp_path / "short")])
+    facts = train(("MAG", longer))
+    assert facts["train_len"] == 512
+    assert facts["extends"] == f"2 steps at 256 tokens (trained {source['date']} in {source['train_seconds']:.0f} s)"
+    before = torch.load(tmp_path / "short" / "mag.pt", weights_only=True)
+    after = torch.load(tmp_path / "long" / "mag.pt", weights_only=True)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the architecture must be the checkpoint's; a missing model is named
+    wider = parser().parse_args([*args, "--dim", "32", "--extend-from", str(tmp_path / "short")])
+    with pytest.raises(SystemExit, match="trained with dim 64, not --dim 32"):
+        train(("MAG", wider))
+    with pytest.raises(SystemExit, match="no mac.pt there"):
+        train(("MAC", longer))
