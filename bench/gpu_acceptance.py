@@ -15,7 +15,8 @@ Steps, each reported and each able to fail the run (exit status 1):
    and SDPA attention beside it;
    and the split-state scan (`backend = "triton_split"`, its own self-check first) beside
    the one-program scan at B x H = 32, forward and forward + backward; the same for the
-   Gluon cluster forward (`backend = "gluon_cluster"`, sm_90, bf16);
+   Gluon cluster forward (`backend = "gluon_cluster"`, sm_90, bf16), and which design
+   `backend = "auto"` picks there (kernels/design_race.py);
    and what a meeting of split programs costs (bench/exchange_bench.py: through global
    memory, and on sm_90 through a cluster's distributed shared memory);
 5. 20 torchtitan steps per memory block type in bf16 with `backend = "auto"`, with and
@@ -418,6 +419,13 @@ def design_speed(run: Run, backend: str, key: str, supports, sizes: tuple, dtype
         "gradient_difference": gradient_difference,
         "rows": rows,
     }
+    if run.device == "cuda":  # what `auto` makes of it: its race between the checked designs
+        from titans_plugin.kernels import design_race, resolve_backend
+
+        chosen = resolve_backend("auto", q, state, **config)
+        races = [r.message for r in design_race.results()]
+        print(f"backend 'auto' runs {chosen!r} here" + "".join(f"\n  {m}" for m in races), flush=True)
+        run.results[key]["auto"] = {"backend": chosen, "races": races}
 
 
 def exchange(run: Run) -> None:
@@ -595,6 +603,12 @@ def _design_report(design: dict, name: str) -> list[str]:
         [x["impl"], x["direction"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
         for x in design["rows"]
     ]
+    if "auto" in design:
+        text += (
+            f" Backend `auto` runs `{design['auto']['backend']}` here"
+            + "".join(f"; {m}" for m in design["auto"]["races"])
+            + "."
+        )
     return [text, table(["scan", "direction", "T", "B x H", "tokens/s", "speedup"], rows)]
 
 

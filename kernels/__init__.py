@@ -7,7 +7,8 @@ triton_backend/  the Triton kernels as torch custom ops (CUDA, or TRITON_INTERPR
 gluon_backend/   the forward as a Gluon kernel on a cluster of sm_90 CTAs (the state in their
                  shared memory), differentiated by the Triton backward
 dispatch         picks the backend (`neural_memory_scan`); self_check: the kernel backends
-                 checked on the device before their first use
+                 checked on the device before their first use; design_race: which checked
+                 kernel design `auto` runs, timed at first use
 state_response   how a linear memory's scan depends on its start state (context parallel)
 compile_report   `python -m titans_plugin.kernels.compile_report`: registers, spills, shared
                  memory and tensor-core instructions per kernel for sm_90 and sm_80, no GPU needed

@@ -18,22 +18,24 @@ also says where it cannot run: `supports(q, state, **config) -> reason or None`.
     chunk   the exact chunk-parallel PyTorch path (kernels/chunk.py)
     triton  the Triton kernels (kernels/triton_backend/)
     triton_split  the same with the state split across 4 (or 2) programs per
-            (batch, head) (triton_backend/split.py); chosen only when named, until a GPU
-            has measured it against `triton`
+            (batch, head) (triton_backend/split.py)
     gluon_cluster  the forward by a Gluon kernel with the state split over a cluster
             of sm_90 CTAs and resident in their shared memory (gluon_backend/), the
-            backward by `triton`; depth 2, head dims 64, hidden 128 or 256, bf16;
-            chosen only when named, until a GPU has measured it
-    auto    triton on CUDA where it supports the configuration and passed its first-use
-            self-check (kernels/self_check.py); chunk everywhere else
+            backward by `triton`; depth 2, head dims 64, hidden 128 or 256, bf16
+    auto    on CUDA, of the kernel designs for the device (gluon_cluster and triton on
+            sm_90, triton_split and triton elsewhere) those that support the configuration
+            and passed their first-use self-check (kernels/self_check.py), the one
+            measured fastest at first use (kernels/design_race.py); chunk where none did,
+            and everywhere else
 """
 
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-from . import chunk, gluon_backend, naive, self_check, triton_backend
+from . import chunk, design_race, gluon_backend, naive, self_check, triton_backend
 from .state import MemoryState
 
 BACKENDS = ("auto", "chunk", "naive", "triton", "triton_split", "gluon_cluster")
@@ -66,11 +68,11 @@ def resolve_backend(
     max_grad_norm: float | None = None,
     resets: bool = False,
 ) -> str:
-    """The backend that runs this call, asking the candidate once whether it can. 'auto'
-    on CUDA: the Triton kernels where they support the configuration (depth 1 or 2,
-    fp32/bf16/fp16 inputs, within the device's shared memory) and passed their first-use
-    self-check, else 'chunk' with the reason warned once. A forced backend that cannot
-    run is an error, never a silent fallback.
+    """The backend that runs this call, asking the candidates once whether they can. 'auto'
+    on CUDA: the fastest kernel design that supports the configuration (depth 1 or 2,
+    fp32/bf16/fp16 inputs, within the device's shared memory; each design its own scope)
+    and passed its first-use self-check, else 'chunk' with the reason warned once. A
+    forced backend that cannot run is an error, never a silent fallback.
 
     Under torch.compile the checks behind the answer (an ahead-of-time kernel compile that
     sizes shared memory, a self-check that launches the kernels) cannot be traced: they run
@@ -105,20 +107,58 @@ def _resolve(
     config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
     if backend not in BACKENDS:
         raise ValueError(f"memory backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if backend == "auto" and q.device.type not in AUTO_TRITON_DEVICES:
-        return "chunk"
-    name = "triton" if backend == "auto" else backend
-    reason = _SCANS[name][1](q, state, **config)
-    if reason is None and name in self_check.KERNEL_NAMES:
-        reason = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name)
-        if reason is not None and backend != "auto":  # the device computes something else
-            raise RuntimeError(f"titans.backend = {name!r}: {reason}; use 'auto' (falls back to 'chunk') or 'chunk'")
-    if reason is None:
-        return name
     if backend == "auto":
-        _warn_once(f"memory backend 'auto' uses 'chunk' on this {q.device.type.upper()} device: {reason}")
+        return _auto(q, state, **config)
+    refusal = _refusal(backend, q, state, **config)
+    if refusal is None:
+        return backend
+    if refusal.checked:  # the device computes something else
+        raise RuntimeError(
+            f"titans.backend = {backend!r}: {refusal.reason}; use 'auto' (falls back to 'chunk') or 'chunk'"
+        )
+    raise ValueError(f"titans.backend = {backend!r} cannot run here: {refusal.reason}; use 'auto' or 'chunk'")
+
+
+class Refusal(NamedTuple):
+    """Why a backend cannot run a configuration here; `checked` when its self-check failed."""
+
+    reason: str
+    checked: bool = False
+
+
+def _refusal(
+    name: str, q: torch.Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm, resets
+) -> Refusal | None:
+    """Why backend `name` cannot run this configuration here: its own answer, then (for the
+    kernel backends) its first-use self-check's."""
+    config = dict(chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets)
+    reason = _SCANS[name][1](q, state, **config)
+    if reason is not None:
+        return Refusal(reason)
+    if name in self_check.KERNEL_NAMES:
+        failed = self_check.failure(q, state, chunk_size, activation, max_grad_norm, resets, name)
+        if failed is not None:
+            return Refusal(failed, checked=True)
+    return None
+
+
+def _auto(q: torch.Tensor, state: MemoryState, **config) -> str:
+    """On CUDA: the fastest kernel design that supports the configuration and passed its
+    self-check (kernels/design_race.py); 'chunk' where none did, with the one-program
+    kernels' reason warned once. A preferred design whose self-check failed is warned too."""
+    if q.device.type not in AUTO_TRITON_DEVICES:
         return "chunk"
-    raise ValueError(f"titans.backend = {backend!r} cannot run here: {reason}; use 'auto' or 'chunk'")
+    candidates, device = {}, q.device.type.upper()
+    for name in design_race.designs(q.device):  # the one-program kernels last
+        refusal = _refusal(name, q, state, **config)
+        if refusal is None:
+            candidates[name] = _SCANS[name][0]
+        elif refusal.checked and name != "triton":
+            _warn_once(f"memory backend 'auto' does not use {name!r} on this {device} device: {refusal.reason}")
+    if candidates:
+        return design_race.fastest(candidates, q, state, **config)
+    _warn_once(f"memory backend 'auto' uses 'chunk' on this {device} device: {refusal.reason if refusal else ''}")
+    return "chunk"
 
 
 def neural_memory_scan(

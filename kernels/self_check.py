@@ -111,13 +111,12 @@ def forget() -> None:
     _RESULTS.clear()
 
 
-def _problem(key: tuple, checkpoint_every: int):
-    """Inputs as the memory module makes them (L2-normalised q and k, gates inside their
-    ranges), a ragged last chunk after a checkpoint group boundary, and restarts."""
+def problem(key: tuple, B: int, H: int, T: int):
+    """Inputs of configuration `key` ((inputs, state, restarts, initial)) as the memory
+    module makes them: L2-normalised q and k, gates inside their ranges, and (when the
+    configuration restarts) a restart inside the run and one in the last chunk."""
     device, dtype, depth, _, _, resets, dk, hidden, dv, chunk, _ = key
     g = torch.Generator().manual_seed(0)
-    B, H = 2, 2
-    T = (checkpoint_every + 1) * chunk + chunk // 2 + 1  # past a group boundary, a ragged last chunk
     n_chunks = -(-T // chunk)
 
     def rnd(*shape, scale=1.0):
@@ -138,7 +137,7 @@ def _problem(key: tuple, checkpoint_every: int):
     restarts = initial = None
     if resets:
         restarts = torch.zeros(B, n_chunks, dtype=torch.bool)
-        restarts[0, 1] = restarts[1, n_chunks - 1] = True  # a restart inside the run, one in the ragged chunk
+        restarts[0, min(1, n_chunks - 1)] = restarts[-1, n_chunks - 1] = True  # inside the run, in the last chunk
         initial = MemoryState(tuple(rnd(*w.shape, scale=w.shape[-2] ** -0.5) for w in weights), ())
     cast = [dtype] * 3 + [torch.float32] * 3
     inputs = tuple(t.to(device=device, dtype=c) for t, c in zip(inputs, cast, strict=True))
@@ -178,7 +177,8 @@ def paired_outputs(key: tuple, threshold: float | None, reference_stats: dict | 
 
     _, _, depth, activation, _, _, dk, hidden, dv, chunk, backend = key
     every = checkpoint_interval(state_size(dk, hidden, dv), chunk)  # the kernel production runs
-    inputs, state, restarts, initial = _problem(key, every)
+    # two sequences of two heads, past a checkpoint group boundary, ending in a ragged chunk
+    inputs, state, restarts, initial = problem(key, 2, 2, (every + 1) * chunk + chunk // 2 + 1)
     ins, st, init = _leaves(inputs, state, initial)
     q, k, v, theta, eta, alpha = ins
     config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)

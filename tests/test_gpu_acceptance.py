@@ -67,3 +67,16 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
     assert "measured us/chunk" in calibration.stdout
     rows = [line for line in calibration.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == len(results["sizes"]["lengths"])  # a row per length
+
+
+def test_a_design_report_says_what_auto_runs_and_its_race():
+    row = {"impl": "gluon_cluster", "direction": "forward", "T": 4096, "B": 2, "H": 16, "tokens_per_s": 1e6}
+    design = {"self_check": "passed", "difference": 1e-3, "gradient_difference": 2e-3, "rows": [row | {"speedup": 1.5}]}
+    design["auto"] = {
+        "backend": "gluon_cluster",
+        "races": ["memory scan designs raced on cuda:0: ...; gluon_cluster runs"],
+    }
+    text = gpu_acceptance._design_report(design, "Cluster")[0]
+    assert text.endswith(
+        "Backend `auto` runs `gluon_cluster` here; memory scan designs raced on cuda:0: ...; gluon_cluster runs."
+    )

@@ -296,3 +296,24 @@ def test_the_self_check_runs_the_split_and_catches_a_broken_meeting(monkeypatch,
     _break_meetings(monkeypatch)
     with pytest.raises(RuntimeError, match=r"titans\.backend = 'triton_split': Triton memory scan self-check failed"):
         dispatch.resolve_backend("triton_split", q, state, chunk_size=8, activation="silu", max_grad_norm=0.5)
+
+
+def test_auto_races_the_split_against_the_one_program_kernels(monkeypatch, checked_on_cpu):
+    """`auto` where the split is a candidate (any device but sm_90): both designs pass their
+    self-check and run the race's forward and backward; the faster one is chosen."""
+    from devtools.threaded_grid import threaded_grid
+    from titans_plugin.kernels import design_race
+
+    monkeypatch.setattr(dispatch, "AUTO_TRITON_DEVICES", ("cpu",))
+    monkeypatch.setattr(design_race, "RACED_DEVICES", ("cpu",))
+    monkeypatch.setattr(design_race, "RACE_CHUNKS", 2)
+    design_race.forget()
+    _, state = _depth2()
+    q = torch.zeros(1, 40, 2, 16)
+    with threaded_grid():
+        chosen = dispatch.resolve_backend("auto", q, state, chunk_size=8, activation="silu", max_grad_norm=0.5)
+    (race,) = design_race.results()
+    design_race.forget()
+    assert set(race.seconds) == {"triton_split", "triton"}
+    assert all(0 < s < float("inf") for s in race.seconds.values()), race.message
+    assert chosen == race.winner == min(race.seconds, key=race.seconds.get)

@@ -3,9 +3,9 @@
 one-program `titans::memory_scan` op and its backward, and the same checkpoints, so either
 backward can differentiate either forward.
 
-Not yet chosen by `auto`: it is selected explicitly (`split_memory_scan`) until a GPU has
-measured it against the one-program kernel and its self-check exists (docs/kernels.md,
-"Splitting the state across programs")."""
+`auto` runs it off sm_90 where it passed its self-check and the first-use race timed it
+faster than the one-program kernels (kernels/design_race.py; docs/kernels.md, "Splitting
+the state across programs")."""
 
 import torch
 import triton.language as tl

@@ -68,14 +68,16 @@ class MemoryConfig:
     backend: str = setting(
         "auto",
         one_of(BACKENDS),
-        "memory scan implementation; auto = the Triton kernels on CUDA (memory depth 1 or 2, when they compile "
-        "within the device's shared memory; otherwise `chunk`, with a one-time warning naming why), the exact "
-        "chunked PyTorch path elsewhere; chunk / triton force one (triton needs CUDA or `TRITON_INTERPRET=1`, and "
-        "depth 1 or 2; forcing it where it cannot launch is an error); triton_split = triton with the "
-        "state split across 4 (or 2) programs per (batch, head), only when named, on triton >= 3.9 "
+        "memory scan implementation; auto = on CUDA, the fastest kernel design that runs the configuration and "
+        "passed its first-use self-check, timed once per configuration and batch x heads (gluon_cluster against "
+        "triton on sm_90, triton_split against triton elsewhere; `TITANS_AUTO_RACE=0`: triton alone), `chunk` where "
+        "none does (a one-time warning names why), the exact chunked PyTorch path elsewhere "
+        "([kernels.md](kernels.md#choosing-a-backend)); chunk / triton force one (triton needs CUDA or "
+        "`TRITON_INTERPRET=1`, and depth 1 or 2; forcing it where it cannot launch is an error); triton_split = "
+        "triton with the state split across 4 (or 2) programs per (batch, head), on triton >= 3.9 "
         "([kernels.md](kernels.md#splitting-the-state-across-programs)); gluon_cluster = the forward by a Gluon "
         "kernel with the state in the shared memory of a cluster of sm_90 CTAs (depth 2, head dim 64, hidden 128 "
-        "or 256, bf16, no packed documents), the backward by triton, only when named "
+        "or 256, bf16, no packed documents), the backward by triton "
         "([kernels.md](kernels.md#the-gluon-cluster-forward)); naive = the per-token reference "
         "([kernels.md](kernels.md))",
     )
