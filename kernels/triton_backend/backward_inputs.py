@@ -182,8 +182,8 @@ def bwd_gate_grads(
     dc = get_vec(vec, V_DC1, BC) + tl.where(idx == last, tl.load(vec + V_ENDS * BC), 0.0)
     if DEPTH == 2:
         dc += get_vec(vec, V_DC, BC)
-    dlog_retain = rev_cumsum(dc * c) + segment_sum_adjoint(dA * A, idx)
     dem = tl.sum(A * df[:, None], 0) + tl.where(idx == last, tl.load(vec + V_ENDS * BC + 2), 0.0)
+    dlog_retain = rev_cumsum(dc * c) + segment_sum_adjoint(dA * A, idx)
     dlog_eta = rev_cumsum(dem * em) + dle_E
     dtheta_eff = get_vec(vec, V_DTHETA_EFF, BC)
     # Inner-gradient clipping: theta_eff = theta * min(1, max_norm / sqrt(sq)).

@@ -315,22 +315,19 @@ def bwd_retrieval(
             src, j, k, d1, v_ptr + row0 * DV, valid, H, DK, DT, DV, BK, BT, BV, BC, DEPTH, ACT, OP
         )
         S1 = load_tile(src + L1 + L2, DK, DT, 0, j * BT, BK, BT)
-        hW0 = mm(q, W1, OP)
-        hS0 = mm(q, S1, OP)
-        dW1 = load_tile(dst, DK, DT, 0, j * BT, BK, BT)
-        dS1 = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT)
-        dd0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT)
         if DEPTH == 2:
             dy0 = load_tile(scr + 2 * BC * DT, BC, DT, 0, j * BT, BC, BT)
         else:
             dy0 = load_tokens(dy_ptr + row0 * DV + j * BT, valid, DV - j * BT, BC, BT, H * DV)
-        dc += rowsum(dy0 * hW0)
-        df += rowsum(dy0 * hS0)
-        dW1 += mm_tn(q, c[:, None] * dy0, OP)
-        dS1 += mm_tn(q, f[:, None] * dy0, OP)
-        dR0 -= mm_nt(dy0, d0, OP)
-        dd0 -= mm_tn(s0G, dy0, OP)
+        # each term as soon as its operands are loaded, each gradient tile loaded where it is
+        # updated: fewer [BC, BT] tiles live at once (register pressure)
+        dc += rowsum(dy0 * mm(q, W1, OP))
+        df += rowsum(dy0 * mm(q, S1, OP))
         dq += mm_nt(c[:, None] * dy0, W1, OP) + mm_nt(f[:, None] * dy0, S1, OP)
+        dR0 -= mm_nt(dy0, d0, OP)
+        dW1 = load_tile(dst, DK, DT, 0, j * BT, BK, BT) + mm_tn(q, c[:, None] * dy0, OP)
+        dS1 = load_tile(dst + L1 + L2, DK, DT, 0, j * BT, BK, BT) + mm_tn(q, f[:, None] * dy0, OP)
+        dd0 = load_tile(scr, BC, DT, 0, j * BT, BC, BT) - mm_tn(s0G, dy0, OP)
         tl.debug_barrier()  # every thread has read tile j of dst and scr before it is overwritten
         store_tile(dst, dW1, DK, DT, 0, j * BT, BK, BT)
         store_tile(dst + L1 + L2, dS1, DK, DT, 0, j * BT, BK, BT)
