@@ -15,7 +15,8 @@ Steps, each reported and each able to fail the run (exit status 1):
    and SDPA attention beside it;
    and the split-state scan (`backend = "triton_split"`, its own self-check first) beside
    the one-program scan at B x H = 32, forward and forward + backward; the same for the
-   Gluon cluster forward (`backend = "gluon_cluster"`, sm_90, bf16), and which design
+   Gluon cluster forward (`backend = "gluon_cluster"`, sm_90, bf16), bit for bit the same
+   with one CTA of each cluster stalled at every exchange, and which design
    `backend = "auto"` picks there (kernels/design_race.py);
    and what a meeting of split programs costs (bench/exchange_bench.py: through global
    memory, and on sm_90 through a cluster's distributed shared memory);
@@ -333,6 +334,43 @@ def cluster_speed(run: Run) -> None:
 
     sizes = (1, 1, 80, 64, 128, 64) if run.dry else (2, run.sizes["heads"], run.sizes["lengths"][0], 64, 256, 64)
     design_speed(run, "gluon_cluster", "cluster_speed", supports, sizes, torch.bfloat16, contextlib.nullcontext)
+    if "rows" in run.results["cluster_speed"]:
+        run.results["cluster_speed"]["stall"] = cluster_stall(run)
+
+
+def cluster_stall(run: Run, stall_ns: int = 20_000) -> dict:
+    """The cluster kernel's exchanges under stress: the last CTA of every cluster waits
+    stall_ns after each exchange's barrier before reading its partners' slots
+    (gluon_backend.cluster.stalled). Output and end state must equal an unstalled run's bit
+    for bit. The emulation has no timing to stall: the dry run says so."""
+    if run.dry:
+        return {"not_run": "the CPU runs the kernel's emulation, which has no timing to stall"}
+    from titans_plugin.kernels import MemoryState, neural_memory_scan
+    from titans_plugin.kernels.gluon_backend.cluster import stalled
+
+    B, H, T, D, hidden = 2, 4, 8 * 64, 64, 256  # 8 chunks of 64: 3 stalls a chunk
+    g = torch.Generator().manual_seed(1)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(run.device)
+
+    qkv = tuple(torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1).bfloat16() for _ in range(3))
+    gates = tuple(torch.rand(B, T, H, generator=g).to(run.device) * c for c in (0.1, 1, 0.1))
+    w = (rnd(B, H, D, hidden, scale=D**-0.5), rnd(B, H, hidden, D, scale=hidden**-0.5))
+    state = MemoryState(w, tuple(torch.zeros_like(t) for t in w))
+    config = dict(chunk_size=64, activation="silu", max_grad_norm=1.0, backend="gluon_cluster")
+    with torch.no_grad():
+        y, end = neural_memory_scan(*qkv, *gates, state, **config)
+        with stalled(stall_ns):
+            y_stalled, end_stalled = neural_memory_scan(*qkv, *gates, state, **config)
+        torch.cuda.synchronize()
+    pairs = zip((y, *end.weights, *end.momentum), (y_stalled, *end_stalled.weights, *end_stalled.momentum), strict=True)
+    identical = all(torch.equal(a, b) for a, b in pairs)
+    verdict = "identical" if identical else "DIFFERENT"
+    print(f"gluon_cluster with its last CTA stalled {stall_ns:,} ns at every exchange: {verdict}", flush=True)
+    if not identical:
+        run.fail(f"the cluster kernel's result changes when one CTA reads its partners' slots {stall_ns} ns late")
+    return {"stall_ns": stall_ns, "identical": identical}
 
 
 def design_speed(run: Run, backend: str, key: str, supports, sizes: tuple, dtype, grid) -> None:
@@ -603,6 +641,9 @@ def _design_report(design: dict, name: str) -> list[str]:
         [x["impl"], x["direction"], x["T"], x["B"] * x["H"], f"{x['tokens_per_s']:,.0f}", f"{x['speedup']:.2f}"]
         for x in design["rows"]
     ]
+    if "stall" in design and "not_run" not in design["stall"]:
+        verdict = "identical to" if design["stall"]["identical"] else "**different** from"
+        text += f" With the last CTA stalled {design['stall']['stall_ns']:,} ns at every exchange: {verdict} unstalled."
     if "auto" in design:
         text += (
             f" Backend `auto` runs `{design['auto']['backend']}` here"

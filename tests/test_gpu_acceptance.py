@@ -46,6 +46,7 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
         assert cluster["difference"] < 1e-5
         assert cluster["gradient_difference"] < 1e-4
         assert [r["impl"] for r in cluster["rows"]] == ["triton", "triton", "gluon_cluster", "gluon_cluster"]
+        assert "no timing to stall" in cluster["stall"]["not_run"]
     else:  # triton < 3.9: the steps say why they did not run
         assert "tl.atomic_poll" in split["not_run"]
         assert "tl.atomic_poll" in results["exchange"]["not_run"]
@@ -72,11 +73,13 @@ def test_the_dry_run_passes_every_step_and_the_roofline_reads_it(tmp_path):
 def test_a_design_report_says_what_auto_runs_and_its_race():
     row = {"impl": "gluon_cluster", "direction": "forward", "T": 4096, "B": 2, "H": 16, "tokens_per_s": 1e6}
     design = {"self_check": "passed", "difference": 1e-3, "gradient_difference": 2e-3, "rows": [row | {"speedup": 1.5}]}
+    design["stall"] = {"stall_ns": 20000, "identical": True}
     design["auto"] = {
         "backend": "gluon_cluster",
         "races": ["memory scan designs raced on cuda:0: ...; gluon_cluster runs"],
     }
     text = gpu_acceptance._design_report(design, "Cluster")[0]
+    assert "With the last CTA stalled 20,000 ns at every exchange: identical to unstalled." in text
     assert text.endswith(
         "Backend `auto` runs `gluon_cluster` here; memory scan designs raced on cuda:0: ...; gluon_cluster runs."
     )

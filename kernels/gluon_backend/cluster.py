@@ -9,6 +9,7 @@ head). Gluon has no interpreter, so under TRITON_INTERPRET=1 the op runs the ker
 arithmetic in torch (emulation.py): the CPU tests drive the backend end to end, the Triton
 backward included, through the same op."""
 
+import contextlib
 import functools
 
 import torch
@@ -67,9 +68,11 @@ def device_problem(device: torch.device) -> str | None:
     return gluon_problem()
 
 
-def compile_cluster(n_ctas: int, chunk_size: int, activation: str, clip: bool, save: bool = True, consan=False):
+def compile_cluster(
+    n_ctas: int, chunk_size: int, activation: str, clip: bool, save: bool = True, consan=False, stall: int = 0
+):
     """The CompiledKernel for sm_90, ahead of time (no GPU needed), with the checkpoint
-    interval a launch of this configuration takes."""
+    interval a launch of this configuration takes (stall: `stalled`'s build)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import GluonASTSource
@@ -81,7 +84,7 @@ def compile_cluster(n_ctas: int, chunk_size: int, activation: str, clip: bool, s
     sig = dict(zip(pointers, types, strict=True))
     sig.update({"saved_ptr": "*fp32", "clip_ptr": "*fp32", "T": "i32", "H": "i32", "max_norm": "fp32"})
     every = checkpoint_interval(state_size(HEAD_DIM, n_ctas * UNITS_PER_CTA, HEAD_DIM), chunk_size)
-    constexprs = _constexprs(chunk_size, activation, clip, save, every)
+    constexprs = _constexprs(chunk_size, activation, clip, save, every, stall)
     sig.update({name: "constexpr" for name in constexprs})
     options: dict[str, int | str] = {"num_warps": NUM_WARPS, "num_ctas": n_ctas}
     if consan:
@@ -92,9 +95,27 @@ def compile_cluster(n_ctas: int, chunk_size: int, activation: str, clip: bool, s
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def _constexprs(chunk_size: int, activation: str, clip: bool, save: bool, every: int) -> dict:
+def _constexprs(chunk_size: int, activation: str, clip: bool, save: bool, every: int, stall: int = 0) -> dict:
     sizes = {"CHUNK": chunk_size, "D": HEAD_DIM, "HC": UNITS_PER_CTA}
-    return {**sizes, "ACT": ACTIVATION_CODES[activation], "CLIP": clip, "SAVE": save, "CKPT": every}
+    return {**sizes, "ACT": ACTIVATION_CODES[activation], "CLIP": clip, "SAVE": save, "CKPT": every, "STALL": stall}
+
+
+_stall_ns = 0  # set only inside `stalled`
+
+
+@contextlib.contextmanager
+def stalled(ns: int):
+    """Kernel launches inside make the last CTA of every cluster wait `ns` nanoseconds
+    after each exchange's barrier before it reads its partners' slots. The result must not
+    change by a bit: every CTA sums the same values in the same order whatever the timing,
+    and a slot is written again only after every CTA has passed the next exchange's barrier
+    (the GPU acceptance run's stress test of that argument; a build of its own)."""
+    global _stall_ns
+    before, _stall_ns = _stall_ns, ns
+    try:
+        yield
+    finally:
+        _stall_ns = before
 
 
 @functools.cache
@@ -165,7 +186,7 @@ def cluster_memory_scan(
         T,
         H,
         max_grad_norm,
-        **_constexprs(chunk_size, activation, clip, save_states, checkpoint_every),
+        **_constexprs(chunk_size, activation, clip, save_states, checkpoint_every, _stall_ns),
         num_warps=NUM_WARPS,
         num_ctas=split,
     )

@@ -37,6 +37,7 @@ from .cluster_pieces import (
     segment_sum,
     sharded,
     sharded_smem,
+    stall_last_cta,
     vector,
 )
 
@@ -109,11 +110,14 @@ def cluster_forward_kernel(
     CLIP: gl.constexpr,
     SAVE: gl.constexpr,
     CKPT: gl.constexpr,
+    STALL: gl.constexpr = 0,
 ):
     """The scan of one (batch, head) per cluster: state_ptr [B*H, N] fp32 (the state to
     advance in place), y [B, T, H, D], saved [B*H, n_ckpt, N] (the state entering every
     CKPT-th chunk, with SAVE), clip factors [B, T, H] (with CLIP); the other arguments as
-    the Triton forward's (forward.py)."""
+    the Triton forward's (forward.py). STALL > 0: after every exchange's barrier the last
+    CTA waits STALL ns before it reads (the acceptance run's stress test; 0 compiles no
+    trace of it)."""
     NCTA: gl.constexpr = gl.num_ctas()
     NW: gl.constexpr = gl.num_warps()
     HID: gl.constexpr = NCTA * HC
@@ -224,6 +228,8 @@ def cluster_forward_kernel(
         e_slot.store(e_part)
         v_slot.store(gl.sum(a_fine * a_fine, 1))
         gl.barrier(cluster=True)
+        if STALL > 0:
+            stall_last_cta(STALL)
         d1 = 2.0 * (cluster_sum(e_parts, ACC, ALL3) - v)
         sqa1 = cluster_sum(v_parts, ROW, ALL2)
         sqd1 = gl.sum(d1 * d1, 1)
@@ -236,6 +242,8 @@ def cluster_forward_kernel(
         if CLIP:
             c_slot.store(gl.sum(d0 * d0, 1))
             gl.barrier(cluster=True)
+            if STALL > 0:
+                stall_last_cta(STALL)
             raw = max_norm / gl.sqrt(sqa0 * cluster_sum(c_parts, ROW, ALL2) + sqa1 * sqd1 + EPS)
             factor = gl.minimum(raw, 1.0)
             gl.store(clip_ptr + tok, factor, mask=valid)  # replicated: CTA 0 stores
@@ -286,6 +294,8 @@ def cluster_forward_kernel(
 
         # 5. The output: the cluster's layer-2 sums, less the scores' inner-error term.
         gl.barrier(cluster=True)
+        if STALL > 0:
+            stall_last_cta(STALL)
         _operand(m_s, cluster_sum(s_parts, ACC, ALL3) * G)
         y = cluster_sum(y_parts, ACC, ALL3) - _mm(m_s, d1_s, ACC)
         gl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)  # replicated: CTA 0 stores

@@ -154,3 +154,20 @@ def cluster_sum(parts, layout: gl.constexpr, ALL: gl.constexpr):
     writes a slot again only after passing a later barrier, which every partner reaches
     only after its reads of that slot."""
     return gl.convert_layout(gl.sum(parts.load(ALL), axis=0), layout)
+
+
+@gluon.jit
+def _now():
+    return gl.inline_asm("mov.u64 $0, %globaltimer;", "=l", (), gl.int64)
+
+
+@gluon.jit
+def stall_last_cta(NS: gl.constexpr):
+    """The cluster's last CTA waits NS nanoseconds (a stress test of the exchanges: a CTA
+    that reads its partners' slots late must still read the chunk's values)."""
+    rank = gl.inline_asm("mov.u32 $0, %cluster_ctarank;", "=r", (), gl.int32)
+    if rank == gl.num_ctas() - 1:
+        start = _now()
+        now = start
+        while now - start < NS:
+            now = _now()
