@@ -461,7 +461,7 @@ def design_speed(run: Run, backend: str, key: str, supports, sizes: tuple, dtype
         from titans_plugin.kernels import design_race, resolve_backend
 
         chosen = resolve_backend("auto", q, state, **config)
-        races = [r.message for r in design_race.results()]
+        races = [r.message for r in design_race.races_for(q, state, **config, resets=False)]
         print(f"backend 'auto' runs {chosen!r} here" + "".join(f"\n  {m}" for m in races), flush=True)
         run.results[key]["auto"] = {"backend": chosen, "races": races}
 

@@ -8,10 +8,11 @@ programs that meet through global memory (`triton_split`). Which one is fastest 
 the device, the batch x heads (how many programs fill it) and the configuration, and the
 roofline model's terms are estimates until a GPU has measured them. So the first time a
 process would run a configuration at a batch x heads with more than one candidate, it times
-a forward and backward of each on random inputs of that shape (the sequence capped at
-RACE_CHUNKS chunks: the cost per chunk is what differs), keeps the fastest and logs the
-times. Every candidate passed its self-check first, so the race costs start-up time, never
-correctness.
+a forward and backward of each on random inputs of that batch and heads and RACE_CHUNKS
+chunks (the cost per chunk is what differs), keeps the fastest and logs the times. Every
+candidate passed its self-check first, so the race costs start-up time, never correctness;
+where no design runs in the race, the one-program kernels do. With the self-check turned
+off (TITANS_TRITON_SELF_CHECK=0) only the one-program kernels are considered.
 
 Candidates per device (DESIGNS): on sm_90 the Gluon cluster forward and the one-program
 kernels; on other CUDA devices the split-state scan and the one-program kernels. A race is
@@ -52,8 +53,8 @@ def enabled() -> bool:
 def designs(device: torch.device) -> tuple[str, ...]:
     """The kernel designs `auto` considers on `device`, in order of preference at a tie, the
     one-program kernels last (the fallback)."""
-    if not enabled() or device.type not in RACED_DEVICES:
-        return ("triton",)
+    if not enabled() or not self_check.enabled() or device.type not in RACED_DEVICES:
+        return ("triton",)  # the other designs only where their self-check runs
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
         return ("gluon_cluster", "triton")
     return ("triton_split", "triton")
@@ -67,8 +68,7 @@ def fastest(
     if len(scans) == 1:
         return next(iter(scans))
     key = self_check.configuration(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets)
-    B, T, H = q.shape[0], q.shape[1], q.shape[2]
-    race_key = (*key[:-1], B, H, min(T, RACE_CHUNKS * chunk_size), tuple(scans))
+    race_key = (*key[:-1], q.shape[0], q.shape[2], RACE_CHUNKS * chunk_size, tuple(scans))
     if race_key not in _RACES:
         _RACES[race_key] = _race(scans, race_key, max_grad_norm)
         log.info(_RACES[race_key].message)
@@ -80,6 +80,13 @@ def results() -> list[Race]:
     return list(_RACES.values())
 
 
+def races_for(q: torch.Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm, resets) -> list[Race]:
+    """The races run for this configuration at q's batch and heads."""
+    key = self_check.configuration(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets)
+    prefix = (*key[:-1], q.shape[0], q.shape[2])
+    return [race for race_key, race in _RACES.items() if race_key[: len(prefix)] == prefix]
+
+
 def forget() -> None:
     """Drop every remembered race (tests)."""
     _RACES.clear()
@@ -87,16 +94,20 @@ def forget() -> None:
 
 def _race(scans: dict[str, Callable], race_key: tuple, max_grad_norm) -> Race:
     key, (B, H, T) = (*race_key[:10], "triton"), race_key[10:13]
-    inputs, state, restarts, initial = self_check.problem(key, B, H, T)
-    config = dict(chunk_size=key[9], activation=key[3], max_grad_norm=max_grad_norm, resets=restarts)
-    seconds = {}
-    for name, scan in scans.items():
-        try:
-            seconds[name] = time_design(scan, inputs, state, config, initial)
-        except Exception as exc:  # a design that cannot run this shape loses; the others still race
-            seconds[name] = float("inf")
-            log.warning("memory scan design %r raised %r in the race; it is not used here", name, exc)
+    # real tensors even when the first call comes under torch.inference_mode()
+    with torch.inference_mode(False):
+        inputs, state, restarts, initial = self_check.problem(key, B, H, T)
+        config = dict(chunk_size=key[9], activation=key[3], max_grad_norm=max_grad_norm, resets=restarts)
+        seconds = {}
+        for name, scan in scans.items():
+            try:
+                seconds[name] = time_design(scan, inputs, state, config, initial)
+            except Exception as exc:  # a design that cannot run this shape loses; the others still race
+                seconds[name] = float("inf")
+                log.warning("memory scan design %r raised %r in the race; it is not used here", name, exc)
     winner = min(seconds, key=lambda name: seconds[name])  # the earlier design at a tie
+    if seconds[winner] == float("inf"):  # none ran: the one-program kernels (checked), never an untimed design
+        winner = "triton" if "triton" in seconds else winner
     times = ", ".join(f"{name} {1e3 * s:.3f} ms" for name, s in seconds.items())
     label = self_check.describe(key)
     message = f"memory scan designs raced on {label}, batch {B} x heads {H}, {T} tokens: {times}; {winner} runs"
@@ -116,7 +127,7 @@ def time_design(scan: Callable, inputs, state: MemoryState, config: dict, initia
         st = MemoryState(tuple(w.detach().requires_grad_() for w in state.weights), state.momentum)
         sync()
         start = time.perf_counter()
-        with torch.enable_grad():  # the race may come under torch.no_grad(), as the check
+        with torch.enable_grad():  # the race may come under torch.no_grad(), as the check may
             y, end = scan(*ins, st, **config, initial=initial)
             loss = y.float().sum() + sum(w.float().sum() for w in end.weights)
             loss.backward()

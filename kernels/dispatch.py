@@ -142,20 +142,35 @@ def _refusal(
     return None
 
 
+def _splits_as_checked(name: str, q: torch.Tensor, state: MemoryState, **config) -> bool:
+    """The split-state scan runs 4 or 2 programs per (batch, head), as many as can be
+    resident at q's batch x heads; its self-check ran the count of the check's problem.
+    `auto` runs it only where the two agree (a named `triton_split` runs either)."""
+    if name != "triton_split":
+        return True
+    pairs = self_check.CHECK_PAIRS[0] * self_check.CHECK_PAIRS[1]
+    return triton_backend.split_count(q, state, **config) == triton_backend.split_count(q, state, **config, pairs=pairs)
+
+
 def _auto(q: torch.Tensor, state: MemoryState, **config) -> str:
     """On CUDA: the fastest kernel design that supports the configuration and passed its
     self-check (kernels/design_race.py); 'chunk' where none did, with the one-program
-    kernels' reason warned once. A preferred design whose self-check failed is warned too."""
+    kernels' reason warned once. A design whose self-check failed while another runs is
+    warned too."""
     if q.device.type not in AUTO_TRITON_DEVICES:
         return "chunk"
-    candidates, device = {}, q.device.type.upper()
+    candidates, failed, device = {}, {}, q.device.type.upper()
     for name in design_race.designs(q.device):  # the one-program kernels last
         refusal = _refusal(name, q, state, **config)
+        if refusal is None and not _splits_as_checked(name, q, state, **config):
+            continue  # its self-check never ran the program count this batch x heads takes
         if refusal is None:
             candidates[name] = _SCANS[name][0]
-        elif refusal.checked and name != "triton":
-            _warn_once(f"memory backend 'auto' does not use {name!r} on this {device} device: {refusal.reason}")
+        elif refusal.checked:
+            failed[name] = refusal.reason
     if candidates:
+        for name, reason in failed.items():  # a design that failed its self-check, left out
+            _warn_once(f"memory backend 'auto' does not use {name!r} on this {device} device: {reason}")
         return design_race.fastest(candidates, q, state, **config)
     _warn_once(f"memory backend 'auto' uses 'chunk' on this {device} device: {refusal.reason if refusal else ''}")
     return "chunk"

@@ -38,6 +38,7 @@ CHECKED_DEVICES = ("cuda",)
 # (tests/test_triton_kernels.py); the fp32 chunked reference adds its own rounding.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 CLIP = 0.1  # a clip threshold that acts on most tokens of the problem
+CHECK_PAIRS = (2, 2)  # the problem's batch and heads (the split scan's program count depends on them)
 _RESULTS: dict[tuple, "CheckResult"] = {}
 # The kernel backends the check covers, as their labels read in its messages.
 KERNEL_NAMES = {"triton": "", "triton_split": ", split-state scan", "gluon_cluster": ", Gluon cluster forward"}
@@ -177,8 +178,9 @@ def paired_outputs(key: tuple, threshold: float | None, reference_stats: dict | 
 
     _, _, depth, activation, _, _, dk, hidden, dv, chunk, backend = key
     every = checkpoint_interval(state_size(dk, hidden, dv), chunk)  # the kernel production runs
-    # two sequences of two heads, past a checkpoint group boundary, ending in a ragged chunk
-    inputs, state, restarts, initial = problem(key, 2, 2, (every + 1) * chunk + chunk // 2 + 1)
+    # CHECK_PAIRS sequences and heads, past a checkpoint group boundary, ending in a ragged chunk
+    B, H = CHECK_PAIRS
+    inputs, state, restarts, initial = problem(key, B, H, (every + 1) * chunk + chunk // 2 + 1)
     ins, st, init = _leaves(inputs, state, initial)
     q, k, v, theta, eta, alpha = ins
     config = dict(chunk_size=chunk, activation=activation, max_grad_norm=threshold, resets=restarts)
@@ -210,9 +212,10 @@ def _run(key: tuple) -> CheckResult:
     start = time.perf_counter()
     label = describe(key)
     try:
-        # the first call of a configuration may come under torch.no_grad() (inference, or a
-        # forward-only timing): the check differentiates either way
-        with torch.enable_grad():
+        # the first call of a configuration may come under torch.no_grad() or
+        # torch.inference_mode() (inference, or a forward-only timing): the check
+        # differentiates either way
+        with torch.inference_mode(False), torch.enable_grad():
             pairs = paired_outputs(key, CLIP if clip else None)
         worst, error = "", 0.0
         for name, a, b in pairs:

@@ -18,6 +18,7 @@ CONFIG = dict(chunk_size=8, activation="silu", max_grad_norm=None, resets=False)
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
     monkeypatch.delenv("TITANS_AUTO_RACE", raising=False)
+    monkeypatch.delenv("TITANS_TRITON_SELF_CHECK", raising=False)
     monkeypatch.setattr(dispatch, "_warned", set())
     design_race.forget()
     yield
@@ -79,14 +80,13 @@ def test_the_fastest_design_wins_once_per_configuration_and_shape(monkeypatch, c
     (race,) = design_race.results()
     assert race.seconds == {"cluster": 2e-3, "one": 3e-3}
     assert "cluster 2.000 ms, one 3.000 ms; cluster runs" in caplog.text
-    assert "batch 1 x heads 1, 40 tokens" in caplog.text
-    # another batch x heads, another sequence length past the cap, another clip: raced again
+    assert f"batch 1 x heads 1, {design_race.RACE_CHUNKS * 8} tokens" in caplog.text  # always 16 chunks
+    # another batch x heads, another clip: raced again; another length: not
     design_race.fastest(scans, _q(B=2), _state(B=2), **CONFIG)
     design_race.fastest(scans, _q(T=1000), _state(), **CONFIG)
-    design_race.fastest(scans, _q(T=2000), _state(), **CONFIG)  # the same capped length
     design_race.fastest(scans, _q(), _state(), **(CONFIG | {"max_grad_norm": 1.0}))
-    assert len(calls) == 2 * 4
-    assert f"{design_race.RACE_CHUNKS * 8} tokens" in design_race.results()[2].message
+    assert len(calls) == 2 * 3
+    assert [r.message for r in design_race.races_for(_q(T=7), _state(), **CONFIG)] == [race.message]
 
 
 def test_a_tie_goes_to_the_design_listed_first_and_a_design_that_raises_loses(monkeypatch):
@@ -100,6 +100,19 @@ def test_a_tie_goes_to_the_design_listed_first_and_a_design_that_raises_loses(mo
     assert design_race.results()[-1].seconds["broken"] == math.inf
 
 
+def test_where_no_design_runs_in_the_race_the_one_program_kernels_do(monkeypatch):
+    _timed(monkeypatch, {"cluster": None, "triton": None})
+    assert design_race.fastest({"cluster": _scan("cluster"), "triton": _scan("triton")}, _q(), _state(), **CONFIG) == (
+        "triton"
+    )
+
+
+def test_without_the_self_check_only_the_one_program_kernels_are_considered(monkeypatch):
+    monkeypatch.setattr(design_race, "RACED_DEVICES", ("cpu",))
+    monkeypatch.setenv("TITANS_TRITON_SELF_CHECK", "0")
+    assert design_race.designs(torch.device("cpu")) == ("triton",)
+
+
 def test_a_single_candidate_is_not_raced(monkeypatch):
     calls = _timed(monkeypatch, {"one": 1.0})
     assert design_race.fastest({"one": _scan("one")}, _q(), _state(), **CONFIG) == "one"
@@ -107,11 +120,12 @@ def test_a_single_candidate_is_not_raced(monkeypatch):
     assert design_race.results() == []
 
 
-@pytest.mark.parametrize("resets", [False, True])
-def test_a_real_race_times_forward_and_backward_under_no_grad(resets):
-    """The race's own problem (one sequence, restarts when asked) through two real scans."""
+@pytest.mark.parametrize(("resets", "mode"), [(False, torch.no_grad), (True, torch.inference_mode)])
+def test_a_real_race_times_forward_and_backward_under_no_grad(resets, mode):
+    """The race's own problem (one sequence, restarts when asked) through two real scans,
+    its first call under no_grad or inference mode."""
     scans = {"chunk": chunk.chunk_neural_memory, "naive": naive.naive_neural_memory}
-    with torch.no_grad():
+    with mode():
         winner = design_race.fastest(scans, _q(), _state(), **(CONFIG | {"resets": resets}))
     (race,) = design_race.results()
     assert winner == min(race.seconds, key=race.seconds.get)
@@ -145,6 +159,12 @@ def test_a_preferred_design_that_fails_its_check_is_warned_and_left_out(monkeypa
     with pytest.warns(UserWarning, match="does not use 'gluon_cluster' on this CPU device: gluon_cluster self-check"):
         assert dispatch.resolve_backend("auto", _q(), _state(), **CONFIG) == "triton"
     assert calls == []  # one candidate left: no race
+
+
+def test_a_failed_one_program_check_is_warned_while_another_design_runs(monkeypatch):
+    _designs(monkeypatch, ["gluon_cluster", "triton"], failing=["triton"])
+    with pytest.warns(UserWarning, match="does not use 'triton' on this CPU device: triton self-check failed"):
+        assert dispatch.resolve_backend("auto", _q(), _state(), **CONFIG) == "gluon_cluster"
 
 
 def test_a_design_outside_its_scope_is_left_out_quietly_and_none_left_means_chunk(monkeypatch, recwarn):

@@ -100,10 +100,11 @@ def test_an_exception_in_the_kernels_is_a_failed_check(monkeypatch):
     assert "raised RuntimeError('illegal memory access')" in message
 
 
-def test_a_first_use_under_no_grad_is_checked_with_gradients():
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_first_use_under_no_grad_is_checked_with_gradients(mode):
     """Inference (or a forward-only timing) may be the first use of a configuration: the
     check still differentiates, and passes."""
-    with torch.no_grad():
+    with mode():
         assert self_check.failure(_q(), _state(1), 8, "silu", 0.0, False) is None
 
 

@@ -307,6 +307,7 @@ def test_auto_races_the_split_against_the_one_program_kernels(monkeypatch, check
     monkeypatch.setattr(dispatch, "AUTO_TRITON_DEVICES", ("cpu",))
     monkeypatch.setattr(design_race, "RACED_DEVICES", ("cpu",))
     monkeypatch.setattr(design_race, "RACE_CHUNKS", 2)
+    monkeypatch.delenv("TITANS_AUTO_RACE", raising=False)
     design_race.forget()
     _, state = _depth2()
     q = torch.zeros(1, 40, 2, 16)
@@ -317,3 +318,25 @@ def test_auto_races_the_split_against_the_one_program_kernels(monkeypatch, check
     assert set(race.seconds) == {"triton_split", "triton"}
     assert all(0 < s < float("inf") for s in race.seconds.values()), race.message
     assert chosen == race.winner == min(race.seconds, key=race.seconds.get)
+
+
+def test_auto_runs_the_split_only_where_it_splits_as_its_check_did(monkeypatch):
+    """The split takes 4 programs per (batch, head) where 4 x batch x heads fit the SMs, else
+    2; its self-check's problem (2 x 2 pairs) takes 4, so `auto` leaves it out where a call
+    would take 2 (132 SMs, hidden 64 in 4 tiles of 16)."""
+    import types
+
+    from titans_plugin.kernels.triton_backend import capability
+
+    props = types.SimpleNamespace(multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(capability, "arch_of", lambda device: 80)
+    _, state = memory_inputs(B=1, T=8, H=2, D=16, depth=2, hidden=64, dtype=torch.float32)
+    cfg = dict(chunk_size=8, activation="silu", max_grad_norm=None, resets=False)
+
+    def q(pairs):
+        return types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16, shape=(pairs, 8, 1, 16))
+
+    assert dispatch._splits_as_checked("triton_split", q(33), state, **cfg)  # 132 programs: 4 each
+    assert not dispatch._splits_as_checked("triton_split", q(34), state, **cfg)  # 2 each: unchecked
+    assert dispatch._splits_as_checked("triton", q(34), state, **cfg)

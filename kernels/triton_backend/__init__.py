@@ -18,6 +18,14 @@ compile.py     ahead-of-time compiles for an sm_<arch> target (no GPU needed)
 """
 
 from .config import SUPPORTED_DEPTHS
-from .ops import launch, launch_split, split_supports, supports, triton_neural_memory
+from .ops import launch, launch_split, split_count, split_supports, supports, triton_neural_memory
 
-__all__ = ["SUPPORTED_DEPTHS", "launch", "launch_split", "split_supports", "supports", "triton_neural_memory"]
+__all__ = [
+    "SUPPORTED_DEPTHS",
+    "launch",
+    "launch_split",
+    "split_count",
+    "split_supports",
+    "supports",
+    "triton_neural_memory",
+]

@@ -355,16 +355,25 @@ def split_supports(
     return split_programs(meta, q.shape[0] * q.shape[2], q.device)[1]
 
 
+def split_count(
+    q: Tensor, state, *, chunk_size, activation, max_grad_norm=None, resets=False, pairs: int | None = None
+) -> int:
+    """Programs per (batch, head) the split-state scan of q runs (0: none fits), or with
+    `pairs` (batch, head) pairs instead of q's: it depends on how many must be resident."""
+    from .split import split_programs
+
+    meta = capability.state_meta(q, state, chunk_size, activation, max_grad_norm, resets)
+    return split_programs(meta, pairs or q.shape[0] * q.shape[2], q.device)[0]
+
+
 def launch_split(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor, state, **config):
     """The split-state scan, once `split_supports` has found nothing
     against it (`launch`'s arguments)."""
-    from .split import split_programs
-
+    chunk_size, activation, max_grad_norm = config["chunk_size"], config["activation"], config.get("max_grad_norm")
     resets = config.get("resets") is not None
-    meta = capability.state_meta(
-        q, state, config["chunk_size"], config["activation"], config.get("max_grad_norm"), resets
+    split = split_count(
+        q, state, chunk_size=chunk_size, activation=activation, max_grad_norm=max_grad_norm, resets=resets
     )
-    split, _ = split_programs(meta, q.shape[0] * q.shape[2], q.device)
     return launch(q, k, v, theta, eta, alpha, state, **config, split=split)
 
 
