@@ -14,7 +14,7 @@ candidate passed its self-check first, so the race costs start-up time, never co
 where no design runs in the race, the one-program kernels do. With the self-check turned
 off (TITANS_TRITON_SELF_CHECK=0) only the one-program kernels are considered.
 
-Candidates per device (DESIGNS): on sm_90 the Gluon cluster forward and the one-program
+Candidates per device (`designs`): on sm_90 the Gluon cluster forward and the one-program
 kernels; on other CUDA devices the split-state scan and the one-program kernels. A race is
 one process's measurement: ranks of a distributed job measure for themselves and may pick
 different designs, which agree to rounding. `TITANS_AUTO_RACE=0` (or naming a backend)
@@ -68,11 +68,16 @@ def fastest(
     if len(scans) == 1:
         return next(iter(scans))
     key = self_check.configuration(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets)
-    race_key = (*key[:-1], q.shape[0], q.shape[2], RACE_CHUNKS * chunk_size, tuple(scans))
+    race_key = (*_pairs_key(key, q), tuple(scans))
     if race_key not in _RACES:
-        _RACES[race_key] = _race(scans, race_key, max_grad_norm)
+        _RACES[race_key] = _race(scans, key, q.shape[0], q.shape[2], max_grad_norm)
         log.info(_RACES[race_key].message)
     return _RACES[race_key].winner
+
+
+def _pairs_key(key: tuple, q: torch.Tensor) -> tuple:
+    """A self-check configuration key (any backend) with q's batch and heads: what a race is run for."""
+    return (*key[:-1], q.shape[0], q.shape[2])
 
 
 def results() -> list[Race]:
@@ -83,8 +88,8 @@ def results() -> list[Race]:
 def races_for(q: torch.Tensor, state: MemoryState, *, chunk_size, activation, max_grad_norm, resets) -> list[Race]:
     """The races run for this configuration at q's batch and heads."""
     key = self_check.configuration(q.device, q.dtype, state, chunk_size, activation, bool(max_grad_norm), resets)
-    prefix = (*key[:-1], q.shape[0], q.shape[2])
-    return [race for race_key, race in _RACES.items() if race_key[: len(prefix)] == prefix]
+    prefix = _pairs_key(key, q)
+    return [race for race_key, race in _RACES.items() if race_key[:-1] == prefix]
 
 
 def forget() -> None:
@@ -92,8 +97,8 @@ def forget() -> None:
     _RACES.clear()
 
 
-def _race(scans: dict[str, Callable], race_key: tuple, max_grad_norm) -> Race:
-    key, (B, H, T) = (*race_key[:10], "triton"), race_key[10:13]
+def _race(scans: dict[str, Callable], key: tuple, B: int, H: int, max_grad_norm) -> Race:
+    T = RACE_CHUNKS * key[9]  # key: self_check.configuration's
     # real tensors even when the first call comes under torch.inference_mode()
     with torch.inference_mode(False):
         inputs, state, restarts, initial = self_check.problem(key, B, H, T)

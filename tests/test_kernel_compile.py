@@ -155,22 +155,30 @@ def test_the_cluster_forward_meets_once_or_twice_a_chunk(compiled):
     assert 4 * 4 * 64 * 64 * 4 // 4 < r["shared"] <= 232_448  # more than the 64 KiB of fp32 shards
 
 
+def _cluster_compiles(code: str) -> list[str]:
+    """The printed lines of `code` run with `compile_cluster` imported, outside the
+    interpreter; the test is skipped where this triton builds no Gluon cluster kernel."""
+    preamble = (
+        "from titans_plugin.kernels.gluon_backend.cluster import compile_cluster, gluon_problem\n"
+        "if gluon_problem(): print('skip', gluon_problem()); raise SystemExit\n"
+    )
+    proc = _without_interpreter(["-c", preamble + code])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    if lines[0].startswith("skip"):
+        pytest.skip(lines[0])
+    return lines
+
+
 def test_the_cluster_forward_builds_without_the_clip_and_for_the_race_checker():
     """Without the clip one barrier fewer; and the kernel builds with Triton's concurrency
     sanitizer (instrumentation_mode="consan"), so a GPU run can check it for races."""
-    code = (
-        "from titans_plugin.kernels.gluon_backend.cluster import compile_cluster, gluon_problem\n"
-        "if gluon_problem(): print('skip', gluon_problem()); raise SystemExit\n"
+    lines = _cluster_compiles(
         "plain = compile_cluster(4, 64, 'silu', False)\n"
         "print(plain.asm['ptx'].count('barrier.cluster.arrive'))\n"
         "checked = compile_cluster(2, 64, 'silu', True, consan=True)\n"
         "print(len(checked.asm['cubin']) > len(compile_cluster(2, 64, 'silu', True).asm['cubin']))\n"
     )
-    proc = _without_interpreter(["-c", code])
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    if lines[0].startswith("skip"):
-        pytest.skip(lines[0])
     assert lines == ["4", "True"]  # 2 a chunk + 2; the instrumented build is larger
 
 
@@ -178,19 +186,12 @@ def test_the_cluster_forwards_stress_build_stalls_its_last_cta_and_only_it():
     """The acceptance run's stress build (gluon_backend.cluster.stalled): the cluster's last
     CTA reads the global timer after each exchange's barrier, with the same barriers as the
     production build, which reads no timer at all."""
-    code = (
-        "from titans_plugin.kernels.gluon_backend.cluster import compile_cluster, gluon_problem\n"
-        "if gluon_problem(): print('skip', gluon_problem()); raise SystemExit\n"
+    lines = _cluster_compiles(
         "for stall in (0, 20000):\n"
         "    ptx = compile_cluster(2, 64, 'silu', True, stall=stall).asm['ptx']\n"
         "    print(ptx.count('barrier.cluster.arrive'), ptx.count('%globaltimer'), ptx.count('%cluster_ctarank'),\n"
         "          ptx.count('setp.lt.s64'))\n"
     )
-    proc = _without_interpreter(["-c", code])
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    if lines[0].startswith("skip"):
-        pytest.skip(lines[0])
     plain, stalled = ([int(x) for x in line.split()] for line in lines)
     assert plain[:2] == [5, 0]
     assert stalled[0] == plain[0]
