@@ -39,6 +39,31 @@ def test_incremental_decoding_equals_full_pass(pattern, form, pieces):
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-11
 
 
+@pytest.mark.parametrize(("pattern", "form"), FORMS, ids=FORM_IDS)
+def test_stream_training_equals_full_pass_and_cuts_the_graph_between_pieces(pattern, form):
+    """forward_stream: the pieces' logits are the full pass's; the caches it hands on carry no
+    graph, so a piece's gradient is the truncated one (the earlier pieces' tokens are read,
+    not trained through), which differs from the gradient through the whole sequence."""
+    m = tiny_model(pattern, **form)
+    tokens = torch.randint(0, 50, (2, 23))
+    target = torch.randint(0, 50, (2, 11))
+    first, caches = m.forward_stream(tokens[:, :12])
+    assert all(not t.requires_grad for t in torch.utils._pytree.tree_leaves(caches) if isinstance(t, torch.Tensor))
+    last, _ = m.forward_stream(tokens[:, 12:], caches)
+    assert (torch.cat([first, last], 1) - m(tokens)).abs().max() < 1e-11
+
+    def grads(logits):
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()).backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+
+    truncated = grads(last)
+    _, read = m.forward_cached(tokens[:, :12])  # the same caches, read without a graph
+    assert torch.equal(truncated, grads(m.forward_stream(tokens[:, 12:], read)[0]))
+    whole = grads(m(tokens)[:, 12:])
+    assert whole.shape != truncated.shape or (whole - truncated).abs().max() > 1e-6
+
+
 @pytest.mark.parametrize("pattern", ["C", "G", "L", "M"])
 def test_memory_blocks_train(pattern):
     """The loss falls, and the trained memory carries part of it: silencing every memory's

@@ -9,6 +9,7 @@ from typing import cast
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from titans_plugin.blocks import TitansBlockBase
 from titans_plugin.blocks.documents import check_document_ids, document_ids
@@ -149,6 +150,14 @@ class TitansTransformer(nn.Module):
             out, caches = self._forward_cached(tokens[:, lo:hi], None if lo in cuts else caches)
             outs.append(out)
         return torch.cat(outs, dim=1), caches
+
+    def forward_stream(self, tokens: torch.Tensor, caches: list | None = None):
+        """Training on a stream longer than one backward pass (truncated backpropagation
+        through time): logits for `tokens` [B, T] continuing from `caches`, with gradients,
+        and the caches to continue from, detached, so the next piece's backward ends here.
+        Row b of the next call continues row b of this one."""
+        logits, caches = self._forward_cached(tokens, caches)
+        return logits, tree_map_only(torch.Tensor, torch.Tensor.detach, caches)
 
     def _forward_cached(self, tokens: torch.Tensor, caches: list | None):
         h = self.tok_embeddings(tokens)
