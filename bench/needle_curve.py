@@ -19,6 +19,11 @@ from the training stories, lengths log-uniform from 96 tokens to the training le
 with --curriculum to a limit that grows with the steps), each followed by its answer; the
 rest are plain corpus text. Loss: next-token loss over every token, plus --answer-weight
 times the loss on the answer tokens (so the few answer tokens are not drowned by the text).
+With --carry N each row is a stream of N consecutive sequences: the caches are carried from
+one step to the next, detached (truncated backpropagation), so the memory learns to retrieve
+after reading up to N x --train-len tokens, while every needle stays within --train-len
+tokens of its question. With --warm N each batch starts instead from the caches left by 0 to
+N - 1 training lengths of plain stories (drawn per batch), read without gradients.
 
 Evaluation: documents of exactly each length from the held-out stories (cycled past their
 ~150K tokens), the needle's start at depths 10-90% of the haystack, kinds in turn, no
@@ -70,7 +75,7 @@ OUT = os.path.join(REPO, "outputs", "needle_curve")
 RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
 RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
-          "needle_frac", "extends")  # fmt: skip
+          "needle_frac", "extends", "carry", "warm")  # fmt: skip
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
@@ -146,6 +151,19 @@ def training_batch(
     return x[:, :-1], x[:, 1:], torch.tensor(answers)
 
 
+@torch.no_grad()
+def warm_caches(model: TitansTransformer, stories: list[int], a, rng: random.Random) -> list | None:
+    """--warm N: the caches after each row has read the same number of training lengths
+    (0 to N - 1, drawn) of plain stories, from its own place in them: the state a
+    needle meets deep in a long haystack, which training from empty caches never shows."""
+    pieces, caches = rng.randrange(a.warm), None
+    for _ in range(pieces):
+        starts = [rng.randrange(len(stories) - a.train_len) for _ in range(a.batch)]
+        text = torch.tensor([stories[s : s + a.train_len] for s in starts])
+        _, caches = model.forward_cached(text, caches)
+    return caches
+
+
 def train(job: tuple) -> dict:
     """Train one model, save its weights and facts. Runs in a worker process."""
     name, a = job
@@ -156,13 +174,21 @@ def train(job: tuple) -> dict:
     torch.manual_seed(a.seed)
     model = TitansTransformer(args)
     start = extend(model, name, a)
+    model.cover_positions(max(a.carry, a.warm) * a.train_len)  # a carried or warmed stream's positions run on
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = random.Random(a.seed + 1)
-    t0, log = time.perf_counter(), []
+    t0, log, caches = time.perf_counter(), [], None
     for step in range(a.steps):
         x, y, answer = training_batch(tok, stories, a, rng, step)
-        logits = model(x).float()
+        if a.carry > 1:  # each row continues its stream: the memory has read up to carry x train_len tokens
+            logits, caches = model.forward_stream(x, None if step % a.carry == 0 else caches)
+            logits = logits.float()
+        elif a.warm > 1:  # the batch starts after 0 to warm - 1 training lengths of stories, read without a graph
+            logits, _ = model.forward_stream(x, warm_caches(model, stories, a, rng))
+            logits = logits.float()
+        else:
+            logits = model(x).float()
         lm = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         ans = F.cross_entropy(logits[answer], y[answer]) if answer.any() else logits.new_zeros(())
         loss = lm + a.answer_weight * ans
@@ -192,6 +218,8 @@ def train(job: tuple) -> dict:
         seed=a.seed,
         lr=a.lr,
         needle_frac=a.needle_frac,
+        carry=a.carry,
+        warm=a.warm,
         distractors_from=a.distractors_from,
         distractors_after=a.distractors_after,
         extends=start,
@@ -357,6 +385,8 @@ def identity(facts: dict) -> str:
 
 
 def cmd_train(a) -> None:
+    if a.carry < 1 or a.warm < 1 or (a.carry > 1 and a.warm > 1):
+        raise SystemExit(f"--carry {a.carry} --warm {a.warm}: each at least 1, and at most one of them above 1")
     with ProcessPoolExecutor(a.workers) as pool:
         for done in as_completed([pool.submit(train, (n, a)) for n in a.variants]):
             facts = done.result()
@@ -596,6 +626,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extend-from",
         help="continue from the checkpoints in this folder (a length extension: pass a longer --train-len)",
+    )
+    p.add_argument(
+        "--carry",
+        type=int,
+        default=1,
+        help="streams of this many training sequences per row: the caches carried from one step to the next "
+        "(the memory reads up to carry x --train-len tokens), the gradient within one sequence",
+    )
+    p.add_argument(
+        "--warm",
+        type=int,
+        default=1,
+        help="start each batch after 0 to this many minus one training lengths of plain stories, read without "
+        "gradients (the memory meets the needles after a long haystack)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -5,6 +5,7 @@ read-back scoring a model that knows the answer as right and one that does not a
 and the small models' parameter matching."""
 
 import argparse
+import math
 import random
 import re
 import subprocess
@@ -362,3 +363,35 @@ def test_a_length_extension_starts_from_the_checkpoint_and_says_so(tmp_path):
         train(("MAG", wider))
     with pytest.raises(SystemExit, match="no mac.pt there"):
         train(("MAC", longer))
+
+
+def test_warm_caches_have_read_whole_training_lengths_of_stories():
+    """--warm N: each batch starts from the caches left by k training lengths of stories,
+    k drawn from 0 to N - 1 (k = 0: empty caches)."""
+    from bench.needle_curve import _args, parser, warm_caches
+    from titans_plugin.model import TitansTransformer
+
+    a = parser().parse_args(["train", "--batch", "2", "--train-len", "64", "--warm", "3"])
+    model = TitansTransformer(_args("MAG", a)).eval()
+    model.cover_positions(3 * 64)
+    stories = [i % 300 for i in range(2000)]
+    seen = set()
+    for seed in range(8):
+        pieces = random.Random(seed).randrange(3)
+        caches = warm_caches(model, stories, a, random.Random(seed))
+        read = 0 if caches is None else caches[0].memory.seen
+        assert read == 64 * pieces
+        seen.add(pieces)
+    assert seen == {0, 1, 2}
+
+
+def test_carried_and_warmed_training_run_and_are_recorded(tmp_path):
+    from bench.needle_curve import cmd_train, parser, train
+
+    common = ["train", "--steps", "3", "--batch", "2", "--train-len", "128", "--out", str(tmp_path)]
+    for option in ("--carry", "--warm"):
+        facts = train(("MAG", parser().parse_args([*common, option, "2"])))
+        assert facts[option[2:]] == 2
+        assert math.isfinite(facts["lm_loss"])
+    with pytest.raises(SystemExit, match="--carry 2 --warm 3: each at least 1, and at most one"):
+        cmd_train(parser().parse_args([*common, "--carry", "2", "--warm", "3"]))
