@@ -23,7 +23,9 @@ With --carry N each row is a stream of N consecutive sequences: the caches are c
 one step to the next, detached (truncated backpropagation), so the memory learns to retrieve
 after reading up to N x --train-len tokens, while every needle stays within --train-len
 tokens of its question. With --warm N each batch starts instead from the caches left by 0 to
-N - 1 training lengths of plain stories (drawn per batch), read without gradients.
+N - 1 training lengths of plain stories (drawn per batch), read without gradients; with
+--warm-stream too, from a background stream of stories that reads one training length a step
+and restarts every N steps (cheaper at large N; the state is read by slightly older weights).
 
 Evaluation: documents of exactly each length from the held-out stories (cycled past their
 ~150K tokens), the needle's start at depths 10-90% of the haystack, kinds in turn, no
@@ -75,7 +77,7 @@ OUT = os.path.join(REPO, "outputs", "needle_curve")
 RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
 RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
-          "needle_frac", "extends", "carry", "warm")  # fmt: skip
+          "needle_frac", "extends", "carry", "warm", "warm_stream")  # fmt: skip
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
 ANSWER_ROOM = 16  # tokens kept after a training prompt for its answer and a full stop
 MIN_DOC = 96  # the shortest needle document in training (a code needle and its question fit)
@@ -152,15 +154,20 @@ def training_batch(
 
 
 @torch.no_grad()
+def read_stories(model: TitansTransformer, stories: list[int], a, rng: random.Random, caches: list | None) -> list:
+    """The caches after every row has read one more training length of plain stories, each
+    row from its own place in them."""
+    starts = [rng.randrange(len(stories) - a.train_len) for _ in range(a.batch)]
+    return model.forward_cached(torch.tensor([stories[s : s + a.train_len] for s in starts]), caches)[1]
+
+
 def warm_caches(model: TitansTransformer, stories: list[int], a, rng: random.Random) -> list | None:
     """--warm N: the caches after each row has read the same number of training lengths
-    (0 to N - 1, drawn) of plain stories, from its own place in them: the state a
-    needle meets deep in a long haystack, which training from empty caches never shows."""
-    pieces, caches = rng.randrange(a.warm), None
-    for _ in range(pieces):
-        starts = [rng.randrange(len(stories) - a.train_len) for _ in range(a.batch)]
-        text = torch.tensor([stories[s : s + a.train_len] for s in starts])
-        _, caches = model.forward_cached(text, caches)
+    (0 to N - 1, drawn) of plain stories: the state a needle meets deep in a long
+    haystack, which training from empty caches never shows."""
+    caches = None
+    for _ in range(rng.randrange(a.warm)):
+        caches = read_stories(model, stories, a, rng, caches)
     return caches
 
 
@@ -178,12 +185,17 @@ def train(job: tuple) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = random.Random(a.seed + 1)
-    t0, log, caches = time.perf_counter(), [], None
+    t0, log, caches, background = time.perf_counter(), [], None, None
     for step in range(a.steps):
         x, y, answer = training_batch(tok, stories, a, rng, step)
         if a.carry > 1:  # each row continues its stream: the memory has read up to carry x train_len tokens
             logits, caches = model.forward_stream(x, None if step % a.carry == 0 else caches)
             logits = logits.float()
+        elif a.warm > 1 and a.warm_stream:  # a background stream, one length further each step
+            background = None if step % a.warm == 0 else background
+            logits, _ = model.forward_stream(x, background)
+            logits = logits.float()
+            background = read_stories(model, stories, a, rng, background)
         elif a.warm > 1:  # the batch starts after 0 to warm - 1 training lengths of stories, read without a graph
             logits, _ = model.forward_stream(x, warm_caches(model, stories, a, rng))
             logits = logits.float()
@@ -220,6 +232,7 @@ def train(job: tuple) -> dict:
         needle_frac=a.needle_frac,
         carry=a.carry,
         warm=a.warm,
+        warm_stream=a.warm_stream,
         distractors_from=a.distractors_from,
         distractors_after=a.distractors_after,
         extends=start,
@@ -387,6 +400,8 @@ def identity(facts: dict) -> str:
 def cmd_train(a) -> None:
     if a.carry < 1 or a.warm < 1 or (a.carry > 1 and a.warm > 1):
         raise SystemExit(f"--carry {a.carry} --warm {a.warm}: each at least 1, and at most one of them above 1")
+    if a.warm_stream and a.warm < 2:
+        raise SystemExit(f"--warm-stream reads a background stream for --warm N with N >= 2, not --warm {a.warm}")
     with ProcessPoolExecutor(a.workers) as pool:
         for done in as_completed([pool.submit(train, (n, a)) for n in a.variants]):
             facts = done.result()
@@ -640,6 +655,13 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="start each batch after 0 to this many minus one training lengths of plain stories, read without "
         "gradients (the memory meets the needles after a long haystack)",
+    )
+    p.add_argument(
+        "--warm-stream",
+        action="store_true",
+        help="--warm N from one background stream of stories per row, read one training length further each step "
+        "and restarted every N steps (one piece read a step, however long the warm-up; the state read by the "
+        "weights of up to N - 1 steps before)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

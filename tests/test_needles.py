@@ -27,6 +27,7 @@ from titans_plugin.evals.needles import (
     story_ids,
 )
 from titans_plugin.evals.niah import tokenizer
+from titans_plugin.model import TitansTransformer
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +370,6 @@ def test_warm_caches_have_read_whole_training_lengths_of_stories():
     """--warm N: each batch starts from the caches left by k training lengths of stories,
     k drawn from 0 to N - 1 (k = 0: empty caches)."""
     from bench.needle_curve import _args, parser, warm_caches
-    from titans_plugin.model import TitansTransformer
 
     a = parser().parse_args(["train", "--batch", "2", "--train-len", "64", "--warm", "3"])
     model = TitansTransformer(_args("MAG", a)).eval()
@@ -389,9 +389,29 @@ def test_carried_and_warmed_training_run_and_are_recorded(tmp_path):
     from bench.needle_curve import cmd_train, parser, train
 
     common = ["train", "--steps", "3", "--batch", "2", "--train-len", "128", "--out", str(tmp_path)]
-    for option in ("--carry", "--warm"):
-        facts = train(("MAG", parser().parse_args([*common, option, "2"])))
-        assert facts[option[2:]] == 2
+    for options in (["--carry", "2"], ["--warm", "2"], ["--warm", "2", "--warm-stream"]):
+        facts = train(("MAG", parser().parse_args([*common, *options])))
+        assert facts[options[0][2:]] == 2
+        assert facts["warm_stream"] == ("--warm-stream" in options)
         assert math.isfinite(facts["lm_loss"])
     with pytest.raises(SystemExit, match="--carry 2 --warm 3: each at least 1, and at most one"):
         cmd_train(parser().parse_args([*common, "--carry", "2", "--warm", "3"]))
+    with pytest.raises(SystemExit, match="--warm-stream reads a background stream for --warm N with N >= 2"):
+        cmd_train(parser().parse_args([*common, "--warm-stream"]))
+
+
+def test_a_step_from_the_background_streams_caches_leaves_them_as_they_were():
+    """--warm-stream trains from the background stream's caches and then reads on from
+    them: the training forward must not change them in place."""
+    from bench.needle_curve import _args, parser, read_stories
+
+    a = parser().parse_args(["train", "--batch", "2", "--train-len", "64"])
+    model = TitansTransformer(_args("MAG", a))
+    model.cover_positions(2 * 64)
+    stories = [i % 300 for i in range(2000)]
+    background = read_stories(model, stories, a, random.Random(0), None)
+    leaves = [t.clone() for t in torch.utils._pytree.tree_leaves(background) if isinstance(t, torch.Tensor)]
+    logits, _ = model.forward_stream(torch.tensor([stories[:64], stories[64:128]]), background)
+    logits.sum().backward()
+    after = [t for t in torch.utils._pytree.tree_leaves(background) if isinstance(t, torch.Tensor)]
+    assert all(torch.equal(x, y) for x, y in zip(leaves, after, strict=True))
