@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from bench.needle_curve import ask, needle_sequence
+from bench.needle_curve import ask
+from bench.needle_training import needle_sequence
 from bench.small_models import VARIANTS, matched_args, n_params
 from devtools.paths import REPO
 from titans_plugin.evals.needles import (
@@ -134,7 +135,7 @@ def test_distractors_can_start_after_a_step(tok):
     distractors (the same draws), from it on they carry them."""
     import types
 
-    from bench.needle_curve import training_batch
+    from bench.needle_training import training_batch
 
     train = story_ids(tok, "train", 200)
     a = types.SimpleNamespace(train_len=256, batch=24, needle_frac=1.0, curriculum=0.0, steps=10)
@@ -202,7 +203,7 @@ def test_train_evaluate_publish_end_to_end(tmp_path):
 
 
 def test_the_curriculum_grows_the_longest_document_log_linearly():
-    from bench.needle_curve import MIN_DOC, longest_document
+    from bench.needle_training import MIN_DOC, longest_document
 
     a = argparse.Namespace(train_len=2048, steps=100, curriculum=0.5)
     assert longest_document(0, a) == 2 * MIN_DOC
@@ -213,15 +214,15 @@ def test_the_curriculum_grows_the_longest_document_log_linearly():
 
 
 def test_cells_stored_per_sample_or_as_counts_read_alike():
-    from bench.needle_curve import _cell, summary
+    from bench.needle_tables import cell_text, summary
 
     per_sample = {"hits": [True, False, False, True], "characters": [1.0, 0.5, 0.5, 1.0]}
     assert summary(per_sample) == (50.0, 75.0, 4)
     counted = {"exact": 7, "samples": 20, "characters_pct": 73}  # a cell kept without its lists
     assert summary(counted) == (35.0, 73, 20)
-    assert _cell(counted) == "35 / 73 (20)"
-    assert _cell({"hits": [True, True]}) == "100 (2)"  # no partial credit measured
-    assert _cell(None) == "-"
+    assert cell_text(counted) == "35 / 73 (20)"
+    assert cell_text({"hits": [True, True]}) == "100 (2)"  # no partial credit measured
+    assert cell_text(None) == "-"
 
 
 def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, capsys):
@@ -252,17 +253,18 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
 
 
 def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
-    from bench.needle_curve import by_kind
+    from bench.needle_curve import DEPTHS
+    from bench.needle_tables import by_kind
 
     results = {
         "MAG@4096": {"hits": [True, False, True, True], "kinds": ["passkey", "number", "uuid", "passkey"]},
         "MAG@16384": {"exact": 0, "samples": 3},  # stored without kinds
         "SWA@4096": {"exact": 0, "samples": 3},
     }
-    text = by_kind(results, ["MAG", "SWA"], [4096, 16384])
+    text = by_kind(results, ["MAG", "SWA"], [4096, 16384], DEPTHS)
     assert "| MAG | 100 / 0 / 100 | - |" in text
     assert "SWA" not in text  # no cell of it recorded kinds
-    assert by_kind({"SWA@4096": {"exact": 0, "samples": 3}}, ["SWA"], [4096]) == ""
+    assert by_kind({"SWA@4096": {"exact": 0, "samples": 3}}, ["SWA"], [4096], DEPTHS) == ""
 
 
 def test_half_lives_are_ln2_over_the_forgetting_rate_of_every_memory_head():
@@ -291,7 +293,7 @@ def test_half_lives_are_ln2_over_the_forgetting_rate_of_every_memory_head():
 
 
 def test_the_forgetting_table_gives_each_models_half_life_quantiles():
-    from bench.needle_curve import forgetting_table
+    from bench.needle_tables import forgetting_table
 
     forgetting = {"MAL": {"tokens": 16384, "half_lives": [500000.0, 326.4, 20000.0, 7154.0]}}
     text = forgetting_table(forgetting, ["MAC", "MAL"])
@@ -301,7 +303,7 @@ def test_the_forgetting_table_gives_each_models_half_life_quantiles():
 
 
 def test_filler_cells_are_kept_apart_from_the_stories_cells():
-    from bench.needle_curve import cell_key, filler_table
+    from bench.needle_tables import cell_key, filler_table
     from titans_plugin.evals.needles import FILLER, filler_ids
 
     assert cell_key("MAL", 4096) == "MAL@4096"
@@ -320,11 +322,12 @@ def test_filler_cells_are_kept_apart_from_the_stories_cells():
 
 
 def test_characters_right_are_split_by_the_recorded_depth():
-    from bench.needle_curve import DEPTHS, by_kind
+    from bench.needle_curve import DEPTHS
+    from bench.needle_tables import by_kind
 
     r = {"hits": [False] * 3, "characters": [0.2, 0.4, 0.9], "depths": [DEPTHS[0], DEPTHS[0], DEPTHS[-1]]}
     r["kinds"] = ["passkey", "number", "uuid"]
-    text = by_kind({"MAL@4096": r}, ["MAL"], [4096])
+    text = by_kind({"MAL@4096": r}, ["MAL"], [4096], DEPTHS)
     assert "| MAL | 30 / - / - / - / 90 |" in text  # 10% depth: (0.2 + 0.4) / 2; 90% depth: 0.9
     assert "| MAL | 0 / 0 / 0 |" in text  # by kind
 
@@ -344,7 +347,8 @@ def test_evaluate_skips_a_stored_model_without_a_checkpoint(tmp_path, capsys):
 
 
 def test_a_length_extension_starts_from_the_checkpoint_and_says_so(tmp_path):
-    from bench.needle_curve import parser, train
+    from bench.needle_curve import parser
+    from bench.needle_training import train
 
     short = parser().parse_args(["train", "--steps", "2", "--batch", "2", "--out", str(tmp_path / "short")])
     source = train(("MAG", short))
@@ -369,10 +373,11 @@ def test_a_length_extension_starts_from_the_checkpoint_and_says_so(tmp_path):
 def test_warm_caches_have_read_whole_training_lengths_of_stories():
     """--warm N: each batch starts from the caches left by k training lengths of stories,
     k drawn from 0 to N - 1 (k = 0: empty caches)."""
-    from bench.needle_curve import _args, parser, warm_caches
+    from bench.needle_curve import parser
+    from bench.needle_training import model_args, warm_caches
 
     a = parser().parse_args(["train", "--batch", "2", "--train-len", "64", "--warm", "3"])
-    model = TitansTransformer(_args("MAG", a)).eval()
+    model = TitansTransformer(model_args("MAG", a)).eval()
     model.cover_positions(3 * 64)
     stories = [i % 300 for i in range(2000)]
     seen = set()
@@ -386,7 +391,8 @@ def test_warm_caches_have_read_whole_training_lengths_of_stories():
 
 
 def test_carried_and_warmed_training_run_and_are_recorded(tmp_path):
-    from bench.needle_curve import cmd_train, parser, train
+    from bench.needle_curve import cmd_train, parser
+    from bench.needle_training import train
 
     common = ["train", "--steps", "3", "--batch", "2", "--train-len", "128", "--out", str(tmp_path)]
     for options in (["--carry", "2"], ["--warm", "2"], ["--warm", "2", "--warm-stream"]):
@@ -403,10 +409,11 @@ def test_carried_and_warmed_training_run_and_are_recorded(tmp_path):
 def test_a_step_from_the_background_streams_caches_leaves_them_as_they_were():
     """--warm-stream trains from the background stream's caches and then reads on from
     them: the training forward must not change them in place."""
-    from bench.needle_curve import _args, parser, read_stories
+    from bench.needle_curve import parser
+    from bench.needle_training import model_args, read_stories
 
     a = parser().parse_args(["train", "--batch", "2", "--train-len", "64"])
-    model = TitansTransformer(_args("MAG", a))
+    model = TitansTransformer(model_args("MAG", a))
     model.cover_positions(2 * 64)
     stories = [i % 300 for i in range(2000)]
     background = read_stories(model, stories, a, random.Random(0), None)
