@@ -6,6 +6,7 @@ length and at 4K to 1M tokens.
     python -m bench.needle_curve train             # every model; checkpoints in outputs/needle_curve/
     python -m bench.needle_curve evaluate          # every trained model at every length; docs/needle_curve.json
     python -m bench.needle_curve forgetting        # each memory head's half-life over held-out text
+    python -m bench.needle_curve drift             # LM loss along 65,536 tokens: streamed, memory restarted
     python -m bench.needle_curve publish           # table + plot into docs/results.md
     python -m bench.needle_curve train --variants MAG --steps 20 --out /tmp/nc   # smoke
 
@@ -35,6 +36,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 
 from bench.common import machine, publish, read_store, store, table
+from bench.needle_drift import DRIFT_TOKENS, MODES, SPANS, piece_losses, span_means
 from bench.needle_tables import by_kind, cell_key, cell_text, curriculum_text, filler_table, forgetting_table, plot
 from bench.needle_training import checkpoint_name, identity, model_args, train
 from bench.small_models import MEMORY_VARIANTS, VARIANTS
@@ -163,6 +165,27 @@ def cmd_forgetting(a) -> None:
         print(f"{n}: memory heads' half-lives {', '.join(f'{h:,.0f}' for h in lives)} tokens", flush=True)
 
 
+def cmd_drift(a) -> None:
+    torch.set_num_threads(1)  # as the evaluation's workers
+    tok = tokenizer()
+    tokens = haystack(story_ids(tok, "validation"), DRIFT_TOKENS + 1, 0)
+    rows = []
+    for n in a.variants:
+        if n == "Full attention" or not os.path.exists(os.path.join(a.out, f"{checkpoint_name(n)}.pt")):
+            continue  # full attention: its cache grows with the whole read (--full-max)
+        model, facts = load(n, a)
+        piece = facts["train_len"]
+        r = dict(name=n, tokens=DRIFT_TOKENS, piece=piece, spans=SPANS, date=time.strftime("%Y-%m-%d"))
+        for mode in MODES:
+            losses = piece_losses(model, tokens, piece, mode)
+            r[mode] = None if losses is None else span_means(losses, piece)
+            cells = ["-"] * len(SPANS) if losses is None else [f"{x:.3f}" for x in r[mode]]
+            rows.append([n, mode, *cells])
+            print(table(["model", "read", *(f"{lo:,}-{hi:,}" for lo, hi in SPANS)], rows[-1:]), flush=True)
+        store(_results_path(a), "drift", n, r)
+    print(table(["model", "read", *(f"tokens {lo:,}-{hi:,}" for lo, hi in SPANS)], rows))
+
+
 def _results_path(a) -> str:
     return RESULTS if os.path.abspath(a.out) == os.path.abspath(OUT) else os.path.join(a.out, "results.json")
 
@@ -266,7 +289,7 @@ def cmd_publish(a) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["train", "evaluate", "forgetting", "publish"])
+    p.add_argument("command", choices=["train", "evaluate", "forgetting", "drift", "publish"])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=OUT, help="checkpoints (and results.json, if not the default folder)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -333,7 +356,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     a = parser().parse_args()
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "forgetting": cmd_forgetting, "publish": cmd_publish}
+    commands = dict(
+        train=cmd_train, evaluate=cmd_evaluate, forgetting=cmd_forgetting, drift=cmd_drift, publish=cmd_publish
+    )
     commands[a.command](a)
 
 
