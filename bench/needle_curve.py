@@ -38,7 +38,7 @@ import torch
 from bench.common import machine, publish, read_store, store, table
 from bench.needle_drift import DRIFT_TOKENS, MODES, SPANS, piece_losses, span_means
 from bench.needle_tables import by_kind, cell_key, cell_text, curriculum_text, filler_table, forgetting_table, plot
-from bench.needle_training import checkpoint_name, identity, model_args, train
+from bench.needle_training import check_stream_options, checkpoint_name, identity, model_args, train
 from bench.small_models import MEMORY_VARIANTS, VARIANTS
 from devtools.paths import REPO
 from titans_plugin.evals.needles import (
@@ -63,6 +63,10 @@ RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
 RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
           "needle_frac", "extends", "carry", "warm", "warm_stream")  # fmt: skip
+
+
+def has_checkpoint(name: str, a) -> bool:
+    return os.path.exists(os.path.join(a.out, f"{checkpoint_name(name)}.pt"))
 
 
 def load(name: str, a) -> tuple[TitansTransformer, dict]:
@@ -156,7 +160,7 @@ def cmd_forgetting(a) -> None:
     tok = tokenizer()
     tokens = haystack(story_ids(tok, "validation"), FORGET_TOKENS, 0)
     for n in a.variants:
-        if n not in MEMORY_VARIANTS or not os.path.exists(os.path.join(a.out, f"{checkpoint_name(n)}.pt")):
+        if n not in MEMORY_VARIANTS or not has_checkpoint(n, a):
             continue
         model, facts = load(n, a)
         lives = sorted(half_lives(model, tokens, facts["train_len"]))
@@ -171,10 +175,13 @@ def cmd_drift(a) -> None:
     tokens = haystack(story_ids(tok, "validation"), DRIFT_TOKENS + 1, 0)
     rows = []
     for n in a.variants:
-        if n == "Full attention" or not os.path.exists(os.path.join(a.out, f"{checkpoint_name(n)}.pt")):
+        if n == "Full attention" or not has_checkpoint(n, a):
             continue  # full attention: its cache grows with the whole read (--full-max)
         model, facts = load(n, a)
         piece = facts["train_len"]
+        if SPANS[0][1] % piece:
+            print(f"{n}: trained at {piece:,} tokens, which does not divide the first span's {SPANS[0][1]:,}; skipped")
+            continue
         r = dict(name=n, tokens=DRIFT_TOKENS, piece=piece, spans=SPANS, date=time.strftime("%Y-%m-%d"))
         for mode in MODES:
             losses = piece_losses(model, tokens, piece, mode)
@@ -202,10 +209,7 @@ def _checkpoint_facts(name: str, a) -> dict:
 
 
 def cmd_train(a) -> None:
-    if a.carry < 1 or a.warm < 1 or (a.carry > 1 and a.warm > 1):
-        raise SystemExit(f"--carry {a.carry} --warm {a.warm}: each at least 1, and at most one of them above 1")
-    if a.warm_stream and a.warm < 2:
-        raise SystemExit(f"--warm-stream reads a background stream for --warm N with N >= 2, not --warm {a.warm}")
+    check_stream_options(a)  # before any worker starts
     with ProcessPoolExecutor(a.workers) as pool:
         for done in as_completed([pool.submit(train, (n, a)) for n in a.variants]):
             facts = done.result()
@@ -234,7 +238,7 @@ def cmd_evaluate(a) -> None:
             for length in lengths(n)
             if not (n == "Full attention" and length > a.full_max) and cell_key(n, length, a.haystack) not in results
         ]
-        if missing and not os.path.exists(os.path.join(a.out, f"{checkpoint_name(n)}.pt")):
+        if missing and not has_checkpoint(n, a):
             print(f"{n}: no checkpoint in {a.out} for its {len(missing)} missing cells: train it first", flush=True)
             continue
         jobs += [(n, length, a) for length in missing]

@@ -14,6 +14,7 @@ state its memory reaches after a long read, not by the positions or by the text.
 import torch
 import torch.nn.functional as F
 
+from titans_plugin.blocks.attention import KVCache
 from titans_plugin.blocks.mag import MAGCache
 from titans_plugin.blocks.mal import MALCache
 from titans_plugin.memory.neural_memory import NeuralMemoryState
@@ -25,23 +26,28 @@ MODES = ("stream", "memory restarted", "all restarted")
 
 
 class NoMemoryState(Exception):
-    """A layer cache that keeps no memory state apart from the rest (attention, MAC)."""
+    """A layer cache that keeps its memory's state inside the rest (MAC's segment weights)."""
 
 
 def restart_memory(cache):
     """The layer cache with its memory's state dropped, so the next piece starts the memory
-    afresh and carries on the rest."""
+    afresh and carries on the rest (an attention layer's cache as it is)."""
     if isinstance(cache, NeuralMemoryState):  # LMM: the cache is the memory's state
         return None
     if isinstance(cache, MAGCache | MALCache):
         return cache._replace(memory=None)
+    if isinstance(cache, KVCache):
+        return cache
     raise NoMemoryState(type(cache).__name__)
 
 
 @torch.no_grad()
 def piece_losses(model: TitansTransformer, tokens: list[int], piece: int, mode: str) -> list[float] | None:
     """Mean next-token loss of each piece of `tokens` (a multiple of `piece` long, plus 1),
-    read in `mode` (MODES); None where the mode does not apply to the model."""
+    read in `mode` (MODES); None where the mode does not apply to the model: "memory
+    restarted" to a model without a memory, or with MAC's."""
+    if (len(tokens) - 1) % piece or SPANS[0][1] % piece:
+        raise ValueError(f"piece {piece} must divide the {len(tokens) - 1:,} tokens read and {SPANS[0][1]:,}")
     x = torch.tensor([tokens])
     model.cover_positions(len(tokens))
     caches, losses = None, []
@@ -51,6 +57,8 @@ def piece_losses(model: TitansTransformer, tokens: list[int], piece: int, mode: 
                 caches = [restart_memory(c) for c in caches]
             except NoMemoryState:
                 return None
+            if all(isinstance(c, KVCache) for c in caches):
+                return None  # no memory to restart
         if mode == "all restarted":
             caches = None
         logits, caches = model.forward_cached(x[:, lo : lo + piece], caches)

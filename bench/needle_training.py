@@ -129,9 +129,47 @@ def warm_caches(model: TitansTransformer, stories: list[int], a, rng: random.Ran
     return caches
 
 
+def check_stream_options(a) -> None:
+    """--carry and --warm: each at least 1, at most one of them above 1; --warm-stream with --warm."""
+    if a.carry < 1 or a.warm < 1 or (a.carry > 1 and a.warm > 1):
+        raise SystemExit(f"--carry {a.carry} --warm {a.warm}: each at least 1, and at most one of them above 1")
+    if a.warm_stream and a.warm < 2:
+        raise SystemExit(f"--warm-stream reads a background stream for --warm N with N >= 2, not --warm {a.warm}")
+
+
+class StepCaches:
+    """What each training step's forward starts from: empty caches (plain training), the
+    row's own stream carried from the last step (--carry N, empty every N steps), a fresh
+    warm-up (--warm N) or the background stream of stories (--warm N --warm-stream, which
+    reads one training length on after each step's forward and restarts every N steps)."""
+
+    def __init__(self, model: TitansTransformer, stories: list[int], a, rng: random.Random):
+        self.model, self.stories, self.a, self.rng = model, stories, a, rng
+        self.carried: list | None = None
+        self.background: list | None = None
+
+    def start(self, step: int) -> list | None:
+        a = self.a
+        if a.carry > 1:
+            return None if step % a.carry == 0 else self.carried
+        if a.warm > 1 and a.warm_stream:
+            self.background = None if step % a.warm == 0 else self.background
+            return self.background
+        if a.warm > 1:
+            return warm_caches(self.model, self.stories, a, self.rng)
+        return None
+
+    def end(self, caches: list) -> None:
+        """After the step's forward, with the caches it ended with (detached)."""
+        self.carried = caches if self.a.carry > 1 else None
+        if self.a.warm > 1 and self.a.warm_stream:
+            self.background = read_stories(self.model, self.stories, self.a, self.rng, self.background)
+
+
 def train(job: tuple) -> dict:
     """Train one model, save its weights and facts. Runs in a worker process."""
     name, a = job
+    check_stream_options(a)
     torch.set_num_threads(1)
     tok = tokenizer()
     stories = story_ids(tok, "train", TRAIN_STORIES)
@@ -143,22 +181,16 @@ def train(job: tuple) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = random.Random(a.seed + 1)
-    t0, log, caches, background = time.perf_counter(), [], None, None
+    streams = StepCaches(model, stories, a, rng) if a.carry > 1 or a.warm > 1 else None
+    t0, log = time.perf_counter(), []
     for step in range(a.steps):
         x, y, answer = training_batch(tok, stories, a, rng, step)
-        if a.carry > 1:  # each row continues its stream: the memory has read up to carry x train_len tokens
-            logits, caches = model.forward_stream(x, None if step % a.carry == 0 else caches)
-            logits = logits.float()
-        elif a.warm > 1 and a.warm_stream:  # a background stream, one length further each step
-            background = None if step % a.warm == 0 else background
-            logits, _ = model.forward_stream(x, background)
-            logits = logits.float()
-            background = read_stories(model, stories, a, rng, background)
-        elif a.warm > 1:  # the batch starts after 0 to warm - 1 training lengths of stories, read without a graph
-            logits, _ = model.forward_stream(x, warm_caches(model, stories, a, rng))
-            logits = logits.float()
+        if streams is None:
+            logits = model(x)
         else:
-            logits = model(x).float()
+            logits, caches = model.forward_stream(x, streams.start(step))
+            streams.end(caches)
+        logits = logits.float()
         lm = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         ans = F.cross_entropy(logits[answer], y[answer]) if answer.any() else logits.new_zeros(())
         loss = lm + a.answer_weight * ans

@@ -403,17 +403,60 @@ def test_carried_and_warmed_training_run_and_are_recorded(tmp_path):
     with pytest.raises(SystemExit, match="--carry 2 --warm 3: each at least 1, and at most one"):
         cmd_train(parser().parse_args([*common, "--carry", "2", "--warm", "3"]))
     with pytest.raises(SystemExit, match="--warm-stream reads a background stream for --warm N with N >= 2"):
-        cmd_train(parser().parse_args([*common, "--warm-stream"]))
+        train(("MAG", parser().parse_args([*common, "--warm-stream"])))
 
 
-def test_a_step_from_the_background_streams_caches_leaves_them_as_they_were():
+class _CountingModel:
+    """forward_cached's caches: how many pieces of stories have been read into them."""
+
+    def forward_cached(self, tokens, caches):
+        return None, (caches or 0) + 1
+
+
+@pytest.mark.parametrize(
+    ("options", "starts"),
+    [
+        (["--carry", "3"], [None, "end 0", "end 1", None, "end 3"]),  # each row's stream, anew every 3 steps
+        (["--warm", "3", "--warm-stream"], [None, 1, 2, None, 1]),  # the background, one piece on each step
+        ([], [None] * 5),
+    ],
+)
+def test_each_step_starts_from_the_caches_its_option_says(options, starts):
+    from bench.needle_curve import parser
+    from bench.needle_training import StepCaches
+
+    a = parser().parse_args(["train", "--batch", "2", "--train-len", "16", *options])
+    streams = StepCaches(_CountingModel(), list(range(100)), a, random.Random(0))
+    seen = []
+    for step in range(5):
+        seen.append(streams.start(step))
+        streams.end(f"end {step}")
+    assert seen == starts
+
+
+def test_warm_draws_a_fresh_warm_up_for_every_step():
+    from bench.needle_curve import parser
+    from bench.needle_training import StepCaches
+
+    a = parser().parse_args(["train", "--batch", "2", "--train-len", "16", "--warm", "3"])
+    streams, draws = StepCaches(_CountingModel(), list(range(100)), a, random.Random(0)), random.Random(0)
+    for step in range(12):
+        pieces = draws.randrange(3)
+        for _ in range(pieces):
+            draws.randrange(100 - 16), draws.randrange(100 - 16)  # each row's place in the stories
+        assert streams.start(step) == (pieces or None)
+        streams.end("ignored")
+
+
+@pytest.mark.parametrize("name", ["MAC", "MAG", "MAL", "LMM"])
+def test_a_step_from_the_background_streams_caches_leaves_them_as_they_were(name):
     """--warm-stream trains from the background stream's caches and then reads on from
     them: the training forward must not change them in place."""
     from bench.needle_curve import parser
     from bench.needle_training import model_args, read_stories
 
     a = parser().parse_args(["train", "--batch", "2", "--train-len", "64"])
-    model = TitansTransformer(model_args("MAG", a))
+    model = TitansTransformer(model_args(name, a))
     model.cover_positions(2 * 64)
     stories = [i % 300 for i in range(2000)]
     background = read_stories(model, stories, a, random.Random(0), None)

@@ -9,12 +9,12 @@ from typing import cast
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils._pytree import tree_map_only
 
 from titans_plugin.blocks import TitansBlockBase
 from titans_plugin.blocks.documents import check_document_ids, document_ids
 from titans_plugin.blocks.rope import precompute_freqs_cis
 from titans_plugin.context_parallel import contiguous_shard, flush_sends
+from titans_plugin.context_parallel.transport import map_tree
 
 from .args import TitansModelArgs
 from .layers import build_block
@@ -157,7 +157,7 @@ class TitansTransformer(nn.Module):
         and the caches to continue from, detached, so the next piece's backward ends here.
         Row b of the next call continues row b of this one."""
         logits, caches = self._forward_cached(tokens, caches)
-        return logits, tree_map_only(torch.Tensor, torch.Tensor.detach, caches)
+        return logits, map_tree(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, caches)
 
     def _forward_cached(self, tokens: torch.Tensor, caches: list | None):
         h = self.tok_embeddings(tokens)
