@@ -208,3 +208,20 @@ def run_layout(workdir, corpus, pattern, layout, steps, seed_ckpt=None, extra=()
     )
     assert rc == 0, output[-4000:]
     return losses(output), output if log else dump
+
+
+def assert_carried_memory_parity(workdir: str, corpus: str, pattern: str, layouts: list[str], steps: int = 4) -> None:
+    """titans.carry_memory = 2 from one seed checkpoint: the first forward matches a run
+    without it, the second (the first carried one) does not, and every layout in
+    `layouts` matches one process (each rank carries its own rows' memories)."""
+    rtol, carry = 2e-4, ["--titans.carry_memory", "2"]  # rtol as test_parallel_parity.py
+    seed = make_seed_checkpoint(workdir, corpus, pattern)
+    reference, _ = run_layout(workdir, corpus, pattern, "single", steps, seed, extra=carry)
+    assert sorted(reference) == list(range(1, steps + 1))
+    plain, _ = run_layout(workdir, corpus, pattern, "single", steps, seed, name=f"{pattern}_plain")
+    assert abs(plain[1] - reference[1]) <= rtol * abs(reference[1]), "the first forward starts afresh either way"
+    assert abs(plain[2] - reference[2]) > 10 * rtol * abs(reference[2]), "the second must start from carried memories"
+    for layout in layouts:
+        curve, _ = run_layout(workdir, corpus, pattern, layout, steps, seed, extra=carry)
+        for step, loss in reference.items():
+            assert abs(curve[step] - loss) <= rtol * abs(loss), (layout, step, curve, reference)

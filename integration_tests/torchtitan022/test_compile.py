@@ -25,3 +25,32 @@ def test_block_compiles_fullgraph_and_matches_eager(pattern):
     assert (out - eager).abs().max() < 1e-5
     for a, b in zip(g, g_eager, strict=True):
         assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) < 1e-4
+
+
+@pytest.mark.parametrize("pattern", ["C", "G", "L", "M"])
+def test_a_carried_block_compiles_fullgraph_and_matches_eager(pattern):
+    """titans.carry_memory: the block starts from a carried memory and returns the one to
+    carry on (model/carry.py)."""
+    from titans_plugin.blocks import Carry
+
+    torch.manual_seed(0)
+    model = tiny_model(pattern, n_layers=1, chunk_size=8, segment_len=8, window=4).float()
+    block = model.layers["0"]
+    _, state = block(torch.randn(2, 8, 32), model.freqs_cis, carry=Carry(None))
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    params = [x, *block.parameters()]
+    eager, eager_end = block(x, model.freqs_cis, carry=Carry(state))
+    g_eager = torch.autograd.grad(eager.pow(2).sum(), params, allow_unused=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    out, end = compiled(x, model.freqs_cis, carry=Carry(state))
+    g = torch.autograd.grad(out.pow(2).sum(), params, allow_unused=True)
+    assert (out - eager).abs().max() < 1e-5
+    memory_end = end[0] if pattern == "C" else end
+    eager_memory_end = eager_end[0] if pattern == "C" else eager_end
+    for a, b in zip(memory_end.memory.weights, eager_memory_end.memory.weights, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    for a, b in zip(g, g_eager, strict=True):
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) < 1e-4

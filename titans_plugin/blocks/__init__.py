@@ -7,7 +7,7 @@ A block is built from llama3-style sizes and the settings its `__init__` names
 the section itself."""
 
 from .attention_block import AttentionBlock, SlidingWindowBlock
-from .base import TitansBlockBase
+from .base import Carry, TitansBlockBase
 from .lmm import LMMBlock
 from .mac import MACBlock
 from .mag import MAGBlock
@@ -26,5 +26,6 @@ __all__ = [
     "MAGBlock",
     "MALBlock",
     "SlidingWindowBlock",
+    "Carry",
     "TitansBlockBase",
 ]

@@ -14,13 +14,21 @@ share.
 """
 
 import inspect
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from .attention import Attention
 from .feed_forward import FeedForward, ffn_hidden_dim
+
+
+class Carry(NamedTuple):
+    """Training from warmed memories (`titans.carry_memory`): a block called with
+    `carry=Carry(state)` starts its memory from `state` (None: its learned initial memory)
+    and its attention from nothing, and returns (out, the memory state to carry on, detached)."""
+
+    state: Any
 
 
 class TitansBlockBase(nn.Module):
@@ -83,15 +91,23 @@ class TitansBlockBase(nn.Module):
         mixer then computes, for each document, what it computes for that document alone."""
         raise NotImplementedError
 
-    def forward(self, x, freqs_cis, attention_masks=None, positions=None, shard=None):
+    def forward(self, x, freqs_cis, attention_masks=None, positions=None, shard=None, carry: Carry | None = None):
         """torchtitan's llama3 TransformerBlock signature. attention_masks: None (causal)
         or the document ids [B, T] that the model builds for
         titans.attn_mask_type = "block_causal". shard: context parallel, x is this
-        SequenceShard of the sequence (context_parallel/transport.py)."""
+        SequenceShard of the sequence (context_parallel/transport.py). carry: see Carry;
+        it goes through `__call__` so that torchtitan's activation checkpointing and
+        compile wrappers see it."""
         if positions is not None:
             raise ValueError(f"{type(self).__name__} takes no positions (they must be None)")
         if shard is not None:
             return self.forward_shard(x, freqs_cis, shard)
+        if carry is not None:
+            if attention_masks is not None:
+                raise ValueError("a carried memory (carry) continues one stream per row, not packed documents")
+            start = None if carry.state is None else self.cache_from_memory(carry.state, x, freqs_cis)
+            out, cache = self.forward_cached(x, freqs_cis, start)
+            return out, self.memory_of(cache)
         out, _ = self.forward_cached(x, freqs_cis, None, docs=attention_masks)
         return out
 
@@ -120,6 +136,16 @@ class TitansBlockBase(nn.Module):
             return out, self.cache_to_hand_over(cache)
 
         return shard.serial(step, x, self.sequence_start_parameters())
+
+    def memory_of(self, cache):
+        """The memory's part of an end-of-sequence cache, detached: what a carried
+        training forward hands to the next one (None for a block without memory)."""
+        return None
+
+    def cache_from_memory(self, state, x: torch.Tensor, freqs_cis: torch.Tensor):
+        """The cache that continues the memory from `state` (memory_of's) and starts
+        everything else afresh at position 0."""
+        return None
 
     def cache_to_hand_over(self, cache):
         """The part of the end-of-shard cache the next shard reads (all of it by default)."""

@@ -22,6 +22,12 @@ class LMMBlock(TitansBlockBase):
             return run_memory_on_documents(self.memory, x, docs), None
         return self.memory(x, cache)
 
+    def memory_of(self, cache: NeuralMemoryState):
+        return cache.detach()
+
+    def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
+        return state
+
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: only the memory's scan continues from the previous shard
         (context_parallel/memory.py); the feed-forward does not wait for the next one."""

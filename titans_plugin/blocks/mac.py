@@ -125,6 +125,18 @@ class MACBlock(TitansBlockBase):
             self.memory.merge_stats()
         return layout.unpack(torch.cat(outs, dim=1))
 
+    def memory_of(self, cache: MACCache):
+        """The update stream's state and the retrieval queries' conv tail."""
+        assert cache.memory is not None  # a segment has been stored
+        tail = None if cache.query_tail is None else cache.query_tail.detach()
+        return cache.memory.detach(), tail
+
+    def cache_from_memory(self, state, x, freqs_cis):
+        """A first segment at position 0 that reads the memory as `state` left it."""
+        memory, query_tail = state
+        fresh = self._empty_cache(x, freqs_cis)
+        return fresh._replace(memory=memory, segment_weights=memory.memory.weights, query_tail=query_tail)
+
     def cache_to_hand_over(self, cache: MACCache) -> MACCache:
         """A shard that ends on a segment boundary hands over only the memory: the next
         shard starts a segment, which attends to none of this one's keys."""

@@ -52,6 +52,12 @@ class MAGBlock(TitansBlockBase):
         m, mem = self.memory(x, None if cache is None else cache.memory)
         return self.gate(y, m), MAGCache(kv, mem)
 
+    def memory_of(self, cache: MAGCache):
+        return cache.memory.detach()
+
+    def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
+        return MAGCache(None, state)  # type: ignore[arg-type]  # no keys yet: the attention starts afresh
+
     def forward_shard(self, x, freqs_cis, shard):
         """Context parallel: the attention runs first, needing only the earlier keys,
         while the previous shard may still be scanning; then the memory continues from

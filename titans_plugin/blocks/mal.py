@@ -79,6 +79,12 @@ class MALBlock(TitansBlockBase):
         h = h + a
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
 
+    def memory_of(self, cache: MALCache):
+        return cache.memory.detach()
+
+    def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
+        return MALCache(state, None)  # type: ignore[arg-type]  # the attention starts afresh
+
     def stream_norms(self) -> list[str]:
         return super().stream_norms() + (["memory_norm"] if self.stacked else [])
 

@@ -97,6 +97,15 @@ class TitansConfig:
         "it were alone (attention masks, the memory restarting from its initial state on its own chunk grid, "
         "MAC's segments) ([packed documents](blocks.md#packed-documents))",
     )
+    carry_memory: int = setting(
+        0,
+        integer(0),
+        "training from warmed memories: each training forward's memories continue, without gradient, from the "
+        "state the previous one ended in (its attention starts afresh), and restart from their learned initial "
+        "state every N forwards (microbatches); 0 or 1: every forward starts from it. For models that will read "
+        "far past `training.seq_len`; not with attn_mask_type = 'block_causal' or context parallel "
+        "([how and why](blocks.md#training-from-warmed-memories))",
+    )
     cp_scan: str = setting(
         "serial",
         one_of(["serial", "parallel"]),
@@ -170,6 +179,8 @@ class TitansConfig:
             )
         if "backend" in read and self.backend == "gluon_cluster" and self.memory_depth != 2:
             _fail("memory_depth", "2 with titans.backend='gluon_cluster'", self.memory_depth)
+        if self.carry_memory > 1 and self.attn_mask_type == "block_causal":  # each document starts a memory
+            _fail("carry_memory", "0 or 1 with titans.attn_mask_type='block_causal'", self.carry_memory)
         if "cp_scan" in read and self.cp_scan == "parallel":  # the scan is affine in its start state only then
             if self.memory_depth != 1:
                 _fail("memory_depth", "1 with titans.cp_scan='parallel' (a linear memory)", self.memory_depth)
@@ -177,7 +188,7 @@ class TitansConfig:
                 _fail("max_grad_norm", "0 with titans.cp_scan='parallel' (no clip)", self.max_grad_norm)
 
 
-MODEL_FIELDS = ("pattern", "layers", "attn_mask_type")
+MODEL_FIELDS = ("pattern", "layers", "attn_mask_type", "carry_memory")
 
 
 def fields_read_by(letters: set[str], config_class: type = TitansConfig) -> set[str]:

@@ -10,13 +10,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from titans_plugin.blocks import TitansBlockBase
+from titans_plugin.blocks import Carry, TitansBlockBase
 from titans_plugin.blocks.documents import check_document_ids, document_ids
 from titans_plugin.blocks.rope import precompute_freqs_cis
 from titans_plugin.context_parallel import contiguous_shard, flush_sends
 from titans_plugin.context_parallel.transport import map_tree
 
 from .args import TitansModelArgs
+from .carry import MemoryCarry
 from .layers import build_block
 
 
@@ -46,6 +47,8 @@ class TitansTransformer(nn.Module):
         if model_args.tie_embeddings:
             self.tok_embeddings.weight = self.output.weight
         self.sequence_group: dist.ProcessGroup | None = None  # context parallel: the ranks that share each sequence
+        carry = model_args.titans.carry_memory if model_args.titans.uses_memory(self.n_layers) else 0
+        self.memory_carry = MemoryCarry(carry)
         self.init_weights()
 
     def blocks(self) -> list[TitansBlockBase]:
@@ -107,15 +110,30 @@ class TitansTransformer(nn.Module):
         if self.sequence_group is not None:
             if attention_masks is not None:
                 raise ValueError("packed documents (attention_masks) cannot run under context parallel")
+            if self._carries_memory():
+                raise ValueError("titans.carry_memory > 1 cannot run under context parallel")
             return self._forward_shard(tokens, positions)
         if positions is not None:
             raise ValueError("positions are given only under context parallel (shard_sequence)")
         if attention_masks is not None:
             check_document_ids(attention_masks, tokens.shape)
         h = self.tok_embeddings(tokens)
-        for layer in self.blocks():
-            h = layer(h, self.freqs_cis, attention_masks=attention_masks)
+        if self._carries_memory():
+            if attention_masks is not None:
+                raise ValueError("titans.carry_memory > 1 cannot train on packed documents (attention_masks)")
+            ends = []
+            for layer, start in zip(self.blocks(), self.memory_carry.starts(tokens, len(self.layers)), strict=True):
+                h, end = layer(h, self.freqs_cis, carry=Carry(start))
+                ends.append(end)
+            self.memory_carry.keep(ends, tokens)
+        else:
+            for layer in self.blocks():
+                h = layer(h, self.freqs_cis, attention_masks=attention_masks)
         return self._head(self.norm(h))
+
+    def _carries_memory(self) -> bool:
+        """Training forwards only: evaluation neither reads nor moves the carried state."""
+        return self.memory_carry.every > 1 and self.training and torch.is_grad_enabled()
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return h if self._skip_lm_head else self.output(h)

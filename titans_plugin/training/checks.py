@@ -65,6 +65,12 @@ def check_context_parallel(
             "packed documents are laid out over the whole sequence. Use attn_mask_type = 'causal' or "
             "context_parallel_degree = 1"
         )
+    if args.titans.carry_memory > 1:
+        raise ValueError(
+            f"titans.carry_memory={args.titans.carry_memory} cannot run with parallelism.context_parallel_degree={cp}: "
+            "the memory carried from one forward to the next would have to cross from the last shard to the first. "
+            "Set carry_memory = 0 or context_parallel_degree = 1"
+        )
     if compile_enabled:
         raise ValueError(
             f"parallelism.context_parallel_degree={cp} cannot run with compile.enable = true (components "
