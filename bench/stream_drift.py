@@ -3,8 +3,9 @@
     python -m bench.stream_drift --config train_configs/debug_mac.toml \
         --checkpoint outputs/debug_mac/checkpoint/step-400 --name "MAC, default"
 
-Reads 65,536 tokens of the embedded corpus's held-out stories (each one a document as the
-trainer reads it, BOS and EOS included) in pieces of the job's `training.seq_len`, through
+Reads 65,536 tokens of the embedded corpus's held-out stories, whatever the job trained on
+(each one a document as torchtitan 0.2.2's trainer reads it: BOS, text, EOS, the targets
+running on across documents), in pieces of the job's `training.seq_len`, through
 the incremental path, and prints the next-token loss per span read three ways
 (bench/needle_drift.py): as one stream, with every memory restarted at each piece (MAG,
 MAL, LMM) and with everything restarted. A loss that grows along the stream and not with
@@ -43,27 +44,30 @@ def held_out_stream(trained: Trained, n_tokens: int) -> list[int]:
     raise ValueError(f"the held-out stories hold {len(out):,} tokens, fewer than {n_tokens:,}")
 
 
-def measure(trained: Trained, n_tokens: int = DRIFT_TOKENS) -> dict:
+def measure(trained: Trained) -> dict:
     """Per mode, the mean loss of each of SPANS (None where the mode does not apply)."""
     piece = trained.seq_len
     if SPANS[0][1] % piece:
         raise ValueError(f"training.seq_len={piece} must divide {SPANS[0][1]:,}, the first span read")
-    tokens = held_out_stream(trained, n_tokens + 1)
+    tokens = held_out_stream(trained, DRIFT_TOKENS + 1)
     spans = {}
     for mode in MODES:
         losses = piece_losses(trained.model, tokens, piece, mode)
         spans[mode] = None if losses is None else span_means(losses, piece)
-    return dict(piece=piece, tokens=n_tokens, spans=spans)
+    titans = trained.model.model_args.titans
+    layers = "".join(trained.model.layer_types)
+    return dict(piece=piece, tokens=DRIFT_TOKENS, spans=spans, layers=layers, carry_memory=titans.carry_memory)
 
 
 def render(stored: dict) -> str:
     header = ["run", "read", *(f"tokens {lo:,}-{hi:,}" for lo, hi in SPANS)]
     rows = []
-    for name, r in stored.items():
+    runs = sorted(stored.items(), key=lambda kv: (kv[1]["layers"], kv[1]["carry_memory"], kv[0]))
+    for name, r in runs:
         for mode in MODES:
             cells = r["spans"][mode]
             rows.append([name, mode, *(["-"] * len(SPANS) if cells is None else [f"{x:.3f}" for x in cells])])
-    commands = "\n".join(f"- {name}: `{r['command']}` ({r['date']})" for name, r in stored.items())
+    commands = "\n".join(f"- {name}: `{r['command']}` ({r['date']})" for name, r in runs)
     return f"{table(header, rows)}\n\nCommands (2 CPU cores):\n\n{commands}"
 
 
@@ -73,12 +77,11 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint", required=True, help="a DCP step folder, e.g. outputs/<job>/checkpoint/step-400")
     p.add_argument("--name", required=True, help="the run's row in the table")
     p.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE", help="torchtitan overrides of the config")
-    p.add_argument("--tokens", type=int, default=DRIFT_TOKENS)
     p.add_argument("--no-write", action="store_true", help="print only: store nothing, write no docs")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # small models: more threads only contend
     trained = load_trained(a.config, a.checkpoint, overrides=tuple(a.set))
-    r = measure(trained, a.tokens)
+    r = measure(trained)
     r.update(
         command=f"python -m bench.stream_drift --config {a.config} --checkpoint {a.checkpoint} --name {a.name!r}"
         + (f" --set {' '.join(a.set)}" if a.set else ""),

@@ -179,3 +179,30 @@ def test_bad_settings_name_the_field():
     TitansConfig(carry_memory=1, attn_mask_type="block_causal").validate(32, 2)
     with pytest.raises(ValueError, match=r"titans.carry_memory=4 cannot run with .*context_parallel_degree=2"):
         check_context_parallel(tiny_args("G", carry_memory=4), 2, "headtail", {"training.seq_len": 64}, False)
+
+
+def test_fsdp_casting_a_blocks_inputs_leaves_the_carried_state_in_fp32():
+    """FSDP2's mixed precision casts the floating tensors it finds in a block's inputs."""
+    from torch.distributed.utils import _apply_to_tensors
+
+    from titans_plugin.blocks import Carry
+
+    model = tiny_model("G", carry_memory=2).float().train()
+    model(_tokens(0))
+    carry = Carry(model.memory_carry.states[0])
+    kwargs = _apply_to_tensors(lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t, {"carry": carry})
+    assert kwargs["carry"] is carry
+    assert all(t.dtype == torch.float32 for t in _tensors(carry.state) if t.is_floating_point())
+
+
+def test_a_mac_model_trains_as_one_stream_when_forwards_end_on_segments():
+    """A forward of whole segments: MAC's next segment attends to none of this one's keys,
+    so carrying its memory and retrieval queries' conv tail is the stream."""
+    model = tiny_model("C", carry_memory=4).train()
+    stream = copy.deepcopy(model)
+    first, second = _tokens(0), _tokens(1)  # 12 tokens: two segments of 6
+    model(first)
+    out = model(second)
+    with torch.no_grad():
+        whole, _ = stream.forward_cached(torch.cat([first, second], dim=1))
+    assert (out - whole[:, T:]).abs().max() < 1e-4  # RoPE's fp32 tables: positions 12-23 against 0-11

@@ -14,7 +14,7 @@ share.
 """
 
 import inspect
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -23,12 +23,18 @@ from .attention import Attention
 from .feed_forward import FeedForward, ffn_hidden_dim
 
 
-class Carry(NamedTuple):
+class Carry:
     """Training from warmed memories (`titans.carry_memory`): a block called with
     `carry=Carry(state)` starts its memory from `state` (None: its learned initial memory)
-    and its attention from nothing, and returns (out, the memory state to carry on, detached)."""
+    and its attention from nothing, and returns (out, the memory state to carry on, detached).
 
-    state: Any
+    A plain class, not a NamedTuple: FSDP2 casts the floating tensors of a block's inputs
+    to its parameter dtype, walking NamedTuples, and the memory's state stays fp32."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Any):
+        self.state = state
 
 
 class TitansBlockBase(nn.Module):

@@ -103,7 +103,8 @@ class TitansConfig:
         "training from warmed memories: each training forward's memories continue, without gradient, from the "
         "state the previous one ended in (its attention starts afresh), and restart from their learned initial "
         "state every N forwards (microbatches); 0 or 1: every forward starts from it. For models that will read "
-        "far past `training.seq_len`; not with attn_mask_type = 'block_causal' or context parallel "
+        "far past `training.seq_len` (no effect on a model without memory layers); not with attn_mask_type = "
+        "'block_causal' or context parallel "
         "([how and why](blocks.md#training-from-warmed-memories))",
     )
     cp_scan: str = setting(

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from titans_plugin.context_parallel.transport import map_tree
+
 
 class MemoryCarry:
     """Which memory state each training forward starts from, and the count that restarts it."""
@@ -30,8 +32,19 @@ class MemoryCarry:
         fresh = self.states is None or self.forwards % self.every == 0 or tokens.shape != self.shape
         if fresh:
             self.forwards = 0
-        return [None] * n_layers if fresh else list(self.states)  # type: ignore[arg-type]
+            return [None] * n_layers
+        for state in self.states:  # type: ignore[union-attr]
+            map_tree(_static, state)
+        return list(self.states)  # type: ignore[arg-type]
 
     def keep(self, states: list[Any], tokens: torch.Tensor) -> None:
         self.states, self.shape = states, tokens.shape
         self.forwards += 1
+
+
+def _static(leaf) -> None:
+    """Per-block torch.compile: a carried state's sizes (its unfinished chunk's length
+    differs from one forward or block type to the next) stay constants of the graph, so
+    dynamo specializes on them rather than tracing them as symbols."""
+    if isinstance(leaf, torch.Tensor):
+        torch._dynamo.mark_static(leaf)

@@ -8,6 +8,7 @@ implementation with the plugin's save list for the selective "op" policy (traini
 
 import torch
 import torch.distributed as dist
+from torch.distributed._composable.replicate import replicate
 from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.activation_checkpoint import apply_ac
 from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
@@ -62,7 +63,15 @@ def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> T
             force_sum_reductions(model)
     elif parallel_dims.dp_replicate_enabled:
         mesh = parallel_dims.get_mesh("dp_replicate")
-        apply_ddp(model, mesh, enable_compile=compile_model)
+        if model.memory_carry.every > 1:
+            # a carried forward leaves the learned initial memory out of the loss
+            # (model/carry.py): DDP must not wait for its gradient
+            if compile_model:
+                torch._dynamo.config.optimize_ddp = "ddp_optimizer"
+            replicate(model, device_mesh=mesh, bucket_cap_mb=100, find_unused_parameters=True)
+            logger.info("Applied DDP to the model (finding unused parameters: titans.carry_memory)")
+        else:
+            apply_ddp(model, mesh, enable_compile=compile_model)
         model.register_comm_hook(mesh.get_group(), sum_gradients)  # type: ignore[operator]  # DDP's own method
     return model
 
