@@ -64,9 +64,9 @@ def render(stored: dict) -> str:
     rows = []
     runs = sorted(stored.items(), key=lambda kv: (kv[1]["layers"], kv[1]["carry_memory"], kv[0]))
     for name, r in runs:
-        for mode in MODES:
-            cells = r["spans"][mode]
-            rows.append([name, mode, *(["-"] * len(SPANS) if cells is None else [f"{x:.3f}" for x in cells])])
+        for mode in MODES:  # a mode that does not apply (MAC's memory restarted) has no row
+            if r["spans"][mode] is not None:
+                rows.append([name, mode, *(f"{x:.3f}" for x in r["spans"][mode])])
     commands = "\n".join(f"- {name}: `{r['command']}` ({r['date']})" for name, r in runs)
     return f"{table(header, rows)}\n\nCommands (2 CPU cores):\n\n{commands}"
 
@@ -76,7 +76,13 @@ def main(argv=None) -> None:
     p.add_argument("--config", required=True, help="the job's TOML config (torchtitan 0.2.2)")
     p.add_argument("--checkpoint", required=True, help="a DCP step folder, e.g. outputs/<job>/checkpoint/step-400")
     p.add_argument("--name", required=True, help="the run's row in the table")
-    p.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE", help="torchtitan overrides of the config")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="a torchtitan override of the config, e.g. --set=--titans.carry_memory=4 (repeatable)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only: store nothing, write no docs")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # small models: more threads only contend
@@ -84,7 +90,7 @@ def main(argv=None) -> None:
     r = measure(trained)
     r.update(
         command=f"python -m bench.stream_drift --config {a.config} --checkpoint {a.checkpoint} --name {a.name!r}"
-        + (f" --set {' '.join(a.set)}" if a.set else ""),
+        + "".join(f" --set={o}" for o in a.set),
         date=time.strftime("%Y-%m-%d"),
     )
     print(render({a.name: r}))

@@ -39,7 +39,7 @@ def test_measure_reads_in_training_lengths_and_reports_each_span():
     assert set(r["spans"]) == set(MODES)
     assert all(len(r["spans"][m]) == len(SPANS) for m in MODES)
     text = render({"MAG": {**r, "command": "python -m bench.stream_drift ...", "date": "2026-12-06"}})
-    assert text.count("| MAG |") == len(MODES)
+    assert text.count("| MAG |") == len(MODES)  # MAG: every mode applies
     assert "tokens 32,768-65,536" in text
 
 
