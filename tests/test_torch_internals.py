@@ -71,3 +71,15 @@ def test_the_saved_ops_resolve():
     ops = ti.saved_private_ops()
     assert torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default in ops
     assert len(ops) == 6
+
+
+def test_mark_static_and_ddp_finding_unused_parameters_are_there():
+    """mark_static marks every dimension; replicate and optimize_ddp exist (the torchrun
+    test of carry_memory runs DDP through replicate_finding_unused)."""
+    from torch.distributed._composable.replicate import replicate
+
+    t = torch.zeros(2, 3)
+    ti.mark_static(t)
+    assert t._dynamo_static_indices == {0, 1}
+    assert callable(replicate)
+    assert torch._dynamo.config.optimize_ddp in (True, False, "ddp_optimizer", "python_reducer", "no_optimization")

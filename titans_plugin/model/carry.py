@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from titans_plugin.context_parallel.transport import map_tree
+from titans_plugin.utils.torch_internals import mark_static
 
 
 class MemoryCarry:
@@ -47,4 +48,4 @@ def _static(leaf) -> None:
     differs from one forward or block type to the next) stay constants of the graph, so
     dynamo specializes on them rather than tracing them as symbols."""
     if isinstance(leaf, torch.Tensor):
-        torch._dynamo.mark_static(leaf)
+        mark_static(leaf)

@@ -8,7 +8,6 @@ implementation with the plugin's save list for the selective "op" policy (traini
 
 import torch
 import torch.distributed as dist
-from torch.distributed._composable.replicate import replicate
 from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.activation_checkpoint import apply_ac
 from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
@@ -18,6 +17,7 @@ from titans_plugin.model import TitansTransformer
 from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
 from titans_plugin.training.sac import sac_save_list
 from titans_plugin.training.tensor_parallel import apply_tensor_parallel
+from titans_plugin.utils.torch_internals import replicate_finding_unused
 
 
 def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> TitansTransformer:
@@ -66,9 +66,7 @@ def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> T
         if model.memory_carry.every > 1:
             # a carried forward leaves the learned initial memory out of the loss
             # (model/carry.py): DDP must not wait for its gradient
-            if compile_model:
-                torch._dynamo.config.optimize_ddp = "ddp_optimizer"
-            replicate(model, device_mesh=mesh, bucket_cap_mb=100, find_unused_parameters=True)
+            replicate_finding_unused(model, mesh, compiled=compile_model)
             logger.info("Applied DDP to the model (finding unused parameters: titans.carry_memory)")
         else:
             apply_ddp(model, mesh, enable_compile=compile_model)

@@ -58,3 +58,19 @@ def saved_private_ops() -> set:
         aten._scaled_dot_product_attention_math.default,
         aten._scaled_dot_product_flash_attention_for_cpu.default,
     }
+
+
+def mark_static(tensor: torch.Tensor) -> None:
+    """Tell torch.compile to treat every size of `tensor` (an input of a compiled call) as a
+    constant of the graph, never as a symbol."""
+    torch._dynamo.mark_static(tensor)
+
+
+def replicate_finding_unused(model: torch.nn.Module, mesh, compiled: bool) -> None:
+    """DDP (the composable `replicate`, as torchtitan's apply_ddp) that does not wait for the
+    gradients of parameters a step leaves out of the loss."""
+    from torch.distributed._composable.replicate import replicate
+
+    if compiled:
+        torch._dynamo.config.optimize_ddp = "ddp_optimizer"  # as apply_ddp with compile
+    replicate(model, device_mesh=mesh, bucket_cap_mb=100, find_unused_parameters=True)
