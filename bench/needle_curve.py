@@ -38,7 +38,7 @@ import torch
 from bench.common import machine, publish, read_store, store, table
 from bench.needle_drift import DRIFT_TOKENS, MODES, SPANS, piece_losses, span_means
 from bench.needle_tables import by_kind, cell_key, cell_text, curriculum_text, filler_table, forgetting_table, plot
-from bench.needle_training import check_stream_options, checkpoint_name, identity, model_args, train
+from bench.needle_training import ARCHITECTURE, check_stream_options, checkpoint_name, fact, identity, model_args, train
 from bench.small_models import MEMORY_VARIANTS, VARIANTS
 from devtools.paths import REPO
 from titans_plugin.evals.needles import (
@@ -61,8 +61,8 @@ DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 OUT = os.path.join(REPO, "outputs", "needle_curve")
 RESULTS = os.path.join(REPO, "docs", "needle_curve.json")
 # what makes two models' rows comparable: a row trained otherwise says how, beside its name
-RECIPE = ("steps", "batch", "train_len", "window", "dim", "long_context", "curriculum", "answer_weight", "seed", "lr",
-          "needle_frac", "extends", "carry", "warm", "warm_stream")  # fmt: skip
+RECIPE = ("steps", "batch", "train_len", "window", "dim", "memory_heads", "long_context", "curriculum", "answer_weight",
+          "seed", "lr", "needle_frac", "extends", "carry", "warm", "warm_stream")  # fmt: skip
 
 
 def has_checkpoint(name: str, a) -> bool:
@@ -72,8 +72,8 @@ def has_checkpoint(name: str, a) -> bool:
 def load(name: str, a) -> tuple[TitansTransformer, dict]:
     with open(os.path.join(a.out, f"{checkpoint_name(name)}.json")) as f:
         facts = json.load(f)
-    for key in ("train_len", "window", "dim", "long_context"):
-        setattr(a, key, facts[key])
+    for key in ("train_len", *ARCHITECTURE):
+        setattr(a, key, fact(facts, key))
     model = TitansTransformer(model_args(name, a))
     model.load_state_dict(torch.load(os.path.join(a.out, f"{checkpoint_name(name)}.pt"), weights_only=True))
     return model.eval(), facts
@@ -306,6 +306,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-len", type=int, default=256)
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument(
+        "--memory-heads", type=int, default=4, help="memory heads (of dim / this many dimensions each; 4: 16 each)"
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--needle-frac", type=float, default=0.75)
     p.add_argument(

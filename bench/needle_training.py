@@ -42,8 +42,19 @@ MIN_DOC = 96  # the shortest needle document in training (a code needle and its 
 NEEDLE_ROOM = 40  # tokens a training document gives each needle and its question (they take 25-39)
 
 
+# what a checkpoint's weights depend on besides the variant (train_len only sizes positions)
+ARCHITECTURE = ("window", "dim", "memory_heads", "long_context")
+# facts written before a recipe option existed were trained with its default
+FACT_DEFAULTS = {"memory_heads": 4}
+
+
+def fact(facts: dict, key: str):
+    return facts[key] if key in facts else FACT_DEFAULTS[key]
+
+
 def model_args(name: str, a) -> TitansModelArgs:
-    overrides = dict(LONG_CONTEXT if a.long_context else {})
+    # the FFN width keeps every variant at the default MAC's size (memory_heads included)
+    overrides = {**(LONG_CONTEXT if a.long_context else {}), "memory_heads": a.memory_heads}
     vocab = tokenizer().get_vocab_size()
     return matched_args(
         VARIANTS[name], vocab=vocab, window=a.window, max_len=a.train_len, overrides=overrides, dim=a.dim
@@ -214,6 +225,7 @@ def train(job: tuple) -> dict:
         train_len=a.train_len,
         window=a.window,
         dim=a.dim,
+        memory_heads=a.memory_heads,
         long_context=a.long_context,
         curriculum=a.curriculum,
         answer_weight=a.answer_weight,
@@ -251,10 +263,12 @@ def extend(model: TitansTransformer, name: str, a) -> str | None:
         )
     with open(base + ".json") as f:
         source = json.load(f)
-    for key in ("window", "dim", "long_context"):  # the architecture must be the checkpoint's
-        if source[key] != getattr(a, key):
+    for key in ARCHITECTURE:  # the architecture must be the checkpoint's
+        if fact(source, key) != getattr(a, key):
             said = f"--{key.replace('_', '-')} {getattr(a, key)}"
-            raise SystemExit(f"--extend-from {a.extend_from}: {name} was trained with {key} {source[key]}, not {said}")
+            raise SystemExit(
+                f"--extend-from {a.extend_from}: {name} was trained with {key} {fact(source, key)}, not {said}"
+            )
     model.load_state_dict(torch.load(base + ".pt", weights_only=True))
     return f"{source['steps']} steps at {source['train_len']} tokens ({identity(source)})"
 

@@ -5,6 +5,7 @@ read-back scoring a model that knows the answer as right and one that does not a
 and the small models' parameter matching."""
 
 import argparse
+import json
 import math
 import random
 import re
@@ -176,6 +177,24 @@ def test_the_evaluation_scores_a_model_that_knows_the_answer_right_and_one_that_
     assert ask(right, tok, doc, piece=512) == (True, 1.0)
     assert right.read >= 3000  # the whole prompt was read, in pieces
     assert ask(_Oracle(doc.answer_ids, vocab, False), tok, doc, piece=512) == (False, 0.0)
+
+
+def test_memory_heads_of_a_recipe_are_built_recorded_and_read_back(tmp_path):
+    from bench.needle_curve import load, parser
+    from bench.needle_training import model_args, train
+
+    a = parser().parse_args(["train", "--steps", "1", "--batch", "1", "--memory-heads", "2", "--out", str(tmp_path)])
+    assert model_args("MAG", a).titans.memory_heads == 2
+    assert train(("MAG", a))["memory_heads"] == 2
+    fresh = parser().parse_args(["evaluate", "--out", str(tmp_path)])  # the default, 4, until the facts are read
+    model, _ = load("MAG", fresh)
+    assert fresh.memory_heads == 2
+    assert model.layers["0"].memory.n_heads == 2
+    facts = json.loads((tmp_path / "mag.json").read_text())
+    del facts["memory_heads"]  # facts written before the option: the default
+    (tmp_path / "mag.json").write_text(json.dumps(facts))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load("MAG", fresh)
 
 
 def test_small_models_are_matched_within_three_percent():
@@ -366,6 +385,9 @@ def test_a_length_extension_starts_from_the_checkpoint_and_says_so(tmp_path):
     wider = parser().parse_args([*args, "--dim", "32", "--extend-from", str(tmp_path / "short")])
     with pytest.raises(SystemExit, match="trained with dim 64, not --dim 32"):
         train(("MAG", wider))
+    finer = parser().parse_args([*args, "--memory-heads", "2", "--extend-from", str(tmp_path / "short")])
+    with pytest.raises(SystemExit, match="trained with memory_heads 4, not --memory-heads 2"):
+        train(("MAG", finer))
     with pytest.raises(SystemExit, match="no mac.pt there"):
         train(("MAC", longer))
 
