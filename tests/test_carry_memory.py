@@ -15,7 +15,7 @@ from titans_plugin.blocks.attention import Attention
 from titans_plugin.blocks.mac import MACBlock
 from titans_plugin.config import TitansConfig
 from titans_plugin.memory.neural_memory import NeuralMemory
-from titans_plugin.training.checks import check_context_parallel
+from titans_plugin.training.checks import Layout, check_context_parallel, check_layout
 
 T = 12  # three memory chunks, two MAC segments
 
@@ -179,6 +179,13 @@ def test_bad_settings_name_the_field():
     TitansConfig(carry_memory=1, attn_mask_type="block_causal").validate(32, 2)
     with pytest.raises(ValueError, match=r"titans.carry_memory=4 cannot run with .*context_parallel_degree=2"):
         check_context_parallel(tiny_args("G", carry_memory=4), 2, "headtail", {"training.seq_len": 64}, False)
+    check_context_parallel(tiny_args("WA", carry_memory=4), 2, "headtail", {"training.seq_len": 64}, False)
+    graphs = r"titans.carry_memory=4 cannot run with CUDA graphs .*--training.disable_cuda_graphs"
+    with pytest.raises(ValueError, match=graphs):
+        check_layout(tiny_args("G", carry_memory=4), Layout(cuda_graphs=True))
+    check_layout(tiny_args("G", carry_memory=4), Layout(cuda_graphs=False))
+    check_layout(tiny_args("G", carry_memory=1), Layout(cuda_graphs=True))
+    check_layout(tiny_args("WA", carry_memory=4), Layout(cuda_graphs=True))  # nothing to carry
 
 
 def test_fsdp_casting_a_blocks_inputs_leaves_the_carried_state_in_fp32():
@@ -206,3 +213,15 @@ def test_a_mac_model_trains_as_one_stream_when_forwards_end_on_segments():
     with torch.no_grad():
         whole, _ = stream.forward_cached(torch.cat([first, second], dim=1))
     assert (out - whole[:, T:]).abs().max() < 1e-4  # RoPE's fp32 tables: positions 12-23 against 0-11
+
+
+@pytest.mark.parametrize("pattern", ["C", "G", "L", "M"])
+def test_the_carried_state_holds_no_more_memory_than_its_own_size(pattern):
+    """Its pending inputs, conv tail and MAC's query tail are slices of the whole sequence's
+    projections: carried as views, they would keep those alive until the next forward ends."""
+    model = tiny_model(pattern, carry_memory=4).train()
+    model(_tokens(0, length=10))  # 10: an unfinished chunk, so the pending inputs are not empty
+    carried = _tensors(model.memory_carry.states)
+    assert any(t.shape[1] == 2 for t in carried if t.dim() > 2)  # the unfinished chunk's 2 tokens
+    for t in carried:
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), t.shape

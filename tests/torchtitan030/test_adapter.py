@@ -113,6 +113,18 @@ def test_a_bad_override_names_the_field_before_anything_is_built():
         train_args(config)
 
 
+def test_a_carried_memory_asks_for_cuda_graphs_off():
+    """0.3.0 replays forward + backward as a CUDA graph by default, which would freeze the
+    carried memory (model/carry.py)."""
+    config = load_job_config("titans_plugin:titans_debug_mac", "--titans.carry_memory", "4")
+    with pytest.raises(ValueError, match=r"carry_memory=4 cannot run with CUDA graphs .*disable_cuda_graphs"):
+        train_args(config)
+    config = load_job_config(
+        "titans_plugin:titans_debug_mac", "--titans.carry_memory", "4", "--training.disable_cuda_graphs"
+    )
+    assert train_args(config).titans.carry_memory == 4
+
+
 def test_builtin_selects_the_shipped_tokenizer():
     assert titans_config("debug_mac.toml").hf_assets_path == TOKENIZER_DIR
     config = load_job_config("torchtitan.models.llama3:llama3_debugmodel", "--hf_assets_path", "builtin")

@@ -128,7 +128,8 @@ class MACBlock(TitansBlockBase):
     def memory_of(self, cache: MACCache):
         """The update stream's state and the retrieval queries' conv tail."""
         assert cache.memory is not None  # a segment has been stored
-        tail = None if cache.query_tail is None else cache.query_tail.detach()
+        # a slice of the segment's queries: copied, as NeuralMemoryState.detach copies its slices
+        tail = None if cache.query_tail is None else cache.query_tail.detach().clone()
         return cache.memory.detach(), tail
 
     def cache_from_memory(self, state, x, freqs_cis):

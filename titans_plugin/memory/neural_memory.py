@@ -39,14 +39,21 @@ class NeuralMemoryState(NamedTuple):
     seen: int  # tokens processed so far
 
     def detach(self) -> "NeuralMemoryState":
-        tail = None if self.conv_tail is None else tuple(t.detach() for t in self.conv_tail)
+        """Detached copies: the pending inputs and the conv tail are slices of the whole
+        sequence's projections, whose storage a plain detach would keep alive for as long
+        as the state is held (a carried or streamed state: until the next forward ends)."""
         return NeuralMemoryState(
-            self.memory.detach(),
-            self.chunk_start.detach(),
-            tuple(p.detach() for p in self.pending),
-            tail,
+            _copy(self.memory),
+            _copy(self.chunk_start),
+            tuple(p.detach().clone() for p in self.pending),
+            None if self.conv_tail is None else tuple(t.detach().clone() for t in self.conv_tail),
             self.seen,
         )
+
+
+def _copy(state: MemoryState) -> MemoryState:
+    weights, momentum = (tuple(t.detach().clone() for t in ts) for ts in (state.weights, state.momentum))
+    return MemoryState(weights, momentum)
 
 
 def _logit(p: float) -> float:

@@ -47,6 +47,7 @@ def layout_of(config) -> Layout:
         cp=p.context_parallel_degree,
         cp_load_balancer=p.context_parallel_load_balancer,
         compile_model=compile_config.enable and "model" in compile_config.components,
+        cuda_graphs=not config.training.disable_cuda_graphs,
         seq_lens={"training.seq_len": config.training.seq_len},
     )
 

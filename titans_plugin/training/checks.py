@@ -15,6 +15,7 @@ class Layout(NamedTuple):
     cp: int = 1
     cp_load_balancer: str | None = "headtail"
     compile_model: bool = False  # torch.compile on, with "model" among its components
+    cuda_graphs: bool = False  # the trainer replays forward + backward as a CUDA graph (torchtitan 0.3.0's default)
     seq_lens: dict[str, int] = {}  # the sequence lengths the model runs at, by config field
 
 
@@ -22,6 +23,20 @@ def check_layout(args: TitansModelArgs, layout: Layout) -> None:
     check_parallel_layout(args, layout.tp, layout.pp)
     check_compile(args, layout.compile_model)
     check_context_parallel(args, layout.cp, layout.cp_load_balancer, layout.seq_lens, layout.compile_model)
+    check_cuda_graphs(args, layout.cuda_graphs)
+
+
+def check_cuda_graphs(args: TitansModelArgs, cuda_graphs: bool) -> None:
+    """A CUDA graph replays the kernels it recorded on the same buffers: the carried memory
+    (model/carry.py) is Python state between forwards, so a replay would read the state
+    the recorded forward started from, forever, and never restart."""
+    if cuda_graphs and args.titans.carry_memory > 1 and args.titans.uses_memory(args.n_layers):
+        raise ValueError(
+            f"titans.carry_memory={args.titans.carry_memory} cannot run with CUDA graphs "
+            "(training.disable_cuda_graphs = false, torchtitan 0.3.0's default): a replayed forward would "
+            "start from the recorded forward's memory every step. Set training.disable_cuda_graphs = true "
+            "(--training.disable_cuda_graphs) or titans.carry_memory = 0"
+        )
 
 
 def check_parallel_layout(args: TitansModelArgs, tp: int, pp: int = 1) -> None:
@@ -65,7 +80,7 @@ def check_context_parallel(
             "packed documents are laid out over the whole sequence. Use attn_mask_type = 'causal' or "
             "context_parallel_degree = 1"
         )
-    if args.titans.carry_memory > 1:
+    if args.titans.carry_memory > 1 and args.titans.uses_memory(args.n_layers):
         raise ValueError(
             f"titans.carry_memory={args.titans.carry_memory} cannot run with parallelism.context_parallel_degree={cp}: "
             "the memory carried from one forward to the next would have to cross from the last shard to the first. "
