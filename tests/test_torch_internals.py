@@ -83,3 +83,14 @@ def test_mark_static_and_ddp_finding_unused_parameters_are_there():
     assert t._dynamo_static_indices == {0, 1}
     assert callable(replicate)
     assert torch._dynamo.config.optimize_ddp in (True, False, "ddp_optimizer", "python_reducer", "no_optimization")
+
+
+def test_the_compiled_versions_limit_is_raised_never_lowered():
+    before = torch._dynamo.config.recompile_limit
+    try:
+        ti.allow_compiled_versions(before + 3)
+        assert torch._dynamo.config.recompile_limit == before + 3
+        ti.allow_compiled_versions(1)
+        assert torch._dynamo.config.recompile_limit == before + 3
+    finally:
+        torch._dynamo.config.recompile_limit = before

@@ -74,3 +74,9 @@ def replicate_finding_unused(model: torch.nn.Module, mesh, compiled: bool) -> No
     if compiled:
         torch._dynamo.config.optimize_ddp = "ddp_optimizer"  # as apply_ddp with compile
     replicate(model, device_mesh=mesh, bucket_cap_mb=100, find_unused_parameters=True)
+
+
+def allow_compiled_versions(per_function: int) -> None:
+    """Let torch.compile keep at least `per_function` compiled versions of one Python
+    function before it stops (fullgraph) or falls back to eager."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, per_function)
