@@ -24,11 +24,20 @@ def test_layouts_match_single_process(pattern, corpus, tmp_path):
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert reference[STEPS] < reference[1]
     # Every block type under the 2-D layouts (FSDP2 x TP, CP x TP) and CP; MAC also under each
-    # axis alone, DDP and HSDP, and with activation checkpointing (it recomputes; the numbers
-    # must not move).
+    # axis alone, DDP (with and without gradient accumulation) and HSDP, and with activation
+    # checkpointing (it recomputes; the numbers must not move).
     layouts = ["fsdp2_tp2", "cp2", "cp2_tp2"]
     if pattern == "CA":
-        layouts += ["fsdp2", "tp2", "ddp2", "hsdp", "single_ac_full", "single_ac_selective", "cp2_contiguous_ac"]
+        layouts += [
+            "fsdp2",
+            "tp2",
+            "ddp2",
+            "ddp2_accum",
+            "hsdp",
+            "single_ac_full",
+            "single_ac_selective",
+            "cp2_contiguous_ac",
+        ]
     for layout in layouts:
         curve, _ = run_layout(str(tmp_path), corpus, pattern, layout, STEPS, seed)
         for step, loss in reference.items():

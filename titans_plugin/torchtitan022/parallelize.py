@@ -6,14 +6,14 @@ per-block torch.compile, then data parallel. Activation checkpointing uses torch
 implementation with the plugin's save list for the selective "op" policy (training/sac.py).
 """
 
-import torch
-import torch.distributed as dist
+from torch import nn
 from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.activation_checkpoint import apply_ac
 from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp, apply_fsdp
 from torchtitan.tools.logging import logger
 
 from titans_plugin.model import TitansTransformer
+from titans_plugin.training.compile import make_room_for_block_types
 from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
 from titans_plugin.training.sac import sac_save_list
 from titans_plugin.training.tensor_parallel import apply_tensor_parallel
@@ -46,6 +46,7 @@ def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> T
             base_folder=job_config.job.dump_folder,
         )
     if compile_model:
+        make_room_for_block_types(model)
         apply_compile(model, job_config.compile)
 
     if parallel_dims.fsdp_enabled:
@@ -70,18 +71,31 @@ def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> T
             logger.info("Applied DDP to the model (finding unused parameters: titans.carry_memory)")
         else:
             apply_ddp(model, mesh, enable_compile=compile_model)
-        model.register_comm_hook(mesh.get_group(), sum_gradients)  # type: ignore[operator]  # DDP's own method
+        sum_new_gradients_over_ranks(model, mesh.size())
     return model
 
 
-def sum_gradients(process_group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: all-reduce with a sum, not DDP's default mean.
+def sum_new_gradients_over_ranks(model: nn.Module, ranks: int) -> None:
+    """Make DDP's mean all-reduce a sum of the ranks' gradients, gradient accumulation included.
 
     torchtitan divides each rank's summed loss by the token count of the whole global
-    batch, so the ranks' gradients already add up to the batch gradient; it disables
-    FSDP's division for that reason but not DDP's, whose mean would make every gradient
-    1/dp of the true one (the clip threshold then binds at a different step, and the run
-    departs from the single-process one).
-    """
-    work = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
+    batch, so the ranks' gradients must be summed, not averaged (it disables FSDP's division
+    for that reason but not DDP's: averaged, every gradient would be 1/dp of the true one and
+    the clip would bind at other steps than in one process). DDP reduces what .grad holds
+    after each backward, and torchtitan 0.2.2 accumulates micro-batches without no_sync, so
+    .grad then holds the earlier micro-batches' already reduced sum beside this one's own
+    gradient: a sum all-reduce would count that part once per rank. Scaling each new
+    gradient by the rank count before it accumulates makes the mean exact: the reduced part,
+    the same on every rank, stays as it is, and the new part becomes the ranks' sum.
+
+    The hooks go on at each forward, onto parameters that have none yet: torchtitan builds
+    the model on the meta device and parallelizes it before `to_empty` replaces every
+    parameter with a new one."""
+
+    def hook_new_parameters(module: nn.Module, args) -> None:
+        for param in module.parameters():
+            if param.requires_grad and not getattr(param, "_titans_sums_over_ranks", False):
+                param.register_hook(lambda grad: grad * ranks)
+                param._titans_sums_over_ranks = True  # type: ignore[attr-defined]
+
+    model.register_forward_pre_hook(hook_new_parameters)
