@@ -129,6 +129,12 @@ LAYOUTS = {  # name: (processes, extra arguments)
     "single_ac_full": (1, ["--training.local_batch_size", "8", "--activation_checkpoint.mode", "full"]),
     # per-block torch.compile (fullgraph) of the model and the loss
     "single_compile": (1, ["--training.local_batch_size", "8", "--compile.enable"]),
+    # compiled blocks under full activation checkpointing (the recomputation skips the
+    # forward's Python side effects: training/compile.py)
+    "single_compile_ac": (
+        1,
+        ["--training.local_batch_size", "8", "--compile.enable", "--activation_checkpoint.mode", "full"],
+    ),
     "single_ac_selective": (
         1,
         [

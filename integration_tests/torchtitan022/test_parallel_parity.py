@@ -25,7 +25,7 @@ def test_layouts_match_single_process(pattern, corpus, tmp_path):
     assert reference[STEPS] < reference[1]
     # Every block type under the 2-D layouts (FSDP2 x TP, CP x TP) and CP; MAC also under each
     # axis alone, DDP (with and without gradient accumulation) and HSDP, and with activation
-    # checkpointing (it recomputes; the numbers must not move).
+    # checkpointing (it recomputes; the numbers must not move), compiled too.
     layouts = ["fsdp2_tp2", "cp2", "cp2_tp2"]
     if pattern == "CA":
         layouts += [
@@ -37,6 +37,7 @@ def test_layouts_match_single_process(pattern, corpus, tmp_path):
             "single_ac_full",
             "single_ac_selective",
             "cp2_contiguous_ac",
+            "single_compile_ac",
         ]
     for layout in layouts:
         curve, _ = run_layout(str(tmp_path), corpus, pattern, layout, STEPS, seed)

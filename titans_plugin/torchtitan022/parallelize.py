@@ -13,7 +13,7 @@ from torchtitan.models.llama3.infra.parallelize import apply_compile, apply_ddp,
 from torchtitan.tools.logging import logger
 
 from titans_plugin.model import TitansTransformer
-from titans_plugin.training.compile import make_room_for_block_types
+from titans_plugin.training.compile import prepare_block_compile
 from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
 from titans_plugin.training.sac import sac_save_list
 from titans_plugin.training.tensor_parallel import apply_tensor_parallel
@@ -46,7 +46,7 @@ def parallelize_titans(model: TitansTransformer, parallel_dims, job_config) -> T
             base_folder=job_config.job.dump_folder,
         )
     if compile_model:
-        make_room_for_block_types(model)
+        prepare_block_compile(model)
         apply_compile(model, job_config.compile)
 
     if parallel_dims.fsdp_enabled:

@@ -13,7 +13,7 @@ from torchtitan.distributed.compile import apply_compile
 from torchtitan.distributed.fsdp import apply_fsdp_to_decoder
 from torchtitan.tools.logging import logger
 
-from titans_plugin.training.compile import make_room_for_block_types
+from titans_plugin.training.compile import prepare_block_compile
 from titans_plugin.training.cpu import accelerator_present, force_sum_reductions
 from titans_plugin.training.sac import sac_save_list
 from titans_plugin.training.tensor_parallel import apply_tensor_parallel
@@ -74,7 +74,7 @@ def parallelize_titans(
         else:
             ac_config.build(dump_folder=dump_folder).apply(model)
     if compile_config.enable and "model" in compile_config.components:
-        make_room_for_block_types(model)
+        prepare_block_compile(model)
         apply_compile(model, compile_config=compile_config, parallel_dims=parallel_dims)
     apply_fsdp_to_decoder(
         model,  # type: ignore[arg-type]  # it reads tok_embeddings, layers, norm, lm_head, enable_weight_tying

@@ -80,3 +80,10 @@ def allow_compiled_versions(per_function: int) -> None:
     """Let torch.compile keep at least `per_function` compiled versions of one Python
     function before it stops (fullgraph) or falls back to eager."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, per_function)
+
+
+def skip_forward_side_effects_when_recomputing() -> None:
+    """Compiled blocks under activation checkpointing: the recomputation in the backward
+    does not replay the forward's Python side effects (the memory's statistics for the
+    logger), which fullgraph compile cannot trace there (torchtitan 0.3.0 sets the same)."""
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
