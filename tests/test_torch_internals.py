@@ -94,3 +94,12 @@ def test_the_compiled_versions_limit_is_raised_never_lowered():
         assert torch._dynamo.config.recompile_limit == before + 3
     finally:
         torch._dynamo.config.recompile_limit = before
+
+
+def test_the_recompute_can_skip_forward_side_effects():
+    before = torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint
+    try:
+        ti.skip_forward_side_effects_when_recomputing()
+        assert torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint is True
+    finally:
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = before
