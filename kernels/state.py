@@ -34,6 +34,10 @@ class MemoryState(NamedTuple):
     def detach(self) -> "MemoryState":
         return MemoryState(tuple(w.detach() for w in self.weights), tuple(s.detach() for s in self.momentum))
 
+    def detached_copy(self) -> "MemoryState":
+        """Detached, each tensor in storage of its own (a view's detach keeps its base alive)."""
+        return MemoryState(*(tuple(t.detach().clone() for t in ts) for ts in (self.weights, self.momentum)))
+
 
 def state_dtype(x: torch.Tensor) -> torch.dtype:
     """Scans run in fp32 at least (bf16 recurrences drift over long sequences); fp64

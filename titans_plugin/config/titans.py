@@ -149,6 +149,11 @@ class TitansConfig:
     def uses_memory(self, n_layers: int) -> bool:
         return any(BLOCK_TYPES[letter].has_memory for letter in self.layer_types(n_layers))
 
+    def carries_memory(self, n_layers: int) -> bool:
+        """Training forwards continue the previous forward's memories (carry_memory > 1, and
+        there is a memory layer to carry)."""
+        return self.carry_memory > 1 and self.uses_memory(n_layers)
+
     def memory_config(self, dim: int) -> MemoryConfig:
         """The memory every memory layer of a model of width `dim` is built with."""
         self.adopt_renamed()

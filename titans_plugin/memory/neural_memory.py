@@ -43,17 +43,12 @@ class NeuralMemoryState(NamedTuple):
         sequence's projections, whose storage a plain detach would keep alive for as long
         as the state is held (a carried or streamed state: until the next forward ends)."""
         return NeuralMemoryState(
-            _copy(self.memory),
-            _copy(self.chunk_start),
+            self.memory.detached_copy(),
+            self.chunk_start.detached_copy(),
             tuple(p.detach().clone() for p in self.pending),
             None if self.conv_tail is None else tuple(t.detach().clone() for t in self.conv_tail),
             self.seen,
         )
-
-
-def _copy(state: MemoryState) -> MemoryState:
-    weights, momentum = (tuple(t.detach().clone() for t in ts) for ts in (state.weights, state.momentum))
-    return MemoryState(weights, momentum)
 
 
 def _logit(p: float) -> float:

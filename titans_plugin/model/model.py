@@ -47,8 +47,8 @@ class TitansTransformer(nn.Module):
         if model_args.tie_embeddings:
             self.tok_embeddings.weight = self.output.weight
         self.sequence_group: dist.ProcessGroup | None = None  # context parallel: the ranks that share each sequence
-        carry = model_args.titans.carry_memory if model_args.titans.uses_memory(self.n_layers) else 0
-        self.memory_carry = MemoryCarry(carry)
+        titans = model_args.titans
+        self.memory_carry = MemoryCarry(titans.carry_memory if titans.carries_memory(self.n_layers) else 0)
         self.init_weights()
 
     def blocks(self) -> list[TitansBlockBase]:

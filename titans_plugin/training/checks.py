@@ -30,7 +30,7 @@ def check_cuda_graphs(args: TitansModelArgs, cuda_graphs: bool) -> None:
     """A CUDA graph replays the kernels it recorded on the same buffers: the carried memory
     (model/carry.py) is Python state between forwards, so a replay would read the state
     the recorded forward started from, forever, and never restart."""
-    if cuda_graphs and args.titans.carry_memory > 1 and args.titans.uses_memory(args.n_layers):
+    if cuda_graphs and args.titans.carries_memory(args.n_layers):
         raise ValueError(
             f"titans.carry_memory={args.titans.carry_memory} cannot run with CUDA graphs "
             "(training.disable_cuda_graphs = false, torchtitan 0.3.0's default): a replayed forward would "
@@ -80,7 +80,7 @@ def check_context_parallel(
             "packed documents are laid out over the whole sequence. Use attn_mask_type = 'causal' or "
             "context_parallel_degree = 1"
         )
-    if args.titans.carry_memory > 1 and args.titans.uses_memory(args.n_layers):
+    if args.titans.carries_memory(args.n_layers):
         raise ValueError(
             f"titans.carry_memory={args.titans.carry_memory} cannot run with parallelism.context_parallel_degree={cp}: "
             "the memory carried from one forward to the next would have to cross from the last shard to the first. "
