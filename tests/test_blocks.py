@@ -48,7 +48,10 @@ def test_stream_training_equals_full_pass_and_cuts_the_graph_between_pieces(patt
     tokens = torch.randint(0, 50, (2, 23))
     target = torch.randint(0, 50, (2, 11))
     first, caches = m.forward_stream(tokens[:, :12])
-    assert all(not t.requires_grad for t in torch.utils._pytree.tree_leaves(caches) if isinstance(t, torch.Tensor))
+    handed_on = [t for t in torch.utils._pytree.tree_leaves(caches) if isinstance(t, torch.Tensor)]
+    assert all(not t.requires_grad for t in handed_on)
+    # each in storage of its own: a slice of the piece's projections would keep them alive
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in handed_on)
     last, _ = m.forward_stream(tokens[:, 12:], caches)
     assert (torch.cat([first, last], 1) - m(tokens)).abs().max() < 1e-11
 

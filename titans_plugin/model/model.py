@@ -173,9 +173,11 @@ class TitansTransformer(nn.Module):
         """Training on a stream longer than one backward pass (truncated backpropagation
         through time): logits for `tokens` [B, T] continuing from `caches`, with gradients,
         and the caches to continue from, detached, so the next piece's backward ends here.
-        Row b of the next call continues row b of this one."""
+        Row b of the next call continues row b of this one. The caches are copies: many are
+        slices of this piece's projections (window keys, pending memory inputs, conv tails),
+        which a plain detach would keep alive through the next piece's backward."""
         logits, caches = self._forward_cached(tokens, caches)
-        return logits, map_tree(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, caches)
+        return logits, map_tree(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, caches)
 
     def _forward_cached(self, tokens: torch.Tensor, caches: list | None):
         h = self.tok_embeddings(tokens)
