@@ -37,7 +37,16 @@ import torch
 
 from bench.common import machine, publish, read_store, store, table
 from bench.needle_drift import DRIFT_TOKENS, MODES, SPANS, piece_losses, span_means
-from bench.needle_tables import by_kind, cell_key, cell_text, curriculum_text, filler_table, forgetting_table, plot
+from bench.needle_tables import (
+    by_kind,
+    cell_key,
+    cell_text,
+    curriculum_text,
+    filler_table,
+    forgetting_table,
+    plot,
+    summary,
+)
 from bench.needle_training import ARCHITECTURE, check_stream_options, checkpoint_name, fact, identity, model_args, train
 from bench.small_models import MEMORY_VARIANTS, VARIANTS
 from devtools.paths import REPO
@@ -251,6 +260,33 @@ def cmd_evaluate(a) -> None:
             store(_results_path(a), "cells", key, r)  # a stopped run keeps what it measured
 
 
+def staged_rows(specs: list[str]) -> tuple[dict, dict]:
+    """--also LABEL=FILE[,FILE...]: one more row, named LABEL, for a model trained in
+    another --out (a length extension, say), from that folder's results.json (or a copy).
+    Its files hold one training run: cells measured on it in several files (a copy of the
+    checkpoint evaluated with more samples) join, the cell with more samples standing."""
+    facts: dict = {}
+    cells: dict = {}
+    for spec in specs:
+        label, sep, files = spec.partition("=")
+        if not (sep and label and files):
+            raise SystemExit(f"--also {spec!r}: expected LABEL=FILE[,FILE...]")
+        stored = [read_store(path) for path in files.split(",")]
+        runs = {identity(f): f for s in stored for f in s.get("models", {}).values()}
+        if len(runs) != 1:
+            raise SystemExit(f"--also {label!r}: its files hold {len(runs)} training runs; expected exactly 1")
+        ((run, f),) = runs.items()
+        facts[label] = f
+        for s in stored:
+            for r in s.get("cells", {}).values():
+                key = f"{label}@{r['length']}"
+                if r.get("haystack", "stories") != "stories" or r.get("checkpoint") != run:
+                    continue
+                if key not in cells or summary(r)[2] > summary(cells[key])[2]:
+                    cells[key] = r
+    return facts, cells
+
+
 def cmd_publish(a) -> None:
     stored = read_store(_results_path(a))
     facts, cells = stored.get("models", {}), stored.get("cells", {})
@@ -259,36 +295,57 @@ def cmd_publish(a) -> None:
     if not names:
         raise SystemExit(f"no trained models in {_results_path(a)}: run `python -m bench.needle_curve train` first")
     f0 = facts[names[0]]
+    staged_facts, staged_cells = staged_rows(a.also)
+    if clash := set(staged_facts) & set(VARIANTS):
+        raise SystemExit(f"--also: {sorted(clash)} name the recipe's own rows; label the staged model otherwise")
     lengths = sorted({r["length"] for r in results.values() if r["name"] in names})
+    lengths = sorted({*lengths, *(r["length"] for r in staged_cells.values())})
+    results = {k: r for k, r in results.items() if r["name"] in names} | staged_cells
+    every = {**{n: facts[n] for n in names}, **staged_facts}
     rows = []
-    for n in names:
-        f = facts[n]
-        differs = [f"{k} {f.get(k)}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k]]
-        row = [n + (f" ({', '.join(differs)})" if differs else ""), f"{f['params']:,}", f["date"]]
-        row += [f"{f['train_seconds'] / 60:.0f}", f"{f['lm_loss']:.3f}", f"{f['answer_loss']:.3f}"]
+    for n, f in every.items():
+        differs = [] if n in staged_facts else [f"{k} {f[k]}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k]]
+        row = [
+            n + (f" ({', '.join(differs)})" if differs else ""),
+            f"{f['params']:,}",
+            f["date"],
+            f"{f['train_len']:,}",
+        ]
+        minutes = f"{f['train_seconds'] / 60:.0f}" + (" (last stage)" if f.get("extends") else "")
+        row += [minutes, f"{f['lm_loss']:.3f}", f"{f['answer_loss']:.3f}"]
         for length in lengths:
             r = results.get(f"{n}@{length}")
             earlier = r is not None and (r.get("source") or r.get("checkpoint")) != identity(f)
             row.append(cell_text(r) + (" †" if earlier else ""))
         rows.append(row)
-    header = ["model", "params", "trained", "train min", "final LM loss", "final answer loss"]
-    header += [f"{length:,} tokens ({length // f0['train_len']}x)" for length in lengths]
+    names = list(every)
+    header = ["model", "params", "trained", "training length", "train min", "final LM loss", "final answer loss"]
+    header += [f"{length:,} tokens" for length in lengths]
     setting = "`forget_init = 1e-5`, `max_grad_norm = 4`" if f0["long_context"] else "the defaults"
-    machines = "; ".join(sorted({facts[n]["machine"] for n in names}))
+    machines = "; ".join(sorted({every[n]["machine"] for n in names}))
     doc = (
         f"Machine: {machines}. Trained at {f0['train_len']:,} tokens, {f0['steps']} steps of "
         f"{f0['batch']} sequences, width {f0['dim']}, window {f0['window']}, answer loss weight "
         f"{f0.get('answer_weight', 1.0):g}{curriculum_text(f0)}, memory setting: {setting}. "
         "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish` "
         "(runs kept in docs/needle_curve.json). "
-        "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run; "
+        + (
+            "Rows named by their stages (`publish --also`) continue a model of the recipe above; their "
+            "minutes are the last stage's. "
+            if staged_facts
+            else ""
+        )
+        + "Cells: exact-match % / % of the value's characters right, by place (samples); '-' = not run; "
         "† = measured on an earlier training of the same name.\n\n"
         f"{table(header, rows)}\n\n![needle accuracy vs context length](needle-curve.png)\n"
     )
     doc += by_kind(results, names, lengths, DEPTHS)
     doc += filler_table(cells, names)
     doc += forgetting_table(stored.get("forgetting", {}), names)
-    publish(doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, f0, path))
+    train_lens = sorted({f["train_len"] for f in every.values()})
+    publish(
+        doc, "results.md", "needle-curve", not a.no_write, lambda path: plot(results, names, lengths, train_lens, path)
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -356,6 +413,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-max", type=int, default=65536, help="longest context full attention is asked at")
     p.add_argument(
         "--haystack", choices=["stories", "repeat"], default="stories", help="held-out stories, or one passage repeated"
+    )
+    p.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="LABEL=FILE[,FILE...]",
+        help="publish: a row for a model trained in another --out, from its results.json (or copies); "
+        "several files of one training run join",
     )
     p.add_argument("--no-write", action="store_true")
     return p

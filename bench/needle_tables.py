@@ -111,7 +111,7 @@ def cell_text(r: dict | None) -> str:
     return f"{exact:.0f}{'' if chars is None else f' / {chars:.0f}'} ({n})"
 
 
-def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
+def plot(results: dict, names, lengths, train_lens: list[int], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,10 +128,11 @@ def plot(results: dict, names, lengths, f0: dict, path: str) -> None:
         if chars:  # partial credit, dashed, in the model's colour
             xs, ys = [L for L, _ in chars], [c for _, c in chars]
             ax.plot(xs, ys, ls="--", marker=".", color=line.get_color(), alpha=0.7)
-    ax.axvline(f0["train_len"], color="grey", lw=0.8, ls=":")
+    for train_len in train_lens:
+        ax.axvline(train_len, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [f"{L >> 20}M" if L >= 2**20 else f"{L >> 10}K" if L >= 1024 else str(L) for L in lengths])
-    ax.set_xlabel(f"context length (tokens); dotted: training length {f0['train_len']}")
+    ax.set_xlabel(f"context length (tokens); dotted: training length {', '.join(f'{n:,}' for n in train_lens)}")
     ax.set_ylabel("needle exact match % (dashed: characters right %)")
     ax.set_ylim(-3, 103)
     ax.legend(fontsize=8)

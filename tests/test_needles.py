@@ -214,7 +214,7 @@ def test_train_evaluate_publish_end_to_end(tmp_path):
         proc = subprocess.run(base + cmd + common, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| MAG | " in proc.stdout
-    assert "| 1,024 tokens (2x) |" in proc.stdout
+    assert "| 1,024 tokens |" in proc.stdout
     assert re.search(r"\| \d+ / \d+ \(2\) \|", proc.stdout)  # exact % / characters % (samples)
     assert "one passage repeated" in proc.stdout  # the filler haystack's table
     assert (tmp_path / "results.json").exists()
@@ -261,14 +261,59 @@ def test_publish_reads_the_store_and_names_a_row_trained_otherwise(tmp_path, cap
         },
     }
     (tmp_path / "results.json").write_text(json.dumps(store))
-    a = argparse.Namespace(out=str(tmp_path), variants=["MAC", "MAG"], no_write=True)
+    a = argparse.Namespace(out=str(tmp_path), variants=["MAC", "MAG"], no_write=True, also=[])
     cmd_publish(a)
     out = capsys.readouterr().out
-    assert "| 4,096 tokens (16x) |" in out
+    assert "| 4,096 tokens |" in out
     assert "512 tokens" not in out  # the length of a model not asked for
     # MAC@256 was measured on this training of MAC, MAC@4096 on an unknown (earlier) one
-    assert "| MAC | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | 100 (1) | 100 / 100 (2) † |" in out
-    assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 1 | 1.000 | 0.500 | - | 25 / 50 (4) † |" in out
+    assert "| MAC | 1,000 | 2026-12-05 | 256 | 1 (last stage) | 1.000 | 0.500 | 100 (1) | 100 / 100 (2) † |" in out
+    assert "| MAG (steps 1) | 1,000 | 2026-12-05 | 256 | 1 (last stage) | 1.000 | 0.500 | - | 25 / 50 (4) † |" in out
+
+
+def _staged_store(path, run_seconds: int, cells: dict) -> str:
+    import json
+
+    recipe = {"train_len": 2048, "extends": "1000 steps at 2048 tokens", "memory_heads": 2}
+    facts = dict(params=990, train_seconds=run_seconds, lm_loss=1.1, answer_loss=0.2, date="2026-12-06", machine="m")
+    store = {"models": {"MAG": dict(facts, name="MAG", **recipe)}, "cells": {}}
+    for length, hits in cells.items():
+        store["cells"][f"MAG@{length}"] = {
+            "name": "MAG",
+            "length": length,
+            "hits": hits,
+            "checkpoint": f"trained 2026-12-06 in {run_seconds} s",
+        }
+    path.write_text(json.dumps(store))
+    return str(path)
+
+
+def test_publish_also_adds_a_staged_model_whose_copies_join(tmp_path, capsys):
+    """publish --also LABEL=FILE,FILE: a model trained in another folder gets a row of its
+    own; two files of the same training run join, the cell with more samples standing."""
+    import json
+
+    from bench.needle_curve import RECIPE, cmd_publish
+
+    recipe = {k: 1 for k in RECIPE} | {"train_len": 256, "long_context": True}
+    base = dict(params=1000, train_seconds=60, lm_loss=1.0, answer_loss=0.5, date="2026-12-05", machine="m", **recipe)
+    (tmp_path / "results.json").write_text(json.dumps({"models": {"MAG": dict(base, name="MAG")}, "cells": {}}))
+    twenty = _staged_store(tmp_path / "a.json", 700, {2048: [True] * 4, 16384: [True, False]})
+    sixty = _staged_store(tmp_path / "b.json", 700, {16384: [True, True, True, False]})
+    a = argparse.Namespace(out=str(tmp_path), variants=["MAG"], no_write=True, also=[f"MAG staged={twenty},{sixty}"])
+    cmd_publish(a)
+    out = capsys.readouterr().out
+    assert "| MAG staged | 990 | 2026-12-06 | 2,048 | 12 (last stage) | 1.100 | 0.200 | 100 (4) | 75 (4) |" in out
+    assert "| 2,048 tokens | 16,384 tokens |" in out
+
+    other_run = _staged_store(tmp_path / "c.json", 800, {16384: [True]})
+    for also, message in (
+        [f"MAG staged={twenty},{other_run}", "2 training runs"],
+        [f"MAG={twenty}", "name the recipe's own rows"],
+        ["MAG staged", "expected LABEL=FILE"],
+    ):
+        with pytest.raises(SystemExit, match=message):
+            cmd_publish(argparse.Namespace(out=str(tmp_path), variants=["MAG"], no_write=True, also=[also]))
 
 
 def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
