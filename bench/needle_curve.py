@@ -260,30 +260,45 @@ def cmd_evaluate(a) -> None:
             store(_results_path(a), "cells", key, r)  # a stopped run keeps what it measured
 
 
+# what a later stage of training changes by design; any other difference is named beside a staged row
+STAGE_KEYS = ("steps", "batch", "train_len", "lr", "extends", "carry", "warm", "warm_stream")
+
+
 def staged_rows(specs: list[str]) -> tuple[dict, dict]:
-    """--also LABEL=FILE[,FILE...]: one more row, named LABEL, for a model trained in
+    """--also LABEL=MODEL:FILE[,FILE...]: one more row, named LABEL, for MODEL trained in
     another --out (a length extension, say), from that folder's results.json (or a copy).
-    Its files hold one training run: cells measured on it in several files (a copy of the
-    checkpoint evaluated with more samples) join, the cell with more samples standing."""
+    The files must hold one training run of MODEL: cells measured on it in several files (a
+    copy of the checkpoint evaluated with more samples) join, the cell with more samples
+    standing (the first file's on a tie)."""
     facts: dict = {}
     cells: dict = {}
     for spec in specs:
-        label, sep, files = spec.partition("=")
-        if not (sep and label and files):
-            raise SystemExit(f"--also {spec!r}: expected LABEL=FILE[,FILE...]")
-        stored = [read_store(path) for path in files.split(",")]
-        runs = {identity(f): f for s in stored for f in s.get("models", {}).values()}
+        label, _, source = spec.partition("=")
+        model, _, files = source.partition(":")
+        if not (label and model and files):
+            raise SystemExit(f"--also {spec!r}: expected LABEL=MODEL:FILE[,FILE...]")
+        if label in facts or label in VARIANTS:
+            raise SystemExit(f"--also {label!r}: a label of its own, please (it names another row)")
+        stored = []
+        for path in files.split(","):
+            if not os.path.exists(path):
+                raise SystemExit(f"--also {label!r}: no file {path}")
+            stored.append(read_store(path))
+        runs = {identity(f): f for s in stored for n, f in s.get("models", {}).items() if n == model}
         if len(runs) != 1:
-            raise SystemExit(f"--also {label!r}: its files hold {len(runs)} training runs; expected exactly 1")
+            raise SystemExit(f"--also {label!r}: its files hold {len(runs)} training runs of {model}; expected 1")
         ((run, f),) = runs.items()
         facts[label] = f
         for s in stored:
             for r in s.get("cells", {}).values():
-                key = f"{label}@{r['length']}"
-                if r.get("haystack", "stories") != "stories" or r.get("checkpoint") != run:
+                measured_on = r.get("source") or r.get("checkpoint")
+                if r["name"] != model or r.get("haystack", "stories") != "stories" or measured_on != run:
                     continue
+                key = f"{label}@{r['length']}"
                 if key not in cells or summary(r)[2] > summary(cells[key])[2]:
                     cells[key] = r
+        if not any(k.startswith(f"{label}@") for k in cells):
+            raise SystemExit(f"--also {label!r}: no cell of its files was measured on that training of {model}")
     return facts, cells
 
 
@@ -296,15 +311,14 @@ def cmd_publish(a) -> None:
         raise SystemExit(f"no trained models in {_results_path(a)}: run `python -m bench.needle_curve train` first")
     f0 = facts[names[0]]
     staged_facts, staged_cells = staged_rows(a.also)
-    if clash := set(staged_facts) & set(VARIANTS):
-        raise SystemExit(f"--also: {sorted(clash)} name the recipe's own rows; label the staged model otherwise")
     lengths = sorted({r["length"] for r in results.values() if r["name"] in names})
     lengths = sorted({*lengths, *(r["length"] for r in staged_cells.values())})
     results = {k: r for k, r in results.items() if r["name"] in names} | staged_cells
     every = {**{n: facts[n] for n in names}, **staged_facts}
     rows = []
     for n, f in every.items():
-        differs = [] if n in staged_facts else [f"{k} {f[k]}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k]]
+        same = STAGE_KEYS if n in staged_facts else ()
+        differs = [f"{k} {f[k]}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k] and k not in same]
         row = [
             n + (f" ({', '.join(differs)})" if differs else ""),
             f"{f['params']:,}",
@@ -330,8 +344,8 @@ def cmd_publish(a) -> None:
         "Commands: `python -m bench.needle_curve train`, `... evaluate`, `... publish` "
         "(runs kept in docs/needle_curve.json). "
         + (
-            "Rows named by their stages (`publish --also`) continue a model of the recipe above; their "
-            "minutes are the last stage's. "
+            "Rows for models trained further (`publish --also`) are named by their stages; beside the name, "
+            "how their first stage differs from the recipe above; their minutes are the last stage's. "
             if staged_facts
             else ""
         )
@@ -416,11 +430,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--also",
-        nargs="*",
+        action="append",
         default=[],
-        metavar="LABEL=FILE[,FILE...]",
-        help="publish: a row for a model trained in another --out, from its results.json (or copies); "
-        "several files of one training run join",
+        metavar="LABEL=MODEL:FILE[,FILE...]",
+        help="publish: a row for MODEL trained in another --out, from its results.json (or copies); "
+        "several files of one training run join; repeat for more rows",
     )
     p.add_argument("--no-write", action="store_true")
     return p

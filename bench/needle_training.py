@@ -33,7 +33,7 @@ from bench.common import machine
 from bench.small_models import VARIANTS, matched_args, n_params
 from titans_plugin.evals.needles import KINDS, haystack, make_document, story_ids
 from titans_plugin.evals.niah import tokenizer
-from titans_plugin.model import TitansModelArgs, TitansTransformer
+from titans_plugin.model import TitansModelArgs, TitansTransformer, caches_to_hold
 
 LONG_CONTEXT = {"forget_init": 1e-5, "max_grad_norm": 4.0}  # the recall work's setting
 TRAIN_STORIES = 4000  # about 1M training tokens of haystack and text
@@ -127,7 +127,7 @@ def read_stories(model: TitansTransformer, stories: list[int], a, rng: random.Ra
     """The caches after every row has read one more training length of plain stories, each
     row from its own place in them."""
     starts = [rng.randrange(len(stories) - a.train_len) for _ in range(a.batch)]
-    return model.forward_cached(torch.tensor([stories[s : s + a.train_len] for s in starts]), caches)[1]
+    return caches_to_hold(model.forward_cached(torch.tensor([stories[s : s + a.train_len] for s in starts]), caches)[1])
 
 
 def warm_caches(model: TitansTransformer, stories: list[int], a, rng: random.Random) -> list | None:

@@ -289,8 +289,9 @@ def _staged_store(path, run_seconds: int, cells: dict) -> str:
 
 
 def test_publish_also_adds_a_staged_model_whose_copies_join(tmp_path, capsys):
-    """publish --also LABEL=FILE,FILE: a model trained in another folder gets a row of its
-    own; two files of the same training run join, the cell with more samples standing."""
+    """publish --also LABEL=MODEL:FILE,FILE: a model trained in another folder gets a row of
+    its own; two files of the same training run join, the cell with more samples standing,
+    whichever file comes first; what its recipe changes beyond a later stage's is named."""
     import json
 
     from bench.needle_curve import RECIPE, cmd_publish
@@ -300,20 +301,29 @@ def test_publish_also_adds_a_staged_model_whose_copies_join(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"models": {"MAG": dict(base, name="MAG")}, "cells": {}}))
     twenty = _staged_store(tmp_path / "a.json", 700, {2048: [True] * 4, 16384: [True, False]})
     sixty = _staged_store(tmp_path / "b.json", 700, {16384: [True, True, True, False]})
-    a = argparse.Namespace(out=str(tmp_path), variants=["MAG"], no_write=True, also=[f"MAG staged={twenty},{sixty}"])
-    cmd_publish(a)
-    out = capsys.readouterr().out
-    assert "| MAG staged | 990 | 2026-12-06 | 2,048 | 12 (last stage) | 1.100 | 0.200 | 100 (4) | 75 (4) |" in out
-    assert "| 2,048 tokens | 16,384 tokens |" in out
+
+    def publish(*also: str) -> str:
+        cmd_publish(argparse.Namespace(out=str(tmp_path), variants=["MAG"], no_write=True, also=list(also)))
+        return capsys.readouterr().out
+
+    row = "| MAG staged (memory_heads 2) | 990 | 2026-12-06 | 2,048 | 12 (last stage) | 1.100 | 0.200 |"
+    row += " 100 (4) | 75 (4) |"
+    for files in (f"{twenty},{sixty}", f"{sixty},{twenty}"):
+        out = publish(f"MAG staged=MAG:{files}")
+        assert row in out
+        assert "| 2,048 tokens | 16,384 tokens |" in out
 
     other_run = _staged_store(tmp_path / "c.json", 800, {16384: [True]})
     for also, message in (
-        [f"MAG staged={twenty},{other_run}", "2 training runs"],
-        [f"MAG={twenty}", "name the recipe's own rows"],
-        ["MAG staged", "expected LABEL=FILE"],
+        [[f"X=MAG:{twenty},{other_run}"], "2 training runs of MAG"],
+        [[f"X=MAC:{twenty}"], "0 training runs of MAC"],
+        [[f"X=MAG:{twenty},{tmp_path / 'typo.json'}"], "no file"],
+        [[f"MAG=MAG:{twenty}"], "a label of its own"],
+        [[f"X=MAG:{twenty}", f"X=MAG:{other_run}"], "a label of its own"],
+        [[f"X={twenty}"], "expected LABEL=MODEL:FILE"],
     ):
         with pytest.raises(SystemExit, match=message):
-            cmd_publish(argparse.Namespace(out=str(tmp_path), variants=["MAG"], no_write=True, also=[also]))
+            publish(*also)
 
 
 def test_by_kind_splits_each_cell_by_the_recorded_needle_kind():
@@ -527,7 +537,10 @@ def test_a_step_from_the_background_streams_caches_leaves_them_as_they_were(name
     model.cover_positions(2 * 64)
     stories = [i % 300 for i in range(2000)]
     background = read_stories(model, stories, a, random.Random(0), None)
-    leaves = [t.clone() for t in torch.utils._pytree.tree_leaves(background) if isinstance(t, torch.Tensor)]
+    held = [t for t in torch.utils._pytree.tree_leaves(background) if isinstance(t, torch.Tensor)]
+    # held for the whole run: none keeps the read piece's projections alive
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in held)
+    leaves = [t.clone() for t in held]
     logits, _ = model.forward_stream(torch.tensor([stories[:64], stories[64:128]]), background)
     logits.sum().backward()
     after = [t for t in torch.utils._pytree.tree_leaves(background) if isinstance(t, torch.Tensor)]
