@@ -92,7 +92,9 @@ def test_carried_memory_through_compiled_checkpointed_blocks_matches_eager(torch
     model.load_state_dict(eager.state_dict())
     prepare_block_compile(model)
     for name, block in list(model.layers.items()):
-        model.layers[name] = torch.compile(checkpoint_wrapper(block, preserve_rng_state=False), backend="eager")
+        model.layers[name] = torch.compile(
+            checkpoint_wrapper(block, preserve_rng_state=False), fullgraph=True, backend="eager"
+        )
     for step in range(3):  # fresh, carried, carried again
         tokens = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(step))
         out, expected = model(tokens), eager(tokens)

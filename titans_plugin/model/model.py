@@ -21,6 +21,22 @@ from .carry import MemoryCarry
 from .layers import build_block
 
 
+def caches_to_hold(caches: list) -> list:
+    """Caches to keep past the next forward (a stream's, carried from piece to piece):
+    detached, and copied where a tensor is a view into a larger storage (window keys,
+    pending memory inputs and conv tails are slices of a piece's projections, which holding
+    the view would keep alive); a tensor that is its whole storage (a growing full-attention
+    cache) is kept as it is."""
+
+    def own(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t.detach()
+        return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+    return map_tree(own, caches)
+
+
 class TitansTransformer(nn.Module):
     # True: forward returns the final norm's output and the loss applies `output` itself
     # (torchtitan 0.3's chunked loss sets it)
@@ -173,11 +189,10 @@ class TitansTransformer(nn.Module):
         """Training on a stream longer than one backward pass (truncated backpropagation
         through time): logits for `tokens` [B, T] continuing from `caches`, with gradients,
         and the caches to continue from, detached, so the next piece's backward ends here.
-        Row b of the next call continues row b of this one. The caches are copies: many are
-        slices of this piece's projections (window keys, pending memory inputs, conv tails),
-        which a plain detach would keep alive through the next piece's backward."""
+        Row b of the next call continues row b of this one (caches_to_hold: none keeps this
+        piece's projections alive through the next piece's backward)."""
         logits, caches = self._forward_cached(tokens, caches)
-        return logits, map_tree(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, caches)
+        return logits, caches_to_hold(caches)
 
     def _forward_cached(self, tokens: torch.Tensor, caches: list | None):
         h = self.tok_embeddings(tokens)
