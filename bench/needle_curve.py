@@ -47,7 +47,16 @@ from bench.needle_tables import (
     plot,
     summary,
 )
-from bench.needle_training import ARCHITECTURE, check_stream_options, checkpoint_name, fact, identity, model_args, train
+from bench.needle_training import (
+    ARCHITECTURE,
+    FACT_DEFAULTS,
+    check_stream_options,
+    checkpoint_name,
+    fact,
+    identity,
+    model_args,
+    train,
+)
 from bench.small_models import MEMORY_VARIANTS, VARIANTS
 from devtools.paths import REPO
 from titans_plugin.evals.needles import (
@@ -302,6 +311,11 @@ def staged_rows(specs: list[str]) -> tuple[dict, dict]:
     return facts, cells
 
 
+def recorded(facts: dict, key: str):
+    """A recipe setting as recorded, or as facts written before it existed read it (None: unknown)."""
+    return facts.get(key, FACT_DEFAULTS.get(key))
+
+
 def cmd_publish(a) -> None:
     stored = read_store(_results_path(a))
     facts, cells = stored.get("models", {}), stored.get("cells", {})
@@ -318,7 +332,8 @@ def cmd_publish(a) -> None:
     rows = []
     for n, f in every.items():
         same = STAGE_KEYS if n in staged_facts else ()
-        differs = [f"{k} {f[k]}" for k in RECIPE if k in f and k in f0 and f[k] != f0[k] and k not in same]
+        settings = [(k, recorded(f, k), recorded(f0, k)) for k in RECIPE if k not in same]
+        differs = [f"{k} {v}" for k, v, v0 in settings if None not in (v, v0) and v != v0]
         row = [
             n + (f" ({', '.join(differs)})" if differs else ""),
             f"{f['params']:,}",

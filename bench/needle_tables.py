@@ -117,7 +117,7 @@ def plot(results: dict, names, lengths, train_lens: list[int], path: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9.5, 4))
     for n in names:
         pts = [(L, results[f"{n}@{L}"]) for L in lengths if f"{n}@{L}" in results]
         if not pts:
@@ -136,7 +136,7 @@ def plot(results: dict, names, lengths, train_lens: list[int], path: str) -> Non
     ax.set_xlabel(f"context length (tokens); dotted: training length{'s' if len(train_lens) > 1 else ''} {lens}")
     ax.set_ylabel("needle exact match % (dashed: characters right %)")
     ax.set_ylim(-3, 103)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: lines fill the plot
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
