@@ -8,6 +8,7 @@ length and at 4K to 1M tokens.
     python -m bench.needle_curve forgetting        # each memory head's half-life over held-out text
     python -m bench.needle_curve drift             # LM loss along 65,536 tokens: streamed, memory restarted
     python -m bench.needle_curve publish           # table + plot into docs/results.md
+    python -m bench.needle_curve publish --also "MAG, trained on=MAG:DIR/results.json"  # + a staged model's row
     python -m bench.needle_curve train --variants MAG --steps 20 --out /tmp/nc   # smoke
 
 Models and training recipe: bench/needle_training.py (its options: `train` in parser() below).
