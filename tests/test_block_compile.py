@@ -82,6 +82,13 @@ def test_without_the_room_torch_stops_compiling_such_a_hybrid(torch_default_limi
 
 
 @pytest.mark.slow  # compiles two block types
+@pytest.mark.xfail(
+    torch.__version__ >= "2.14",
+    reason="torch 2.14.1's dynamo fails compiling a checkpointed block that takes a carried state "
+    "(InternalTorchDynamoError: an output node outside its graph); strict, so a fixed torch shows",
+    raises=torch._dynamo.exc.InternalTorchDynamoError,
+    strict=True,
+)
 def test_carried_memory_through_compiled_checkpointed_blocks_matches_eager(torch_default_limit):
     """carry_memory, per-block compile and full activation checkpointing together: the
     carried state enters and leaves each block as an argument and a result (no side
