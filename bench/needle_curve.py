@@ -326,9 +326,8 @@ def cmd_publish(a) -> None:
         raise SystemExit(f"no trained models in {_results_path(a)}: run `python -m bench.needle_curve train` first")
     f0 = facts[names[0]]
     staged_facts, staged_cells = staged_rows(a.also)
-    lengths = sorted({r["length"] for r in results.values() if r["name"] in names})
-    lengths = sorted({*lengths, *(r["length"] for r in staged_cells.values())})
     results = {k: r for k, r in results.items() if r["name"] in names} | staged_cells
+    lengths = sorted({r["length"] for r in results.values()})
     every = {**{n: facts[n] for n in names}, **staged_facts}
     rows = []
     for n, f in every.items():
