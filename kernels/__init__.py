@@ -19,7 +19,7 @@ from .chunk import chunk_neural_memory
 from .chunk_autograd import chunk_neural_memory_autograd
 from .dispatch import BACKENDS, neural_memory_scan, resolve_backend
 from .naive import memory_mlp, naive_neural_memory
-from .state import MemoryState
+from .state import MemoryState, detached_copy
 from .state_response import add_start_state, response_output, state_response
 from .triton_backend import SUPPORTED_DEPTHS as TRITON_DEPTHS
 from .triton_backend import triton_neural_memory
@@ -31,6 +31,7 @@ __all__ = [
     "add_start_state",
     "chunk_neural_memory",
     "chunk_neural_memory_autograd",
+    "detached_copy",
     "get_activation",
     "memory_mlp",
     "naive_neural_memory",

@@ -35,8 +35,14 @@ class MemoryState(NamedTuple):
         return MemoryState(tuple(w.detach() for w in self.weights), tuple(s.detach() for s in self.momentum))
 
     def detached_copy(self) -> "MemoryState":
-        """Detached, each tensor in storage of its own (a view's detach keeps its base alive)."""
-        return MemoryState(*(tuple(t.detach().clone() for t in ts) for ts in (self.weights, self.momentum)))
+        return MemoryState(*(tuple(detached_copy(t) for t in ts) for ts in (self.weights, self.momentum)))
+
+
+def detached_copy(t: torch.Tensor) -> torch.Tensor:
+    """t detached, in contiguous storage of its own: a view's detach would keep its base
+    alive for as long as it is held, and a copy's strides do not depend on the view it came
+    from (a state handed to a compiled block with other strides recompiles the block)."""
+    return t.detach().clone(memory_format=torch.contiguous_format)
 
 
 def state_dtype(x: torch.Tensor) -> torch.dtype:

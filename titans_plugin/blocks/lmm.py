@@ -23,7 +23,7 @@ class LMMBlock(TitansBlockBase):
         return self.memory(x, cache)
 
     def memory_of(self, cache: NeuralMemoryState):
-        return cache.detach()
+        return cache.to_carry()
 
     def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
         return state

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState
+from titans_plugin.memory import MemoryConfig, NeuralMemory, NeuralMemoryState, detached_copy
 
 from .attention import masked_attention
 from .base import TitansBlockBase
@@ -129,8 +129,8 @@ class MACBlock(TitansBlockBase):
         """The update stream's state and the retrieval queries' conv tail."""
         assert cache.memory is not None  # a segment has been stored
         # a slice of the segment's queries: copied, as NeuralMemoryState.detach copies its slices
-        tail = None if cache.query_tail is None else cache.query_tail.detach().clone()
-        return cache.memory.detach(), tail
+        tail = None if cache.query_tail is None else detached_copy(cache.query_tail)
+        return cache.memory.to_carry(), tail
 
     def cache_from_memory(self, state, x, freqs_cis):
         """A first segment at position 0 that reads the memory as `state` left it."""

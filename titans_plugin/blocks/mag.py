@@ -53,7 +53,7 @@ class MAGBlock(TitansBlockBase):
         return self.gate(y, m), MAGCache(kv, mem)
 
     def memory_of(self, cache: MAGCache):
-        return cache.memory.detach()
+        return cache.memory.to_carry()
 
     def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
         return MAGCache(None, state)  # type: ignore[arg-type]  # no keys yet: the attention starts afresh

@@ -80,7 +80,7 @@ class MALBlock(TitansBlockBase):
         return h + self.feed_forward(self.ffn_norm(h)), MALCache(mem, kv)
 
     def memory_of(self, cache: MALCache):
-        return cache.memory.detach()
+        return cache.memory.to_carry()
 
     def cache_from_memory(self, state: NeuralMemoryState, x, freqs_cis):
         return MALCache(state, None)  # type: ignore[arg-type]  # the attention starts afresh

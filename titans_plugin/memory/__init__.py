@@ -1,6 +1,6 @@
 from .config import ACTIVATIONS, BACKENDS, GATE_MODES, TRITON_DEPTHS, MemoryConfig
 from .lanes import DocumentLanes, place_documents
-from .neural_memory import NeuralMemory, NeuralMemoryState
+from .neural_memory import NeuralMemory, NeuralMemoryState, detached_copy
 
 __all__ = [
     "ACTIVATIONS",
@@ -11,5 +11,6 @@ __all__ = [
     "NeuralMemory",
     "NeuralMemoryState",
     "TRITON_DEPTHS",
+    "detached_copy",
     "place_documents",
 ]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from titans_plugin.kernels import MemoryState, get_activation, memory_mlp, neural_memory_scan
+from titans_plugin.kernels import MemoryState, detached_copy, get_activation, memory_mlp, neural_memory_scan
 from titans_plugin.utils.dtensor import copy_whole, local
 
 from .config import MemoryConfig
@@ -36,7 +36,7 @@ class NeuralMemoryState(NamedTuple):
     chunk_start: MemoryState  # state where the current, unfinished chunk began
     pending: tuple[torch.Tensor, ...]  # q, k, v, theta, eta, alpha of that chunk so far
     conv_tail: tuple[torch.Tensor, ...] | None  # last K - 1 pre-conv q, k, v inputs
-    seen: int  # tokens processed so far
+    seen: int  # tokens processed so far (by a carried training forward: in that forward)
 
     def detach(self) -> "NeuralMemoryState":
         """Detached copies: the pending inputs and the conv tail are slices of the whole
@@ -45,10 +45,17 @@ class NeuralMemoryState(NamedTuple):
         return NeuralMemoryState(
             self.memory.detached_copy(),
             self.chunk_start.detached_copy(),
-            tuple(p.detach().clone() for p in self.pending),
-            None if self.conv_tail is None else tuple(t.detach().clone() for t in self.conv_tail),
+            tuple(detached_copy(p) for p in self.pending),
+            None if self.conv_tail is None else tuple(detached_copy(t) for t in self.conv_tail),
             self.seen,
         )
+
+    def to_carry(self) -> "NeuralMemoryState":
+        """What a carried training forward (titans.carry_memory) hands to the next one:
+        detached, its token count at 0. Per-block torch.compile guards on the count, a Python
+        int: growing by a batch every forward, it would recompile every block and then be
+        traced as a symbol, which torch 2.14.1's dynamo fails on in a checkpointed block."""
+        return self.detach()._replace(seen=0)
 
 
 def _logit(p: float) -> float:
