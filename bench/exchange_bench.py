@@ -17,8 +17,9 @@ and 32 groups (B x H = 32, where splitting pays):
   second barrier before the slots are reused; the same with two slot sets alternated by
   round, which needs one barrier a round; and the cluster barrier alone (one a round).
 And how many clusters of 2, 4 and 8 CTAs can be resident at once at the shared memory a
-cluster kernel would hold (the driver's cuOccupancyMaxActiveClusters): clusters cannot span
-GPCs, so fewer SMs than 132 may be usable, which the model assumes away.
+cluster kernel would hold, the built cluster forward's own among them (the driver's
+cuOccupancyMaxActiveClusters): clusters cannot span GPCs, so fewer SMs than 132 may be
+usable, which the model assumes away.
 A round's cost is the difference of two launches (2N and N rounds, N = 1,024) over N, so
 the launch and the first load cancel; a difference that is not well above the short
 launch's time is marked, since then the host's launches set the pace. The sums are checked
@@ -263,13 +264,28 @@ def measure(device: torch.device, dry: bool = False) -> dict:
     return {"rows": rows, "occupancy": occupancy, "not_run": not_run}
 
 
-CLUSTER_SHARED = (16384, 98304, 131072, 196608)  # the exchange alone; the prototypes' sizes; most of an SM
+CLUSTER_SHARED = {16384: "the exchange alone", 98304: "a prototype", 131072: "a prototype", 196608: "most of an SM"}
+BUILT = "the cluster forward"
+
+
+def occupancy_sizes(ctas: int) -> dict[int, str]:
+    """The shared bytes per CTA to ask the driver about at `ctas` CTAs per cluster, each
+    with what holds it: CLUSTER_SHARED, and at the cluster sizes the Gluon cluster forward
+    runs, that kernel's own (default configuration: chunk 64, SiLU, the clip on; compiled
+    ahead of time, as the compile report does), so the run says how many of its clusters
+    the GPU holds at once, which the roofline model takes as 132 SMs' worth."""
+    from titans_plugin.kernels.gluon_backend.cluster import CLUSTER_SIZES, compile_cluster
+
+    sizes = dict(CLUSTER_SHARED)
+    if ctas in CLUSTER_SIZES:
+        sizes[compile_cluster(ctas, 64, "silu", True).metadata.shared] = BUILT
+    return sizes
 
 
 def cluster_occupancy(device: torch.device) -> list[dict]:
-    """Clusters of each size resident at once at each CLUSTER_SHARED bytes of shared memory
-    per CTA, and their CTAs (more than one per SM where the shared memory allows), from the
-    driver (sm_90 only)."""
+    """Clusters of each size resident at once at each of occupancy_sizes' bytes of shared
+    memory per CTA, and their CTAs (more than one per SM where the shared memory allows),
+    from the driver (sm_90 only)."""
     from triton.runtime import driver
 
     rows = []
@@ -278,9 +294,9 @@ def cluster_occupancy(device: torch.device) -> list[dict]:
         k = compile_cluster_exchange(ctas, arch=10 * major + minor)
         with torch.cuda.device(device):
             k._init_handles()  # loads the binary on the device: the function handle the driver asks about
-        for shared in CLUSTER_SHARED:
+        for shared, holder in sorted(occupancy_sizes(ctas).items()):
             clusters = driver.active.utils.cuOccupancyMaxActiveClusters(k.function, shared, ctas)
-            rows.append(dict(ctas=ctas, shared=shared, clusters=clusters, ctas_resident=clusters * ctas))
+            rows.append(dict(ctas=ctas, shared=shared, holder=holder, clusters=clusters, ctas_resident=clusters * ctas))
     return rows
 
 
@@ -318,8 +334,12 @@ def report(result: dict) -> str:
     header = ["exchange", "payload", "programs per group", "groups", "us per round", "us per launch", "correct"]
     text = table(header, rows)
     if result.get("occupancy"):
-        occ = [[o["ctas"], f"{o['shared']:,}", o["clusters"], o["ctas_resident"]] for o in result["occupancy"]]
-        text += "\n\n" + table(["CTAs per cluster", "shared B per CTA", "clusters resident", "CTAs resident"], occ)
+        occ = [
+            [o["ctas"], f"{o['shared']:,}", o.get("holder", ""), o["clusters"], o["ctas_resident"]]
+            for o in result["occupancy"]
+        ]
+        header = ["CTAs per cluster", "shared B per CTA", "held by", "clusters resident", "CTAs resident"]
+        text += "\n\n" + table(header, occ)
     for part, why in result["not_run"].items():
         text += f"\n\nNot run ({part}): {why}"
     return text

@@ -210,8 +210,24 @@ CLUSTER_EXCHANGE_US = 1.0
 SHARED_PER_SM = 227 * 1024  # an H100 block's shared-memory limit
 
 
+def resident_ctas(n: int, shared: int, occupancy=()) -> int:
+    """CTAs of n-CTA clusters resident at once, each CTA holding `shared` bytes of shared
+    memory: whole clusters on all 132 SMs (the model's assumption), or what a GPU run
+    measured (measured_resident)."""
+    measured = measured_resident(n, shared, occupancy)
+    return (SMS // n) * n if measured is None else measured
+
+
+def measured_resident(n: int, shared: int, occupancy) -> int | None:
+    """A GPU run's count of resident CTAs (bench/exchange_bench.py's occupancy rows) for
+    n-CTA clusters at the smallest size it asked about that holds `shared` (None: none)."""
+    rows = [o for o in occupancy if o["ctas"] == n and o["shared"] >= shared]
+    return min(rows, key=lambda o: o["shared"])["ctas_resident"] if rows else None
+
+
 def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING_US,
-           cluster_us: float = CLUSTER_EXCHANGE_US, C: int = 64, D: int = 64, H: int = 256) -> dict:  # fmt: skip
+           cluster_us: float = CLUSTER_EXCHANGE_US, C: int = 64, D: int = 64, H: int = 256,
+           occupancy=()) -> dict:  # fmt: skip
     """Forward + backward per chunk for one design at B x H = BH: kind "one" (one program
     per (batch, head), the state streamed through L2: today's kernels), "split" (n programs
     per head, each streaming its shard of the state through L2, meeting through global
@@ -219,10 +235,11 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     (a cluster of n CTAs per head, each holding its shard of W1, W2, S1, S2 in shared memory
     for the whole sequence, exchanging over DSMEM). Bytes through L2 per chunk and head,
     DSMEM bytes per CTA, barriers, shared memory per CTA, programs resident, the time per
-    chunk for all heads and the useful share of bf16 peak, with what binds it."""
+    chunk for all heads and the useful share of bf16 peak, with what binds it. occupancy:
+    measured cluster residency (resident_ctas)."""
     tile, every = 16, 4
     if kind == "cluster_forward":
-        return cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every)
+        return cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every, occupancy)
     if kind == "one":  # today's kernels: the model above, as it is
         r = predict(C, D, H, tile, every, True, spills, BH)
         l2 = r["l2"]["fwd"] + r["l2"]["bwd"]
@@ -264,12 +281,14 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     else:
         raise ValueError(f"design kind must be one of 'one', 'split', 'cluster', got {kind!r}")
     programs = BH * n
-    resident = SMS if kind != "cluster" else (SMS // n) * n  # at most one program per SM; whole clusters
     if kind == "split" and programs > SMS:  # a cooperative launch needs every program resident
         return {"launches": False, "programs": programs, "shared": shared, "why": f"{programs} programs > {SMS} SMs"}
     if shared is not None and shared > SHARED_PER_SM:
         why = f"{shared // 1024} KiB of shared memory > {SHARED_PER_SM // 1024}"
         return {"launches": False, "programs": programs, "shared": shared, "why": why}
+    resident = SMS if kind != "cluster" else resident_ctas(n, shared, occupancy)  # one program per SM at most
+    if resident == 0:
+        return {"launches": False, "programs": programs, "shared": shared, "why": "no cluster resident (measured)"}
     active = min(programs, resident)
     l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / active) * 1e9
     sm_peak = PEAK_TFLOPS * 1e12 / SMS
@@ -301,7 +320,7 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
 CLUSTER_FORWARD = {"barriers": 3, "partials": 3, "shared": 221_696}
 
 
-def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every) -> dict:
+def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every, occupancy=()) -> dict:
     """The built combination: the forward on a cluster of n CTAs per head (the state's shards
     on chip; L2 carries the chunk's inputs, y and the checkpoints), the backward as the
     one-program kernels' (the model above)."""
@@ -311,8 +330,11 @@ def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every) -> d
     inputs = 3 * C * D * 2 + 3 * C * 4  # q, k, v (bf16), the gates
     checkpoint = 4 * 4 * D * H / every  # the state written every `every` chunks
     l2_fwd = n * inputs + C * D * 2 + checkpoint
-    resident = (SMS // n) * n
+    resident = resident_ctas(n, CLUSTER_FORWARD["shared"], occupancy)
     programs = BH * n
+    if resident == 0:
+        return {"launches": False, "programs": programs, "shared": CLUSTER_FORWARD["shared"],
+                "why": "no cluster resident (measured)"}  # fmt: skip
     l2_rate = min(L2_PER_SM_GBS, L2_TOTAL_GBS / min(programs, resident)) * 1e9
     compute_fwd = (m["flops"]["fwd"] - small) + n * small
     t_fwd = max(compute_fwd / n / sm_peak, l2_fwd / n / l2_rate) + CLUSTER_FORWARD["barriers"] * cluster_us * 1e-6
@@ -346,11 +368,14 @@ DESIGN_NAMES = {
 }
 
 
-def designs_table(spills: dict, meeting_us: float = MEETING_US, cluster_us: float = CLUSTER_EXCHANGE_US) -> str:
-    """Every design at B x H = 32 and 128, forward + backward (the default configuration)."""
+def designs_table(
+    spills: dict, meeting_us: float = MEETING_US, cluster_us: float = CLUSTER_EXCHANGE_US, occupancy=()
+) -> str:
+    """Every design at B x H = 32 and 128, forward + backward (the default configuration);
+    occupancy: measured cluster residency (resident_ctas)."""
     rows = []
     for kind, n in DESIGNS:
-        first = design(kind, n, 32, spills, meeting_us, cluster_us)
+        first = design(kind, n, 32, spills, meeting_us, cluster_us, occupancy=occupancy)
         row = [DESIGN_NAMES[kind], n]
         shared = "-" if first.get("shared") is None else f"{first['shared'] // 1024}"
         if "l2_kib" in first:
@@ -358,7 +383,7 @@ def designs_table(spills: dict, meeting_us: float = MEETING_US, cluster_us: floa
         else:
             row += ["", "", "", shared]
         for BH in (32, 128):
-            r = design(kind, n, BH, spills, meeting_us, cluster_us)
+            r = design(kind, n, BH, spills, meeting_us, cluster_us, occupancy=occupancy)
             cannot = f"cannot launch ({r.get('why')})"
             row.append(f"{r['pct_peak']:.1f}% ({r['bound']})" if r["launches"] else cannot)
         budget = first.get("exchange_budget_us")
@@ -435,8 +460,10 @@ def calibrate(measured: dict) -> str:
 def exchange_calibration(measured: dict, spills: dict) -> str:
     """The designs' exchange terms, assumed against measured (bench/exchange_bench.py's rows
     in a GPU acceptance run: the [64, 64] exchange at 4 programs per group), and the designs
-    table again with the measured costs ("" when the run has no such rows)."""
+    table again with the measured costs and cluster residency ("" when the run has no
+    exchange rows)."""
     rows = (measured.get("exchange") or {}).get("rows", [])
+    occupancy = (measured.get("exchange") or {}).get("occupancy", [])
 
     def at4(exchange: str, payload: str) -> float | None:
         found = [r["us"] for r in rows if (r["exchange"], r["split"], r["payload"]) == (exchange, 4, payload)]
@@ -447,20 +474,36 @@ def exchange_calibration(measured: dict, spills: dict) -> str:
     if meeting is None and cluster is None:
         return ""
     terms = [
-        ["global meeting, 4 programs, 64x64 fp32", f"{MEETING_US:.2f}", "-" if meeting is None else f"{meeting:.2f}"],
         [
-            "cluster exchange, 4 CTAs, 64x64 fp32, two slot sets",
+            "global meeting, 4 programs, 64x64 fp32 (us)",
+            f"{MEETING_US:.2f}",
+            "-" if meeting is None else f"{meeting:.2f}",
+        ],
+        [
+            "cluster exchange, 4 CTAs, 64x64 fp32, two slot sets (us)",
             f"{CLUSTER_EXCHANGE_US:.2f}",
             "-" if cluster is None else f"{cluster:.2f}",
         ],
     ]
+    # CTAs resident at once: the model takes whole clusters on every SM
+    for kind, n in DESIGNS:
+        if kind not in ("cluster", "cluster_forward"):
+            continue
+        shared = CLUSTER_FORWARD["shared"] if kind == "cluster_forward" else design(kind, n, 32, spills)["shared"]
+        measured_ctas = measured_resident(n, shared, occupancy) if shared <= SHARED_PER_SM else None
+        if measured_ctas is not None:
+            name = f"CTAs resident, {DESIGN_NAMES[kind]}, {n} CTAs of {shared:,} B"
+            terms.append([name, (SMS // n) * n, measured_ctas])
     again = designs_table(
-        spills, MEETING_US if meeting is None else meeting, CLUSTER_EXCHANGE_US if cluster is None else cluster
+        spills,
+        MEETING_US if meeting is None else meeting,
+        CLUSTER_EXCHANGE_US if cluster is None else cluster,
+        occupancy,
     )
     return (
         "\n\n"
-        + table(["exchange term (us)", "model assumed", "measured"], terms)
-        + "\n\nThe designs with the measured exchange costs:\n\n"
+        + table(["term", "model assumed", "measured"], terms)
+        + "\n\nThe designs with the measured exchange costs and cluster residency:\n\n"
         + again
     )
 
@@ -576,7 +619,8 @@ def designs_text(spills: dict) -> str:
         "partial, neither overlapping work (a chunk's update needs its inner error); whole clusters on "
         f"{SMS} SMs; no spills in the kernels not built. The last column is the exchange cost at which the "
         "design reaches 25% of bf16 peak at B*H = 32: what `python -m bench.exchange_bench` measures on a GPU "
-        "(`python -m bench.roofline --measured docs/gpu_acceptance.json` redraws the table with it)."
+        "(`python -m bench.roofline --measured docs/gpu_acceptance.json` redraws the table with it, and with the "
+        "clusters the GPU holds at once at each design's shared memory in place of whole clusters on 132 SMs)."
     )
     title = "### Roofline model: every design (a model, not a measurement)"
     return f"{title}\n\n{designs_table(spills)}\n\n{note}"

@@ -70,9 +70,9 @@ def test_a_wrong_row_is_reported_as_wrong():
     row |= dict(trusted=False, correct=False)
     text = report({"rows": [row], "not_run": {}})
     assert "| cluster | 64x64 fp32 | 4 | 32 | 1.000 (host-bound?) | 900 | NO |" in text
-    occupancy = [dict(ctas=4, shared=131072, clusters=30, ctas_resident=120)]
+    occupancy = [dict(ctas=4, shared=131072, holder="a prototype", clusters=30, ctas_resident=120)]
     text = report({"rows": [row], "occupancy": occupancy, "not_run": {"occupancy": "no driver query"}})
-    assert "| 4 | 131,072 | 30 | 120 |" in text
+    assert "| 4 | 131,072 | a prototype | 30 | 120 |" in text
     assert "Not run (occupancy): no driver query" in text
 
 
@@ -134,3 +134,30 @@ def test_the_cluster_exchange_compiles_for_sm90_to_dsmem_loads_and_cluster_barri
         else:
             assert remote_loads == 0
             assert barriers >= 2
+
+
+_OCCUPANCY_SIZES = """
+import json
+from bench.exchange_bench import occupancy_sizes
+from titans_plugin.kernels.gluon_backend.cluster import compile_cluster
+built = {ctas: compile_cluster(ctas, 64, "silu", True).metadata.shared for ctas in (2, 4)}
+print(json.dumps({ctas: [occupancy_sizes(ctas), built.get(ctas)] for ctas in (2, 4, 8)}))
+"""
+
+
+@pytest.mark.slow  # compiles the Gluon cluster forward for sm_90 (no GPU needed; outside the interpreter)
+def test_occupancy_is_asked_at_the_built_cluster_kernels_shared_memory():
+    import json
+
+    from bench.exchange_bench import BUILT, CLUSTER_SHARED
+    from titans_plugin.kernels.gluon_backend.cluster import SHARED_LIMIT_SM90
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _OCCUPANCY_SIZES], env=env, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    for ctas in ("2", "4"):
+        sizes, shared = result[ctas]
+        assert [int(b) for b, holder in sizes.items() if holder == BUILT] == [shared]
+        assert 0 < shared <= SHARED_LIMIT_SM90
+    assert {int(b): h for b, h in result["8"][0].items()} == CLUSTER_SHARED  # no cluster forward of 8 CTAs

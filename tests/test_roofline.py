@@ -92,8 +92,36 @@ def test_a_measured_exchange_replaces_the_assumed_one():
         dict(exchange="cluster", payload="64x64 fp32, two slot sets", split=4, us=0.25),
     ]
     text = roofline.exchange_calibration({"exchange": {"rows": rows}}, SPILLS)
-    assert f"| global meeting, 4 programs, 64x64 fp32 | {roofline.MEETING_US:.2f} | 3.00 |" in text
-    assert "| cluster exchange, 4 CTAs, 64x64 fp32, two slot sets | 1.00 | 0.25 |" in text
+    assert f"| global meeting, 4 programs, 64x64 fp32 (us) | {roofline.MEETING_US:.2f} | 3.00 |" in text
+    assert "| cluster exchange, 4 CTAs, 64x64 fp32, two slot sets (us) | 1.00 | 0.25 |" in text
     want = roofline.design("cluster", 4, 32, SPILLS, 3.0, 0.25)["pct_peak"]
     assert f"| cluster, state on chip | 4 | 775 | 516 | 10.75 | 184 | {want:.1f}% (tensor) |" in text
+    assert "CTAs resident" not in text  # the run measured no residency: the model's assumption stands
     assert roofline.exchange_calibration({}, SPILLS) == ""
+
+
+def test_measured_cluster_residency_replaces_whole_clusters_on_every_sm():
+    """A GPU that holds fewer clusters than 132 SMs' worth (clusters cannot span GPCs) runs
+    more waves: the redrawn table uses the count measured at the kernel's shared memory."""
+    built = roofline.CLUSTER_FORWARD["shared"]
+    rows = [dict(exchange="cluster", payload="64x64 fp32, two slot sets", split=4, us=1.0)]
+    occupancy = [
+        dict(ctas=4, shared=196608, clusters=30, ctas_resident=120),
+        dict(ctas=4, shared=built, clusters=7, ctas_resident=28),
+    ]
+    assert roofline.resident_ctas(4, built, occupancy) == 28
+    assert roofline.resident_ctas(4, 184 * 1024, occupancy) == 120  # the smallest size asked that holds it
+    assert roofline.resident_ctas(4, built) == 132  # assumed: nothing measured
+    assert roofline.resident_ctas(8, built, occupancy) == 128  # nothing measured at 8 CTAs
+    assumed = roofline.design("cluster_forward", 4, 32, SPILLS)
+    fewer = roofline.design("cluster_forward", 4, 32, SPILLS, occupancy=occupancy)
+    assert fewer["time_us"] > assumed["time_us"]  # 128 CTAs in 5 waves of 28, not one
+    full = roofline.design("cluster", 4, 32, SPILLS, occupancy=occupancy)
+    assert full["pct_peak"] == pytest.approx(roofline.design("cluster", 4, 32, SPILLS)["pct_peak"] / 2)  # 2 waves
+    text = roofline.exchange_calibration({"exchange": {"rows": rows, "occupancy": occupancy}}, SPILLS)
+    assert (
+        f"| CTAs resident, cluster forward (built) + one-program backward, 4 CTAs of {built:,} B | 132 | 28 |" in text
+    )
+    assert "| CTAs resident, cluster, state on chip, 4 CTAs of 188,416 B | 132 | 120 |" in text
+    nothing = [dict(ctas=4, shared=built, clusters=0, ctas_resident=0)]
+    assert roofline.design("cluster_forward", 4, 32, SPILLS, occupancy=nothing)["launches"] is False
