@@ -231,9 +231,11 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
     """Forward + backward per chunk for one design at B x H = BH: kind "one" (one program
     per (batch, head), the state streamed through L2: today's kernels), "split" (n programs
     per head, each streaming its shard of the state through L2, meeting through global
-    memory: the plain-Triton split as built, forward and backward) or "cluster"
-    (a cluster of n CTAs per head, each holding its shard of W1, W2, S1, S2 in shared memory
-    for the whole sequence, exchanging over DSMEM). Bytes through L2 per chunk and head,
+    memory: the plain-Triton split as built, forward and backward), "cluster" (a cluster of
+    n CTAs per head, each holding its shard of W1, W2, S1, S2 and, in the backward, of their
+    gradient in shared memory for the whole sequence, exchanging over DSMEM) or
+    "cluster_l2_gradient" (the same with the gradient's shard read and written through L2
+    every chunk of the backward). Bytes through L2 per chunk and head,
     DSMEM bytes per CTA, barriers, shared memory per CTA, programs resident, the time per
     chunk for all heads and the useful share of bf16 peak, with what binds it. occupancy:
     measured cluster residency (resident_ctas)."""
@@ -265,28 +267,31 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
         dsmem, barriers, shared = 0, exchanges, None
         compute = (flops - small) + n * small
         exchange_us = barriers * meeting_us
-    elif kind == "cluster":
+    elif kind in ("cluster", "cluster_l2_gradient"):
         outputs = C * D * 2 + 3 * C * D * 2 + 3 * C * 4  # y; dq, dk, dv, the gates' gradients
         checkpoints = 2 * state / every  # written by the forward, read by the backward
         replay = 2 * (every - 1) * state / every  # the backward's replayed states, written and read through L2
-        l2 = n * inputs + outputs + checkpoints + replay
+        gradient_on_chip = kind == "cluster"
+        gradient = 0 if gradient_on_chip else 2 * state  # dW1, dW2, dS1, dS2 read and written every chunk
+        l2 = n * inputs + outputs + checkpoints + replay + gradient
         # two slot sets of one partial alternated by round: one cluster barrier per partial
         # (bench/exchange_bench.py), so a meeting of several partials takes several rounds
         dsmem, barriers = partials * (n - 1) * partial, partials
-        # the backward holds the state's shard and its gradient's (dW1, dW2, dS1, dS2) across
-        # chunks; the chunk's q, k, v staged; the two slot sets
-        shared = 2 * state // n + 3 * C * D * 2 + 2 * partial
+        shared = cluster_shared(n, C, D, H, gradient_on_chip)
         compute = (flops - small) + n * small
         exchange_us = barriers * cluster_us
     else:
-        raise ValueError(f"design kind must be one of 'one', 'split', 'cluster', got {kind!r}")
+        raise ValueError(
+            "design kind must be one of 'one', 'split', 'cluster', 'cluster_l2_gradient', 'cluster_forward', "
+            f"got {kind!r}"
+        )
     programs = BH * n
     if kind == "split" and programs > SMS:  # a cooperative launch needs every program resident
         return {"launches": False, "programs": programs, "shared": shared, "why": f"{programs} programs > {SMS} SMs"}
     if shared is not None and shared > SHARED_PER_SM:
         why = f"{shared // 1024} KiB of shared memory > {SHARED_PER_SM // 1024}"
         return {"launches": False, "programs": programs, "shared": shared, "why": why}
-    resident = SMS if kind != "cluster" else resident_ctas(n, shared, occupancy)  # one program per SM at most
+    resident = SMS if kind == "split" else resident_ctas(n, shared, occupancy)  # one program per SM at most
     if resident == 0:
         return {"launches": False, "programs": programs, "shared": shared, "why": "no cluster resident (measured)"}
     active = min(programs, resident)
@@ -318,6 +323,27 @@ def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING
 # barriers a chunk carrying 3 [C, D]-sized fp32 partials (the inner error's, layer 2's output
 # and scores) besides [C] vectors; 221,696 B of shared memory per CTA (compile report).
 CLUSTER_FORWARD = {"barriers": 3, "partials": 3, "shared": 221_696}
+
+
+def _operands(C: int, D: int, hc: int) -> int:
+    """The bf16 tensor-core operands a chunk stages per CTA, as the built forward does: [C, D]
+    q, k and the inner error; [D, hc] and [hc, D] W1 and W2 in two parts each, S1 and S2;
+    [C, hc] two activations."""
+    return 2 * (3 * C * D + 6 * D * hc + 2 * C * hc)
+
+
+# What the built forward allocates at 4 CTAs (its state shards, operands, three [C, D] and two
+# [C] fp32 slots) against the 221,696 B it compiles to: the rest is the compiler's own
+# scratch (layout conversions, reductions), taken to be the same for any cluster scan.
+CLUSTER_SCRATCH = CLUSTER_FORWARD["shared"] - (4 * 4 * 64 * 64 + _operands(64, 64, 64) + 3 * 4 * 64 * 64 + 2 * 4 * 64)
+
+
+def cluster_shared(n: int, C: int, D: int, H: int, gradient_on_chip: bool) -> int:
+    """Shared memory per CTA of a forward + backward cluster scan: its shard of W1, W2, S1,
+    S2 (and with gradient_on_chip, of their gradient), the operands a chunk stages, two slot
+    sets of one [C, D] fp32 partial, and the compiler's scratch."""
+    shards = (2 if gradient_on_chip else 1) * 4 * 4 * D * (H // n)
+    return shards + _operands(C, D, H // n) + 2 * 4 * C * D + CLUSTER_SCRATCH
 
 
 def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every, occupancy=()) -> dict:
@@ -358,13 +384,15 @@ def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every, occu
 
 
 DESIGNS = [
-    ("one", 1), ("split", 2), ("split", 4), ("cluster_forward", 4), ("cluster", 2), ("cluster", 4), ("cluster", 8)
+    ("one", 1), ("split", 2), ("split", 4), ("cluster_forward", 4), ("cluster", 2), ("cluster", 4), ("cluster", 8),
+    ("cluster_l2_gradient", 4), ("cluster_l2_gradient", 8),
 ]  # fmt: skip
 DESIGN_NAMES = {
     "cluster_forward": "cluster forward (built) + one-program backward",
     "one": "one program per head (today)",
     "split": "plain split, state in L2",
     "cluster": "cluster, state on chip",
+    "cluster_l2_gradient": "cluster, state on chip, its gradient in L2",
 }
 
 
@@ -487,7 +515,7 @@ def exchange_calibration(measured: dict, spills: dict) -> str:
     ]
     # CTAs resident at once: the model takes whole clusters on every SM
     for kind, n in DESIGNS:
-        if kind not in ("cluster", "cluster_forward"):
+        if kind == "one" or kind == "split":
             continue
         shared = CLUSTER_FORWARD["shared"] if kind == "cluster_forward" else design(kind, n, 32, spills)["shared"]
         measured_ctas = measured_resident(n, shared, occupancy) if shared <= SHARED_PER_SM else None
@@ -614,7 +642,11 @@ def designs_text(spills: dict) -> str:
         "backward's time decides it. The cluster (forward and backward, not built) keeps each CTA's shard of W1, W2, "
         "S1 and S2 (and in the backward, of their gradients) in shared memory for the whole sequence, with two "
         "slot sets of one partial, alternated (one cluster barrier per partial): only the chunk's inputs and "
-        "outputs, the checkpoints and the backward's replayed states cross L2. Assumed: "
+        "outputs, the checkpoints and the backward's replayed states cross L2; with its gradient in L2, the "
+        "gradient's shard is also read and written every chunk of the backward. Its shared memory per CTA: the "
+        "shards, the bf16 operands a chunk stages as the built forward does, the two slot sets, and "
+        f"{CLUSTER_SCRATCH // 1024} KiB of the compiler's scratch (what the built forward's "
+        f"{CLUSTER_FORWARD['shared']:,} B hold beyond its allocations). Assumed: "
         f"{MEETING_US} us per global meeting and {CLUSTER_EXCHANGE_US} us per cluster exchange of a [64, 64] fp32 "
         "partial, neither overlapping work (a chunk's update needs its inner error); whole clusters on "
         f"{SMS} SMs; no spills in the kernels not built. The last column is the exchange cost at which the "
