@@ -210,19 +210,28 @@ CLUSTER_EXCHANGE_US = 1.0
 SHARED_PER_SM = 227 * 1024  # an H100 block's shared-memory limit
 
 
-def resident_ctas(n: int, shared: int, occupancy=()) -> int:
+BUILT_FORWARD = "the cluster forward"  # the holder of the built kernel's own size in the occupancy rows
+
+
+def resident_ctas(n: int, shared: int, occupancy=(), built: bool = False) -> int:
     """CTAs of n-CTA clusters resident at once, each CTA holding `shared` bytes of shared
     memory: whole clusters on all 132 SMs (the model's assumption), or what a GPU run
     measured (measured_resident)."""
-    measured = measured_resident(n, shared, occupancy)
-    return (SMS // n) * n if measured is None else measured
+    row = measured_resident(n, shared, occupancy, built)
+    return (SMS // n) * n if row is None else row["ctas_resident"]
 
 
-def measured_resident(n: int, shared: int, occupancy) -> int | None:
-    """A GPU run's count of resident CTAs (bench/exchange_bench.py's occupancy rows) for
-    n-CTA clusters at the smallest size it asked about that holds `shared` (None: none)."""
-    rows = [o for o in occupancy if o["ctas"] == n and o["shared"] >= shared]
-    return min(rows, key=lambda o: o["shared"])["ctas_resident"] if rows else None
+def measured_resident(n: int, shared: int, occupancy, built: bool = False) -> dict | None:
+    """The occupancy row of a GPU run (bench/exchange_bench.py) that counts resident n-CTA
+    clusters of a kernel holding `shared` bytes per CTA: with `built`, the row asked at the
+    built forward's own compiled size; otherwise the smallest size asked that holds
+    `shared` (residency only falls as shared memory grows). None: no such row."""
+    rows = [o for o in occupancy if o["ctas"] == n]
+    own = [o for o in rows if o.get("holder") == BUILT_FORWARD]
+    if built and own:
+        return own[0]
+    rows = [o for o in rows if o["shared"] >= shared]
+    return min(rows, key=lambda o: o["shared"]) if rows else None
 
 
 def design(kind: str, n: int, BH: int, spills: dict, meeting_us: float = MEETING_US,
@@ -356,7 +365,7 @@ def cluster_forward_design(n, BH, spills, cluster_us, C, D, H, tile, every, occu
     inputs = 3 * C * D * 2 + 3 * C * 4  # q, k, v (bf16), the gates
     checkpoint = 4 * 4 * D * H / every  # the state written every `every` chunks
     l2_fwd = n * inputs + C * D * 2 + checkpoint
-    resident = resident_ctas(n, CLUSTER_FORWARD["shared"], occupancy)
+    resident = resident_ctas(n, CLUSTER_FORWARD["shared"], occupancy, built=True)
     programs = BH * n
     if resident == 0:
         return {"launches": False, "programs": programs, "shared": CLUSTER_FORWARD["shared"],
@@ -517,11 +526,12 @@ def exchange_calibration(measured: dict, spills: dict) -> str:
     for kind, n in DESIGNS:
         if kind == "one" or kind == "split":
             continue
-        shared = CLUSTER_FORWARD["shared"] if kind == "cluster_forward" else design(kind, n, 32, spills)["shared"]
-        measured_ctas = measured_resident(n, shared, occupancy) if shared <= SHARED_PER_SM else None
-        if measured_ctas is not None:
-            name = f"CTAs resident, {DESIGN_NAMES[kind]}, {n} CTAs of {shared:,} B"
-            terms.append([name, (SMS // n) * n, measured_ctas])
+        built = kind == "cluster_forward"
+        shared = CLUSTER_FORWARD["shared"] if built else design(kind, n, 32, spills)["shared"]
+        row = measured_resident(n, shared, occupancy, built) if shared <= SHARED_PER_SM else None
+        if row is not None:
+            name = f"CTAs resident, {DESIGN_NAMES[kind]}, {n} CTAs of {shared:,} B (asked at {row['shared']:,} B)"
+            terms.append([name, (SMS // n) * n, row["ctas_resident"]])
     again = designs_table(
         spills,
         MEETING_US if meeting is None else meeting,

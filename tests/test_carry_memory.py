@@ -186,6 +186,12 @@ def test_bad_settings_name_the_field():
     check_layout(tiny_args("G", carry_memory=4), Layout(cuda_graphs=False))
     check_layout(tiny_args("G", carry_memory=1), Layout(cuda_graphs=True))
     check_layout(tiny_args("WA", carry_memory=4), Layout(cuda_graphs=True))  # nothing to carry
+    ragged = r"carry_memory=4 with compile.enable = true .* training.seq_len=10 to be a multiple of titans.chunk_size=4"
+    with pytest.raises(ValueError, match=ragged):
+        check_layout(tiny_args("G", carry_memory=4), Layout(compile_model=True, seq_lens={"training.seq_len": 10}))
+    check_layout(tiny_args("G", carry_memory=4), Layout(compile_model=True, seq_lens={"training.seq_len": 12}))
+    check_layout(tiny_args("G", carry_memory=4), Layout(compile_model=False, seq_lens={"training.seq_len": 10}))
+    check_layout(tiny_args("G", carry_memory=1), Layout(compile_model=True, seq_lens={"training.seq_len": 10}))
 
 
 def test_fsdp_casting_a_blocks_inputs_leaves_the_carried_state_in_fp32():

@@ -149,7 +149,8 @@ print(json.dumps({ctas: [occupancy_sizes(ctas), built.get(ctas)] for ctas in (2,
 def test_occupancy_is_asked_at_the_built_cluster_kernels_shared_memory():
     import json
 
-    from bench.exchange_bench import BUILT, CLUSTER_SHARED
+    from bench.exchange_bench import CLUSTER_SHARED
+    from bench.roofline import BUILT_FORWARD, CLUSTER_FORWARD
     from titans_plugin.kernels.gluon_backend.cluster import SHARED_LIMIT_SM90
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -158,6 +159,9 @@ def test_occupancy_is_asked_at_the_built_cluster_kernels_shared_memory():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     for ctas in ("2", "4"):
         sizes, shared = result[ctas]
-        assert [int(b) for b, holder in sizes.items() if holder == BUILT] == [shared]
+        assert [int(b) for b, holder in sizes.items() if holder == BUILT_FORWARD] == [shared]
         assert 0 < shared <= SHARED_LIMIT_SM90
+    # the roofline model's size of the built forward, and the calibration of its shared-memory
+    # model on it, follow the kernel: a change to the kernel's buffers shows here
+    assert result["4"][1] == CLUSTER_FORWARD["shared"]
     assert {int(b): h for b, h in result["8"][0].items()} == CLUSTER_SHARED  # no cluster forward of 8 CTAs

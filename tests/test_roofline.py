@@ -119,9 +119,11 @@ def test_measured_cluster_residency_replaces_whole_clusters_on_every_sm():
     rows = [dict(exchange="cluster", payload="64x64 fp32, two slot sets", split=4, us=1.0)]
     occupancy = [
         dict(ctas=4, shared=196608, clusters=32, ctas_resident=128),
-        dict(ctas=4, shared=built, clusters=30, ctas_resident=120),
+        dict(ctas=4, shared=built, holder=roofline.BUILT_FORWARD, clusters=30, ctas_resident=120),
     ]
     assert roofline.resident_ctas(4, built, occupancy) == 120
+    rebuilt = [dict(o, shared=built - 256) if "holder" in o else o for o in occupancy]  # a smaller build
+    assert roofline.resident_ctas(4, built, rebuilt, built=True) == 120  # its own row, whatever its size
     assert roofline.resident_ctas(4, 184 * 1024, occupancy) == 128  # the smallest size asked that holds it
     assert roofline.resident_ctas(4, 200 * 1024, occupancy) == 120
     assert roofline.resident_ctas(4, built) == 132  # assumed: nothing measured
@@ -133,9 +135,10 @@ def test_measured_cluster_residency_replaces_whole_clusters_on_every_sm():
     assumed_full = roofline.design("cluster_l2_gradient", 4, 32, SPILLS)
     assert full["pct_peak"] == pytest.approx(assumed_full["pct_peak"] / 2, rel=0.05)  # 2 waves
     text = roofline.exchange_calibration({"exchange": {"rows": rows, "occupancy": occupancy}}, SPILLS)
-    built_row = f"| CTAs resident, cluster forward (built) + one-program backward, 4 CTAs of {built:,} B | 132 | 120 |"
-    assert built_row in text
-    assert "| CTAs resident, cluster, state on chip, its gradient in L2, 4 CTAs of 204,800 B | 132 | 120 |" in text
+    name = "CTAs resident, cluster forward (built) + one-program backward"
+    assert f"| {name}, 4 CTAs of {built:,} B (asked at {built:,} B) | 132 | 120 |" in text
+    name = "CTAs resident, cluster, state on chip, its gradient in L2"
+    assert f"| {name}, 4 CTAs of 204,800 B (asked at {built:,} B) | 132 | 120 |" in text
     assert "8 CTAs of" not in text  # residency measured at 4 CTAs only
     nothing = [dict(ctas=4, shared=built, clusters=0, ctas_resident=0)]
     assert roofline.design("cluster_forward", 4, 32, SPILLS, occupancy=nothing)["launches"] is False

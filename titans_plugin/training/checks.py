@@ -21,7 +21,7 @@ class Layout(NamedTuple):
 
 def check_layout(args: TitansModelArgs, layout: Layout) -> None:
     check_parallel_layout(args, layout.tp, layout.pp)
-    check_compile(args, layout.compile_model)
+    check_compile(args, layout.compile_model, layout.seq_lens.get("training.seq_len"))
     check_context_parallel(args, layout.cp, layout.cp_load_balancer, layout.seq_lens, layout.compile_model)
     check_cuda_graphs(args, layout.cuda_graphs)
 
@@ -108,13 +108,25 @@ def check_context_parallel(
             )
 
 
-def check_compile(args: TitansModelArgs, compile_model: bool) -> None:
+def check_compile(args: TitansModelArgs, compile_model: bool, seq_len: int | None = None) -> None:
     """Packed documents are laid out by where they start, which per-block
-    torch.compile(fullgraph=True) cannot trace."""
+    torch.compile(fullgraph=True) cannot trace. A carried memory's unfinished chunk (its
+    pending inputs) is compiled at its length: where training.seq_len is not a multiple of
+    the chunk, that length changes from one carried forward to the next, and each new one
+    compiles every block again until torch's limit stops training (fullgraph)."""
     if compile_model and args.titans.attn_mask_type == "block_causal":
         raise ValueError(
             "titans.attn_mask_type='block_causal' cannot run with compile.enable = true (components "
             "including 'model'): the document layout depends on where documents start, which "
             "torch.compile(fullgraph=True) cannot trace. Set compile.enable = false, or leave 'model' "
             "out of compile.components, or titans.attn_mask_type = 'causal'"
+        )
+    chunk = args.titans.chunk_size
+    if compile_model and seq_len is not None and seq_len % chunk and args.titans.carries_memory(args.n_layers):
+        raise ValueError(
+            f"titans.carry_memory={args.titans.carry_memory} with compile.enable = true (components including "
+            f"'model') needs training.seq_len={seq_len} to be a multiple of titans.chunk_size={chunk}: a carried "
+            "memory's unfinished chunk would change length from one forward to the next, and every block would "
+            "compile again for each length until torch's recompile limit stops training. Set training.seq_len to "
+            f"a multiple of {chunk}, or compile.enable = false, or titans.carry_memory = 0"
         )
