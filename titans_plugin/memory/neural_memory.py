@@ -36,7 +36,7 @@ class NeuralMemoryState(NamedTuple):
     chunk_start: MemoryState  # state where the current, unfinished chunk began
     pending: tuple[torch.Tensor, ...]  # q, k, v, theta, eta, alpha of that chunk so far
     conv_tail: tuple[torch.Tensor, ...] | None  # last K - 1 pre-conv q, k, v inputs
-    seen: int  # tokens processed so far (by a carried training forward: in that forward)
+    seen: int  # tokens processed so far (a carried training state counts from 0 each forward: to_carry)
 
     def detach(self) -> "NeuralMemoryState":
         """Detached copies: the pending inputs and the conv tail are slices of the whole
