@@ -164,7 +164,11 @@ def checked_on_cpu(monkeypatch):
 def test_the_self_check_runs_the_cluster_scan_and_catches_a_wrong_one(monkeypatch, checked_on_cpu):
     """The first-use check runs the backend's op (here its emulation) against the chunked
     path; a cluster that drops its partners' partials fails it, and the forced backend
-    then refuses to run rather than compute something else."""
+    then refuses to run rather than compute something else. Run where the kernel can be
+    built (the torchtitan 0.3.0 stack's torch pins another triton, whose interpreted
+    backward this slowest of the cluster tests would check instead)."""
+    if gluon_backend.cluster.gluon_problem():
+        pytest.skip(gluon_backend.cluster.gluon_problem())
     q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)
     assert self_check.failure(q, _state(hidden=128), 64, "silu", 0.5, False, "gluon_cluster") is None
     self_check.forget()
