@@ -237,7 +237,7 @@ def assert_carried_memory_parity(workdir: str, corpus: str, pattern: str, layout
     without it, the second (the first carried one) does not, and every layout in
     `layouts` matches one process (each rank carries its own rows' memories). Three, so
     the third forward continues a state that was itself carried (compiled blocks once
-    recompiled on such a state: model/carry.py's count)."""
+    recompiled on such a state: NeuralMemoryState.to_carry)."""
     rtol, carry = 2e-4, ["--titans.carry_memory", "3"]  # rtol as test_parallel_parity.py
     if torchtitan_release() >= (0, 3):
         carry.append("--training.disable_cuda_graphs")  # 0.3.0 refuses a carried memory with CUDA graphs on

@@ -101,7 +101,7 @@ def test_carried_memory_through_compiled_checkpointed_blocks_matches_eager(torch
     effect for the recomputation to replay), so every forward equals the eager model's.
     Once a cycle's fresh and carried forwards are compiled, nothing recompiles: a carried
     state holds nothing that changes from one forward to the next but its tensors (a token
-    count that grew made torch 2.14.1's dynamo fail here, model/carry.py)."""
+    count that grew made torch 2.14.1's dynamo fail here, NeuralMemoryState.to_carry)."""
     torch.manual_seed(0)
     eager = tiny_model("GC", carry_memory=4).float().train()
     model = tiny_model("GC", carry_memory=4).float().train()
